@@ -1,0 +1,124 @@
+"""Patch features: image batch in, PatchCore patch features out.
+
+On the CPU the backbone runs on ONNX Runtime from an exported graph, so inspecting needs no
+torch. The graph is exported once from torch (dynamo exporter), checked against torch and
+cached; a packaged application ships it. torch serves CUDA and MPS devices directly."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .. import paths
+from ..errors import BackboneError
+from .backbones import build_feature_module, get_spec
+
+STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
+EXPORT_TOLERANCE = 1e-3
+
+
+def graph_name(backbone: str, image_size: int) -> str:
+    return f"{backbone}-{image_size}.onnx"
+
+
+def find_graph(backbone: str, image_size: int) -> Path | None:
+    for folder in paths.backbone_dirs():
+        path = folder / graph_name(backbone, image_size)
+        if path.is_file():
+            return path
+    return None
+
+
+def export_graph(backbone: str, image_size: int, weights: str | Path | None = None,
+                 dest_dir: Path | None = None) -> Path:
+    """Export the backbone's patch-feature module to ONNX (dynamic batch, fixed image size),
+    verify ONNX Runtime reproduces torch's features, and store it atomically."""
+    try:
+        import torch
+    except ImportError:
+        raise BackboneError(
+            f"No exported graph for backbone '{backbone}' at image size {image_size}, and torch is "
+            f"not installed to export one. Use an image size this installation ships.") from None
+    import onnxruntime as ort
+
+    module = build_feature_module(backbone, weights)
+    example = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    dest_dir = Path(dest_dir or paths.backbone_dirs()[-1])
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=dest_dir)
+    os.close(fd)
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.onnx.export(module, (example,), tmp, dynamo=True, optimize=True, verbose=False,
+                          input_names=["image"], output_names=["features"],
+                          dynamic_shapes={"x": {0: batch}}, external_data=False)
+        with torch.no_grad():
+            expected = module(example).numpy()
+        got = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"]).run(
+            None, {"image": example.numpy()})[0]
+        err = float(np.abs(expected - got).max())
+        if err > EXPORT_TOLERANCE:
+            raise BackboneError(f"The exported {backbone} graph differs from torch by {err:.2e} "
+                                f"(> {EXPORT_TOLERANCE}); not using it.")
+        final = dest_dir / graph_name(backbone, image_size)
+        os.replace(tmp, final)
+        return final
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class FeatureExtractor:
+    """Resizes and normalises RGB uint8 images and returns patch features (B, h, w, C)."""
+
+    def __init__(self, backbone: str, image_size: int, device: str = "cpu",
+                 weights: str | Path | None = None):
+        spec = get_spec(backbone)
+        self.backbone, self.image_size, self.device = backbone, image_size, device
+        self.grid = image_size // STRIDE
+        self.feature_dim = spec.feature_dim
+        std = np.asarray(spec.std, np.float32)
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._offset = (-np.asarray(spec.mean, np.float32) / std).astype(np.float32)
+        if image_size % 32:
+            raise BackboneError(f"The image size must be a multiple of 32, got {image_size}.")
+        if device == "cpu":
+            import onnxruntime as ort
+
+            graph = find_graph(backbone, image_size) or export_graph(backbone, image_size, weights)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise BackboneError(f"The backbone graph {graph} cannot be loaded ({exc}); delete it "
+                                    f"so that it is exported again.") from exc
+        else:
+            import torch
+
+            self._torch = torch
+            try:
+                self._module = build_feature_module(backbone, weights).to(device)
+            except (RuntimeError, AssertionError) as exc:
+                raise BackboneError(f"Device '{device}' is not usable: {exc}") from exc
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image (H, W, 3) -> normalised CHW float32 at the model's size."""
+        size = (self.image_size, self.image_size)
+        if image.shape[:2] != size[::-1]:
+            shrink = image.shape[0] > size[1] or image.shape[1] > size[0]
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        x = image.astype(np.float32) * self._scale + self._offset
+        return x.transpose(2, 0, 1)
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack([self.preprocess(im) for im in images])
+        if self.device == "cpu":
+            out = self._session.run(None, {"image": batch})[0]
+        else:
+            with self._torch.no_grad():
+                out = self._module(self._torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1))

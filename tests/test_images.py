@@ -1,0 +1,151 @@
+import os
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.data import images
+from inspector.data.images import IMAGE_SUFFIXES, file_key, list_images, load_image
+from inspector.errors import ImageError, SourceError
+
+RGB = (200, 100, 30)
+
+
+def color_bgr(dtype=np.uint8, scale=1):
+    """A 24x32 image, left half RGB, right half black, as OpenCV's BGR."""
+    image = np.zeros((24, 32, 3), dtype)
+    image[:, :16] = np.array(RGB[::-1]) * scale
+    return image
+
+
+def check_rgb(loaded, tolerance=0):
+    assert loaded.shape == (24, 32, 3) and loaded.dtype == np.uint8 and loaded.flags.c_contiguous
+    assert np.abs(loaded[12, 4].astype(int) - RGB).max() <= tolerance
+    assert loaded[12, 28].max() <= tolerance
+
+
+@pytest.mark.parametrize("suffix, tolerance", [(".png", 0), (".jpg", 6), (".jpeg", 6), (".bmp", 0), (".tif", 0)])
+def test_color_round_trip(tmp_path, suffix, tolerance):
+    path = tmp_path / f"part{suffix}"
+    assert cv2.imwrite(str(path), color_bgr())
+    check_rgb(load_image(path), tolerance)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tiff"])
+def test_16_bit_color_keeps_high_byte(tmp_path, suffix):
+    path = tmp_path / f"deep{suffix}"
+    assert cv2.imwrite(str(path), color_bgr(np.uint16, 256) + 0x7F)  # low byte must be dropped
+    check_rgb(load_image(path))
+
+
+@pytest.mark.parametrize("suffix, dtype, value, expected", [
+    (".png", np.uint8, 77, 77), (".jpg", np.uint8, 77, 77), (".bmp", np.uint8, 77, 77),
+    (".png", np.uint16, 0xABCD, 0xAB), (".tif", np.uint16, 0xABCD, 0xAB),
+])
+def test_gray_is_replicated_to_three_channels(tmp_path, suffix, dtype, value, expected):
+    path = tmp_path / f"gray{suffix}"
+    assert cv2.imwrite(str(path), np.full((10, 12), value, dtype))
+    loaded = load_image(path)
+    assert loaded.shape == (10, 12, 3) and loaded.dtype == np.uint8
+    assert np.abs(loaded.astype(int) - expected).max() <= 1
+
+
+def test_alpha_is_dropped(tmp_path):
+    bgra = np.dstack([color_bgr(), np.full((24, 32), 10, np.uint8)])
+    path = tmp_path / "alpha.png"
+    assert cv2.imwrite(str(path), bgra)
+    check_rgb(load_image(path))
+
+
+def test_unicode_file_name(tmp_path):
+    path = tmp_path / "prüfteil_ß_検査.png"
+    cv2.imencode(".png", color_bgr())[1].tofile(path)
+    check_rgb(load_image(path))
+    check_rgb(load_image(str(path)))
+
+
+def encoded(suffix):
+    return cv2.imencode(suffix, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1].tobytes()
+
+
+def png_claiming(width, height):
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("name, content, cause", [
+    ("empty.png", b"", "empty"),
+    ("cut.png", encoded(".png")[:3000], "truncated"),
+    ("cut.jpg", encoded(".jpg")[:1500], "truncated"),
+    ("noise.png", np.random.default_rng(1).bytes(2000), "not an image"),
+    ("notes.jpg", b"this is a text file, not a photo", "not an image"),
+    ("huge.png", png_claiming(100_000, 100_000), "100000x100000"),
+    ("wide.png", png_claiming(30_000, 10), "30000x10"),
+])
+def test_bad_file_raises_image_error_naming_file_and_cause(tmp_path, name, content, cause):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageError) as error:
+        load_image(path)
+    assert name in str(error.value) and cause in str(error.value)
+
+
+def test_size_limit_applies_to_formats_without_cheap_header(tmp_path, monkeypatch):
+    path = tmp_path / "big.jpg"
+    assert cv2.imwrite(str(path), color_bgr())
+    monkeypatch.setattr(images, "MAX_PIXELS", 500)
+    with pytest.raises(ImageError, match="32x24"):
+        load_image(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="does not exist"):
+        load_image(tmp_path / "gone.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
+
+
+@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "locked.png"
+    assert cv2.imwrite(str(path), color_bgr())
+    path.chmod(0)
+    with pytest.raises(ImageError, match="permission"):
+        load_image(path)
+
+
+def test_list_images_sorted_flat_case_insensitive(tmp_path):
+    for name in ["b.PNG", "a.jpg", "c.Tiff", "d.bmp", "e.jpeg", "f.tif", "notes.txt", "g.png.part"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "OK").mkdir()
+    (tmp_path / "OK" / "inner.png").write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()
+    names = [p.name for p in list_images(tmp_path)]
+    assert names == ["a.jpg", "b.PNG", "c.Tiff", "d.bmp", "e.jpeg", "f.tif"]
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} == set(IMAGE_SUFFIXES)
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        list_images(tmp_path / "nowhere")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(SourceError, match="not a folder"):
+        list_images(tmp_path / "file.png")
+
+
+def test_file_key_changes_with_content(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"12345")
+    key = file_key(path)
+    resolved, size, mtime_ns = key.rsplit("|", 2)
+    assert resolved == str(path.resolve()) and size == "5" and int(mtime_ns) == path.stat().st_mtime_ns
+    assert file_key(tmp_path / "." / "a.png") == key
+    path.write_bytes(b"123456")
+    assert file_key(path) != key
+    with pytest.raises(ImageError):
+        file_key(tmp_path / "gone.png")

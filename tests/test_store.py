@@ -1,0 +1,317 @@
+import csv
+import io
+import os
+import sqlite3
+import stat
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from inspector.errors import StoreError
+from inspector.store.results import SCHEMA_VERSION, InspectionRecord, ResultStore
+
+
+def rec(product="bolt", verdict="OK", **kw):
+    return InspectionRecord(product=product, source="folder", verdict=verdict, **kw)
+
+
+def at(minute):
+    return f"2024-05-01T10:{minute:02d}:00.000+00:00"
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "log" / "results.db"  # the folder does not exist yet
+
+
+@pytest.fixture
+def store(db):
+    with ResultStore(db) as s:
+        yield s
+
+
+def test_round_trip_of_every_field(store):
+    original = InspectionRecord(
+        product="bolt", source="camera", verdict="NG", image_path="C:/img/001.png",
+        score=3.25, threshold=2.5, model_id="bolt-2024-05-01", error=None,
+        regions=[{"x": 1, "y": 2, "w": 30, "h": 40, "area": 900, "peak": 4.5}],
+        latency_ms=12.5, time="2024-05-01T10:00:00.123+00:00", file_key="C:/img/001.png|1234|99",
+    )
+    assert store.record(original) is True
+    assert original.id is not None
+    [back] = store.query()
+    assert back == original
+
+
+def test_record_fills_time_in_utc_with_milliseconds(store):
+    r = rec(verdict="ERROR", error="image is truncated")
+    before = datetime.now(timezone.utc)
+    store.record(r)
+    t = datetime.fromisoformat(r.time)
+    assert t.utcoffset() == timedelta(0)
+    assert len(r.time) == len("2024-05-01T10:00:00.123+00:00")
+    assert before - timedelta(seconds=1) <= t <= datetime.now(timezone.utc)
+    assert store.query()[0].error == "image is truncated"
+
+
+def test_numpy_like_values_are_stored_as_plain_numbers(store):
+    class Scalar:  # stands for a numpy scalar: has .item() and converts with float()
+        def __init__(self, v): self.v = v
+        def item(self): return self.v
+        def __float__(self): return float(self.v)
+
+    store.record(rec(score=Scalar(1.5), regions=[{"x": Scalar(3), "peak": Scalar(2.0)}]))
+    [back] = store.query()
+    assert back.score == 1.5 and back.regions == [{"x": 3, "peak": 2.0}]
+
+
+def test_wal_mode_and_schema_version(store, db):
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    indexes = {row[1] for row in con.execute("PRAGMA index_list(inspections)")}
+    assert {"inspections_product_time", "inspections_verdict_time", "inspections_time",
+            "inspections_file_key"} <= indexes
+    con.close()
+
+
+def test_database_from_a_newer_inspector_is_refused(db):
+    ResultStore(db).close()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(StoreError, match="newer version of Inspector.*Update Inspector"):
+        ResultStore(db)
+
+
+def test_garbage_file_is_refused_naming_the_file(tmp_path):
+    bad = tmp_path / "results.db"
+    bad.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError, match="results.db.*not an Inspector result database"):
+        ResultStore(bad)
+
+
+def test_same_file_key_is_logged_once_even_after_reopening(db):
+    with ResultStore(db) as s:
+        assert s.record(rec(file_key="a.png|10|1")) is True
+        assert s.record(rec(file_key="a.png|10|1", verdict="NG")) is False
+        assert s.is_logged("bolt", "a.png|10|1")
+        assert not s.is_logged("bolt", "b.png|10|1")
+        assert not s.is_logged("nut", "a.png|10|1")  # same file, another product: its own log
+        assert s.record(rec(product="nut", file_key="a.png|10|1")) is True
+    with ResultStore(db) as s:  # restart after a crash: the watcher sees the file again
+        assert s.record(rec(file_key="a.png|10|1")) is False
+        assert s.count(product="bolt") == 1
+        assert s.query(product="bolt")[0].verdict == "OK"
+
+
+def test_rows_without_file_key_are_always_logged(store):
+    assert store.record(rec()) is True
+    assert store.record(rec()) is True
+    assert store.count() == 2
+
+
+def test_query_filters_and_order(store):
+    store.record(rec("bolt", "OK", time=at(0)))
+    store.record(rec("bolt", "NG", time=at(1)))
+    store.record(rec("nut", "OK", time=at(2)))
+    store.record(rec("bolt", "ERROR", time=at(3), error="unreadable"))
+    store.record(rec("bolt", "OK", time=at(4)))
+
+    assert [r.time for r in store.query()] == [at(4), at(3), at(2), at(1), at(0)]
+    assert [r.time for r in store.query(product="bolt")] == [at(4), at(3), at(1), at(0)]
+    assert [r.time for r in store.query(verdict="OK")] == [at(4), at(2), at(0)]
+    assert [r.time for r in store.query(product="bolt", verdict="OK")] == [at(4), at(0)]
+    # since inclusive, until exclusive; strings or datetimes, any offset
+    assert [r.time for r in store.query(since=at(1), until=at(3))] == [at(2), at(1)]
+    since = datetime(2024, 5, 1, 12, 1, tzinfo=timezone(timedelta(hours=2)))  # 10:01 UTC
+    assert [r.time for r in store.query(since=since)] == [at(4), at(3), at(2), at(1)]
+    assert [r.time for r in store.query(limit=2)] == [at(4), at(3)]
+    assert [r.time for r in store.query(limit=2, offset=2)] == [at(2), at(1)]
+
+    assert store.count() == 5
+    assert store.count(product="bolt", since=at(1)) == 3
+    assert store.summary() == {"OK": 3, "NG": 1, "ERROR": 1, "total": 5}
+    assert store.summary(product="bolt", since=at(1)) == {"OK": 1, "NG": 1, "ERROR": 1, "total": 3}
+    assert store.summary(product="washer") == {"OK": 0, "NG": 0, "ERROR": 0, "total": 0}
+    assert store.products() == ["bolt", "nut"]
+
+
+def test_same_time_is_ordered_newest_id_first(store):
+    store.record(rec(image_path="first.png", time=at(0)))
+    store.record(rec(image_path="second.png", time=at(0)))
+    assert [r.image_path for r in store.query()] == ["second.png", "first.png"]
+
+
+def test_bad_record_is_rejected_before_anything_is_written(store):
+    with pytest.raises(ValueError, match="verdict"):
+        store.record(rec(verdict="MAYBE"))
+    with pytest.raises(ValueError, match="product"):
+        store.record(rec(product=""))
+    assert store.count() == 0 and store.pending_count() == 0
+
+
+def test_csv_export(store, tmp_path):
+    store.record(rec("bolt", "NG", time=at(1), score=3.5, threshold=2.0,
+                     regions=[{"x": 1, "y": 2, "w": 3, "h": 4, "area": 12, "peak": 3.5}]))
+    store.record(rec("bolt", "OK", time=at(0), score=0.5, file_key="k"))
+    store.record(rec("nut", "OK", time=at(2)))
+
+    dest = tmp_path / "export.csv"
+    assert store.export_csv(dest, product="bolt") == 2
+    with open(dest, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["product", "source", "verdict", "image_path", "score", "threshold",
+                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "id"]
+    assert [r["time"] for r in rows] == [at(1), at(0)]
+    assert rows[0]["verdict"] == "NG" and float(rows[0]["score"]) == 3.5
+    assert rows[0]["regions"] == '[{"x": 1, "y": 2, "w": 3, "h": 4, "area": 12, "peak": 3.5}]'
+    assert rows[1]["file_key"] == "k" and rows[1]["regions"] == "[]"
+
+    buffer = io.StringIO()
+    assert store.export_csv(buffer, verdict="OK") == 2
+    assert [r["product"] for r in csv.DictReader(io.StringIO(buffer.getvalue()))] == ["nut", "bolt"]
+
+
+def test_csv_export_to_unwritable_place_is_a_store_error(store, tmp_path):
+    with pytest.raises(StoreError, match="nowhere"):
+        store.export_csv(tmp_path / "nowhere" / "export.csv")
+
+
+def hold_write_lock(db):
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    return con
+
+
+def test_locked_database_keeps_the_verdict_in_the_journal(db):
+    store = ResultStore(db, timeout_s=0.1)
+    store.record(rec(image_path="before.png"))
+    other = hold_write_lock(db)
+    with pytest.raises(StoreError, match="locked by another program.*kept in.*pending.jsonl"):
+        store.record(rec(image_path="during.png", verdict="NG", file_key="during"))
+    journal = db.with_name("results.db.pending.jsonl")
+    assert journal.exists() and store.pending_count() == 1
+    assert "during.png" in journal.read_text()
+    other.execute("ROLLBACK")
+    other.close()
+
+    assert store.record(rec(image_path="after.png")) is True
+    assert not journal.exists() and store.pending_count() == 0
+    assert [r.image_path for r in store.query()] == ["after.png", "during.png", "before.png"]
+    assert store.is_logged("bolt", "during")
+    store.close()
+
+
+def test_journal_is_written_on_reopen_and_respects_exactly_once(db):
+    store = ResultStore(db, timeout_s=0.1)
+    store.record(rec(file_key="a"))
+    other = hold_write_lock(db)
+    for key in ("a", "b", "b"):  # "a" is already logged, "b" comes twice
+        with pytest.raises(StoreError):
+            store.record(rec(file_key=key))
+    assert store.pending_count() == 3
+    store.close()
+    other.execute("ROLLBACK")
+    other.close()
+
+    with ResultStore(db) as reopened:
+        assert reopened.pending_count() == 0
+        assert sorted(r.file_key for r in reopened.query()) == ["a", "b"]
+    assert not db.with_name("results.db.pending.jsonl").exists()
+
+
+def test_opening_while_locked_keeps_the_journal(db):
+    store = ResultStore(db, timeout_s=0.1)
+    other = hold_write_lock(db)
+    with pytest.raises(StoreError):
+        store.record(rec())
+    store.close()
+    with ResultStore(db, timeout_s=0.1) as reopened:  # still locked: opens, journal stays
+        assert reopened.pending_count() == 1 and reopened.count() == 0
+    other.execute("ROLLBACK")
+    other.close()
+    with ResultStore(db) as reopened:
+        assert reopened.pending_count() == 0 and reopened.count() == 1
+
+
+def test_verdict_that_cannot_be_saved_anywhere(db):
+    store = ResultStore(db, timeout_s=0.1)
+    db.with_name("results.db.pending.jsonl").mkdir()  # the journal cannot be written
+    other = hold_write_lock(db)
+    with pytest.raises(StoreError, match="could not be saved anywhere"):
+        store.record(rec())
+    other.execute("ROLLBACK")
+    other.close()
+    store.close()
+
+
+def writes_are_refused(path):
+    """chmod is ignored for root (and some filesystems): then these tests cannot run."""
+    return not os.access(path, os.W_OK)
+
+
+def test_read_only_database_file_keeps_the_verdict_in_the_journal(db):
+    ResultStore(db).close()
+    mode = db.stat().st_mode
+    db.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        if not writes_are_refused(db):
+            pytest.skip("chmod does not make files read-only here (running as root?)")
+        with ResultStore(db) as store:  # reading still works
+            assert store.count() == 0
+            with pytest.raises(StoreError, match="read-only.*kept in"):
+                store.record(rec(image_path="while-read-only.png"))
+            assert store.pending_count() == 1
+    finally:
+        # SQLite gives the -wal and -shm files it creates the database file's permissions.
+        for path in (db, db.with_name("results.db-wal"), db.with_name("results.db-shm")):
+            if path.exists():
+                path.chmod(mode)
+    with ResultStore(db) as store:
+        assert store.pending_count() == 0
+        assert [r.image_path for r in store.query()] == ["while-read-only.png"]
+
+
+def test_read_only_folder_is_refused_naming_the_file(db):
+    ResultStore(db).close()
+    folder = db.parent
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if not writes_are_refused(folder):
+            pytest.skip("chmod does not make folders read-only here (running as root?)")
+        # WAL needs its side files beside the database, and the journal would go there too.
+        with pytest.raises(StoreError, match="results.db.*read-only"):
+            ResultStore(db)
+    finally:
+        folder.chmod(stat.S_IRWXU)
+
+
+def test_one_thread_writes_while_another_reads(store):
+    errors = []
+
+    def write():
+        try:
+            for i in range(200):
+                store.record(rec(file_key=str(i)))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = 0
+    while writer.is_alive():
+        n = store.count()
+        assert n >= seen
+        seen = n
+        store.query(limit=10)
+    writer.join()
+    assert not errors and store.count() == 200
+
+
+def test_another_process_can_read_while_the_store_is_open(store, db):
+    store.record(rec())
+    reader = sqlite3.connect(db)
+    assert reader.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 1
+    reader.close()
