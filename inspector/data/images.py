@@ -97,6 +97,16 @@ def to_rgb8(image: np.ndarray, name: str | Path = "image") -> np.ndarray:
     raise ImageError(f"Image {name} has an unsupported channel layout {image.shape}.")
 
 
+def save_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write an RGB uint8 image; the format follows the suffix; unicode paths work."""
+    path = Path(path)
+    ok, data = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError(f"Cannot encode an image as {path.suffix!r} for {path}.")
+    path.write_bytes(data.tobytes())
+    return path
+
+
 def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image file.")

@@ -1,0 +1,113 @@
+"""Scoring: patch features against the memory bank -> image score, anomaly map, regions,
+verdict. `Inspector` is the runtime object the CLI, the watch loop and the GUI call."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .features import FeatureExtractor
+from .memory_bank import nearest_distance
+from .model import Model
+
+SMOOTHING_SIGMA = 4.0  # pixels on the model's input-size map, as in PatchCore
+MAX_REGIONS = 32
+
+
+@dataclass
+class Region:
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int  # pixels, in original image coordinates
+    peak: float
+
+    def as_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": self.peak}
+
+
+@dataclass
+class Result:
+    score: float
+    threshold: float
+    verdict: str  # "OK" or "NG"
+    anomaly_map: np.ndarray  # float32, original image size
+    regions: list[Region]
+    latency_ms: float
+
+
+def patch_scores(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray | None = None) -> np.ndarray:
+    """(h, w, C) patch features -> (h, w) distance of each patch to its nearest bank entry."""
+    h, w, c = features.shape
+    return nearest_distance(features.reshape(-1, c), bank, bank_sq).reshape(h, w)
+
+
+def anomaly_map(scores: np.ndarray, size: int) -> np.ndarray:
+    """Patch scores upsampled to the model's input size and smoothed (Gaussian, sigma 4 px)."""
+    up = cv2.resize(scores, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.GaussianBlur(up, (0, 0), SMOOTHING_SIGMA)
+
+
+def find_regions(amap: np.ndarray, threshold: float, min_area: int, out_size: tuple[int, int]) -> list[Region]:
+    """Connected areas of the map above the pixel threshold, at least `min_area` map pixels,
+    as boxes in original image coordinates (out_size = (width, height)), hottest first."""
+    mask = (amap >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return []
+    peaks = np.full(n, -np.inf, dtype=np.float32)
+    np.maximum.at(peaks, labels.ravel(), amap.ravel())
+    sx, sy = out_size[0] / amap.shape[1], out_size[1] / amap.shape[0]
+    regions = []
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        if area < min_area:
+            continue
+        x0, y0 = int(x * sx), int(y * sy)
+        regions.append(Region(x0, y0, int(round((x + w) * sx)) - x0, int(round((y + h) * sy)) - y0,
+                              int(round(area * sx * sy)), float(peaks[i])))
+    regions.sort(key=lambda r: r.peak, reverse=True)
+    return regions[:MAX_REGIONS]
+
+
+class Inspector:
+    """Scores images against one product's model."""
+
+    def __init__(self, model: Model, device: str = "cpu", extractor: FeatureExtractor | None = None):
+        s = model.settings
+        self.model = model
+        self.extractor = extractor or FeatureExtractor(s.backbone, s.image_size, device)
+        self._bank_sq = np.einsum("ij,ij->i", model.memory_bank, model.memory_bank)
+
+    def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:
+        """(h, w, C) features -> (image score, anomaly map at the model's input size)."""
+        scores = patch_scores(features, self.model.memory_bank, self._bank_sq)
+        return float(scores.max()), anomaly_map(scores, self.model.settings.image_size)
+
+    def inspect(self, image: np.ndarray) -> Result:
+        return self.inspect_batch([image])[0]
+
+    def inspect_batch(self, images: list[np.ndarray]) -> list[Result]:
+        start = time.perf_counter()
+        features = self.extractor(images)
+        per_image = (time.perf_counter() - start) / len(images)
+        results = []
+        for image, feats in zip(images, features):
+            t = time.perf_counter()
+            score, amap = self.score_features(feats)
+            results.append(self._result(image, score, amap, per_image + time.perf_counter() - t))
+        return results
+
+    def _result(self, image: np.ndarray, score: float, amap: np.ndarray, seconds: float) -> Result:
+        m = self.model
+        threshold = m.threshold
+        verdict = "NG" if score >= threshold else "OK"
+        height, width = image.shape[:2]
+        # An OK part shows no boxes; an NG part shows where it differs from the good ones.
+        regions = (find_regions(amap, m.pixel_threshold, m.settings.min_region_area, (width, height))
+                   if verdict == "NG" else [])
+        full = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+        return Result(score, threshold, verdict, full, regions, seconds * 1000.0)
