@@ -89,7 +89,7 @@ class Station:
         """Inspect one file and log it exactly once: a file already in the log is skipped
         (returns None). `loaded` is the already decoded image (or its load error) when a
         reader thread ran ahead."""
-        path = Path(path)
+        path = Path(path).absolute()
         started = time.perf_counter()
         try:
             key = file_key(path)

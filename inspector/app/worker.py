@@ -1,0 +1,92 @@
+"""The one way the GUI runs engine work: a function in a QThread.
+
+`Worker(fn, *args, **kwargs)` calls `fn(job, *args, **kwargs)` in its own thread, where
+`job` is the Worker: the function may call `job.report(value)` to send progress or results
+as they come, and should honour `job.cancel` (a threading.Event). The GUI hears plain data
+through the signals started, yielded(value), returned(result), errored(exception) and
+finished, always emitted on the GUI thread, so any callable may be connected to them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Qt, Signal, Slot
+
+log = logging.getLogger(__name__)
+
+
+class _Thread(QThread):
+    def __init__(self, target):
+        super().__init__()
+        self._target = target
+
+    def run(self) -> None:
+        self._target()
+
+
+class Worker(QObject):
+    started = Signal()
+    yielded = Signal(object)
+    returned = Signal(object)
+    errored = Signal(object)
+    finished = Signal()
+
+    _event = Signal(str, object)  # from the worker thread, relayed on the GUI thread
+    running: set["Worker"] = set()  # keeps every started worker alive until it finishes
+
+    def __init__(self, fn, *args, **kwargs):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.cancel = threading.Event()
+        self._thread = _Thread(self._run)
+        self._event.connect(self._relay, Qt.ConnectionType.QueuedConnection)
+
+    def start(self) -> "Worker":
+        Worker.running.add(self)
+        self._thread.start()
+        return self
+
+    def report(self, value) -> None:
+        """Send a value to the GUI (call it from the worker function)."""
+        self._event.emit("yielded", value)
+
+    def is_running(self) -> bool:
+        return self in Worker.running
+
+    def stop(self, wait: bool = True) -> None:
+        """Ask the function to stop; with `wait`, join the thread and deliver what it sent."""
+        self.cancel.set()
+        if wait:
+            self._thread.wait()
+            QCoreApplication.sendPostedEvents(self)  # deliver what it sent while receivers exist
+
+    def _run(self) -> None:
+        self._event.emit("started", None)
+        try:
+            result = self.fn(self, *self.args, **self.kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the GUI, never lost
+            log.debug("worker %s failed", getattr(self.fn, "__name__", self.fn), exc_info=True)
+            self._event.emit("errored", exc)
+        else:
+            self._event.emit("returned", result)
+        finally:
+            self._event.emit("finished", None)
+
+    @Slot(str, object)
+    def _relay(self, kind: str, value) -> None:
+        if kind == "finished":
+            self._thread.wait()  # run() is returning; let the thread end before it can be freed
+            Worker.running.discard(self)
+            self.finished.emit()
+        elif kind == "started":
+            self.started.emit()
+        else:
+            getattr(self, kind).emit(value)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for worker in list(cls.running):
+            worker.cancel.set()
+        for worker in list(cls.running):
+            worker.stop(wait=True)

@@ -1,0 +1,108 @@
+"""`inspector evaluate`: train on an MVTec-AD-layout category's good images, score its test
+set, and report the image/pixel metrics, timings and (optionally) plots."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..core.memory_bank import Progress, _no_progress
+from ..core.model import Settings
+from ..core.scoring import Inspector
+from ..core.training import train
+from ..data.images import load_image
+from ..data.mvtec import MVTecCategory, load_mask
+from ..errors import Cancelled
+from . import metrics
+
+
+def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path | None = None,
+             progress: Progress = _no_progress, cancel: threading.Event | None = None,
+             device: str = "cpu", weights: str | Path | None = None):
+    """Returns (report, model)."""
+
+    cat = MVTecCategory(category_dir)
+    started = time.perf_counter()
+    model, good = train(cat.name, cat.train_images, settings, progress, cancel, device, weights)
+    train_seconds = time.perf_counter() - started
+    inspector = Inspector(model, device)
+    size = settings.image_size
+    samples = cat.test_samples
+    labels = np.array([s.label for s in samples])
+    scores = np.empty(len(samples))
+    maps = np.empty((len(samples), size, size), np.float32)
+    masks = np.zeros((len(samples), size, size), bool)
+    latencies = []
+    gallery = []
+    batch_started = time.perf_counter()
+    for i, s in enumerate(samples):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Evaluation cancelled.")
+        t = time.perf_counter()
+        image = load_image(s.path)
+        result = inspector.inspect(image)
+        latencies.append((time.perf_counter() - t) * 1000.0)
+        scores[i] = result.score
+        maps[i] = cv2.resize(result.anomaly_map, (size, size), interpolation=cv2.INTER_AREA)
+        if s.mask_path is not None:
+            masks[i] = load_mask(s.mask_path, (size, size))
+        if plots_dir is not None:
+            gallery.append((s, image, result))
+        progress("inspecting test images", i + 1, len(samples))
+    batch_seconds = time.perf_counter() - batch_started
+
+    defect = labels == 1
+    pred_masks = maps >= model.pixel_threshold
+    f1_best, best_threshold = metrics.best_f1(labels, scores)
+    report = {
+        "category": cat.name, "settings": model.metadata()["settings"],
+        "image_auroc": metrics.image_auroc(labels, scores),
+        "pixel_auroc": metrics.pixel_auroc(masks, maps),
+        "aupro": metrics.aupro(masks, maps, 0.3),
+        "threshold": model.threshold, "pixel_threshold": model.pixel_threshold,
+        "f1_calibrated": metrics.confusion(labels, scores, model.threshold)["f1"],
+        "confusion_calibrated": metrics.confusion(labels, scores, model.threshold),
+        "f1_best": f1_best, "best_threshold": best_threshold,
+        "confusion_best": metrics.confusion(labels, scores, best_threshold),
+        "dice": metrics.dice(pred_masks[defect], masks[defect]),
+        "per_defect_auroc": metrics.per_type_auroc([s.defect_type for s in samples], labels, scores),
+        "train_seconds": train_seconds,
+        "latency_ms_median": float(np.median(latencies)),
+        "throughput_ips": len(samples) / batch_seconds,
+        "counts": model.counts, "test_images": len(samples),
+    }
+    if plots_dir is not None:
+        _plots(Path(plots_dir), report, labels, scores, masks, maps, gallery, model)
+    return report, model
+
+
+def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) -> None:
+    from . import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plots.plot_roc(folder / "roc.png", {
+        "image": metrics.roc(labels, scores),
+        "pixel": metrics.roc(masks.ravel(), maps.ravel()),
+    })
+    plots.plot_score_histogram(folder / "scores.png", scores[labels == 0], scores[labels == 1],
+                               model.threshold, f"{report['category']}: image scores")
+    items = []
+    for s, image, result in gallery:
+        h, w = image.shape[:2]
+        gt = load_mask(s.mask_path, (w, h)) if s.mask_path is not None else None
+        items.append({
+            "name": f"{s.defect_type}_{s.path.stem}", "image": image, "anomaly_map": result.anomaly_map,
+            "pred_mask": result.anomaly_map >= model.pixel_threshold, "gt_mask": gt,
+            "gt_boxes": _boxes(gt) if gt is not None else [],
+            "pred_boxes": [(r.x, r.y, r.w, r.h) for r in result.regions],
+            "score": result.score, "verdict": result.verdict,
+        })
+    plots.save_gallery(folder / "gallery", items, 0.0, 2.0 * model.threshold)
+
+
+def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return [tuple(int(v) for v in stats[i, :4]) for i in range(1, n)]

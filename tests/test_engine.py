@@ -1,0 +1,184 @@
+"""The engine on generated parts: backbones, ONNX runtime, memory bank, scoring, calibration."""
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from inspector.core import backbones
+from inspector.core.features import FeatureExtractor
+from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample
+from inspector.core.model import Calibration, Settings
+from inspector.core.scoring import Inspector, anomaly_map, find_regions
+from inspector.core.training import extract_features, fit, train
+from inspector.errors import BackboneError, Cancelled, TrainingError
+from inspector.synthetic import make_part, write_parts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    good = write_parts(tmp_path_factory.mktemp("good"), 20, seed=0)
+    model, features = train("part", good, Settings())
+    return model, features
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(BackboneError, match="Unknown backbone 'vgg'"):
+        backbones.get_spec("vgg")
+
+
+def test_missing_torchvision_weights_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(BackboneError, match=r"resnet18-f37072fd\.pth.*--backbone-weights"):
+        backbones.find_weights("resnet18")
+    with pytest.raises(BackboneError, match="not found"):
+        backbones.find_weights("resnet18", tmp_path / "nope.pth")
+
+
+def test_wrong_weight_file_is_refused(tmp_path):
+    import torch
+
+    bad = tmp_path / "resnet18.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, bad)
+    with pytest.raises(BackboneError, match="does not hold resnet18 weights"):
+        backbones.build_feature_module("resnet18", bad)
+
+
+def test_onnx_features_match_torch():
+    import torch
+
+    extractor = FeatureExtractor("efficientnet_lite0", 256)
+    images = [make_part(1), make_part(2, defect="stain")]
+    onnx_out = extractor(images)
+    assert onnx_out.shape == (2, 32, 32, 152)
+    module = backbones.build_feature_module("efficientnet_lite0")
+    batch = torch.from_numpy(np.stack([extractor.preprocess(im) for im in images]))
+    with torch.no_grad():
+        torch_out = module(batch).numpy().transpose(0, 2, 3, 1)
+    assert np.abs(onnx_out - torch_out).max() < 1e-3
+
+
+def test_inspecting_a_saved_model_does_not_import_torch(trained, tmp_path):
+    from inspector.core.model import save_model
+
+    save_model(trained[0], tmp_path)
+    code = (
+        "import sys\n"
+        "from inspector.core.model import load_model\n"
+        "from inspector.core.scoring import Inspector\n"
+        "from inspector.synthetic import make_part\n"
+        f"r = Inspector(load_model({str(tmp_path)!r}, 'part')).inspect(make_part(5))\n"
+        "print(r.verdict, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["OK", "False"]
+
+
+def test_bank_size_bounds():
+    assert bank_size(1000, 0.01) == 10
+    assert bank_size(10, 0.001) == 1
+    assert bank_size(10, 1.0) == 10
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(TrainingError):
+            bank_size(10, bad)
+
+
+def test_greedy_coreset_covers_every_cluster_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [100, 0], [0, 100], [100, 100], [50, 50]], np.float32)
+    points = np.concatenate([c + rng.normal(0, 1, (200, 2)) for c in centers]).astype(np.float32)
+    picked = greedy_coreset(points, 5 / 1000, seed=3)
+    clusters = {int(np.argmin(((centers - points[i]) ** 2).sum(1))) for i in picked}
+    assert clusters == {0, 1, 2, 3, 4}
+    assert np.array_equal(picked, greedy_coreset(points, 5 / 1000, seed=3))
+    # a random sample of 5 out of 1000 almost never covers all 5 clusters; greedy always does
+    assert np.array_equal(random_sample(points, 0.1, 7), random_sample(points, 0.1, 7))
+    assert len(random_sample(points, 0.1, 7)) == 100
+
+
+def test_sampling_reports_progress_and_cancels():
+    feats = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    seen = []
+    sample(feats, "greedy", 0.05, 0, lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen[-1] == ("sampling", 100, 100)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        sample(feats, "greedy", 0.05, 0, cancel=cancel)
+    with pytest.raises(TrainingError, match="Unknown sampler"):
+        sample(feats, "kmeans", 0.05, 0)
+
+
+def test_nearest_distance_is_exact():
+    rng = np.random.default_rng(1)
+    q, bank = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
+    brute = np.sqrt(((q[:, None, :] - bank[None]) ** 2).sum(-1)).min(1)
+    assert np.allclose(nearest_distance(q, bank), brute, atol=1e-4)
+
+
+def test_regions_are_boxes_in_original_coordinates():
+    amap = np.zeros((64, 64), np.float32)
+    amap[10:20, 30:40] = 5.0
+    amap[50:51, 5:6] = 9.0  # one pixel: below the minimum area
+    regions = find_regions(amap, 1.0, 4, (640, 320))  # original image 640 wide, 320 high
+    assert len(regions) == 1
+    r = regions[0]
+    assert (r.x, r.y, r.w, r.h) == (300, 50, 100, 50)
+    assert r.area == 100 * 10 * 5 and r.peak == 5.0
+
+
+def test_anomaly_map_is_smooth_and_sized():
+    scores = np.zeros((32, 32), np.float32)
+    scores[16, 16] = 1.0
+    amap = anomaly_map(scores, 256)
+    assert amap.shape == (256, 256)
+    assert 0 < amap.max() < 1.0 and np.unravel_index(amap.argmax(), amap.shape) in {(130, 130), (131, 131), (130, 131), (131, 130)}
+
+
+def test_calibration_threshold_follows_sigma_without_rescoring():
+    c = Calibration([1.0, 2.0, 3.0], pixel_mean=0.5, pixel_std=0.1, method="holdout")
+    assert c.image_threshold(0) == pytest.approx(2.0)
+    assert c.image_threshold(2) == pytest.approx(4.0)
+    assert c.sigma_for(4.0) == pytest.approx(2.0)
+    assert c.pixel_threshold(3) == pytest.approx(0.8)
+
+
+def test_trained_model_separates_good_and_defective_parts(trained):
+    model, _ = trained
+    assert model.calibration.method == "holdout" and model.counts["calibration_images"] == 4
+    inspector = Inspector(model)
+    good = [inspector.inspect(make_part(s)) for s in range(100, 105)]
+    bad = [inspector.inspect(make_part(s, defect=d)) for s, d in ((200, "scratch"), (201, "stain"))]
+    assert [r.verdict for r in good] == ["OK"] * 5 and all(not r.regions for r in good)
+    assert [r.verdict for r in bad] == ["NG", "NG"]
+    assert min(r.score for r in bad) > 1.5 * max(r.score for r in good)
+    stain = bad[1]
+    assert stain.anomaly_map.shape == (256, 256) and stain.regions
+    # the hottest box contains the hottest pixel of the map
+    y, x = np.unravel_index(stain.anomaly_map.argmax(), stain.anomaly_map.shape)
+    top = stain.regions[0]
+    assert top.x <= x < top.x + top.w and top.y <= y < top.y + top.h
+
+
+def test_refit_from_cached_features_changes_only_the_bank(trained):
+    model, features = trained
+    bigger = fit("part", features, Settings(sampling_ratio=0.05))
+    assert len(bigger.memory_bank) == pytest.approx(5 * len(model.memory_bank), rel=0.05)
+
+
+def test_few_images_use_leave_one_out_and_too_few_are_refused(trained, tmp_path):
+    _, features = trained
+    few = type(features)(features.features[:6], features.paths[:6])
+    model = fit("part", few, Settings())
+    assert model.calibration.method == "leave-one-out" and len(model.calibration.image_scores) == 6
+    with pytest.raises(TrainingError, match="at least 5"):
+        fit("part", type(features)(features.features[:3], features.paths[:3]), Settings())
+
+
+def test_unreadable_good_images_are_skipped_and_listed(tmp_path):
+    paths = write_parts(tmp_path, 3)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
+    extractor = FeatureExtractor("efficientnet_lite0", 256)
+    good = extract_features(paths + [tmp_path / "broken.png"], extractor)
+    assert len(good.features) == 3 and good.paths == paths
+    assert good.skipped[0][0].name == "broken.png" and "truncated" in good.skipped[0][1]
