@@ -128,8 +128,8 @@ def cmd_train(args) -> int:
         print(f"SKIPPED {reason}", file=sys.stderr)
     folder = save_model(model, args.models_dir)
     print(f"Saved {folder}: memory bank {len(model.memory_bank)} patches from {model.counts['bank_images']} "
-          f"images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, calibrated on "
-          f"{model.counts['calibration_images']} held-out good images, {model.calibration.method})")
+          f"images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, scored "
+          f"{model.counts['calibration_images']} good images outside the bank, {model.calibration.method})")
     return EXIT_OK
 
 

@@ -145,7 +145,7 @@ def test_calibration_threshold_follows_sigma_without_rescoring():
 
 def test_trained_model_separates_good_and_defective_parts(trained):
     model, _ = trained
-    assert model.calibration.method == "holdout" and model.counts["calibration_images"] == 4
+    assert model.calibration.method == "5-fold" and model.counts["calibration_images"] == 20
     inspector = Inspector(model)
     good = [inspector.inspect(make_part(s)) for s in range(100, 105)]
     bad = [inspector.inspect(make_part(s, defect=d)) for s, d in ((200, "scratch"), (201, "stain"))]
@@ -166,11 +166,15 @@ def test_refit_from_cached_features_changes_only_the_bank(trained):
     assert len(bigger.memory_bank) == pytest.approx(5 * len(model.memory_bank), rel=0.05)
 
 
-def test_few_images_use_leave_one_out_and_too_few_are_refused(trained, tmp_path):
+def test_calibration_method_follows_the_number_of_good_images(trained):
     _, features = trained
-    few = type(features)(features.features[:6], features.paths[:6])
+    few = type(features)(features.features[:5], features.paths[:5])
     model = fit("part", few, Settings())
-    assert model.calibration.method == "leave-one-out" and len(model.calibration.image_scores) == 6
+    assert model.calibration.method == "leave-one-out" and len(model.calibration.image_scores) == 5
+    many = type(features)(np.concatenate([features.features] * 3), features.paths * 3)
+    model = fit("part", many, Settings(holdout=0.2))
+    assert model.calibration.method == "holdout" and model.counts["calibration_images"] == 12
+    assert model.counts["bank_images"] == 48
     with pytest.raises(TrainingError, match="at least 5"):
         fit("part", type(features)(features.features[:3], features.paths[:3]), Settings())
 

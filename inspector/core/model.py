@@ -219,7 +219,8 @@ def rename_model(models_dir: str | Path, product: str, new_name: str) -> None:
         raise ModelError(f"A product named '{new_name}' already exists.")
     os.replace(root / check_product_name(product), root / new_name)
     path = root / new_name / META_FILE
-    _write_json(path, _read_meta(path) | {"product": new_name})
+    if path.exists():  # an untrained product is an empty folder
+        _write_json(path, _read_meta(path) | {"product": new_name})
 
 
 def runtime_versions() -> dict:

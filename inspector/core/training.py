@@ -20,7 +20,8 @@ from .model import Calibration, Model, Settings, check_product_name, runtime_ver
 from .scoring import anomaly_map, patch_scores
 
 MIN_GOOD_IMAGES = 5  # fewer cannot give a meaningful threshold
-LEAVE_ONE_OUT_BELOW = 10  # with fewer good images, calibrate by leave-one-out
+HOLDOUT_FROM = 50  # from this many good images on, hold out a fraction; below, cross-validate
+FOLDS = 5
 BATCH = 8
 
 
@@ -94,24 +95,27 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
     rng = np.random.default_rng(settings.seed)
     flat = lambda idx: feats[idx].reshape(-1, dim)  # noqa: E731
 
-    if n >= LEAVE_ONE_OUT_BELOW:
+    if n >= HOLDOUT_FROM:
         method = "holdout"
         order = rng.permutation(n)
-        n_out = max(2, int(round(n * settings.holdout)))
+        n_out = int(round(n * settings.holdout))
         held, kept = np.sort(order[:n_out]), np.sort(order[n_out:])
         bank = sample(flat(kept), settings.sampler, settings.sampling_ratio, settings.seed, progress, cancel)
         _check_cancel(cancel)
         progress("calibrating", 0, 1)
         scores, maps = _calibration_scores(feats[held], bank, settings.image_size)
     else:
-        method = "leave-one-out"
+        # Too few images to spare a held-out set: every image is scored against a bank built
+        # from the other folds, and the final bank uses all of them.
+        folds = np.array_split(rng.permutation(n), min(n, FOLDS))
+        method = "leave-one-out" if len(folds) == n else f"{len(folds)}-fold"
         scores, maps = [], []
-        for i in range(n):
+        for i, fold in enumerate(folds):
             _check_cancel(cancel)
-            progress("calibrating", i, n)
-            others = np.delete(np.arange(n), i)
+            progress("calibrating", i, len(folds))
+            others = np.setdiff1d(np.arange(n), fold)
             b = sample(flat(others), settings.sampler, settings.sampling_ratio, settings.seed)
-            s, m = _calibration_scores(feats[i:i + 1], b, settings.image_size)
+            s, m = _calibration_scores(feats[fold], b, settings.image_size)
             scores += s
             maps.append(m)
         maps = np.concatenate(maps)

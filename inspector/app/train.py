@@ -1,0 +1,291 @@
+"""Train tab: the folder of good images, the training settings, Start/Cancel and progress."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QPushButton, QSplitter, QVBoxLayout, QWidget)
+
+from ..core.backbones import BACKBONES
+from ..core.model import Settings, save_model
+from ..core.training import MIN_GOOD_IMAGES, train
+from ..data.images import list_images, load_image
+from ..errors import Cancelled, ImageError
+from .session import Session, settings
+from .views import FolderField, ProgressPanel, Thumbnails, icon, thumbnail
+from .worker import Worker
+
+IMAGE_SIZES = (224, 256, 320, 384)
+SAMPLERS = {"greedy": "Greedy coreset (best coverage)", "random": "Random (fastest)"}
+MAX_THUMBNAILS = 60
+MAX_LISTED = 5  # unreadable files named in the warning
+
+
+def _scan(job: Worker, folder: str) -> None:
+    """Check every image of the folder; thumbnails of the first ones."""
+    paths = list_images(folder)
+    job.report(("found", len(paths)))
+    for i, path in enumerate(paths):
+        if job.cancel.is_set():
+            return
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            job.report(("unreadable", path, str(exc)))
+        else:
+            job.report(("readable", path, thumbnail(image) if i < MAX_THUMBNAILS else None))
+
+
+def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path):
+    """Train and save; a failed or cancelled training saves nothing."""
+    model, good = train(product, list_images(folder), options,
+                        progress=lambda *step: job.report(step), cancel=job.cancel)
+    save_model(model, models_dir)
+    return model, good
+
+
+def percent_box(value: float = 1.0) -> QDoubleSpinBox:
+    """The sampling ratio, shown in percent of the patch features kept in the memory bank."""
+    box = QDoubleSpinBox()
+    box.setRange(0.1, 100.0)
+    box.setDecimals(1)
+    box.setSingleStep(0.5)
+    box.setSuffix(" %")
+    box.setValue(value)
+    box.setToolTip("Share of the good images' patch features kept in the memory bank. "
+                   "More is slower and slightly more accurate.")
+    return box
+
+
+class TrainTab(QWidget):
+    def __init__(self, session: Session):
+        super().__init__()
+        self.session = session
+        self._scanner: Worker | None = None
+        self._trainer: Worker | None = None
+        self._found = self._readable = 0
+        self._unreadable: list[str] = []
+        self._shown_product: str | None = None
+
+        self.folder = FolderField("Folder of good images", "Choose the folder of good images")
+        self.folder.chosen.connect(self._folder_chosen)
+        self.count = QLabel("Choose the folder of good images of this product.")
+        self.count.setWordWrap(True)
+        self.warning = QLabel()
+        self.warning.setObjectName("warning")
+        self.warning.setWordWrap(True)
+        self.warning.hide()
+
+        self.backbone = QComboBox()
+        for name, spec in BACKBONES.items():
+            self.backbone.addItem(spec.description, name)
+        self.image_size = QComboBox()
+        for size in IMAGE_SIZES:
+            self.image_size.addItem(f"{size} × {size} px", size)
+        self.sampler = QComboBox()
+        for name, text in SAMPLERS.items():
+            self.sampler.addItem(text, name)
+        self.ratio = percent_box()
+
+        self.start = QPushButton(icon("start"), "Start training")
+        self.start.setObjectName("primary")
+        self.start.setToolTip("Start training (F5)")
+        self.start.clicked.connect(self.start_training)
+        self.cancel = QPushButton(icon("stop"), "Cancel")
+        self.cancel.clicked.connect(self.cancel_training)
+        self.progress = ProgressPanel()
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setObjectName("summary")
+
+        images = QGroupBox("Good images")
+        box = QVBoxLayout(images)
+        box.addWidget(self.folder)
+        box.addWidget(self.count)
+        box.addWidget(self.warning)
+        options = QGroupBox("Settings")
+        form = QFormLayout(options)
+        form.addRow("Backbone", self.backbone)
+        form.addRow("Image size", self.image_size)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Sampling ratio", self.ratio)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start, 1)
+        buttons.addWidget(self.cancel)
+        left = QWidget()
+        column = QVBoxLayout(left)
+        column.addWidget(images)
+        column.addWidget(options)
+        column.addLayout(buttons)
+        column.addWidget(self.progress)
+        column.addWidget(self.summary)
+        column.addStretch(1)
+
+        self.thumbnails = Thumbnails(limit=MAX_THUMBNAILS)
+        right = QWidget()
+        column = QVBoxLayout(right)
+        self.thumbnails_title = QLabel("Good images that will be used")
+        self.thumbnails_title.setObjectName("heading")
+        column.addWidget(self.thumbnails_title)
+        column.addWidget(self.thumbnails, 1)
+
+        split = QSplitter()
+        split.setObjectName("train_split")
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([380, 900])
+        layout = QVBoxLayout(self)
+        layout.addWidget(split)
+
+        session.changed.connect(self._product_changed)
+        self._update_buttons()
+
+    # ---- good images -----------------------------------------------------------------
+    def _folder_chosen(self, folder: str) -> None:
+        if self._scanner is not None:
+            self._scanner.stop(wait=False)
+            self._scanner = None
+        self.thumbnails.clear()
+        self.warning.hide()
+        self._found = self._readable = 0
+        self._unreadable = []
+        if self.session.product and folder:
+            settings().setValue(f"good_folder/{self.session.product}", folder)
+        if not folder:
+            self.count.setText("Choose the folder of good images of this product.")
+        else:
+            self.count.setText("Reading the folder…")
+            self._scanner = worker = Worker(_scan, folder)
+            worker.yielded.connect(lambda item: self._scanner is worker and self._scanned(item))
+            worker.errored.connect(lambda exc: self._scanner is worker and self._scan_done(str(exc)))
+            worker.returned.connect(lambda _: self._scanner is worker and self._scan_done())
+            worker.start()
+        self._update_buttons()
+
+    def _scanned(self, item) -> None:
+        kind, *rest = item
+        if kind == "found":
+            self._found = rest[0]
+        elif kind == "unreadable":
+            path, reason = rest
+            self._unreadable.append(f"{Path(path).name}: {reason}")
+        else:
+            path, small = rest
+            self._readable += 1
+            if small is not None:
+                self.thumbnails.add(small, Path(path).name, str(path))
+        checked = self._readable + len(self._unreadable)
+        self.count.setText(f"Checking images: {checked} of {self._found}…")
+
+    def _scan_done(self, error: str | None = None) -> None:
+        self._scanner = None
+        if error or not self._found:
+            self.count.setText(error or "No image files (.png, .jpg, .bmp, .tif) in this folder.")
+            self._update_buttons()
+            return
+        text = f"{self._readable} good image(s) will be used"
+        if self._readable > MAX_THUMBNAILS:
+            text += f" (the first {MAX_THUMBNAILS} are shown)"
+        self.count.setText(text + ".")
+        problems = []
+        if self._unreadable:
+            problems.append(f"{len(self._unreadable)} file(s) cannot be read and will be skipped:\n"
+                            + "\n".join(self._unreadable[:MAX_LISTED])
+                            + ("\n…" if len(self._unreadable) > MAX_LISTED else ""))
+        if self._readable < MIN_GOOD_IMAGES:
+            problems.append(f"At least {MIN_GOOD_IMAGES} good images are needed; 30 or more give a "
+                            f"steadier threshold.")
+        self.warning.setText("\n".join(problems))
+        self.warning.setVisible(bool(problems))
+        self._update_buttons()
+
+    # ---- training --------------------------------------------------------------------
+    def options(self) -> Settings:
+        model = self.session.model
+        base = model.settings if model else Settings()
+        return replace(base, backbone=self.backbone.currentData(), image_size=self.image_size.currentData(),
+                       sampler=self.sampler.currentData(), sampling_ratio=self.ratio.value() / 100.0)
+
+    def start_training(self) -> None:
+        if not self.start.isEnabled():
+            return
+        product = self.session.product
+        self.summary.setText("")
+        self.progress.begin("Starting…")
+        self._trainer = worker = Worker(_train, product, self.folder.path(), self.options(),
+                                        self.session.models_dir)
+        worker.yielded.connect(lambda step: self.progress.step(*step))
+        worker.returned.connect(lambda result: self._trained(product, *result))
+        worker.errored.connect(self._failed)
+        worker.finished.connect(self._training_ended)
+        self.session.set_busy("training", True)
+        worker.start()
+        self._update_buttons()
+
+    def cancel_training(self) -> None:
+        if self._trainer is not None:
+            self._trainer.stop(wait=False)
+            self.progress.begin("Cancelling…")
+
+    def start_stop(self) -> None:
+        """F5: start, or cancel a training that runs."""
+        if self._trainer is not None:
+            self.cancel_training()
+        else:
+            self.start_training()
+
+    def _trained(self, product: str, model, good) -> None:
+        self.progress.finish("Training finished; the model is saved.")
+        if self.session.product == product:
+            self.session.set_model(model, good)
+        skipped = f" {len(good.skipped)} unreadable file(s) were skipped." if good.skipped else ""
+        self.session.info(f"Product '{product}' trained on {model.counts['good_images']} good images; "
+                          f"threshold {model.threshold:.4g}.{skipped}")
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self.progress.finish("Training cancelled; the previous model is unchanged.")
+            self.session.warn("Training cancelled; the previous model is unchanged.")
+        else:
+            self.progress.finish("Training failed; the previous model is unchanged.")
+            self.session.error(exc)
+
+    def _training_ended(self) -> None:
+        self._trainer = None
+        self.session.set_busy("training", False)
+        self._update_buttons()
+
+    # ---- product -----------------------------------------------------------------------
+    def _product_changed(self) -> None:
+        session = self.session
+        if session.product != self._shown_product:
+            self._shown_product = session.product
+            folder = settings().value(f"good_folder/{session.product}", "") if session.product else ""
+            self.folder.set_path(folder)
+        model = session.model
+        if model is not None:
+            s = model.settings
+            for combo, value in ((self.backbone, s.backbone), (self.image_size, s.image_size),
+                                 (self.sampler, s.sampler)):
+                combo.setCurrentIndex(max(0, combo.findData(value)))
+            self.ratio.setValue(s.sampling_ratio * 100.0)
+            c = model.counts
+            self.summary.setText(
+                f"Current model ({model.created[:16].replace('T', ' ')} UTC): {c.get('good_images')} good "
+                f"images, {c.get('calibration_images')} held out to set the threshold, memory bank of "
+                f"{c.get('memory_bank')} patch features. Threshold {model.threshold:.4g} at sensitivity "
+                f"{s.sigma:g}.")
+        elif session.product:
+            self.summary.setText(f"'{session.product}' is not trained yet.")
+        else:
+            self.summary.setText("")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        training = self._trainer is not None
+        self.start.setEnabled(not training and bool(self.session.product) and bool(self.folder.path()))
+        self.cancel.setEnabled(training)
+        for widget in (self.folder, self.backbone, self.image_size, self.sampler, self.ratio):
+            widget.setEnabled(not training)
