@@ -107,10 +107,14 @@ class FeatureExtractor:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """One RGB uint8 image (H, W, 3) -> normalised CHW float32 at the model's size."""
-        size = (self.image_size, self.image_size)
-        if image.shape[:2] != size[::-1]:
-            shrink = image.shape[0] > size[1] or image.shape[1] > size[0]
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        s = self.image_size
+        h, w = image.shape[:2]
+        if (h, w) != (s, s):
+            if min(h, w) > 2 * s:  # a large shrink: linear to twice the size, then exact 2x2 means
+                image = cv2.resize(image, (2 * s, 2 * s), interpolation=cv2.INTER_LINEAR)
+                h = w = 2 * s
+            shrink = h > s or w > s
+            image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         x = image.astype(np.float32) * self._scale + self._offset
         return x.transpose(2, 0, 1)
 

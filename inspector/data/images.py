@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyspng
 
 from inspector.errors import ImageError, SourceError
 
@@ -40,9 +41,14 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)
-    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])  # IHDR, always the first chunk
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 26:
+        width, height, depth, color = struct.unpack(">IIBB", data[16:26])  # IHDR, the first chunk
         _check_size(path, width, height)
+        if depth == 8 and color == 2:  # 8-bit RGB, what cameras write: libspng is ~25% faster
+            try:
+                return np.ascontiguousarray(pyspng.load(data))
+            except Exception:  # not decodable by libspng: OpenCV below gives the error message
+                pass
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
