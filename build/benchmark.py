@@ -65,7 +65,7 @@ def main() -> int:
                 "throughput_ips": throughput,
                 "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                 "cpu_cores": os.cpu_count()}
-    print(f"\n{cat.name}, default settings, {os.cpu_count()} cores")
+    print(f"\n{report['category']}, default settings, {os.cpu_count()} cores")
     for key, value in figures.items():
         target = TARGETS.get(key)
         verdict = ""

@@ -110,9 +110,6 @@ class FeatureExtractor:
         s = self.image_size
         h, w = image.shape[:2]
         if (h, w) != (s, s):
-            if min(h, w) > 2 * s:  # a large shrink: linear to twice the size, then exact 2x2 means
-                image = cv2.resize(image, (2 * s, 2 * s), interpolation=cv2.INTER_LINEAR)
-                h = w = 2 * s
             shrink = h > s or w > s
             image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         x = image.astype(np.float32) * self._scale + self._offset
