@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSignalBlocker
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
 from ..core.model import Model, save_model, save_sigma
@@ -46,10 +46,6 @@ def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path) -> M
     return new
 
 
-def _rate(count: int, total: int) -> str:
-    return f"{count} of {total} ({100.0 * count / total:.1f} %)" if total else "–"
-
-
 class CalibrateTab(QWidget):
     def __init__(self, session: Session):
         super().__init__()
@@ -57,6 +53,7 @@ class CalibrateTab(QWidget):
         self._model: Model | None = None
         self._product: str | None = None
         self._defects: list[float] = []
+        self._moving = False
         self._scorer: Worker | None = None
         self._refitter: Worker | None = None
 
@@ -69,10 +66,10 @@ class CalibrateTab(QWidget):
         self.sigma.valueChanged.connect(self._sigma_changed)
         self.threshold = QLabel("–")
         self.threshold.setObjectName("value")
-        self.false_rejects = QLabel("–")
-        self.escapes = QLabel("–")
-        for label in (self.false_rejects, self.escapes):
-            label.setWordWrap(True)
+        self.false_rejects = QLabel()
+        self.false_rejects.setToolTip("Good images of the calibration that would be NG at this threshold")
+        self.escapes = QLabel()
+        self.escapes.setToolTip("Known defect images that would pass as OK at this threshold")
         self.apply = QPushButton(icon("check"), "Apply sensitivity")
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
@@ -90,12 +87,14 @@ class CalibrateTab(QWidget):
         self.rebuild_progress = ProgressPanel()
 
         threshold = QGroupBox("Threshold")
-        form = QFormLayout(threshold)
+        column = QVBoxLayout(threshold)
+        form = QFormLayout()
         form.addRow("Sensitivity (sigma)", self.sigma)
         form.addRow("Threshold", self.threshold)
-        form.addRow("False rejects", self.false_rejects)
-        form.addRow("Escapes", self.escapes)
-        form.addRow(self.apply)
+        column.addLayout(form)
+        column.addWidget(self.false_rejects)
+        column.addWidget(self.escapes)
+        column.addWidget(self.apply)
         defects = QGroupBox("Known defects")
         column = QVBoxLayout(defects)
         column.addWidget(self.defect_folder)
@@ -118,7 +117,7 @@ class CalibrateTab(QWidget):
         self.plot.setLabel("left", "Images")
         self.plot.showGrid(x=True, y=True, alpha=0.15)
         self.plot.addLegend(offset=(-10, 10))
-        self.good_curve = self._histogram(GOOD_COLOUR, "Good images (held out)")
+        self.good_curve = self._histogram(GOOD_COLOUR, "Good images (calibration)")
         self.defect_curve = self._histogram(DEFECT_COLOUR, "Known defects")
         self.line = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen(LINE_COLOUR, width=3),
                                     hoverPen=pg.mkPen("#f0a000", width=4), label="threshold {value:.4g}",
@@ -176,8 +175,8 @@ class CalibrateTab(QWidget):
             self.good_curve.setData([], [])
             self.defect_curve.setData([], [])
             self.threshold.setText("–")
-            self.false_rejects.setText("Train the product first." if self.session.product else "–")
-            self.escapes.setText("–")
+            self.false_rejects.setText("Train the product first." if self.session.product else "")
+            self.escapes.setText("")
             self._update_buttons()
             return
         good = np.asarray(model.calibration.image_scores, float)
@@ -191,18 +190,20 @@ class CalibrateTab(QWidget):
 
     def _show_threshold(self, threshold: float) -> None:
         """Line, numbers and rates for a threshold (the sigma box is set by the caller)."""
-        with QSignalBlocker(self.line):
-            self.line.setValue(threshold)
+        self._moving = True  # not a drag: the line's label still follows, the sigma box does not
+        self.line.setValue(threshold)
+        self._moving = False
         good = np.asarray(self._model.calibration.image_scores, float)
         self.threshold.setText(f"{threshold:.4g}")
-        self.false_rejects.setText(f"{_rate(int((good >= threshold).sum()), len(good))} held-out good "
-                                   f"images would be NG")
+        rejected = int((good >= threshold).sum())
+        self.false_rejects.setText(f"<b>False rejects:</b> {rejected} of {len(good)} good images "
+                                   f"({100.0 * rejected / len(good):.1f} %)")
         if self._defects:
-            defects = np.asarray(self._defects)
-            self.escapes.setText(f"{_rate(int((defects < threshold).sum()), len(defects))} known defects "
-                                 f"would pass as OK")
+            escaped = int((np.asarray(self._defects) < threshold).sum())
+            self.escapes.setText(f"<b>Escapes:</b> {escaped} of {len(self._defects)} known defects "
+                                 f"({100.0 * escaped / len(self._defects):.1f} %)")
         else:
-            self.escapes.setText("Choose a folder of known defects to see the escapes.")
+            self.escapes.setText("<b>Escapes:</b> give a folder of known defects")
         self._update_buttons()
 
     def _sigma_changed(self, sigma: float) -> None:
@@ -214,7 +215,7 @@ class CalibrateTab(QWidget):
                 self._draw()
 
     def _line_moved(self) -> None:
-        if self._model is not None:
+        if self._model is not None and not self._moving:
             with QSignalBlocker(self.sigma):
                 self.sigma.setValue(self._model.calibration.sigma_for(self.line.value()))
             self._show_threshold(self._model.calibration.image_threshold(self.sigma.value()))

@@ -27,8 +27,7 @@ from .views import FolderField, ResultView, Thumbnails, display_map, icon, thumb
 from .worker import Worker
 
 SOURCES = {"folder": "Watch folder", "camera": "Camera or video", "file": "Files opened by hand"}
-COUNTERS = ("inspected", "OK", "NG", "ERROR", "yield")
-COUNTER_TITLES = {"inspected": "Inspected", "OK": "OK", "NG": "NG", "ERROR": "Errors", "yield": "Yield"}
+COUNTERS = {"inspected": "Inspected", "OK": "OK", "NG": "NG", "ERROR": "Errors", "yield": "Yield"}
 NG_STRIP = 20
 
 
@@ -88,6 +87,7 @@ class MonitorTab(QWidget):
         self._snap: threading.Event | None = None
         self._newest: tuple | None = None
         self._paint_pending = False
+        self._cameras_listed = False
         self.counts: Counter = Counter()
         self.painted = 0  # outcomes painted (fewer than counted when the GUI falls behind)
 
@@ -138,12 +138,12 @@ class MonitorTab(QWidget):
         self.counter_labels = {}
         shift = QGroupBox("This shift")
         grid = QGridLayout(shift)
-        for i, key in enumerate(COUNTERS):
+        for i, (key, text) in enumerate(COUNTERS.items()):
             value = QLabel("0")
             value.setObjectName(f"count_{key}")
             value.setProperty("counter", True)
             value.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            title = QLabel(COUNTER_TITLES[key])
+            title = QLabel(text)
             title.setAlignment(Qt.AlignmentFlag.AlignCenter)
             grid.addWidget(value, 0, i)
             grid.addWidget(title, 1, i)
@@ -230,16 +230,17 @@ class MonitorTab(QWidget):
         self.source.setCurrentIndex(max(0, self.source.findData(s.value("monitor/source", "folder"))))
         self.folder.set_path(s.value("monitor/folder", ""), emit=False)
         self.camera.setEditText(s.value("monitor/camera", "0"))
-        self.sort_files.setChecked(s.value("monitor/sort_files", False, bool))
-        self.archive.setChecked(s.value("monitor/archive", False, bool))
+        # switches are kept as 0/1: an INI file has no booleans
+        self.sort_files.setChecked(int(s.value("monitor/sort_files", 0)) == 1)
+        self.archive.setChecked(int(s.value("monitor/archive", 0)) == 1)
         self.archive_dir.set_path(s.value("monitor/archive_dir", ""), emit=False)
         self._source_changed()
 
     def _remember(self) -> None:
         s = settings()
         for key, value in (("source", self.source.currentData()), ("folder", self.folder.path()),
-                           ("camera", self.camera.currentText()), ("sort_files", self.sort_files.isChecked()),
-                           ("archive", self.archive.isChecked()), ("archive_dir", self.archive_dir.path())):
+                           ("camera", self.camera.currentText()), ("sort_files", int(self.sort_files.isChecked())),
+                           ("archive", int(self.archive.isChecked())), ("archive_dir", self.archive_dir.path())):
             s.setValue(f"monitor/{key}", value)
 
     def _default_archive(self) -> Path:
@@ -247,6 +248,8 @@ class MonitorTab(QWidget):
 
     def _source_changed(self) -> None:
         self.pages.setCurrentIndex(self.source.currentIndex())
+        if self.source.currentData() == "camera" and not self._cameras_listed:
+            self.find_cameras()
         self._update_buttons()
 
     # ---- running the line -------------------------------------------------------------
@@ -318,6 +321,7 @@ class MonitorTab(QWidget):
             self.camera.setEditText(path)
 
     def find_cameras(self) -> None:
+        self._cameras_listed = True
         worker = Worker(lambda job: list_cameras())
         worker.returned.connect(self._cameras_found)
         worker.errored.connect(self.session.error)
@@ -346,7 +350,7 @@ class MonitorTab(QWidget):
         self.counts[record.verdict] += 1
         name = Path(record.image_path).name if record.image_path else "frame"
         if record.verdict == "ERROR":
-            self.session.error(f"ERROR {name}: {record.error}")
+            self.session.error(f"{name}: {record.error}")
         if outcome.log_error:
             self.session.warn(outcome.log_error)
         if thumb is not None:
@@ -387,7 +391,7 @@ class MonitorTab(QWidget):
 
     def _show_counts(self) -> None:
         judged = self.counts["OK"] + self.counts["NG"]
-        for key in COUNTERS[:-1]:
+        for key in ("inspected", "OK", "NG", "ERROR"):
             self.counter_labels[key].setText(str(self.counts[key]))
         self.counter_labels["yield"].setText(f"{100.0 * self.counts['OK'] / judged:.1f} %" if judged else "–")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from ..core.model import Model, check_product_name, delete_model, list_models, load_model, rename_model
+from ..core.model import META_FILE, Model, check_product_name, delete_model, list_models, load_model, rename_model
 from ..core.training import GoodFeatures
 from ..errors import InspectorError, ModelError
 from ..store.results import ResultStore
@@ -75,7 +75,7 @@ class Session(QObject):
         worker.start()
 
     def _load_failed(self, product: str, exc: BaseException) -> None:
-        if self.product == product and (self.models_dir / product / "model.json").exists():
+        if self.product == product and (self.models_dir / product / META_FILE).exists():
             self.error(exc)  # a damaged model; an untrained product is not an error
 
     def set_model(self, model: Model, good: GoodFeatures | None = None) -> None:

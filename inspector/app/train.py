@@ -265,18 +265,18 @@ class TrainTab(QWidget):
             folder = settings().value(f"good_folder/{session.product}", "") if session.product else ""
             self.folder.set_path(folder)
         model = session.model
+        s = model.settings if model else Settings()
+        for combo, value in ((self.backbone, s.backbone), (self.image_size, s.image_size),
+                             (self.sampler, s.sampler)):
+            combo.setCurrentIndex(max(0, combo.findData(value)))
+        self.ratio.setValue(s.sampling_ratio * 100.0)
         if model is not None:
-            s = model.settings
-            for combo, value in ((self.backbone, s.backbone), (self.image_size, s.image_size),
-                                 (self.sampler, s.sampler)):
-                combo.setCurrentIndex(max(0, combo.findData(value)))
-            self.ratio.setValue(s.sampling_ratio * 100.0)
             c = model.counts
             self.summary.setText(
                 f"Current model ({model.created[:16].replace('T', ' ')} UTC): {c.get('good_images')} good "
-                f"images, {c.get('calibration_images')} held out to set the threshold, memory bank of "
-                f"{c.get('memory_bank')} patch features. Threshold {model.threshold:.4g} at sensitivity "
-                f"{s.sigma:g}.")
+                f"images; memory bank of {c.get('memory_bank')} patch features; threshold "
+                f"{model.threshold:.4g} at sensitivity {s.sigma:g}, set from {c.get('calibration_images')} "
+                f"good-image scores ({model.calibration.method}).")
         elif session.product:
             self.summary.setText(f"'{session.product}' is not trained yet.")
         else:

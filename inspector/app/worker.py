@@ -13,6 +13,8 @@ import threading
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Qt, Signal, Slot
 
+from ..errors import InspectorError
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,8 @@ class Worker(QObject):
         try:
             result = self.fn(self, *self.args, **self.kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the GUI, never lost
-            log.debug("worker %s failed", getattr(self.fn, "__name__", self.fn), exc_info=True)
+            if not isinstance(exc, InspectorError):  # a bug, not the operator's input: keep the trace
+                log.exception("worker %s failed", getattr(self.fn, "__name__", self.fn))
             self._event.emit("errored", exc)
         else:
             self._event.emit("returned", result)
