@@ -39,7 +39,12 @@ def default_models_dir() -> Path:
     checkout = bundle_dir()
     if not is_frozen() and "INSPECTOR_HOME" not in os.environ and (checkout / "pyproject.toml").is_file():
         return checkout / "models"
-    return user_data_dir() / "models"
+    folder = user_data_dir() / "models"
+    try:  # the first start of an installed copy creates its data folder
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # reported, with the path, by whatever then fails to write there
+    return folder
 
 
 def default_db_path(models_dir: Path | None = None) -> Path:

@@ -39,9 +39,10 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
     try:
         import torch
     except ImportError:
+        shipped = sorted(p.stem for d in paths.backbone_dirs() for p in d.glob("*.onnx"))
         raise BackboneError(
-            f"No exported graph for backbone '{backbone}' at image size {image_size}, and torch is "
-            f"not installed to export one. Use an image size this installation ships.") from None
+            f"No exported graph for backbone '{backbone}' at image size {image_size}, and this "
+            f"installation has no torch to export one. Available: {', '.join(shipped) or 'none'}.") from None
     import onnxruntime as ort
 
     module = build_feature_module(backbone, weights)
@@ -97,8 +98,11 @@ class FeatureExtractor:
                 raise BackboneError(f"The backbone graph {graph} cannot be loaded ({exc}); delete it "
                                     f"so that it is exported again.") from exc
         else:
-            import torch
-
+            try:
+                import torch
+            except ImportError:
+                raise BackboneError(f"Device '{device}' needs torch, which this installation does not "
+                                    f"have (it runs on the CPU only).") from None
             self._torch = torch
             try:
                 self._module = build_feature_module(backbone, weights).to(device)

@@ -15,7 +15,7 @@ from ..core.scoring import Inspector
 from ..core.training import train
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
-from ..errors import Cancelled
+from ..errors import Cancelled, SourceError
 from . import metrics
 
 
@@ -25,6 +25,8 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
     """Returns (report, model)."""
 
     cat = MVTecCategory(category_dir)
+    if len({s.label for s in cat.test_samples}) < 2:
+        raise SourceError(f"{cat.root}/test needs both good and defective images to evaluate.")
     started = time.perf_counter()
     model, good = train(cat.name, cat.train_images, settings, progress, cancel, device, weights)
     train_seconds = time.perf_counter() - started
