@@ -92,6 +92,8 @@ class FeatureExtractor:
             graph = find_graph(backbone, image_size) or export_graph(backbone, image_size, weights)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # No busy-waiting after a run: the cores are needed at once for decoding the next image.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
             except Exception as exc:
