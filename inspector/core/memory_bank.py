@@ -15,7 +15,7 @@ PROJECTION_DIM = 32  # random projection used to measure distances while picking
 _CHUNK = 1 << 24  # elements per distance block (64 MB of float32)
 
 
-def _no_progress(stage: str, done: int, total: int) -> None:
+def no_progress(stage: str, done: int, total: int) -> None:
     pass
 
 
@@ -25,7 +25,7 @@ def bank_size(n: int, ratio: float) -> int:
     return max(1, min(n, int(round(n * ratio))))
 
 
-def random_sample(features: np.ndarray, ratio: float, seed: int, progress: Progress = _no_progress,
+def random_sample(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
                   cancel=None) -> np.ndarray:
     """Indices of a uniform random subset of the patch features."""
     n = len(features)
@@ -34,7 +34,7 @@ def random_sample(features: np.ndarray, ratio: float, seed: int, progress: Progr
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
-def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Progress = _no_progress,
+def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
                    cancel=None) -> np.ndarray:
     """Indices of a k-center greedy coreset: each step adds the patch farthest from every patch
     chosen so far, measured on a seeded random projection of the features."""
@@ -71,7 +71,7 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"greedy": greedy_coreset, "ran
 
 
 def sample(features: np.ndarray, sampler: str, ratio: float, seed: int,
-           progress: Progress = _no_progress, cancel=None) -> np.ndarray:
+           progress: Progress = no_progress, cancel=None) -> np.ndarray:
     """The memory bank: the sampled rows of `features` (N, C)."""
     try:
         pick = SAMPLERS[sampler]

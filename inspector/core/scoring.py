@@ -88,20 +88,11 @@ class Inspector:
         return float(scores.max()), anomaly_map(scores, self.model.settings.image_size)
 
     def inspect(self, image: np.ndarray) -> Result:
-        return self.inspect_batch([image])[0]
-
-    def inspect_batch(self, images: list[np.ndarray]) -> list[Result]:
         start = time.perf_counter()
-        features = self.extractor(images)
-        per_image = (time.perf_counter() - start) / len(images)
-        results = []
-        for image, feats in zip(images, features):
-            t = time.perf_counter()
-            score, amap = self.score_features(feats)
-            results.append(self._result(image, score, amap, per_image + time.perf_counter() - t))
-        return results
+        score, amap = self.score_features(self.extractor([image])[0])
+        return self._result(image, score, amap, start)
 
-    def _result(self, image: np.ndarray, score: float, amap: np.ndarray, seconds: float) -> Result:
+    def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float) -> Result:
         m = self.model
         threshold = m.threshold
         verdict = "NG" if score >= threshold else "OK"
@@ -110,4 +101,4 @@ class Inspector:
         regions = (find_regions(amap, m.pixel_threshold, m.settings.min_region_area, (width, height))
                    if verdict == "NG" else [])
         full = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
-        return Result(score, threshold, verdict, full, regions, seconds * 1000.0)
+        return Result(score, threshold, verdict, full, regions, (time.perf_counter() - start) * 1000.0)

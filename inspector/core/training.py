@@ -15,7 +15,7 @@ import numpy as np
 from ..data.images import load_image
 from ..errors import Cancelled, ImageError, TrainingError
 from .features import FeatureExtractor
-from .memory_bank import Progress, _no_progress, sample
+from .memory_bank import Progress, no_progress, sample
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
 from .scoring import anomaly_map, patch_scores
 
@@ -45,7 +45,7 @@ def _try_load(path: Path):
         return exc
 
 
-def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: Progress = _no_progress,
+def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: Progress = no_progress,
                      cancel: threading.Event | None = None) -> GoodFeatures:
     """Load (in a background thread, ahead of the backbone) and extract every image.
     Unreadable files are skipped and listed, never fatal on their own."""
@@ -80,7 +80,7 @@ def _calibration_scores(held_out: np.ndarray, bank: np.ndarray, image_size: int)
     return scores, np.stack(maps)
 
 
-def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress = _no_progress,
+def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress = no_progress,
         cancel: threading.Event | None = None) -> Model:
     """Build the memory bank and calibrate the thresholds from good images alone."""
     product = check_product_name(product)
@@ -93,7 +93,9 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
         raise TrainingError(f"The held-out fraction must be in (0, 1), got {settings.holdout}.")
     dim = feats.shape[-1]
     rng = np.random.default_rng(settings.seed)
-    flat = lambda idx: feats[idx].reshape(-1, dim)  # noqa: E731
+
+    def flat(indices: np.ndarray) -> np.ndarray:
+        return feats[indices].reshape(-1, dim)
 
     if n >= HOLDOUT_FROM:
         method = "holdout"
@@ -131,7 +133,7 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
                  versions=runtime_versions())
 
 
-def train(product: str, paths: list[Path], settings: Settings, progress: Progress = _no_progress,
+def train(product: str, paths: list[Path], settings: Settings, progress: Progress = no_progress,
           cancel: threading.Event | None = None, device: str = "cpu",
           weights: str | Path | None = None) -> tuple[Model, GoodFeatures]:
     """Train from image files. Returns the model and the features (kept for re-fitting)."""

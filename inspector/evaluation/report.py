@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.memory_bank import Progress, _no_progress
+from ..core.memory_bank import Progress, no_progress
 from ..core.model import Settings
 from ..core.scoring import Inspector
 from ..core.training import train
@@ -20,7 +20,7 @@ from . import metrics
 
 
 def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path | None = None,
-             progress: Progress = _no_progress, cancel: threading.Event | None = None,
+             progress: Progress = no_progress, cancel: threading.Event | None = None,
              device: str = "cpu", weights: str | Path | None = None):
     """Returns (report, model)."""
 
