@@ -50,7 +50,8 @@ def _settings(args) -> Settings:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone)
-    p.add_argument("--backbone-weights", dest="weights", help="path of the backbone's weight file")
+    p.add_argument("--backbone-weights", dest="weights", type=lambda p: str(Path(p).resolve()),
+                   help="path of the backbone's weight file (remembered by the model)")
     p.add_argument("--sampling-ratio", type=float, default=d.sampling_ratio,
                    help=f"fraction of patch features kept in the memory bank (default {d.sampling_ratio})")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=d.sampler)
@@ -123,7 +124,7 @@ def cmd_train(args) -> int:
 
     images = list_images(args.good_dir)
     print(f"Training '{args.product}' on {len(images)} good image(s) from {args.good_dir}", file=sys.stderr)
-    model, good = train(args.product, images, _settings(args), ProgressLine(), None, args.device, args.weights)
+    model, good = train(args.product, images, _settings(args), ProgressLine(), None, args.device)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
     folder = save_model(model, args.models_dir)
@@ -212,8 +213,7 @@ def cmd_history(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation.report import evaluate
 
-    report, _ = evaluate(args.category_dir, _settings(args), args.plots, ProgressLine(), None,
-                      args.device, args.weights)
+    report, _ = evaluate(args.category_dir, _settings(args), args.plots, ProgressLine(), None, args.device)
     c = report["confusion_calibrated"]
     print(f"{report['category']}: image AUROC {report['image_auroc']:.4f}, pixel AUROC "
           f"{report['pixel_auroc']:.4f}, AUPRO {report['aupro']:.4f}\n"

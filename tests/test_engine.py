@@ -186,3 +186,19 @@ def test_unreadable_good_images_are_skipped_and_listed(tmp_path):
     good = extract_features(paths + [tmp_path / "broken.png"], extractor)
     assert len(good.features) == 3 and good.paths == paths
     assert good.skipped[0][0].name == "broken.png" and "truncated" in good.skipped[0][1]
+
+
+def test_a_torchvision_backbone_runs_from_an_explicit_weight_file(tmp_path, monkeypatch):
+    """resnet18 with a weight file given by path: exported to ONNX, cached under the file's
+    digest (never confused with another weight file), and remembered by the trained model."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("INSPECTOR_CACHE_DIR", str(tmp_path / "cache"))
+    weights = tmp_path / "my-resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    settings = Settings(backbone="resnet18", image_size=64, weights=str(weights))
+    model, _ = train("rn", write_parts(tmp_path / "good", 5, size=64), settings)
+    graphs = [p.name for p in (tmp_path / "cache" / "backbones").iterdir()]
+    assert len(graphs) == 1 and graphs[0].startswith("resnet18-64-") and model.memory_bank.shape[1] == 384
+    assert Inspector(model).inspect(make_part(9, size=64)).verdict in ("OK", "NG")

@@ -5,6 +5,7 @@ torch. The graph is exported once from torch (dynamo exporter), checked against 
 cached; a packaged application ships it. torch serves CUDA and MPS devices directly."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -20,13 +21,21 @@ STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
 EXPORT_TOLERANCE = 1e-3
 
 
-def graph_name(backbone: str, image_size: int) -> str:
-    return f"{backbone}-{image_size}.onnx"
+def graph_name(backbone: str, image_size: int, weights: str | Path | None = None) -> str:
+    """The cached graph's file name; a graph from an explicit weight file carries its digest."""
+    if weights is None:
+        return f"{backbone}-{image_size}.onnx"
+    try:
+        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+    except OSError as exc:
+        raise BackboneError(f"Cannot read backbone weight file {weights}: {exc}") from exc
+    return f"{backbone}-{image_size}-{digest}.onnx"
 
 
-def find_graph(backbone: str, image_size: int) -> Path | None:
+def find_graph(backbone: str, image_size: int, weights: str | Path | None = None) -> Path | None:
+    name = graph_name(backbone, image_size, weights)
     for folder in paths.backbone_dirs():
-        path = folder / graph_name(backbone, image_size)
+        path = folder / name
         if path.is_file():
             return path
     return None
@@ -64,7 +73,7 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
         if err > EXPORT_TOLERANCE:
             raise BackboneError(f"The exported {backbone} graph differs from torch by {err:.2e} "
                                 f"(> {EXPORT_TOLERANCE}); not using it.")
-        final = dest_dir / graph_name(backbone, image_size)
+        final = dest_dir / graph_name(backbone, image_size, weights)
         os.replace(tmp, final)
         return final
     finally:
@@ -89,7 +98,7 @@ class FeatureExtractor:
         if device == "cpu":
             import onnxruntime as ort
 
-            graph = find_graph(backbone, image_size) or export_graph(backbone, image_size, weights)
+            graph = find_graph(backbone, image_size, weights) or export_graph(backbone, image_size, weights)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             # No busy-waiting after a run: the cores are needed at once for decoding the next image.

@@ -68,6 +68,7 @@ class Settings:
     seed: int = 0
     holdout: float = 0.2
     min_region_area: int = 16  # pixels on the model's input-size map
+    weights: str | None = None  # an explicit backbone weight file; None: embedded or torch hub cache
 
 
 @dataclass

@@ -79,7 +79,7 @@ class Inspector:
     def __init__(self, model: Model, device: str = "cpu", extractor: FeatureExtractor | None = None):
         s = model.settings
         self.model = model
-        self.extractor = extractor or FeatureExtractor(s.backbone, s.image_size, device)
+        self.extractor = extractor or FeatureExtractor(s.backbone, s.image_size, device, s.weights)
         self._bank_sq = np.einsum("ij,ij->i", model.memory_bank, model.memory_bank)
 
     def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:

@@ -134,12 +134,11 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
 
 
 def train(product: str, paths: list[Path], settings: Settings, progress: Progress = no_progress,
-          cancel: threading.Event | None = None, device: str = "cpu",
-          weights: str | Path | None = None) -> tuple[Model, GoodFeatures]:
+          cancel: threading.Event | None = None, device: str = "cpu") -> tuple[Model, GoodFeatures]:
     """Train from image files. Returns the model and the features (kept for re-fitting)."""
     check_product_name(product)
     if not paths:
         raise TrainingError("No good images given: choose a folder that contains good part images.")
-    extractor = FeatureExtractor(settings.backbone, settings.image_size, device, weights)
+    extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
     good = extract_features(paths, extractor, progress, cancel)
     return fit(product, good, settings, progress, cancel), good

@@ -21,14 +21,14 @@ from . import metrics
 
 def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path | None = None,
              progress: Progress = no_progress, cancel: threading.Event | None = None,
-             device: str = "cpu", weights: str | Path | None = None):
+             device: str = "cpu"):
     """Returns (report, model)."""
 
     cat = MVTecCategory(category_dir)
     if len({s.label for s in cat.test_samples}) < 2:
         raise SourceError(f"{cat.root}/test needs both good and defective images to evaluate.")
     started = time.perf_counter()
-    model, good = train(cat.name, cat.train_images, settings, progress, cancel, device, weights)
+    model, good = train(cat.name, cat.train_images, settings, progress, cancel, device)
     train_seconds = time.perf_counter() - started
     inspector = Inspector(model, device)
     size = settings.image_size
