@@ -4,7 +4,6 @@ logged verdict, OK, NG or ERROR with its reason; a bad item never stops the line
 the CLI and, from worker threads, by the GUI."""
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time

@@ -10,7 +10,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSignalBlocker
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
-                               QSplitter, QVBoxLayout, QWidget)
+                               QVBoxLayout, QWidget)
 
 from ..core.model import Model, save_model, save_sigma
 from ..core.scoring import Inspector
@@ -19,7 +19,7 @@ from ..data.images import list_images, load_image
 from ..errors import ImageError
 from .session import Session
 from .train import percent_box
-from .views import FolderField, ProgressPanel, icon
+from .views import FolderField, ProgressPanel, icon, splitter
 from .worker import Worker
 
 BINS = 30
@@ -133,13 +133,7 @@ class CalibrateTab(QWidget):
         column.addWidget(self.plot, 1)
         column.addWidget(self.hint)
 
-        split = QSplitter()
-        split.setObjectName("calibrate_split")
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([380, 900])
-        QVBoxLayout(self).addWidget(split)
+        QVBoxLayout(self).addWidget(splitter("calibrate_split", left, right, (380, 900)))
 
         session.changed.connect(self._model_changed)
         session.busy_changed.connect(lambda _: self._update_buttons())

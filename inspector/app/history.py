@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import QAbstractTableModel, QDateTime, QModelIndex, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateTimeEdit, QFileDialog, QHBoxLayout,
-                               QHeaderView, QLabel, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QPushButton, QTableView, QVBoxLayout, QWidget)
 
 from ..core.features import FeatureExtractor
 from ..core.model import load_model
@@ -18,7 +18,7 @@ from ..data.images import load_image
 from ..errors import InspectorError
 from ..store.results import VERDICTS, InspectionRecord
 from .session import Session, describe
-from .views import ResultView, display_map, icon
+from .views import ResultView, display_map, icon, splitter
 from .worker import Worker
 
 PAGE = 200
@@ -209,13 +209,7 @@ class HistoryTab(QWidget):
         column.addWidget(self.image, 1)
         column.addWidget(self.details)
 
-        split = QSplitter()
-        split.setObjectName("history_split")
-        split.addWidget(self.view_table)
-        split.addWidget(right)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        split.setSizes([840, 440])
+        split = splitter("history_split", self.view_table, right, (840, 440), (3, 2))
         layout = QVBoxLayout(self)
         layout.addLayout(filters)
         layout.addWidget(split, 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGridLayout, QGroupBox,
-                               QHBoxLayout, QLabel, QPushButton, QSlider, QSplitter, QStackedWidget,
+                               QHBoxLayout, QLabel, QPushButton, QSlider, QStackedWidget,
                                QVBoxLayout, QWidget)
 
 from ..core.model import Model
@@ -23,7 +23,7 @@ from ..sources.folder import FolderWatcher
 from ..station import Outcome, Station, watch_camera, watch_folder
 from ..store.results import ResultStore
 from .session import Session, settings
-from .views import FolderField, ResultView, Thumbnails, display_map, icon, thumbnail
+from .views import FolderField, ResultView, Thumbnails, display_map, icon, thumbnail, splitter
 from .worker import Worker
 
 SOURCES = {"folder": "Watch folder", "camera": "Camera or video", "file": "Files opened by hand"}
@@ -211,13 +211,7 @@ class MonitorTab(QWidget):
         column.addWidget(title)
         column.addWidget(self.ng_strip)
 
-        split = QSplitter()
-        split.setObjectName("monitor_split")
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([360, 920])
-        QVBoxLayout(self).addWidget(split)
+        QVBoxLayout(self).addWidget(splitter("monitor_split", left, right, (360, 920)))
 
         self._restore()
         self._set_banner(None)

@@ -5,7 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QPushButton, QSplitter, QVBoxLayout, QWidget)
+                               QPushButton, QVBoxLayout, QWidget)
 
 from ..core.backbones import BACKBONES
 from ..core.model import Settings, save_model
@@ -13,7 +13,7 @@ from ..core.training import MIN_GOOD_IMAGES, train
 from ..data.images import list_images, load_image
 from ..errors import Cancelled, ImageError
 from .session import Session, settings
-from .views import FolderField, ProgressPanel, Thumbnails, icon, thumbnail
+from .views import FolderField, ProgressPanel, Thumbnails, icon, thumbnail, splitter
 from .worker import Worker
 
 IMAGE_SIZES = (224, 256, 320, 384)
@@ -130,12 +130,7 @@ class TrainTab(QWidget):
         column.addWidget(self.thumbnails_title)
         column.addWidget(self.thumbnails, 1)
 
-        split = QSplitter()
-        split.setObjectName("train_split")
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([380, 900])
+        split = splitter("train_split", left, right, (380, 900))
         layout = QVBoxLayout(self)
         layout.addWidget(split)
 

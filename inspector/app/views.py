@@ -12,7 +12,7 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (QFileDialog, QGraphicsRectItem, QHBoxLayout, QLabel, QLineEdit,
                                QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-                               QVBoxLayout, QWidget)
+                               QSplitter, QVBoxLayout, QWidget)
 
 from ..paths import bundle_dir
 
@@ -21,6 +21,19 @@ HEAT_SIZE = 256  # the anomaly map is smooth: painted at this size, stretched ov
 # the JET colours of the saved overlays (inspector.evaluation.plots.overlay_heatmap), as RGB
 JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1].copy()
 BOX_PEN = pg.mkPen("#ff2020", width=2)
+
+
+def splitter(name: str, left: QWidget, right: QWidget, sizes: tuple[int, int],
+             stretch: tuple[int, int] = (0, 1)) -> QSplitter:
+    """A named (so its sizes are remembered) left | right splitter."""
+    split = QSplitter()
+    split.setObjectName(name)
+    split.addWidget(left)
+    split.addWidget(right)
+    for index, factor in enumerate(stretch):
+        split.setStretchFactor(index, factor)
+    split.setSizes(list(sizes))
+    return split
 
 
 def icon(name: str) -> QIcon:
