@@ -131,7 +131,8 @@ def _look(job: Worker, record: InspectionRecord, session: Session, extractors: d
     try:
         if model is None or model.product != record.product:
             model = load_model(session.models_dir, record.product)
-        key = (model.settings.backbone, model.settings.image_size)
+        s = model.settings
+        key = (s.backbone, s.image_size, "cpu", s.weights)  # FeatureExtractor's arguments
         if key not in extractors:
             extractors[key] = FeatureExtractor(*key)
         result = Inspector(model, extractor=extractors[key]).inspect(image)
