@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -15,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .core.scoring import Inspector, Result
-from .data.images import file_key, load_image, save_image
+from .data.images import file_key, load_image, read_ahead, save_image
 from .errors import InspectorError, StoreError
 from .evaluation.plots import draw_boxes, overlay_heatmap
 from .store.results import InspectionRecord, ResultStore
@@ -110,14 +109,12 @@ class Station:
 
     def inspect_files(self, paths: Iterable[str | Path], cancel: threading.Event | None = None) -> Iterator[Outcome]:
         """Inspect many files; the next file is read while the current one is scored."""
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            loaded = reader.map(_load_or_error, paths)
-            for path, image in loaded:
-                if cancel is not None and cancel.is_set():
-                    return
-                outcome = self.inspect_file(path, image)
-                if outcome is not None:
-                    yield outcome
+        for path, image in read_ahead(paths):
+            if cancel is not None and cancel.is_set():
+                return
+            outcome = self.inspect_file(path, image)
+            if outcome is not None:
+                yield outcome
 
     def _sort(self, path: Path, outcome: Outcome) -> None:
         """Move the file into an OK/, NG/ or ERROR/ subfolder beside it."""
@@ -142,13 +139,6 @@ class Station:
             save_image(dest, overlay(outcome.image, outcome.result))
         except (OSError, InspectorError) as exc:
             outcome.log_error = f"Could not archive the overlay to {dest}: {exc}"
-
-
-def _load_or_error(path: str | Path):
-    try:
-        return path, load_image(path)
-    except InspectorError as exc:
-        return path, exc
 
 
 def watch_folder(station: Station, watcher, stop: threading.Event,

@@ -5,14 +5,13 @@ rebuilds the bank from cached features without reading the images again."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from ..data.images import load_image
+from ..data.images import read_ahead
 from ..errors import Cancelled, ImageError, TrainingError
 from .features import FeatureExtractor
 from .memory_bank import Progress, no_progress, sample
@@ -38,13 +37,6 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled("Training cancelled; the previous model is unchanged.")
 
 
-def _try_load(path: Path):
-    try:
-        return load_image(path)
-    except ImageError as exc:
-        return exc
-
-
 def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: Progress = no_progress,
                      cancel: threading.Event | None = None) -> GoodFeatures:
     """Load (in a background thread, ahead of the backbone) and extract every image.
@@ -52,21 +44,18 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: P
     paths = [Path(p) for p in paths]
     feats = np.empty((len(paths), extractor.grid, extractor.grid, extractor.feature_dim), np.float32)
     used, skipped = [], []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        loaded = pool.map(_try_load, paths)
-        batch: list = []
-        for i, path in enumerate(paths):
-            _check_cancel(cancel)
-            image = next(loaded)
-            if isinstance(image, ImageError):
-                skipped.append((path, str(image)))
-            else:
-                batch.append((path, image))
-            if len(batch) == BATCH or (i == len(paths) - 1 and batch):
-                feats[len(used):len(used) + len(batch)] = extractor([im for _, im in batch])
-                used += [p for p, _ in batch]
-                batch = []
-            progress("extracting features", i + 1, len(paths))
+    batch: list = []
+    for i, (path, image) in enumerate(read_ahead(paths, depth=BATCH)):
+        _check_cancel(cancel)
+        if isinstance(image, ImageError):
+            skipped.append((path, str(image)))
+        else:
+            batch.append((path, image))
+        if len(batch) == BATCH or (i == len(paths) - 1 and batch):
+            feats[len(used):len(used) + len(batch)] = extractor([im for _, im in batch])
+            used += [p for p, _ in batch]
+            batch = []
+        progress("extracting features", i + 1, len(paths))
     return GoodFeatures(feats[:len(used)], used, skipped)
 
 

@@ -7,7 +7,10 @@ on every OS (`cv2.imread` cannot open non-ASCII paths on Windows).
 from __future__ import annotations
 
 import struct
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -60,6 +63,29 @@ def load_image(path: str | Path) -> np.ndarray:
         )
     _check_size(path, image.shape[1], image.shape[0])
     return to_rgb8(image, path)
+
+
+def _load_or_error(path: Path) -> np.ndarray | ImageError:
+    try:
+        return load_image(path)
+    except ImageError as exc:
+        return exc
+
+
+def read_ahead(paths: Iterable[str | Path], depth: int = 2) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
+    """(path, image or its ImageError) for each path, in order, decoded by a background thread
+    at most `depth` images ahead of the consumer (so memory stays bounded and stopping early
+    waits for at most `depth` decodes)."""
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        for path in map(Path, paths):
+            pending.append((path, reader.submit(_load_or_error, path)))
+            if len(pending) > depth:
+                path, future = pending.popleft()
+                yield path, future.result()
+        while pending:
+            path, future = pending.popleft()
+            yield path, future.result()
 
 
 def list_images(folder: str | Path) -> list[Path]:

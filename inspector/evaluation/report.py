@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.memory_bank import Progress, no_progress
 from ..core.model import Settings
-from ..core.scoring import Inspector
+from ..core.scoring import Inspector, find_regions
 from ..core.training import train
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
@@ -106,5 +106,6 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) ->
 
 
 def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return [tuple(int(v) for v in stats[i, :4]) for i in range(1, n)]
+    """Boxes around the connected areas of a ground-truth mask."""
+    regions = find_regions(mask.astype(np.float32), 0.5, 1, (mask.shape[1], mask.shape[0]))
+    return [(r.x, r.y, r.w, r.h) for r in regions]
