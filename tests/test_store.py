@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from inspector.errors import StoreError
-from inspector.store.results import SCHEMA_VERSION, InspectionRecord, ResultStore
+from inspector.store.results import SCHEMA_VERSION, InspectionRecord, NotLogged, ResultStore
 
 
 def rec(product="bolt", verdict="OK", **kw):
@@ -69,7 +69,7 @@ def test_numpy_like_values_are_stored_as_plain_numbers(store):
 def test_wal_mode_and_schema_version(store, db):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     indexes = {row[1] for row in con.execute("PRAGMA index_list(inspections)")}
     assert {"inspections_product_time", "inspections_verdict_time", "inspections_time",
             "inspections_file_key"} <= indexes
@@ -163,7 +163,7 @@ def test_csv_export(store, tmp_path):
     with open(dest, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["product", "source", "verdict", "image_path", "score", "threshold",
-                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "id"]
+                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "model_version", "id"]
     assert [r["time"] for r in rows] == [at(1), at(0)]
     assert rows[0]["verdict"] == "NG" and float(rows[0]["score"]) == 3.5
     assert rows[0]["regions"] == '[{"x": 1, "y": 2, "w": 3, "h": 4, "area": 12, "peak": 3.5}]'
@@ -240,10 +240,13 @@ def test_verdict_that_cannot_be_saved_anywhere(db):
     store = ResultStore(db, timeout_s=0.1)
     db.with_name("results.db.pending.jsonl").mkdir()  # the journal cannot be written
     other = hold_write_lock(db)
-    with pytest.raises(StoreError, match="could not be saved anywhere"):
-        store.record(rec())
+    with pytest.raises(NotLogged, match="NOT logged yet; it is kept in memory"):
+        store.record(rec(image_path="kept.png"))
+    assert store.pending_count() == 1
     other.execute("ROLLBACK")
     other.close()
+    assert store.retry_pending() == 0  # once the database works again, the verdict is written
+    assert [r.image_path for r in store.query()] == ["kept.png"]
     store.close()
 
 
