@@ -107,21 +107,22 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
         if limit and len(verdicts) >= limit:
             stop.set()
 
-    def terminate(*_):
+    def interrupt(*_):
+        """The item under way is finished, logged and printed; a second Ctrl-C stops at once."""
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         interrupted.set()
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with _open_store(args) as store:
-            try:
-                run_line(args.models_dir, store, args.product, kind, target, stop, on_outcome, _say,
-                         sort_files=getattr(args, "sort", False), archive_dir=getattr(args, "archive", None),
-                         device=args.device, **options)
-            except KeyboardInterrupt:  # the item under way is finished and logged, or not begun
-                interrupted.set()
+            run_line(args.models_dir, store, args.product, kind, target, stop, on_outcome, _say,
+                     sort_files=getattr(args, "sort", False), archive_dir=getattr(args, "archive", None),
+                     device=args.device, **options)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
     if interrupted.is_set():

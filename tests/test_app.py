@@ -252,11 +252,18 @@ def test_video_file_as_camera_and_snap(line_window, tmp_path, qtbot):
         assert store.count(verdict="NG") == inspected
         assert {r.source for r in store.query()} == {"camera"}
 
-    # on Snap only: nothing is inspected until F6
+    # on Snap only: nothing is inspected until F6 (a video long enough for any machine)
+    long_video = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(long_video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (256, 256))
+    frame = cv2.cvtColor(make_part(400, 256, "stain"), cv2.COLOR_RGB2BGR)
+    for _ in range(600):  # two minutes
+        writer.write(frame)
+    writer.release()
+    monitor.camera.setEditText(str(long_video))
     monitor.reset_counters()
     monitor.snap_only.setChecked(True)
     monitor.start_stop()
-    qtbot.waitUntil(lambda: monitor.snap_button.isEnabled() and window.log.toPlainText().count(": live.") == 2,
+    qtbot.waitUntil(lambda: monitor.snap_button.isEnabled() and f"{long_video}: live." in window.log.toPlainText(),
                     timeout=WAIT)
     assert monitor.counts["inspected"] == 0
     qtbot.keyClick(window, Qt.Key.Key_F6)

@@ -72,17 +72,17 @@ def load_image(path: str | Path) -> np.ndarray:
     return to_rgb8(image, path)
 
 
-def _load_or_error(path: Path) -> np.ndarray | ImageError:
+def _load_or_error(path: Path) -> np.ndarray | Exception:
     try:
         return load_image(path)
-    except ImageError as exc:
+    except Exception as exc:  # noqa: BLE001 - a file's failure (ImageError, or e.g. MemoryError) goes with it
         return exc
 
 
-def read_ahead(paths: Iterable[str | Path], depth: int = 2) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
-    """(path, image or its ImageError) for each path, in order, decoded by a background thread
-    at most `depth` images ahead of the consumer (so memory stays bounded and stopping early
-    waits for at most `depth` decodes)."""
+def read_ahead(paths: Iterable[str | Path], depth: int = 2) -> Iterator[tuple[Path, np.ndarray | Exception]]:
+    """(path, image or the exception loading it raised) for each path, in order, decoded by a
+    background thread at most `depth` images ahead of the consumer (so memory stays bounded
+    and stopping early waits for at most `depth` decodes)."""
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=1) as reader:
         for path in map(Path, paths):

@@ -170,9 +170,8 @@ class Camera:
                 if self._is_file:
                     self._set_status(stop, "ended")
                     return
-                self._set_status(
-                    stop, "reconnecting", f"Lost {self._describe()}: {error}. Reconnecting every {self.reconnect_s:g} s."
-                )
+                self._set_status(stop, "reconnecting",
+                                 f"Lost {self._describe()}: {error}. Reconnecting every {self.reconnect_s:g} s.")
                 stop.wait(self.reconnect_s)
                 continue
             with self._cond:
