@@ -126,9 +126,7 @@ def test_watched_folder_inspects_new_and_slowly_written_files(inspector, tmp_pat
                     f.write(data[i:i + len(data) // 5])
                     f.flush()
                     time.sleep(0.15)
-            deadline = time.monotonic() + 20
-            while len(seen) < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: len(seen) >= 3)
         finally:
             stop.set()
             worker.join()
@@ -194,24 +192,33 @@ def test_links_that_lead_nowhere_are_errors_with_a_reason(inspector, tmp_path):
         assert list(Station(inspector, store, "file").inspect_files(sorted(line.iterdir()))) == []  # once
 
 
+def watch_until(station, watcher, count, act) -> list:
+    """Run the watch loop in a thread, do `act()`, and stop once `count` outcomes came."""
+    seen, stop = [], threading.Event()
+    worker = threading.Thread(target=watch_folder, args=(station, watcher, stop, seen.append, 0.05))
+    worker.start()
+    try:
+        act()
+        wait_for(lambda: len(seen) >= count)
+    finally:
+        stop.set()
+        worker.join()
+    return seen
+
+
 @pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
 def test_watch_logs_empty_files_and_broken_links_with_their_reason(inspector, tmp_path):
     folder = tmp_path / "watch"
     folder.mkdir()
-    seen, stop = [], threading.Event()
+
+    def arrive():
+        (folder / "zero.png").write_bytes(b"")
+        (folder / "loop.png").symlink_to(folder / "loop.png")
+        (folder / "dangling.png").symlink_to(folder / "gone.png")
+        write_parts(folder, 1, seed=4)
+
     with ResultStore(tmp_path / "log.db") as store, FolderWatcher(folder, settle_s=0.2, max_wait_s=1.0) as watcher:
-        worker = threading.Thread(target=watch_folder, args=(Station(inspector, store, "folder"), watcher, stop,
-                                                              seen.append, 0.05))
-        worker.start()
-        try:
-            (folder / "zero.png").write_bytes(b"")
-            (folder / "loop.png").symlink_to(folder / "loop.png")
-            (folder / "dangling.png").symlink_to(folder / "gone.png")
-            write_parts(folder, 1, seed=4)
-            wait_for(lambda: len(seen) == 4)
-        finally:
-            stop.set()
-            worker.join()
+        watch_until(Station(inspector, store, "folder"), watcher, 4, arrive)
         rows = logged(store)
     assert {n: r.verdict for n, r in rows.items()} == {"zero.png": "ERROR", "loop.png": "ERROR",
                                                        "dangling.png": "ERROR", "good_004.png": "OK"}
@@ -301,17 +308,9 @@ def test_a_file_written_slowly_is_logged_once_when_complete(inspector, tmp_path)
     line waits for it instead of logging it as an ERROR (and sorting it into ERROR/)."""
     folder = tmp_path / "watch"
     folder.mkdir()
-    seen, stop = [], threading.Event()
     with ResultStore(tmp_path / "log.db") as store, FolderWatcher(folder, settle_s=0.1) as watcher:
-        worker = threading.Thread(target=watch_folder, args=(Station(inspector, store, "folder", sort_files=True),
-                                                              watcher, stop, seen.append, 0.05))
-        worker.start()
-        try:
-            write_slowly(folder / "slow.png", part_png(14), pause_s=0.4)
-            wait_for(lambda: len(seen) == 1)
-        finally:
-            stop.set()
-            worker.join()
+        watch_until(Station(inspector, store, "folder", sort_files=True), watcher, 1,
+                    lambda: write_slowly(folder / "slow.png", part_png(14), pause_s=0.4))
         assert [(r.verdict, r.image_path.rsplit("/", 1)[-1]) for r in store.query()] == [("OK", "slow.png")]
     assert [p.name for p in (folder / "OK").iterdir()] == ["slow.png"] and not (folder / "ERROR").exists()
 
@@ -319,18 +318,10 @@ def test_a_file_written_slowly_is_logged_once_when_complete(inspector, tmp_path)
 def test_a_file_that_stays_truncated_is_one_error_after_the_limit(inspector, tmp_path):
     folder = tmp_path / "watch"
     folder.mkdir()
-    seen, stop = [], threading.Event()
+    data = part_png(15)
     with ResultStore(tmp_path / "log.db") as store, FolderWatcher(folder, settle_s=0.1, max_wait_s=1.5) as watcher:
-        worker = threading.Thread(target=watch_folder, args=(Station(inspector, store, "folder"), watcher, stop,
-                                                              seen.append, 0.05))
-        worker.start()
-        try:
-            data = part_png(15)
-            (folder / "cut.png").write_bytes(data[: len(data) // 2])  # a failed copy
-            wait_for(lambda: len(seen) == 1)
-        finally:
-            stop.set()
-            worker.join()
+        watch_until(Station(inspector, store, "folder"), watcher, 1,
+                    lambda: (folder / "cut.png").write_bytes(data[: len(data) // 2]))  # a failed copy
         [row] = store.query()
     assert row.verdict == "ERROR" and "truncated" in row.error and "still incomplete after" in row.error
 

@@ -404,10 +404,11 @@ def _section(meta: dict, name: str, cls, product: str):
     return obj
 
 
-def _load_version(folder: Path, product: str, version: int) -> Model:
+def _checked_meta(folder: Path, product: str, version: int) -> tuple[dict, str, str, Settings, Calibration]:
+    """A version's model.json with its checksum and fields checked: (meta, the bank's
+    digest, model id, settings, calibration)."""
     meta = _read_meta(folder / META_FILE)
-    fmt = meta["format_version"]
-    if fmt >= 2:
+    if meta["format_version"] >= 2:
         bank_meta = meta.get("bank")
         if meta.get("checksum") != _checksum(meta) or not isinstance(bank_meta, dict):
             raise ModelError(f"The model of '{product}' (version {version}) does not match its checksum: "
@@ -417,6 +418,13 @@ def _load_version(folder: Path, product: str, version: int) -> Model:
             raise ModelError(f"The model of '{product}' names an unexpected bank file {bank_file!r}.")
     else:
         digest, model_id = meta.get("bank_sha256"), str(meta.get("model_id", ""))
+    settings = _section(meta, "settings", Settings, product)
+    calibration = _section(meta, "calibration", Calibration, product)
+    return meta, digest, model_id, settings, calibration
+
+
+def _load_version(folder: Path, product: str, version: int) -> Model:
+    meta, digest, model_id, settings, calibration = _checked_meta(folder, product, version)
     data = (folder / BANK_FILE).read_bytes()
     if hashlib.sha256(data).hexdigest() != digest:
         raise ModelError(f"The memory bank of '{product}' does not match its checksum: the model "
@@ -427,8 +435,6 @@ def _load_version(folder: Path, product: str, version: int) -> Model:
         bank = load(data)["memory_bank"]
     except Exception as exc:  # noqa: BLE001 - malformed content of any kind is a damaged bank
         raise ModelError(f"The memory bank of '{product}' cannot be read ({exc!r}); train it again.") from exc
-    settings = _section(meta, "settings", Settings, product)
-    calibration = _section(meta, "calibration", Calibration, product)
     counts, created, versions = meta.get("counts", {}), meta.get("created", ""), meta.get("versions", {})
     if not (isinstance(counts, dict) and isinstance(created, str) and isinstance(versions, dict)):
         raise ModelError(f"The model of '{product}' has damaged counts, creation time or versions.")
@@ -479,8 +485,9 @@ def load_model(models_dir: str | Path, product: str, version: int | None = None)
 
 
 def list_models(models_dir: str | Path) -> list[dict]:
-    """Metadata of every product's newest model, by product name, with 'product' and
-    'model_id'; an untrained or damaged one carries an 'error'."""
+    """The model.json of every product's newest version (checked, but not its memory bank,
+    which load_model checks), by product name, with 'product', 'version' and 'model_id';
+    an untrained or damaged one carries an 'error'."""
     out = []
     root = Path(models_dir)
     if not root.is_dir():
@@ -490,11 +497,15 @@ def list_models(models_dir: str | Path) -> list[dict]:
             _product_folder(root, old.name[1:-4])
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            model = load_model(root, folder.name)
-        except ModelError as exc:
+            versions = _version_dirs(folder)
+            if not versions:
+                raise ModelError(f"'{folder.name}' is not trained yet.")
+            number = max(versions)
+            meta, _, model_id, _, _ = _checked_meta(versions[number], folder.name, number)
+        except (ModelError, OSError) as exc:
             out.append({"product": folder.name, "error": str(exc)})
         else:
-            out.append(model.metadata() | {"product": model.product, "model_id": model.model_id})
+            out.append(meta | {"product": folder.name, "version": number, "model_id": model_id})
     return out
 
 
