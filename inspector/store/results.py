@@ -408,41 +408,36 @@ class ResultStore:
         return sorted(self.path.parent.glob(f"{self.path.name}.pending-*.jsonl"))
 
     def _replay(self) -> None:
-        """Claim the journal (rename under the lock), then write every claimed file and the
-        rows kept in memory, row by row; what cannot be written is set aside."""
-        if self.journal_path.is_file():
-            with _file_lock(self._lock_path):
-                if self.journal_path.is_file():
-                    claim = self.journal_path.with_name(f"{self.path.name}.pending-{uuid.uuid4().hex}.jsonl")
-                    try:
-                        os.replace(self.journal_path, claim)
-                    except OSError as e:
-                        log.warning("cannot claim the journal %s: %s", self.journal_path, e)
-        for claim in self._claimed():
-            try:
-                lines = claim.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-            except FileNotFoundError:  # replayed meanwhile by another process
-                continue
-            except OSError as e:
-                log.warning("cannot read the pending rows in %s: %s", claim, e)
-                continue
-            self._write_pending([line for line in lines if line.strip()], claim)
-            claim.unlink(missing_ok=True)
-        if self._unsaved:
-            unsaved, self._unsaved = self._unsaved, []
-            try:
-                self._write_pending([json.dumps({"table": t, "uid": u, "row": r}) for t, u, r in unsaved], None)
-            except BaseException:
-                self._unsaved = unsaved + self._unsaved
-                raise
-
-    def _write_pending(self, lines: list[str], source: Path | None) -> None:
-        """Insert journal lines in one transaction, each on its own: a line that cannot be
-        written (cut short by a crash, invalid) goes to the rejected file with its reason."""
-        rejected = []
+        """Write the journal and the rows kept in memory, row by row, in one transaction; a
+        row that cannot be written is set aside. The database's write lock is taken first,
+        so nothing is claimed while it is unavailable; then the journal is claimed (renamed
+        under the file lock, so no process appends to it any more) and read."""
+        if not (self._unsaved or self.journal_path.is_file() or self._claimed()):
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for n, line in enumerate(lines, 1):
+            if self.journal_path.is_file():
+                with _file_lock(self._lock_path):
+                    if self.journal_path.is_file():
+                        claim = self.journal_path.with_name(f"{self.path.name}.pending-{uuid.uuid4().hex}.jsonl")
+                        try:
+                            os.replace(self.journal_path, claim)
+                        except OSError as e:
+                            log.warning("cannot claim the journal %s: %s", self.journal_path, e)
+            done, lines = [], []
+            for claim in self._claimed():
+                try:
+                    content = claim.read_text(encoding="utf-8", errors="surrogateescape")
+                except FileNotFoundError:  # replayed meanwhile by another process
+                    continue
+                except OSError as e:
+                    log.warning("cannot read the pending rows in %s: %s", claim, e)
+                    continue
+                done.append(claim)
+                lines += [(line, claim) for line in content.splitlines() if line.strip()]
+            lines += [(json.dumps({"table": t, "uid": u, "row": r}), None) for t, u, r in self._unsaved]
+            rejected = []
+            for line, source in lines:
                 self._db.execute("SAVEPOINT line")
                 try:
                     table, uid, row = self._parse(line)
@@ -460,6 +455,9 @@ class ResultStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        self._unsaved = []
+        for claim in done:
+            claim.unlink(missing_ok=True)
         if rejected:
             log.warning("%d pending row(s) could not be written into %s; they are kept in %s",
                         len(rejected), self.path, self.rejected_path)
