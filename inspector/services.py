@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,10 +29,13 @@ from .core.scoring import Result
 from .core.training import GoodFeatures
 from .data.images import list_images, load_image, read_ahead
 from .errors import Cancelled, InspectorError, ModelError, StoreError, TrainingError, describe
+from .frames import FrameKeeper
 from .sources.camera import Camera
 from .sources.folder import FolderWatcher
-from .station import Message, Outcome, Station, inspector_for, no_message, watch_camera, watch_folder
-from .store.results import InspectionRecord, ResultStore
+from .station import (Message, Outcome, SourceStatus, Station, inspector_for, no_message, no_status, watch_camera,
+                      watch_folder)
+from .store.results import STATION, InspectionRecord, ResultStore, utc_time
+from .users import Accounts, User
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,32 @@ def _current(models_dir: Path, product: str) -> Model | None:
         return load_model(models_dir, product)
     except InspectorError:
         return None
+
+
+# ---- the station: shifts and the engineer --------------------------------------------------------
+
+def shift_start(store: ResultStore) -> str | None:
+    """When the current shift started (ISO UTC), None before the station's first shift."""
+    shifts = [e for e in store.events(STATION, limit=50) if e.kind == "shift"]
+    return shifts[0].new if shifts else None
+
+
+def new_shift(store: ResultStore, user: str | None = None) -> str:
+    """Start a new shift now: its counters start from zero (the log keeps everything). Returns
+    its start time. Recorded as an event (old start -> new start)."""
+    start = utc_time(datetime.now(timezone.utc))
+    store.record_event(STATION, "shift", shift_start(store), start, None, user)
+    return start
+
+
+def set_engineer(accounts: Accounts, store: ResultStore, name: str, pin: str, old_pin: str | None = None) -> User:
+    """Set the engineer's name and PIN (the first time freely, later with the current PIN);
+    recorded as an event, the PIN itself never."""
+    had = accounts.engineer_name()
+    user = accounts.set_engineer(name, pin, old_pin)
+    _record(store, STATION, "engineer", had, user.name, "engineer PIN set" if had is None else "engineer PIN changed",
+            str(user))
+    return user
 
 
 # ---- products -------------------------------------------------------------------------------
@@ -253,28 +283,44 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
              stop: threading.Event, on_outcome: Callable[[Outcome], None], on_message: Message = no_message,
              sort_files: bool = False, archive_dir: str | Path | None = None, snap: threading.Event | None = None,
              settle_s: float = 0.5, max_wait_s: float = 30.0, interval_s: float = 0.0, device: str = "cpu",
-             model: Model | None = None) -> None:
+             model: Model | None = None, on_status: SourceStatus = no_status,
+             frames: FrameKeeper | None = None) -> None:
     """Run the line until `stop` is set or its source ends. `kind` is the source: 'folder'
     (watch the folder `target`), 'camera' (a camera index, stream URL or video file; every
     frame at most once per `interval_s`, or one per `snap` when given) or 'file' (inspect
     the files of the list `target` once; files already logged are skipped). Every item is
-    logged (see Station); the line follows new model versions of the product between items."""
+    logged (see Station); the line follows new model versions of the product between items.
+    `on_status` hears the source's state: 'live', or 'lost' with the reason (a folder gone, a
+    camera that cannot be opened or sends no frames). `frames` keeps NG camera frames."""
     model = model if model is not None else load_model(models_dir, product)
     station = Station(inspector_for(model, device), store, kind, sort_files, archive_dir, models_dir,
-                      on_message, device)
+                      on_message, device, frames)
     if kind == "folder":
         with FolderWatcher(target, settle_s, max_wait_s) as watcher:
             on_message("info", f"Watching {watcher.folder} for new images of '{model.product}' "
                                f"(model version {model.version}).")
-            watch_folder(station, watcher, stop, on_outcome)
+            lost = False
+
+            def folder_status(state: str, reason: str | None) -> None:
+                nonlocal lost
+                if state == "lost" or lost:
+                    on_message("warning" if state == "lost" else "info",
+                               reason if state == "lost" else f"{watcher.folder} is back: watching it again.")
+                lost = state == "lost"
+                on_status(state, reason)
+
+            watch_folder(station, watcher, stop, on_outcome, on_status=folder_status)
     elif kind == "camera":
         def status(state: str, error: str | None) -> None:
             lost = state in ("reconnecting", "no frames")
             on_message("warning" if lost else "info", (error if lost and error else f"{target}: {state}."))
+            if lost or state == "live":
+                on_status("lost" if lost else "live", error if lost else f"{target} is live.")
 
         with Camera(target) as camera:
             watch_camera(station, camera, stop, on_outcome, interval_s, status, snap)
     elif kind == "file":
+        on_status("live", None)
         files = list(target)
         done = 0
         for outcome in station.inspect_files(files, stop):

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -26,15 +27,21 @@ from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image
 from .drawing import overlay
 from .errors import IncompleteImage, InspectorError, StoreError, describe
-from .store.results import InspectionRecord, NotLogged, ResultStore, text
+from .frames import FrameKeeper, frame_file_name
+from .store.results import InspectionRecord, NotLogged, ResultStore, text, utc_time
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # how often verdicts that could not be logged are tried again
 Message = Callable[[str, str], None]  # level ("info", "warning", "error"), text
+SourceStatus = Callable[[str, "str | None"], None]  # "live" | "lost", and why
 
 
 def no_message(level: str, text: str) -> None:
+    pass
+
+
+def no_status(state: str, reason: str | None) -> None:
     pass
 
 
@@ -81,7 +88,7 @@ class Station:
     def __init__(self, inspector: Inspector, store: ResultStore, source: str,
                  sort_files: bool = False, archive_dir: str | Path | None = None,
                  models_dir: str | Path | None = None, on_message: Message = no_message,
-                 device: str = "cpu"):
+                 device: str = "cpu", frames: FrameKeeper | None = None):
         self.inspector = inspector
         self.store = store
         self.source = source  # "file" | "folder" | "camera"
@@ -90,6 +97,7 @@ class Station:
         self.models_dir = Path(models_dir) if models_dir else None
         self.on_message = on_message
         self.device = device
+        self.frames = frames  # keeps NG camera frames (a file is its own evidence)
         m = inspector.model.settings
         self._extractors = {(m.backbone, m.image_size, device, m.weights): inspector.extractor}
         self._refused: int | None = None  # a newer version that could not be loaded
@@ -199,10 +207,25 @@ class Station:
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime, OpenCV, memory: this item's ERROR
             return self._error(inspector.model, name, key, exc)
         latency = (time.perf_counter() - started) * 1000.0
-        outcome = self._log(Outcome(self._record(inspector.model, result.verdict, name, key, result,
-                                                 latency_ms=latency), image, result))
+        record = self._record(inspector.model, result.verdict, name, key, result, latency_ms=latency)
+        kept = self._keep_frame(record, image)
+        outcome = self._log(Outcome(record, image, result))
+        outcome.log_error = outcome.log_error or kept
         self._archive(outcome, name)
         return outcome
+
+    def _keep_frame(self, record: InspectionRecord, image: np.ndarray) -> str | None:
+        """Keep an NG camera frame; the record then points at the kept file. Returns what went
+        wrong, if anything."""
+        if self.frames is None or self.source != "camera" or record.verdict != "NG":
+            return None
+        record.time = utc_time(datetime.now(timezone.utc))
+        try:
+            record.image_path = text(str(self.frames.keep(image, frame_file_name(record.time, record.image_path
+                                                                                   or "frame"))))
+        except Exception as exc:  # noqa: BLE001 - the verdict is logged; only the picture is missing
+            return text(f"Could not keep the NG frame {record.image_path} in {self.frames.folder}: {describe(exc)}")
+        return None
 
     def inspect_file(self, path: str | Path, loaded: np.ndarray | Exception | None = None,
                      waiting_since: float | None = None, max_wait_s: float = 0.0) -> Outcome | None:
@@ -296,11 +319,32 @@ class Station:
 
 
 def watch_folder(station: Station, watcher, stop: threading.Event,
-                 on_outcome: Callable[[Outcome], None], poll_s: float = 0.2) -> None:
+                 on_outcome: Callable[[Outcome], None], poll_s: float = 0.2,
+                 on_status: SourceStatus = no_status) -> None:
     """Inspect each new file from a started FolderWatcher until `stop` is set. A file still
     being written is handed back to the watcher until it is complete or has waited the
-    watcher's max_wait_s."""
+    watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the
+    folder disappears (an unplugged drive, a lost share): the watch resumes by itself when
+    the folder is back."""
+    status = None
     while not stop.is_set():
+        if not watcher.folder.is_dir():
+            if status != "lost":
+                status = "lost"
+                on_status("lost", f"The watched folder {watcher.folder} is gone (an unplugged drive or a "
+                                  f"lost network share?). Waiting for it to come back.")
+            stop.wait(1.0)
+            continue
+        if status == "lost":  # back: watch the folder as it is now
+            watcher.stop()
+            try:
+                watcher.start()
+            except InspectorError:
+                stop.wait(1.0)
+                continue
+        if status != "live":
+            status = "live"
+            on_status("live", f"Watching {watcher.folder}.")
         path = watcher.next_ready(poll_s)
         if path is None:
             station.retry_pending()
@@ -321,7 +365,6 @@ def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Ca
     """Inspect the newest camera frame continuously (at most one per `interval_s`), or only
     when `snap` is set if a snap event is given, until `stop` is set or a video file ends."""
     status = None
-    count = 0
     while not stop.is_set():
         current = camera.status
         if on_status and current != status:
@@ -340,8 +383,7 @@ def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Ca
         if frame is None:
             station.retry_pending()
             continue
-        started = time.perf_counter()
-        count += 1
-        on_outcome(station.inspect_image(frame, f"{camera.source}#{count}", started))
+        started = time.perf_counter()  # '#N': the source's frame number, in continuous and Snap mode
+        on_outcome(station.inspect_image(frame, f"{camera.source}#{camera.frame_number}", started))
         if interval_s > 0:
             stop.wait(max(0.0, interval_s - (time.perf_counter() - started)))

@@ -80,6 +80,12 @@ class Camera:
         self._last_frame = time.monotonic()
         self._start_reader(None)
 
+    @property
+    def frame_number(self) -> int:
+        """Number of the frame last handed out by latest() or snap(): frames read from the
+        source since start (1, 2, …), whichever of the two handed it out."""
+        return self._taken
+
     def start(self) -> None:
         """Start reading. A video file that is missing or unreadable raises SourceError;
         live sources that cannot be opened are retried in the background."""

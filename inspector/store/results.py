@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
-EVENT_KINDS = ("create", "train", "sensitivity", "bank", "rename", "delete")
+EVENT_KINDS = ("create", "train", "sensitivity", "bank", "rename", "delete", "shift", "engineer")
+STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
 @dataclass
@@ -63,7 +64,8 @@ class InspectionRecord:
 
 @dataclass
 class Event:
-    """A change of what decides verdicts, as an auditor reads it: who, when, old -> new."""
+    """A change of what decides verdicts, as an auditor reads it: who, when, old -> new.
+    Station-wide events (a new shift, the engineer's PIN set) have the product STATION."""
     product: str
     kind: str                   # one of EVENT_KINDS
     old: str | None = None

@@ -1,0 +1,57 @@
+"""Evidence of camera NG parts: a camera frame exists nowhere but in memory, so the frames
+judged NG are kept as PNG files in one folder, with bounded disk use: once the folder holds
+more than its limit, the oldest frames are dropped first. The logged record points at the
+kept file, so History and the NG strip show the part after a restart."""
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .data.images import save_image
+
+DEFAULT_LIMIT_GB = 2.0
+FOLDER = "ng_frames"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._#-]+")
+
+
+def frame_file_name(time_iso: str, source: str) -> str:
+    """'20240501-101112.345_camera0#37.png' from the record time and the frame's name."""
+    stamp = datetime.fromisoformat(time_iso).astimezone().strftime("%Y%m%d-%H%M%S.%f")[:-3]
+    return f"{stamp}_{_UNSAFE.sub('_', source).strip('_')[-80:] or 'frame'}.png"
+
+
+class FrameKeeper:
+    def __init__(self, folder: str | Path, limit_bytes: int = int(DEFAULT_LIMIT_GB * 1e9)):
+        self.folder = Path(folder)
+        self.limit_bytes = int(limit_bytes)
+        self._lock = threading.Lock()
+        self._files: list[tuple[str, int]] | None = None  # (name, size), oldest first; read once
+
+    def _index(self) -> list[tuple[str, int]]:
+        if self._files is None:
+            found = sorted(self.folder.glob("*.png")) if self.folder.is_dir() else []
+            self._files = [(p.name, p.stat().st_size) for p in found]  # names start with the time
+        return self._files
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._index())
+
+    def keep(self, image: np.ndarray, name: str) -> Path:
+        """Save the frame as `name` in the folder, then drop the oldest frames over the limit.
+        Raises OSError or ImageError when it cannot be written."""
+        with self._lock:
+            files = self._index()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = save_image(self.folder / name, image)
+            files.append((path.name, path.stat().st_size))
+            total = sum(size for _, size in files)
+            while total > self.limit_bytes and len(files) > 1:
+                old, size = files.pop(0)
+                (self.folder / old).unlink(missing_ok=True)
+                total -= size
+            return path
