@@ -16,8 +16,10 @@ from inspector.core.model import Settings, load_model, save_model
 from inspector.core.training import train
 from inspector.store.results import ResultStore
 from inspector.synthetic import make_part, write_parts
+from inspector.users import Accounts, accounts_path
 
 PRODUCT = "Disc"
+PIN = "2468"
 WAIT = 30_000  # ms: generous, for a loaded 2-core machine
 
 
@@ -32,16 +34,22 @@ def trained_models(tmp_path_factory):
 
 @pytest.fixture
 def open_window(qtbot, tmp_path):
-    """Opens main windows on tmp_path's result log, with QSettings kept in tmp_path; closes
-    them at the end (as the operator would: a closed window stops its workers)."""
+    """Opens main windows on tmp_path's result log, with QSettings kept in tmp_path, on a
+    station whose engineer PIN is set, unlocked as the engineer unless `engineer` is False;
+    closes them at the end (as the operator would: a closed window stops its workers)."""
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    accounts = Accounts(accounts_path(tmp_path))
+    if not accounts.is_set_up():
+        accounts.set_engineer("Eve", PIN)
     windows = []
 
-    def open_(models_dir):
+    def open_(models_dir, engineer: bool = True):
         window = MainWindow(models_dir, tmp_path / "inspections.db")
         qtbot.addWidget(window)
         windows.append(window)
         window.show()
+        if engineer:
+            window.session.unlock(PIN)
         return window
 
     yield open_
@@ -118,13 +126,13 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
 
     heartbeat = Heartbeat()
     tab.start_training()
-    assert tab.cancel.isEnabled() and not window.products.isEnabled()  # busy: product locked
+    assert tab.cancel.isEnabled() and not window.products.combo.isEnabled()  # busy: product locked
     qtbot.waitUntil(lambda: window.session.model is not None and tab._trainer is None, timeout=WAIT)
     heartbeat.timer.stop()
     assert heartbeat.longest < 0.5, f"the GUI thread was blocked for {heartbeat.longest:.2f} s"
     model = window.session.model
     assert load_model(models, "Disc A").model_id == model.model_id  # saved
-    assert window.products.isEnabled() and "1 unreadable" in window.log.toPlainText()
+    assert window.products.combo.isEnabled() and "1 unreadable" in window.log.toPlainText()
 
     # the sensitivity moves the threshold line live; dragging the line gives the sensitivity
     cal = window.calibrate
@@ -260,7 +268,7 @@ def test_video_file_as_camera_and_snap(line_window, tmp_path, qtbot):
         writer.write(frame)
     writer.release()
     monitor.camera.setEditText(str(long_video))
-    monitor.reset_counters()
+    monitor.new_shift()
     monitor.snap_only.setChecked(True)
     monitor.start_stop()
     qtbot.waitUntil(lambda: monitor.snap_button.isEnabled() and f"{long_video}: live." in window.log.toPlainText(),

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,19 +22,39 @@ def main(argv: list[str] | None = None) -> int:
     db = args.db or default_db_path(models_dir)
     start_log_file(Path(db).parent)  # where the workers' failures are kept
 
+    from .display import check
+
+    problem = check()
+    if problem:  # Qt would abort, naming one library at best
+        print(problem, file=sys.stderr)
+        return 2
+
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from ..errors import StoreError
+    from ..instance import InstanceLock
     from .window import MainWindow, apply_style
+    from .worker import Worker
 
+    owns_app = QApplication.instance() is None  # False when embedded (the tests' application)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Inspector")
     app.setOrganizationName("Inspector")
     apply_style(app)
+    lock = InstanceLock(db)
     try:
+        lock.acquire()
         window = MainWindow(models_dir, db)
     except StoreError as exc:
+        lock.release()
         QMessageBox.critical(None, "Inspector", str(exc))
         return 2
     window.show()
-    return app.exec()
+    code = app.exec()
+    lock.release()
+    if owns_app and Worker.running:  # left behind in a call that cannot be interrupted: do not wait for it
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,6 +1,10 @@
-"""Calibrate tab: the held-out good scores (and known defects) as histograms, the threshold as
-a draggable line tied to the sensitivity (sigma), the rates it gives, Apply; and a rebuild of
-the memory bank at another sampling ratio from the features kept in memory."""
+"""Calibrate tab: the held-out good scores (and known defects, read with their subfolders) as
+histograms, the threshold as a draggable line tied to the sensitivity (sigma), the rates it
+gives, Apply; and a rebuild of the memory bank at another sampling ratio, from the features
+kept from this session's training or else from the good images read again.
+
+Changing the threshold or the bank is an engineer's action; on a running line, the change
+shows its predicted false-reject and escape rates and asks to be confirmed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSignalBlocker
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QMessageBox,
+                               QPushButton, QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.model import Model
-from .session import Session
+from .session import Session, settings
 from .train import percent_box
-from .views import FolderField, ProgressPanel, icon, splitter
+from .views import FolderField, ProgressPanel, duration, icon, splitter
 from .worker import Worker
 
 BINS = 30
@@ -28,10 +32,32 @@ def _score_folder(job: Worker, model: Model, folder: str) -> None:
                            job.report((done, total, score, problem)), job.cancel)
 
 
-def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, store) -> Model:
-    new, _ = services.rebuild_bank(models_dir, store, model.product, ratio, good,
-                                   progress=lambda *step: job.report(step), cancel=job.cancel)
-    return new
+def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, store, images: str | None,
+           user: str):
+    return services.rebuild_bank(models_dir, store, model.product, ratio, good, images,
+                                 progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
+
+
+def rates(model: Model, threshold: float, defects: list[float]) -> tuple[str, str]:
+    """The false rejects on the calibration's good images and the escapes among the known
+    defects at `threshold`, in words (the escapes are unknown without known defects)."""
+    rejected, total = services.false_rejects(model, threshold)
+    false_rejects = f"{rejected} of {total} good images ({100.0 * rejected / total:.1f} %)"
+    if not defects:
+        return false_rejects, "unknown (give a folder of known defects)"
+    escaped = int((np.asarray(defects) < threshold).sum())
+    return false_rejects, f"{escaped} of {len(defects)} known defects ({100.0 * escaped / len(defects):.1f} %)"
+
+
+def change_text(model: Model, sigma: float, defects: list[float]) -> str:
+    """What a new sensitivity does, as the confirmation on a running line says it."""
+    old, new = model.threshold, model.calibration.image_threshold(sigma)
+    (fr_old, esc_old), (fr_new, esc_new) = rates(model, old, defects), rates(model, new, defects)
+    return (f"The line is running. Change the sensitivity of '{model.product}' from {model.settings.sigma:g} to "
+            f"{sigma:g}: threshold {old:.4g} → {new:.4g}?\n\n"
+            f"Predicted false rejects: {fr_old} → {fr_new}\n"
+            f"Predicted escapes: {esc_old} → {esc_new}\n\n"
+            f"The line uses the new threshold from its next part; the change is recorded in History.")
 
 
 class CalibrateTab(QWidget):
@@ -55,12 +81,17 @@ class CalibrateTab(QWidget):
         self.threshold = QLabel("–")
         self.threshold.setObjectName("value")
         self.false_rejects = QLabel()
+        self.false_rejects.setWordWrap(True)
         self.false_rejects.setToolTip("Good images of the calibration that would be NG at this threshold")
         self.escapes = QLabel()
+        self.escapes.setWordWrap(True)
         self.escapes.setToolTip("Known defect images that would pass as OK at this threshold")
         self.apply = QPushButton(icon("check"), "Apply sensitivity")
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
+        self.locked = QLabel("Locked: unlock as engineer (top right) to change the threshold or the memory bank.")
+        self.locked.setObjectName("warning")
+        self.locked.setWordWrap(True)
 
         self.defect_folder = FolderField("Folder of known defect images (optional)",
                                          "Choose a folder of known defect images")
@@ -83,16 +114,20 @@ class CalibrateTab(QWidget):
         column.addWidget(self.false_rejects)
         column.addWidget(self.escapes)
         column.addWidget(self.apply)
-        defects = QGroupBox("Known defects")
+        column.addWidget(self.locked)
+        defects = QGroupBox("Known defects (subfolders included)")
         column = QVBoxLayout(defects)
         column.addWidget(self.defect_folder)
         column.addWidget(self.defect_progress)
         bank = QGroupBox("Memory bank")
-        form2 = QFormLayout(bank)
-        form2.addRow("Sampling ratio", self.ratio)
-        form2.addRow(self.rebuild)
-        form2.addRow(self.rebuild_note)
-        form2.addRow(self.rebuild_progress)
+        column = QVBoxLayout(bank)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Sampling ratio"))
+        row.addWidget(self.ratio, 1)
+        column.addLayout(row)
+        column.addWidget(self.rebuild)
+        column.addWidget(self.rebuild_note)
+        column.addWidget(self.rebuild_progress)
         left = QWidget()
         column = QVBoxLayout(left)
         for group in (threshold, defects, bank):
@@ -101,44 +136,51 @@ class CalibrateTab(QWidget):
 
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(x=False, y=False)
         self.plot.setLabel("bottom", "Anomaly score")
         self.plot.setLabel("left", "Images")
         self.plot.showGrid(x=True, y=True, alpha=0.15)
-        self.plot.addLegend(offset=(-10, 10))
-        self.good_curve = self._histogram(GOOD_COLOUR, "Good images (calibration)")
-        self.defect_curve = self._histogram(DEFECT_COLOUR, "Known defects")
+        self.good_curve = self._histogram(GOOD_COLOUR)
+        self.defect_curve = self._histogram(DEFECT_COLOUR)
         self.line = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen(LINE_COLOUR, width=3),
                                     hoverPen=pg.mkPen("#f0a000", width=4), label="threshold {value:.4g}",
-                                    labelOpts={"position": 0.92, "color": LINE_COLOUR, "fill": (255, 255, 255, 220),
-                                               "movable": True})
+                                    labelOpts={"position": 0.95, "color": LINE_COLOUR, "fill": (255, 255, 255, 220)})
         self.line.setZValue(10)
         self.line.sigPositionChanged.connect(self._line_moved)
         self.plot.addItem(self.line)
+        legend = QLabel(f'<span style="color:{GOOD_COLOUR}">■</span> Good images (calibration)&nbsp;&nbsp;&nbsp;'
+                        f'<span style="color:{DEFECT_COLOUR}">■</span> Known defects&nbsp;&nbsp;&nbsp;'
+                        f'<span style="color:{LINE_COLOUR}">┃</span> Threshold')
         self.hint = QLabel("Drag the blue threshold line, or set the sensitivity, then Apply.")
         self.hint.setObjectName("hint")
+        below = QHBoxLayout()
+        below.addWidget(legend)
+        below.addStretch(1)
+        below.addWidget(self.hint)
         right = QWidget()
         column = QVBoxLayout(right)
         column.addWidget(self.plot, 1)
-        column.addWidget(self.hint)
+        column.addLayout(below)
 
-        QVBoxLayout(self).addWidget(splitter("calibrate_split", left, right, (380, 900)))
+        QVBoxLayout(self).addWidget(splitter("calibrate_split", left, right, (400, 900)))
 
         session.changed.connect(self._model_changed)
         session.busy_changed.connect(lambda _: self._update_buttons())
+        session.user_changed.connect(self._update_buttons)
         self._model_changed()
 
-    def _histogram(self, colour: str, name: str):
+    def _histogram(self, colour: str):
         brush = pg.mkColor(colour)
         brush.setAlpha(110)
-        return self.plot.plot([], [], stepMode="center", fillLevel=0, brush=brush,
-                              pen=pg.mkPen(colour, width=2), name=name)
+        return self.plot.plot([], [], stepMode="center", fillLevel=0, brush=brush, pen=pg.mkPen(colour, width=2))
 
     # ---- the threshold ---------------------------------------------------------------
     def _model_changed(self) -> None:
         model = self.session.model
-        if self.session.product != self._product:
+        if self.session.product != self._product:  # another product: its own known defects
             self._product = self.session.product
             self.defect_folder.set_path("", emit=False)
+            self.rebuild_progress.finish("")
         with QSignalBlocker(self.sigma):
             self.sigma.setValue(model.settings.sigma if model else 3.0)
         if model is not self._model:
@@ -164,10 +206,15 @@ class CalibrateTab(QWidget):
         good = np.asarray(model.calibration.image_scores, float)
         threshold = model.calibration.image_threshold(self.sigma.value())
         bins = np.histogram_bin_edges(np.concatenate([good, self._defects, [threshold]]), BINS)
+        highest = 1
         for curve, scores in ((self.good_curve, good), (self.defect_curve, self._defects)):
-            counts = np.histogram(scores, bins)[0] if len(scores) else []
+            counts = np.histogram(scores, bins)[0] if len(scores) else np.zeros(0)
             curve.setData(bins if len(scores) else [], counts)
-        self.plot.getViewBox().autoRange(padding=0.05)
+            highest = max(highest, int(counts.max()) if len(counts) else 0)
+        # the range is the scores', set here: never auto-ranged from 0 or from a stale curve
+        width = bins[-1] - bins[0] or 1.0
+        self.plot.setXRange(bins[0] - 0.05 * width, bins[-1] + 0.05 * width, padding=0)
+        self.plot.setYRange(0, highest * 1.25, padding=0)
         self._show_threshold(threshold)
 
     def _show_threshold(self, threshold: float) -> None:
@@ -175,17 +222,10 @@ class CalibrateTab(QWidget):
         self._moving = True  # not a drag: the line's label still follows, the sigma box does not
         self.line.setValue(threshold)
         self._moving = False
-        good = np.asarray(self._model.calibration.image_scores, float)
         self.threshold.setText(f"{threshold:.4g}")
-        rejected = int((good >= threshold).sum())
-        self.false_rejects.setText(f"<b>False rejects:</b> {rejected} of {len(good)} good images "
-                                   f"({100.0 * rejected / len(good):.1f} %)")
-        if self._defects:
-            escaped = int((np.asarray(self._defects) < threshold).sum())
-            self.escapes.setText(f"<b>Escapes:</b> {escaped} of {len(self._defects)} known defects "
-                                 f"({100.0 * escaped / len(self._defects):.1f} %)")
-        else:
-            self.escapes.setText("<b>Escapes:</b> give a folder of known defects")
+        false_rejects, escapes = rates(self._model, threshold, self._defects)
+        self.false_rejects.setText(f"<b>False rejects:</b> {false_rejects}")
+        self.escapes.setText(f"<b>Escapes:</b> {escapes}")
         self._update_buttons()
 
     def _sigma_changed(self, sigma: float) -> None:
@@ -204,8 +244,16 @@ class CalibrateTab(QWidget):
 
     def apply_sigma(self) -> None:
         model, sigma, session = self._model, self.sigma.value(), self.session
+        if model is None or not session.allow("change the sensitivity"):
+            return
+        if session.line_running and QMessageBox.question(
+                self, "Change the threshold of a running line", change_text(model, sigma, self._defects)
+        ) != QMessageBox.StandardButton.Yes:
+            session.info("Sensitivity not changed.")
+            return
+        who = session.who
         worker = Worker(lambda job: services.set_sensitivity(session.models_dir, session.store, model.product,
-                                                             sigma, expected_version=model.version))
+                                                             sigma, who, expected_version=model.version))
         worker.returned.connect(lambda new: self._applied(model, new))
         worker.errored.connect(self.session.error)
         worker.start()
@@ -223,14 +271,14 @@ class CalibrateTab(QWidget):
             self._scorer.stop(wait=False)
             self._scorer = None
         self._defects = []
+        self._draw()  # nothing of an earlier folder or model stays on screen
         if not folder or self._model is None:
-            self._draw()
             return
         self.defect_progress.begin("Scoring the known defects…")
         self._scorer = worker = Worker(_score_folder, self._model, folder)
         worker.yielded.connect(lambda item: self._scorer is worker and self._scored(*item))
         worker.errored.connect(lambda exc: self._scorer is worker and self._scoring_failed(exc))
-        worker.returned.connect(lambda _: self._scorer is worker and self._scored_all())
+        worker.returned.connect(lambda _: self._scorer is worker and self._scored_all(folder))
         worker.start()
 
     def _scored(self, done: int, total: int, score: float | None, problem: str | None) -> None:
@@ -245,25 +293,56 @@ class CalibrateTab(QWidget):
         self._scorer = None
         self.defect_progress.finish(str(exc))
 
-    def _scored_all(self) -> None:
+    def _scored_all(self, folder: str) -> None:
         self._scorer = None
-        self.defect_progress.finish(f"{len(self._defects)} known defect image(s) scored.")
+        self.defect_progress.finish(f"{len(self._defects)} known defect image(s) scored."
+                                    if self._defects else f"No image found in {folder} or its subfolders.")
 
     # ---- memory bank ---------------------------------------------------------------------
+    def _good_folder(self) -> str:
+        """The good images the bank is rebuilt from when this session holds no features: the
+        Train tab's folder of the product."""
+        return settings().value(f"good_folder/{self.session.product}", "") if self.session.product else ""
+
+    def _rebuild_source(self) -> tuple[str | None, str]:
+        """(the folder to read, or None for the features in memory; what the note says).
+        The note says why not when it cannot be rebuilt."""
+        if self.session.good is not None:
+            return None, "Re-uses the patch features of this session's training: no image is read again."
+        folder = self._good_folder()
+        if not folder:
+            return "", (f"Cannot rebuild: the folder of good images of '{self.session.product}' is not known here. "
+                        f"Choose it on the Train tab.")
+        if not Path(folder).is_dir():
+            return "", f"Cannot rebuild: the folder of good images {folder} is no longer there."
+        return folder, f"Reads the good images of {folder} again (the Train tab's folder)."
+
     def rebuild_bank(self) -> None:
-        model, good = self._model, self.session.good
+        model, good, session = self._model, self.session.good, self.session
+        if model is None or not session.allow("rebuild the memory bank"):
+            return
+        if session.line_running:
+            session.warn("Stop the line before rebuilding the memory bank: a new model is checked here "
+                         "before the line uses it.")
+            return
+        folder, note = self._rebuild_source()
+        if folder == "":
+            session.warn(note)
+            return
         self.rebuild_progress.begin("Rebuilding the memory bank…")
-        self._refitter = worker = Worker(_refit, model, good, self.ratio.value() / 100.0,
-                                         self.session.models_dir, self.session.store)
+        self._refitter = worker = Worker(_refit, model, good, self.ratio.value() / 100.0, session.models_dir,
+                                         session.store, folder, session.who)
         worker.yielded.connect(lambda step: self.rebuild_progress.step(*step))
-        worker.returned.connect(lambda new: self._rebuilt(new, good))
+        worker.returned.connect(lambda result: self._rebuilt(*result))
         worker.errored.connect(self._rebuild_failed)
         worker.finished.connect(self._rebuild_ended)
-        self.session.set_busy("rebuilding", True)
+        session.set_busy("rebuilding", True)
         worker.start()
+        self._update_buttons()
 
     def _rebuilt(self, model: Model, good) -> None:
-        self.rebuild_progress.finish(f"Memory bank rebuilt: {model.counts['memory_bank']} patch features.")
+        self.rebuild_progress.finish(f"Rebuilt in {duration(self.rebuild_progress.elapsed())}: "
+                                     f"{model.counts['memory_bank']} patch features, version {model.version}.")
         self.session.info(f"Memory bank of '{model.product}' rebuilt at sampling ratio "
                           f"{model.settings.sampling_ratio:.1%}; threshold {model.threshold:.4g}.")
         if self.session.product == model.product:
@@ -279,14 +358,18 @@ class CalibrateTab(QWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        model = self._model
-        self.apply.setEnabled(model is not None and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
-        self.sigma.setEnabled(model is not None)
+        model, session = self._model, self.session
+        engineer = session.user.is_engineer
+        self.locked.setVisible(model is not None and not engineer)
+        self.apply.setEnabled(engineer and model is not None
+                              and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
+        self.sigma.setEnabled(engineer and model is not None)
+        self.line.setMovable(engineer and model is not None)
         self.defect_folder.setEnabled(model is not None)
-        can_rebuild = model is not None and self.session.good is not None
-        self.rebuild.setEnabled(can_rebuild and not self.session.busy)
-        self.ratio.setEnabled(can_rebuild and not self.session.busy)
-        self.rebuild_note.setText(
-            "Re-uses the patch features of this session's training: no image is read again."
-            if can_rebuild else "Train the product in this session to rebuild its memory bank from "
-                                "the patch features kept in memory.")
+        folder, note = self._rebuild_source() if model is not None else ("", "")
+        can_rebuild = (engineer and model is not None and folder != "" and not session.busy)
+        self.rebuild.setEnabled(can_rebuild)
+        self.ratio.setEnabled(can_rebuild)
+        if model is not None and session.line_running:
+            note = "Stop the line to rebuild the memory bank."
+        self.rebuild_note.setText(note)

@@ -9,23 +9,23 @@ from pathlib import Path
 from PySide6.QtCore import QAbstractTableModel, QDateTime, QModelIndex, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateTimeEdit, QFileDialog, QHBoxLayout,
-                               QHeaderView, QLabel, QPushButton, QTableView, QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QPushButton, QStackedWidget, QTableView, QVBoxLayout, QWidget)
 
 from .. import services
 from ..data.images import load_image
 from ..drawing import heat_range
 from ..errors import InspectorError
-from ..store.results import VERDICTS, InspectionRecord
+from ..store.results import STATION, VERDICTS, Event, InspectionRecord
 from .session import Session, describe
-from .views import ResultView, display_map, icon, splitter
+from .views import ResultView, display_map, icon, local_time, splitter
 from .worker import Worker
 
 PAGE = 200
+EVENTS_SHOWN = 2000
+CHANGES = {"create": "product created", "train": "trained", "sensitivity": "sensitivity changed",
+           "bank": "memory bank rebuilt", "rename": "renamed", "delete": "product deleted",
+           "shift": "new shift", "engineer": "engineer PIN"}
 VERDICT_COLOURS = {"OK": "#1f7a3a", "NG": "#c62828", "ERROR": "#b26a00"}
-
-
-def local_time(iso: str) -> str:
-    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _number(value: float | None, digits: str = ".4g") -> str:
@@ -42,6 +42,48 @@ COLUMNS = (  # title, text of a record
     ("Source", lambda r: r.source),
     ("Image", lambda r: ": ".join(filter(None, (Path(r.image_path or "").name, r.error)))),
 )
+
+
+EVENT_COLUMNS = (  # title, text of an event
+    ("Time", lambda e: local_time(e.time)),
+    ("Product", lambda e: "(station)" if e.product == STATION else e.product),
+    ("Change", lambda e: CHANGES.get(e.kind, e.kind)),
+    ("Who", lambda e: e.user),
+    ("From", lambda e: local_time(e.old) if e.kind == "shift" and e.old else e.old or ""),
+    ("To", lambda e: local_time(e.new) if e.kind == "shift" and e.new else e.new or ""),
+)
+
+
+class EventTable(QAbstractTableModel):
+    """The recorded changes (who, when, old -> new) that match the filters, newest first."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[Event] = []
+
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.events)
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(EVENT_COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return EVENT_COLUMNS[section][0]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        event = self.events[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return EVENT_COLUMNS[index.column()][1](event)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return "\n".join(filter(None, (f"From: {event.old or '–'}", f"To: {event.new or '–'}", event.detail)))
+        return None
+
+    def reset(self, events: list[Event]) -> None:
+        self.beginResetModel()
+        self.events = list(events)
+        self.endResetModel()
 
 
 class RecordTable(QAbstractTableModel):
@@ -104,13 +146,14 @@ def _first_page(job: Worker, session: Session, filters: dict) -> tuple:
     return store.query(**filters, limit=PAGE), store.count(**filters), sorted(products)
 
 
-def _look(job: Worker, record: InspectionRecord, session: Session, extractors: dict) -> tuple:
+def look(job: Worker, record: InspectionRecord, session: Session, extractors: dict) -> tuple:
     """The record's image re-inspected with the product's model; with the logged boxes when
     the model is not available; nothing but the record when the image is gone."""
     path = services.find_image(record)
     if path is None:
         if record.source == "camera":
-            return None, None, 1.0, [], "Camera frames are not kept (archive the overlays to keep them)."
+            return None, None, 1.0, [], ("This camera frame was not kept (only NG frames are kept, the "
+                                         "oldest dropped first) or it was deleted.")
         return None, None, 1.0, [], "The image file is no longer there: only the logged record is shown."
     image = load_image(path)
     logged = [(r["x"], r["y"], r["w"], r["h"]) for r in record.regions]
@@ -136,6 +179,12 @@ class HistoryTab(QWidget):
         self._query = 0  # number of the newest query: older answers are dropped
         self._looked_at: int | None = None
         self._extractors: dict = {}
+        self.changes = EventTable()
+
+        self.show_what = QComboBox()
+        self.show_what.addItem("Inspections", "inspections")
+        self.show_what.addItem("Changes (who, when, old → new)", "changes")
+        self.show_what.currentIndexChanged.connect(self._mode_changed)
 
         self.product = QComboBox()
         self.product.setMinimumWidth(160)
@@ -159,9 +208,10 @@ class HistoryTab(QWidget):
         export = QPushButton(icon("export"), "Export CSV…")
         export.clicked.connect(self._export_clicked)
         self.total = QLabel()
+        self.export_button = export
 
         filters = QHBoxLayout()
-        for widget in (QLabel("Product"), self.product, self.verdict, self.since_on, self.since,
+        for widget in (self.show_what, QLabel("Product"), self.product, self.verdict, self.since_on, self.since,
                        self.until_on, self.until, refresh):
             filters.addWidget(widget)
         filters.addStretch(1)
@@ -194,9 +244,22 @@ class HistoryTab(QWidget):
         column.addWidget(self.details)
 
         split = splitter("history_split", self.view_table, right, (840, 440), (3, 2))
+        self.changes_table = QTableView()
+        self.changes_table.setModel(self.changes)
+        self.changes_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.changes_table.setAlternatingRowColors(True)
+        self.changes_table.setWordWrap(True)
+        self.changes_table.verticalHeader().hide()
+        header = self.changes_table.horizontalHeader()
+        header.setStretchLastSection(True)
+        for column, width in enumerate((150, 120, 150, 150, 420)):
+            header.resizeSection(column, width)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(split)
+        self.pages.addWidget(self.changes_table)
         layout = QVBoxLayout(self)
         layout.addLayout(filters)
-        layout.addWidget(split, 1)
+        layout.addWidget(self.pages, 1)
         self.product.addItem("All products", None)
 
     def showEvent(self, event) -> None:
@@ -222,10 +285,25 @@ class HistoryTab(QWidget):
                 "since": self.since.dateTime().toPython() if self.since_on.isChecked() else None,
                 "until": until}
 
+    def _mode_changed(self) -> None:
+        changes = self.show_what.currentData() == "changes"
+        self.pages.setCurrentIndex(1 if changes else 0)
+        self.verdict.setVisible(not changes)
+        self.export_button.setEnabled(not changes)
+        self.refresh()
+
     def refresh(self) -> None:
         self._filters = self.filters()
         self._query += 1
         number = self._query
+        if self.show_what.currentData() == "changes":
+            filters = {k: v for k, v in self._filters.items() if k != "verdict"}
+            store = self.session.store
+            worker = Worker(lambda job: store.events(**filters, limit=EVENTS_SHOWN))
+            worker.returned.connect(lambda events: number == self._query and self._changes_loaded(events))
+            worker.errored.connect(self.session.error)
+            worker.start()
+            return
         worker = Worker(_first_page, self.session, self._filters)
         worker.returned.connect(lambda answer: number == self._query and self._loaded(*answer))
         worker.errored.connect(self.session.error)
@@ -238,6 +316,11 @@ class HistoryTab(QWidget):
         self.image.display(None)
         self.details.setText("Select a row to see its image.")
         self._looked_at = None
+
+    def _changes_loaded(self, events: list[Event]) -> None:
+        self.changes.reset(events)
+        self.changes_table.resizeRowsToContents()
+        self.total.setText(f"{len(events)} change(s)" + (" (the newest)" if len(events) == EVENTS_SHOWN else ""))
 
     def _load_more(self) -> None:
         number, store, filters, offset = self._query, self.session.store, self._filters, len(self.table.records)
@@ -262,7 +345,7 @@ class HistoryTab(QWidget):
         self._looked_at = record.id
         self.details.setText(self._describe(record))
         self.image.display(None, caption="Loading…")
-        worker = Worker(_look, record, self.session, self._extractors)
+        worker = Worker(look, record, self.session, self._extractors)
         worker.returned.connect(lambda shown: self._looked_at == record.id and self._show(record, *shown))
         worker.errored.connect(lambda exc: self._looked_at == record.id and self._show(record, None, None, 1.0,
                                                                                         [], describe(exc)))

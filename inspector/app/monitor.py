@@ -1,5 +1,11 @@
 """Monitor tab: run the line from a watched folder, a camera (or stream, or video file) or
-files opened by hand; show the newest verdict, the shift counters and the latest NG parts.
+files opened by hand; show the newest verdict as large as the screen allows, the shift's
+counters and its latest NG parts.
+
+The banner always tells the truth: the line is stopped, waiting for parts, has lost its
+source, or shows a verdict with its part and age; a verdict older than the expected time
+between parts is shown as stale, never as a live OK. The counters and the NG strip come from
+the result log (since the stored start of the shift), so they survive a restart.
 
 The line runs in one worker (inspector.station, shared with the CLI); the Station logs every
 frame. The GUI paints only the newest outcome: when outcomes arrive faster than it paints,
@@ -8,47 +14,135 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGridLayout, QGroupBox,
-                               QHBoxLayout, QLabel, QPushButton, QSlider, QStackedWidget,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
+                               QGridLayout, QGroupBox, QHBoxLayout, QLabel, QListWidgetItem, QMessageBox,
+                               QPushButton, QSlider, QStackedWidget, QToolButton, QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.model import Model
-from ..drawing import heat_range, overlay_heatmap
+from ..data.images import load_image
+from ..drawing import RED, draw_boxes, heat_range
+from ..errors import InspectorError
+from ..frames import DEFAULT_LIMIT_GB, FOLDER as FRAMES_FOLDER, FrameKeeper
 from ..sources.camera import list_cameras
 from ..station import Outcome
-from ..store.results import ResultStore
+from ..store.results import InspectionRecord, ResultStore
+from .history import look
 from .session import Session, settings
-from .views import FolderField, ResultView, Thumbnails, display_map, icon, thumbnail, splitter
+from .views import (FolderField, HeatScale, ResultView, Thumbnails, display_map, duration, icon, local_time,
+                    splitter, thumbnail)
 from .worker import Worker
 
 SOURCES = {"folder": "Watch folder", "camera": "Camera or video", "file": "Files opened by hand"}
 COUNTERS = {"inspected": "Inspected", "OK": "OK", "NG": "NG", "ERROR": "Errors", "yield": "Yield"}
 NG_STRIP = 20
+THUMB = 72
+STALE_S = 10.0  # default: a verdict older than this is stale
+SETTLE_S = 0.5
+
+
+# ---- what the banner says (plain data: the tests read it too) --------------------------------
+def part_name(record: InspectionRecord) -> str:
+    return Path(record.image_path).name if record.image_path else "frame"
+
+
+def banner_text(running: bool, source: str | None, reason: str | None, last: InspectionRecord | None,
+                age_s: float, stale_s: float, idle: str) -> tuple[str, str, str]:
+    """(state, big word, detail). States: 'stopped', 'waiting', 'lost', 'stale', or the
+    verdict 'OK' / 'NG' / 'ERROR' of a part inspected less than `stale_s` seconds ago.
+    `source` is the source's state while running: None or 'connecting', 'live', 'lost'."""
+    seen = "" if last is None else f"{last.verdict}, {part_name(last)}, {duration(age_s)} ago"
+    if not running:
+        return "stopped", "STOPPED", idle + (f"\nLast part: {seen}." if last else "")
+    if source == "lost":
+        return "lost", "NO SOURCE", reason or "The source is lost; reconnecting."
+    if source != "live":
+        return "waiting", "WAITING", reason or "Connecting to the source…"
+    if last is None:
+        return "waiting", "WAITING", f"Waiting for the first part. {reason or ''}".strip()
+    if age_s > stale_s:
+        return "stale", "WAITING", f"No new part for {duration(age_s)}.\nLast part: {seen}."
+    if last.verdict == "ERROR":
+        return "ERROR", "ERROR", f"{part_name(last)} · {duration(age_s)} ago\n{last.error or ''}"
+    return last.verdict, last.verdict, (f"{part_name(last)} · {duration(age_s)} ago\n"
+                                        f"Score {last.score:.4g}   Threshold {last.threshold:.4g}")
+
+
+def age_of(record: InspectionRecord) -> float:
+    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(record.time)).total_seconds())
+
+
+# ---- worker functions ----------------------------------------------------------------------
+def ng_thumbnail(image: np.ndarray, regions: list[dict]) -> np.ndarray:
+    """An NG part for the strip: the image with its region boxes, small."""
+    thick = max(2, image.shape[1] // 80)
+    return thumbnail(draw_boxes(image, [(r["x"], r["y"], r["w"], r["h"]) for r in regions], RED, thick), THUMB)
 
 
 def _shown(outcome: Outcome) -> tuple:
-    """What the GUI paints of an outcome, made ready in the worker: the small heatmap, and a
-    thumbnail with its heatmap for an NG part."""
+    """What the GUI paints of an outcome, made ready in the worker: the small heatmap, and the
+    thumbnail of an NG part."""
     result = outcome.result
     if result is None:
         return outcome, None, None
-    heat = display_map(result.anomaly_map)
-    thumb = None
-    if result.verdict == "NG":
-        thumb = overlay_heatmap(thumbnail(outcome.image), heat, *heat_range(result.threshold))
-    return outcome, heat, thumb
+    thumb = ng_thumbnail(outcome.image, outcome.record.regions) if result.verdict == "NG" else None
+    return outcome, display_map(result.anomaly_map), thumb
+
+
+def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) -> list:
+    """The shift's latest NG parts from the log, newest first, with their thumbnails where the
+    image is still there."""
+    parts = []
+    for record in store.query(product=product, verdict="NG", since=since, limit=NG_STRIP):
+        path, thumb = services.find_image(record), None
+        if path is not None:
+            try:
+                thumb = ng_thumbnail(load_image(path), record.regions)
+            except InspectorError:
+                pass
+        parts.append((record, thumb))
+    return parts
 
 
 def _run_line(job: Worker, models_dir: Path, model: Model, store: ResultStore, kind: str, target,
-              sort_files: bool, archive_dir: str | None, snap: threading.Event | None) -> None:
+              options: dict, snap: threading.Event | None) -> None:
     services.run_line(models_dir, store, model.product, kind, target, job.cancel,
                       lambda outcome: job.report(("outcome", *_shown(outcome))),
-                      lambda level, text: job.report((level, text)),
-                      sort_files, archive_dir, snap, model=model)
+                      lambda level, text: job.report((level, text)), snap=snap, model=model,
+                      on_status=lambda state, reason: job.report(("status", state, reason)), **options)
+
+
+class PartDialog(QDialog):
+    """One logged part, opened from the NG strip: its image with the heatmap and boxes."""
+
+    def __init__(self, record: InspectionRecord, session: Session, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(f"{record.verdict} {part_name(record)} · {local_time(record.time)}")
+        self.resize(760, 720)
+        self.view = ResultView()
+        self.details = QLabel("Loading…")
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QPushButton("Close")
+        close.clicked.connect(self.accept)
+        column = QVBoxLayout(self)
+        column.addWidget(self.view, 1)
+        column.addWidget(self.details)
+        column.addWidget(close, 0, Qt.AlignmentFlag.AlignRight)
+        worker = Worker(look, record, session, {})
+        worker.returned.connect(lambda shown: self._show(record, *shown))
+        worker.errored.connect(lambda exc: self.details.setText(str(exc)))
+        worker.start()
+
+    def _show(self, record, image, heat, level, boxes, note: str) -> None:
+        self.view.display(image, heat, level, boxes, record.image_path or "")
+        self.details.setText(f"Score {record.score:.4g}, threshold {record.threshold:.4g}, "
+                             f"{len(record.regions)} region(s). {note}")
 
 
 class MonitorTab(QWidget):
@@ -60,6 +154,11 @@ class MonitorTab(QWidget):
         self._newest: tuple | None = None
         self._paint_pending = False
         self._cameras_listed = False
+        self._product: str | None = None
+        self._source_state: tuple[str | None, str | None] = (None, None)
+        self._last: InspectionRecord | None = None  # the newest part of this product on screen
+        self._ng_query = 0
+        self.dialogs: list[PartDialog] = []
         self.counts: Counter = Counter()
         self.painted = 0  # outcomes painted (fewer than counted when the GUI falls behind)
 
@@ -71,7 +170,9 @@ class MonitorTab(QWidget):
         self.camera = QComboBox()
         self.camera.setEditable(True)
         self.camera.lineEdit().setPlaceholderText("Camera index, stream URL or video file")
-        self.camera.setToolTip("A camera index (0, 1, …), a stream URL (rtsp://…) or a video file")
+        self.camera.setToolTip("A camera index (0, 1, …), a stream URL (rtsp://…) or a video file.\n"
+                               "Frames are named source#N: N is the frame's number from the source since "
+                               "the line started, in continuous and in Snap mode alike.")
         find = QPushButton(icon("refresh"), "")
         find.setToolTip("Find cameras")
         find.clicked.connect(self.find_cameras)
@@ -94,24 +195,62 @@ class MonitorTab(QWidget):
         self.pages.addWidget(files)
         self.source.currentIndexChanged.connect(self._source_changed)
 
+        # ---- options
         self.sort_files = QCheckBox("Sort files into OK / NG folders")
+        self.settle = self._seconds_box(0.1, 60.0, "A new file is inspected once it has not changed for this "
+                                                   "long (raise it for slow network copies).")
+        self.keep_frames = QCheckBox("Keep NG camera frames, up to")
+        self.keep_frames.setToolTip("NG camera frames are saved so that History and the NG strip can show "
+                                    "them later; the oldest are dropped first once the limit is reached.")
+        self.frames_limit = QDoubleSpinBox()
+        self.frames_limit.setRange(0.1, 1000.0)
+        self.frames_limit.setDecimals(1)
+        self.frames_limit.setSuffix(" GB")
+        self.frames_note = QLabel()
+        self.frames_note.setObjectName("hint")
+        self.frames_note.setWordWrap(True)
         self.archive = QCheckBox("Archive heatmap overlays")
         self.archive_dir = FolderField("Archive folder", "Choose the archive folder")
-        self.archive_dir.edit.setPlaceholderText(str(self._default_archive()))
+        self.archive_dir.edit.setPlaceholderText(str(self._data_dir() / "archive"))
+        self.stale = self._seconds_box(1.0, 3600.0, "The banner shows a verdict older than this as stale: "
+                                                    "the line expects a part at least this often.")
+        frames_row = QHBoxLayout()
+        frames_row.addWidget(self.keep_frames)
+        frames_row.addWidget(self.frames_limit)
+        frames_row.addStretch(1)
+        self.options = QGroupBox("Options")
+        form = QFormLayout(self.options)
+        form.addRow(self.sort_files)
+        form.addRow("Settle time", self.settle)
+        form.addRow(frames_row)
+        form.addRow(self.frames_note)
+        form.addRow(self.archive)
+        form.addRow(self.archive_dir)
+        form.addRow("Part expected every", self.stale)
+        self.options_toggle = QToolButton()
+        self.options_toggle.setCheckable(True)
+        self.options_toggle.setText("Options")
+        self.options_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.options_toggle.toggled.connect(self._show_options)
+        self.options_summary = QLabel()
+        self.options_summary.setObjectName("hint")
+        self.options_summary.setWordWrap(True)
 
         self.start = QPushButton(icon("start"), "Start")
         self.start.setObjectName("primary")
-        self.start.setToolTip("Start or stop the line (F5)")
+        self.start.setToolTip("Start or stop the line (F5, on every tab)")
         self.start.clicked.connect(self.start_stop)
         self.snap_button = QPushButton(icon("snap"), "Snap")
         self.snap_button.setToolTip("Inspect the next camera frame (F6 or Space)")
         self.snap_button.clicked.connect(self.snap)
 
+        # ---- the shift
         self.counter_labels = {}
-        shift = QGroupBox("This shift")
-        grid = QGridLayout(shift)
+        self.shift = QGroupBox("This shift")
+        grid = QGridLayout(self.shift)
+        grid.setVerticalSpacing(0)
         for i, (key, text) in enumerate(COUNTERS.items()):
-            value = QLabel("0")
+            value = QLabel()
             value.setObjectName(f"count_{key}")
             value.setProperty("counter", True)
             value.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -120,75 +259,105 @@ class MonitorTab(QWidget):
             grid.addWidget(value, 0, i)
             grid.addWidget(title, 1, i)
             self.counter_labels[key] = value
-        reset = QPushButton("New shift")
-        reset.setToolTip("Set the counters back to zero")
-        reset.clicked.connect(self.reset_counters)
-        grid.addWidget(reset, 2, 0, 1, len(COUNTERS))
+        self.shift_since = QLabel()
+        self.shift_since.setObjectName("hint")
+        new_shift = QPushButton("New shift…")
+        new_shift.setToolTip("Start a new shift: the counters start again from zero (the log keeps everything)")
+        new_shift.clicked.connect(self._ask_new_shift)
+        grid.addWidget(self.shift_since, 2, 0, 1, 3)
+        grid.addWidget(new_shift, 2, 3, 1, 2)
+        self.ng_strip = Thumbnails(size=THUMB, limit=NG_STRIP, newest_first=True, wrap=True)
+        self.ng_strip.setToolTip("Double-click a part to open it with its heatmap")
+        self.ng_strip.itemActivated.connect(self.open_part)
+        ng_title = QLabel("Latest NG parts (double-click to open)")
+        ng_title.setObjectName("heading")
 
         source = QGroupBox("Source")
-        form = QFormLayout(source)
-        form.addRow(self.source)
-        form.addRow(self.pages)
-        options = QGroupBox("Options")
-        column = QVBoxLayout(options)
-        column.addWidget(self.sort_files)
-        column.addWidget(self.archive)
-        column.addWidget(self.archive_dir)
+        column = QVBoxLayout(source)
+        column.addWidget(self.source)
+        column.addWidget(self.pages)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start, 1)
         buttons.addWidget(self.snap_button)
         left = QWidget()
         column = QVBoxLayout(left)
+        column.setContentsMargins(0, 0, 4, 0)
         column.addWidget(source)
-        column.addWidget(options)
+        toggle_row = QHBoxLayout()
+        toggle_row.addWidget(self.options_toggle)
+        toggle_row.addWidget(self.options_summary, 1)
+        column.addLayout(toggle_row)
+        column.addWidget(self.options)
         column.addLayout(buttons)
-        column.addWidget(shift)
-        column.addStretch(1)
+        column.addWidget(self.shift)
+        column.addWidget(ng_title)
+        column.addWidget(self.ng_strip, 1)
 
-        # ---- the newest verdict
+        # ---- the newest verdict: a banner above the part, the part as large as it fits
         self.banner = QFrame()
         self.banner.setObjectName("banner")
         self.verdict = QLabel("–")
         self.verdict.setObjectName("verdict")
-        self.detail = QLabel("Start the line to inspect.")
+        self.detail = QLabel()
         self.detail.setObjectName("detail")
         self.detail.setWordWrap(True)
         row = QHBoxLayout(self.banner)
+        row.setContentsMargins(12, 4, 12, 4)
         row.addWidget(self.verdict)
         row.addWidget(self.detail, 1)
-        self.view = ResultView()
+        self.view = ResultView(caption=False)
         self.heat = QCheckBox("Heatmap")
         self.heat.setChecked(True)
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(50)
-        self.opacity.setMaximumWidth(220)
+        self.opacity.setValue(60)
+        self.opacity.setMinimumWidth(200)
+        self.opacity.setToolTip("Opacity of the heatmap over the part")
+        self.opacity_value = QLabel()
+        self.opacity_value.setMinimumWidth(40)
         for control in (self.heat.toggled, self.opacity.valueChanged):
-            control.connect(lambda _: self.view.set_heat(self.heat.isChecked(), self.opacity.value() / 100))
+            control.connect(self._heat_changed)
+        self.scale = HeatScale()
         controls = QHBoxLayout()
         controls.addWidget(self.heat)
         controls.addWidget(QLabel("Opacity"))
         controls.addWidget(self.opacity)
-        controls.addStretch(1)
-        self.ng_strip = Thumbnails(size=72, limit=NG_STRIP, newest_first=True, wrap=False)
-        self.ng_strip.setFixedHeight(118)
-        self.ng_strip.itemActivated.connect(lambda item: self.session.info(item.toolTip()))
+        controls.addWidget(self.opacity_value)
+        controls.addSpacing(16)
+        controls.addWidget(self.scale, 1)
         right = QWidget()
         column = QVBoxLayout(right)
+        column.setContentsMargins(4, 0, 0, 0)
         column.addWidget(self.banner)
         column.addWidget(self.view, 1)
         column.addLayout(controls)
-        title = QLabel("Latest NG parts")
-        title.setObjectName("heading")
-        column.addWidget(title)
-        column.addWidget(self.ng_strip)
 
-        QVBoxLayout(self).addWidget(splitter("monitor_split", left, right, (360, 920)))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(splitter("monitor_split", left, right, (400, 960)))
 
+        self._clock = QTimer(self, interval=1000)  # the banner's age and staleness
+        self._clock.timeout.connect(self._show_banner)
+        self._clock.start()
         self._restore()
-        self._set_banner(None)
-        session.changed.connect(self._update_buttons)
-        self._update_buttons()
+        self._heat_changed()
+        for box in (self.keep_frames, self.frames_limit, self.sort_files, self.archive, self.settle,
+                    self.stale):
+            signal = box.toggled if isinstance(box, QCheckBox) else box.valueChanged
+            signal.connect(self._options_changed)
+        self._options_changed()
+        session.changed.connect(self._model_changed)
+        self._model_changed()
+
+    @staticmethod
+    def _seconds_box(low: float, high: float, tip: str) -> QDoubleSpinBox:
+        box = QDoubleSpinBox()
+        box.setRange(low, high)
+        box.setDecimals(1)
+        box.setSingleStep(0.5)
+        box.setSuffix(" s")
+        box.setToolTip(tip)
+        return box
 
     # ---- options remembered between runs ------------------------------------------------
     def _restore(self) -> None:
@@ -200,23 +369,58 @@ class MonitorTab(QWidget):
         self.sort_files.setChecked(int(s.value("monitor/sort_files", 0)) == 1)
         self.archive.setChecked(int(s.value("monitor/archive", 0)) == 1)
         self.archive_dir.set_path(s.value("monitor/archive_dir", ""), emit=False)
+        self.keep_frames.setChecked(int(s.value("monitor/keep_frames", 1)) == 1)
+        self.frames_limit.setValue(float(s.value("monitor/frames_limit_gb", DEFAULT_LIMIT_GB)))
+        self.settle.setValue(float(s.value("monitor/settle_s", SETTLE_S)))
+        self.stale.setValue(float(s.value("monitor/stale_s", STALE_S)))
+        self.options_toggle.setChecked(int(s.value("monitor/show_options", 1)) == 1)
+        self._show_options(self.options_toggle.isChecked())
         self._source_changed()
 
     def _remember(self) -> None:
         s = settings()
         for key, value in (("source", self.source.currentData()), ("folder", self.folder.path()),
                            ("camera", self.camera.currentText()), ("sort_files", int(self.sort_files.isChecked())),
-                           ("archive", int(self.archive.isChecked())), ("archive_dir", self.archive_dir.path())):
+                           ("archive", int(self.archive.isChecked())), ("archive_dir", self.archive_dir.path()),
+                           ("keep_frames", int(self.keep_frames.isChecked())),
+                           ("frames_limit_gb", self.frames_limit.value()), ("settle_s", self.settle.value()),
+                           ("stale_s", self.stale.value()), ("show_options", int(self.options_toggle.isChecked()))):
             s.setValue(f"monitor/{key}", value)
 
-    def _default_archive(self) -> Path:
-        return self.session.models_dir.resolve().parent / "archive"
+    def _data_dir(self) -> Path:
+        return self.session.models_dir.resolve().parent
+
+    def frames_dir(self) -> Path:
+        return self._data_dir() / FRAMES_FOLDER
+
+    def _show_options(self, shown: bool) -> None:
+        self.options.setVisible(shown)
+        self.options_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def _options_changed(self) -> None:
+        self.frames_limit.setEnabled(self.keep_frames.isChecked() and not self.running)
+        kept = []
+        if self.sort_files.isChecked():
+            kept.append("sorting files")
+        if self.keep_frames.isChecked():
+            kept.append(f"keeping NG frames (≤ {self.frames_limit.value():g} GB)")
+        if self.archive.isChecked():
+            kept.append("archiving overlays")
+        kept.append(f"settle {self.settle.value():g} s")
+        kept.append(f"stale after {self.stale.value():g} s")
+        self.options_summary.setText(", ".join(kept))
+        self.frames_note.setText(f"in {self.frames_dir()}; the oldest are dropped first.")
 
     def _source_changed(self) -> None:
         self.pages.setCurrentIndex(self.source.currentIndex())
         if self.source.currentData() == "camera" and not self._cameras_listed:
             self.find_cameras()
         self._update_buttons()
+
+    def _heat_changed(self) -> None:
+        self.opacity_value.setText(f"{self.opacity.value()} %")
+        self.opacity.setEnabled(self.heat.isChecked())
+        self.view.set_heat(self.heat.isChecked(), self.opacity.value() / 100)
 
     # ---- running the line -------------------------------------------------------------
     @property
@@ -231,6 +435,8 @@ class MonitorTab(QWidget):
             self.run("folder", self.folder.path())
         elif self.source.currentData() == "camera":
             self.run("camera", self.camera.currentText().strip())
+        else:
+            self._open_files()
 
     def run(self, kind: str, target) -> None:
         """Start the line: kind 'folder' (a folder), 'camera' (index, URL or video file) or
@@ -246,17 +452,24 @@ class MonitorTab(QWidget):
                                "camera": "Enter a camera index, a stream URL or a video file."}.get(kind, ""))
             return
         self._remember()
-        archive = (self.archive_dir.path() or str(self._default_archive())) if self.archive.isChecked() else None
+        options = {
+            "sort_files": self.sort_files.isChecked(), "settle_s": self.settle.value(),
+            "archive_dir": (self.archive_dir.path() or str(self._data_dir() / "archive"))
+            if self.archive.isChecked() else None,
+            "frames": FrameKeeper(self.frames_dir(), int(self.frames_limit.value() * 1e9))
+            if self.keep_frames.isChecked() else None}
         self._snap = threading.Event() if kind == "camera" and self.snap_only.isChecked() else None
+        self._source_state = (None, "Connecting to the camera…" if kind == "camera" else None)
         self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
-                                     self.sort_files.isChecked(), archive, self._snap)
+                                     options, self._snap)
         worker.yielded.connect(self._reported)
-        worker.errored.connect(self.session.error)
+        worker.errored.connect(self._failed)
         worker.finished.connect(self._stopped)
         self.session.set_busy("monitoring", True)
         worker.start()
         self.session.info(f"Line started for '{model.product}' ({SOURCES[kind].lower()}).")
         self._update_buttons()
+        self._show_banner()
 
     def stop(self) -> None:
         if self._line is not None:
@@ -268,11 +481,16 @@ class MonitorTab(QWidget):
         if self._snap is not None:
             self._snap.set()
 
+    def _failed(self, exc: BaseException) -> None:
+        self.session.error(exc)
+
     def _stopped(self) -> None:
         self._line, self._snap = None, None
+        self._source_state = (None, None)
         self.session.set_busy("monitoring", False)
         self.session.info("Line stopped.")
         self._update_buttons()
+        self._show_banner()
 
     def _open_files(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Open images to inspect", self.folder.path(),
@@ -303,12 +521,12 @@ class MonitorTab(QWidget):
     # ---- outcomes -----------------------------------------------------------------------
     def _reported(self, item: tuple) -> None:
         kind = item[0]
-        if kind == "info":
-            self.session.info(item[1])
-        elif kind == "warning":
-            self.session.warn(item[1])
-        elif kind == "error":
-            self.session.error(item[1])
+        if kind in ("info", "warning", "error"):
+            self.session.message.emit(kind, item[1])
+        elif kind == "status":
+            state, reason = item[1:]
+            self._source_state = (state, reason)
+            self._show_banner()
         else:
             self._count(*item[1:])
 
@@ -316,46 +534,105 @@ class MonitorTab(QWidget):
         record = outcome.record
         self.counts["inspected"] += 1
         self.counts[record.verdict] += 1
-        name = Path(record.image_path).name if record.image_path else "frame"
         if record.verdict == "ERROR":
-            self.session.error(f"{name}: {record.error}")
+            self.session.error(f"{part_name(record)}: {record.error}")
         if outcome.log_error:
             self.session.warn(outcome.log_error)
         if thumb is not None:
-            self.ng_strip.add(thumb, f"{record.score:.3g}",
-                              f"NG {name}, score {record.score:.4g}, {record.time[11:19]} UTC")
+            self._add_ng(record, thumb)
         self._show_counts()
         self._newest = (outcome, heat)
         if not self._paint_pending:  # paint once the queued outcomes are counted: only the newest
             self._paint_pending = True
             QTimer.singleShot(0, self._paint)
 
+    def _add_ng(self, record: InspectionRecord, thumb) -> None:
+        self.ng_strip.add(thumb, local_time(record.time, "%H:%M:%S"),
+                          f"NG {part_name(record)}, score {record.score:.4g}, {local_time(record.time)}")
+        self.ng_strip.item(0).setData(Qt.ItemDataRole.UserRole, record)
+
+    def open_part(self, item: QListWidgetItem) -> PartDialog:
+        """Open an NG part of the strip with its heatmap and boxes (double-click)."""
+        dialog = PartDialog(item.data(Qt.ItemDataRole.UserRole), self.session, self)
+        dialog.finished.connect(lambda _: self.dialogs.remove(dialog))
+        self.dialogs.append(dialog)
+        dialog.show()
+        return dialog
+
     def _paint(self) -> None:
         self._paint_pending = False
         outcome, heat = self._newest
         record, result = outcome.record, outcome.result
-        name = record.image_path or "frame"
         self.painted += 1
-        self._set_banner(record)
+        self._last = record
+        self._show_banner()
         if result is None:
-            self.view.display(None, caption=f"{Path(name).name}: {record.error}")
+            self.view.display(None)
+            self.scale.set_threshold(None)
         else:
             boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
-            self.view.display(outcome.image, heat, heat_range(result.threshold)[1], boxes, caption=name)
+            self.view.display(outcome.image, heat, heat_range(result.threshold)[1], boxes)
+            self.scale.set_threshold(result.threshold)
 
-    def _set_banner(self, record) -> None:
-        verdict = record.verdict if record else "none"
-        self.banner.setProperty("verdict", verdict)
-        self.banner.style().unpolish(self.banner)
-        self.banner.style().polish(self.banner)
-        self.verdict.setText(record.verdict if record else "–")
-        if record is None:
-            self.detail.setText("Start the line to inspect.")
-        elif record.verdict == "ERROR":
-            self.detail.setText(record.error or "")
+    def banner_state(self) -> str:
+        return self.banner.property("verdict")
+
+    def _show_banner(self) -> None:
+        session = self.session
+        if session.product is None:
+            idle = "Create a product and train it to start."
+        elif session.model is None:
+            idle = f"'{session.product}' is not trained: train it before starting the line."
         else:
-            self.detail.setText(f"Score {record.score:.4g}   Threshold {record.threshold:.4g}\n"
-                                f"Latency {record.latency_ms:.0f} ms")
+            idle = "Press Start (F5) to inspect."
+        last = self._last
+        state, word, detail = banner_text(self.running, *self._source_state, last,
+                                          age_of(last) if last else 0.0, self.stale.value(), idle)
+        if state != self.banner.property("verdict"):
+            self.banner.setProperty("verdict", state)
+            self.banner.style().unpolish(self.banner)
+            self.banner.style().polish(self.banner)
+            for label in (self.verdict, self.detail):
+                label.style().unpolish(label)
+                label.style().polish(label)
+        self.verdict.setText(word)
+        self.detail.setText(detail)
+
+    # ---- the shift --------------------------------------------------------------------------
+    def _model_changed(self) -> None:
+        if self.session.product != self._product:  # another product: nothing of the last one stays
+            self._product = self.session.product
+            self._last = None
+            self._newest = None
+            self.view.display(None)
+            self.scale.set_threshold(None)
+            self.load_shift()
+        self._update_buttons()
+        self._show_banner()
+
+    def load_shift(self) -> None:
+        """Counters and NG parts of the current product since the start of the shift, from the log."""
+        product, since = self.session.product, self.session.shift_start()
+        self.shift_since.setText(f"since {local_time(since, '%a %H:%M')}")
+        self.counts.clear()
+        self.ng_strip.clear()
+        self._ng_query += 1
+        if product is None:
+            self._show_counts()
+            return
+        summary = self.session.store.summary(product, since)
+        self.counts.update({"inspected": summary["total"], "OK": summary["OK"], "NG": summary["NG"],
+                            "ERROR": summary["ERROR"]})
+        self._show_counts()
+        number = self._ng_query
+        worker = Worker(_logged_ng_parts, self.session.store, product, since)
+        worker.returned.connect(lambda parts: number == self._ng_query and self._ng_loaded(parts))
+        worker.errored.connect(self.session.error)
+        worker.start()
+
+    def _ng_loaded(self, parts: list) -> None:
+        for record, thumb in reversed(parts):  # oldest first: the strip puts the newest in front
+            self._add_ng(record, np.full((THUMB, THUMB, 3), 90, np.uint8) if thumb is None else thumb)
 
     def _show_counts(self) -> None:
         judged = self.counts["OK"] + self.counts["NG"]
@@ -363,19 +640,23 @@ class MonitorTab(QWidget):
             self.counter_labels[key].setText(str(self.counts[key]))
         self.counter_labels["yield"].setText(f"{100.0 * self.counts['OK'] / judged:.1f} %" if judged else "–")
 
-    def reset_counters(self) -> None:
-        self.counts.clear()
-        self.ng_strip.clear()
-        self._show_counts()
+    def _ask_new_shift(self) -> None:
+        if QMessageBox.question(self, "New shift", "Start a new shift now? The counters start again from "
+                                "zero; the log keeps every verdict.") == QMessageBox.StandardButton.Yes:
+            self.new_shift()
+
+    def new_shift(self) -> None:
+        self.session.new_shift()
+        self.session.info(f"New shift started at {local_time(self.session.shift_start(), '%H:%M:%S')}.")
+        self.load_shift()
 
     def _update_buttons(self) -> None:
         running = self._line is not None
         self.start.setEnabled(self.session.model is not None or running)
         self.start.setText("Stop" if running else "Start")
         self.start.setIcon(icon("stop" if running else "start"))
-        self.start.setVisible(running or self.source.currentData() != "file")
         self.snap_button.setEnabled(self._snap is not None)
         self.pages.setEnabled(not running)
         self.source.setEnabled(not running)
-        for widget in (self.sort_files, self.archive, self.archive_dir):
-            widget.setEnabled(not running)
+        self.options.setEnabled(not running)
+        self._options_changed()

@@ -1,5 +1,6 @@
 """What the tabs share: the models folder, the result log, the selected product and its
-model, and one channel for messages to the operator (log panel + status bar)."""
+model, who is at the station (operator, or engineer after the PIN), the current shift, and
+one channel for messages to the operator (log panel + status bar)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,9 @@ from PySide6.QtCore import QObject, QSettings, Signal
 from .. import services
 from ..core.model import Model, current_version, load_model
 from ..core.training import GoodFeatures
-from ..errors import describe  # noqa: F401 - the tabs' name for it
+from ..errors import InspectorError, describe
 from ..store.results import ResultStore
+from ..users import OPERATOR_USER, Accounts, User, require_engineer
 from .worker import Worker
 
 
@@ -23,15 +25,58 @@ class Session(QObject):
     changed = Signal()  # the product or its model changed
     busy_changed = Signal(bool)  # training or monitoring runs: the product cannot change
     message = Signal(str, str)  # level ("info", "warning", "error"), text
+    user_changed = Signal()  # an engineer unlocked, or the station locked again
 
-    def __init__(self, models_dir: Path, store: ResultStore):
+    def __init__(self, models_dir: Path, store: ResultStore, accounts: Accounts):
         super().__init__()
         self.models_dir = Path(models_dir)
         self.store = store
+        self.accounts = accounts
+        self.user: User = OPERATOR_USER
         self.product: str | None = None
         self.model: Model | None = None
         self.good: GoodFeatures | None = None  # features of the last training, kept to re-fit
         self._busy: set[str] = set()
+        self._shift = services.shift_start(store) or services.new_shift(store, str(self.user))
+
+    # ---- who is at the station, and the shift ---------------------------------------
+    def unlock(self, pin: str) -> User:
+        """The engineer, after the right PIN (AccessDenied otherwise)."""
+        self.user = self.accounts.unlock(pin)
+        self.user_changed.emit()
+        return self.user
+
+    def set_engineer(self, name: str, pin: str, old_pin: str | None = None) -> User:
+        """Set the engineer's PIN (the station's first start, or a change); unlocks."""
+        self.user = services.set_engineer(self.accounts, self.store, name, pin, old_pin)
+        self.user_changed.emit()
+        return self.user
+
+    def lock(self) -> None:
+        if self.user.is_engineer:
+            self.user = OPERATOR_USER
+            self.user_changed.emit()
+
+    def allow(self, what: str) -> bool:
+        """Whether the current user may `what` (e.g. 'train a product'); says why not."""
+        try:
+            require_engineer(self.user, what)
+        except InspectorError as exc:
+            self.warn(str(exc))
+            return False
+        return True
+
+    @property
+    def who(self) -> str:
+        """The user as events record it."""
+        return str(self.user)
+
+    def shift_start(self) -> str:
+        return self._shift
+
+    def new_shift(self) -> str:
+        self._shift = services.new_shift(self.store, self.who)
+        return self._shift
 
     # ---- messages and busy state ---------------------------------------------------
     def info(self, text: str) -> None:
@@ -52,6 +97,10 @@ class Session(QObject):
     @property
     def busy(self) -> bool:
         return bool(self._busy)
+
+    @property
+    def line_running(self) -> bool:
+        return "monitoring" in self._busy
 
     # ---- products ------------------------------------------------------------------
     def products(self) -> list[dict]:
@@ -79,10 +128,10 @@ class Session(QObject):
         self.changed.emit()
 
     def create(self, name: str) -> str:
-        return services.create_product(self.models_dir, self.store, name)
+        return services.create_product(self.models_dir, self.store, name, self.who)
 
     def rename(self, new_name: str) -> str:
-        return services.rename_product(self.models_dir, self.store, self.product, new_name)
+        return services.rename_product(self.models_dir, self.store, self.product, new_name, self.who)
 
     def delete(self) -> None:
-        services.delete_product(self.models_dir, self.store, self.product)
+        services.delete_product(self.models_dir, self.store, self.product, self.who)

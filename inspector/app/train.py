@@ -7,14 +7,15 @@ from pathlib import Path
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QVBoxLayout, QWidget)
 
-from ..core.backbones import BACKBONES
 from .. import services
+from ..core.backbones import BACKBONES
+from ..core.features import find_graph
 from ..core.model import Settings
 from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
 from ..errors import Cancelled, ImageError
 from .session import Session, settings
-from .views import FolderField, ProgressPanel, Thumbnails, icon, thumbnail, splitter
+from .views import FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, splitter, thumbnail
 from .worker import Worker
 
 IMAGE_SIZES = (224, 256, 320, 384)
@@ -38,10 +39,10 @@ def _scan(job: Worker, folder: str) -> None:
             job.report(("readable", path, thumbnail(image) if i < MAX_THUMBNAILS else None))
 
 
-def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path, store):
+def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path, store, user: str):
     """Train and save; a failed or cancelled training saves nothing."""
     return services.train(models_dir, store, product, folder, options,
-                          progress=lambda *step: job.report(step), cancel=job.cancel)
+                          progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
 
 
 def percent_box(value: float = 1.0) -> QDoubleSpinBox:
@@ -89,7 +90,6 @@ class TrainTab(QWidget):
 
         self.start = QPushButton(icon("start"), "Start training")
         self.start.setObjectName("primary")
-        self.start.setToolTip("Start training (F5)")
         self.start.clicked.connect(self.start_training)
         self.cancel = QPushButton(icon("stop"), "Cancel")
         self.cancel.clicked.connect(self.cancel_training)
@@ -134,6 +134,8 @@ class TrainTab(QWidget):
         layout.addWidget(split)
 
         session.changed.connect(self._product_changed)
+        session.user_changed.connect(self._update_buttons)
+        session.busy_changed.connect(lambda _: self._update_buttons())
         self._update_buttons()
 
     # ---- good images -----------------------------------------------------------------
@@ -203,13 +205,22 @@ class TrainTab(QWidget):
                        sampler=self.sampler.currentData(), sampling_ratio=self.ratio.value() / 100.0)
 
     def start_training(self) -> None:
+        if not self.session.allow("train a product"):
+            return
+        if self.session.line_running:
+            self.session.warn("Stop the line before training: a new model is checked on the Calibrate tab "
+                              "before the line uses it.")
+            return
         if not self.start.isEnabled():
             return
-        product = self.session.product
-        self.summary.setText("")
-        self.progress.begin("Starting…")
-        self._trainer = worker = Worker(_train, product, self.folder.path(), self.options(),
-                                        self.session.models_dir, self.session.store)
+        product, options = self.session.product, self.options()
+        if find_graph(options.backbone, options.image_size, options.weights) is None:
+            self.progress.begin(f"Preparing the backbone: exporting its graph for {options.image_size} px, "
+                                f"once on this machine (about 15 s)…")
+        else:
+            self.progress.begin("Reading the good images…")
+        self._trainer = worker = Worker(_train, product, self.folder.path(), options,
+                                        self.session.models_dir, self.session.store, self.session.who)
         worker.yielded.connect(lambda step: self.progress.step(*step))
         worker.returned.connect(lambda result: self._trained(product, *result))
         worker.errored.connect(self._failed)
@@ -223,15 +234,9 @@ class TrainTab(QWidget):
             self._trainer.stop(wait=False)
             self.progress.begin("Cancelling…")
 
-    def start_stop(self) -> None:
-        """F5: start, or cancel a training that runs."""
-        if self._trainer is not None:
-            self.cancel_training()
-        else:
-            self.start_training()
-
     def _trained(self, product: str, model, good) -> None:
-        self.progress.finish("Training finished; the model is saved.")
+        self.progress.finish(f"Trained in {duration(self.progress.elapsed())}: model version {model.version} "
+                             f"saved, threshold {model.threshold:.4g}. Check it on the Calibrate tab.")
         if self.session.product == product:
             self.session.set_model(model, good)
         skipped = f" {len(good.skipped)} unreadable file(s) were skipped." if good.skipped else ""
@@ -267,8 +272,8 @@ class TrainTab(QWidget):
         if model is not None:
             c = model.counts
             self.summary.setText(
-                f"Current model ({model.created[:16].replace('T', ' ')} UTC): {c.get('good_images')} good "
-                f"images; memory bank of {c.get('memory_bank')} patch features; threshold "
+                f"Current model: version {model.version} of {local_time(model.created, '%Y-%m-%d %H:%M')}, "
+                f"{c.get('good_images')} good images; memory bank of {c.get('memory_bank')} patch features; threshold "
                 f"{model.threshold:.4g} at sensitivity {s.sigma:g}, set from {c.get('calibration_images')} "
                 f"good-image scores ({model.calibration.method}).")
         elif session.product:
@@ -278,8 +283,11 @@ class TrainTab(QWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        training = self._trainer is not None
-        self.start.setEnabled(not training and bool(self.session.product) and bool(self.folder.path()))
+        training, session = self._trainer is not None, self.session
+        self.start.setEnabled(not training and bool(session.product) and bool(self.folder.path())
+                              and session.user.is_engineer and not session.line_running)
+        self.start.setToolTip("Engineers only: unlock with the engineer PIN" if not session.user.is_engineer
+                              else "Stop the line first" if session.line_running else "Start training")
         self.cancel.setEnabled(training)
         for widget in (self.folder, self.backbone, self.image_size, self.sampler, self.ratio):
             widget.setEnabled(not training)

@@ -3,13 +3,14 @@ thumbnail strips, a folder field; and the small image helpers the workers call."
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QIcon, QImage, QLinearGradient, QPainter, QPixmap
 from PySide6.QtWidgets import (QFileDialog, QGraphicsRectItem, QHBoxLayout, QLabel, QLineEdit,
                                QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
@@ -19,7 +20,17 @@ from ..paths import bundle_dir
 
 RESOURCES = bundle_dir() / "resources"
 HEAT_SIZE = 256  # the anomaly map is smooth: painted at this size, stretched over the image
+# The heat scale runs from 0 (blue) to twice the threshold (red), in the JET colours of the saved
+# overlays (inspector.drawing). On screen it is transparent below half the threshold and fades
+# in up to the threshold, so a good part is not tinted blue all over.
+HEAT_ALPHA = np.clip((np.arange(256) - 64) / 64.0, 0.0, 1.0)  # 0 up to 1/4 of the scale, 1 from 1/2
+HEAT_LUT = np.column_stack([JET, np.round(255 * HEAT_ALPHA)]).astype(np.uint8)
 BOX_PEN = pg.mkPen("#ff2020", width=2)
+
+
+def local_time(iso: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A logged (UTC) time as the station's local time: every time on screen is local."""
+    return datetime.fromisoformat(iso).astimezone().strftime(fmt)
 
 
 def splitter(name: str, left: QWidget, right: QWidget, sizes: tuple[int, int],
@@ -65,15 +76,16 @@ def to_pixmap(image: np.ndarray) -> QPixmap:
 # ---- widgets ------------------------------------------------------------------------
 class ResultView(pg.GraphicsLayoutWidget):
     """An image with its anomaly map as a heatmap (opacity adjustable, can be hidden) and
-    red boxes around the regions; a caption line below."""
+    red boxes around the regions; a caption line below (unless `caption` is False)."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, caption: bool = True):
         super().__init__(parent)
         self.setBackground("#1b1d21")
+        self.ci.layout.setContentsMargins(2, 2, 2, 2)
         self.box = self.addViewBox(row=0, col=0, lockAspect=True, invertY=True, enableMenu=False)
-        self.caption = self.addLabel("", row=1, col=0, color="#c8ccd2", size="10pt")
+        self.caption = self.addLabel("", row=1, col=0, color="#c8ccd2", size="10pt") if caption else None
         self.image = pg.ImageItem(axisOrder="row-major")
-        self.heat = pg.ImageItem(axisOrder="row-major", lut=JET)
+        self.heat = pg.ImageItem(axisOrder="row-major", lut=HEAT_LUT)
         self.heat.setZValue(1)
         self.box.addItem(self.image)
         self.box.addItem(self.heat)
@@ -91,7 +103,8 @@ class ResultView(pg.GraphicsLayoutWidget):
         for rect in self._rects:
             self.box.removeItem(rect)
         self._rects = []
-        self.caption.setText(caption)
+        if self.caption is not None:
+            self.caption.setText(caption)
         if image is None:
             self.image.clear()
             self.heat.clear()
@@ -114,9 +127,54 @@ class ResultView(pg.GraphicsLayoutWidget):
             self._shape = (h, w)
             self.box.autoRange(padding=0.01)
 
+    def shown_height(self) -> float:
+        """How tall the image is on screen, in pixels (0 when there is none)."""
+        if self._shape is None:
+            return 0.0
+        return self.box.mapViewToDevice(QRectF(0, 0, self._shape[1], self._shape[0])).boundingRect().height()
+
+
+class HeatScale(QWidget):
+    """The colour scale of the heatmap: 0, the threshold (mid-scale) and twice the threshold."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.threshold: float | None = None
+        self.setMinimumSize(220, 34)
+        self.setToolTip("Heatmap colours: transparent below half the threshold, red at twice the threshold.\n"
+                        "A part is NG when its highest score reaches the threshold.")
+
+    def set_threshold(self, threshold: float | None) -> None:
+        self.threshold = threshold
+        self.update()
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        bar = QRectF(6, 2, self.width() - 12, 12)
+        painter.fillRect(bar, QColor("#1b1d21"))
+        gradient = QLinearGradient(bar.left(), 0, bar.right(), 0)
+        for i in range(0, 256, 16):
+            r, g, b, a = (int(v) for v in HEAT_LUT[i])
+            gradient.setColorAt(i / 255, QColor(r, g, b, a))
+        r, g, b, a = (int(v) for v in HEAT_LUT[255])
+        gradient.setColorAt(1.0, QColor(r, g, b, a))
+        painter.fillRect(bar, gradient)
+        painter.setPen(QColor("#1f2328"))
+        painter.drawRect(bar)
+        t = self.threshold
+        labels = ("0", "threshold" if t is None else f"threshold {t:.3g}", "" if t is None else f"{2 * t:.3g}")
+        metrics = painter.fontMetrics()
+        for fraction, text in zip((0.0, 0.5, 1.0), labels):
+            x = bar.left() + fraction * bar.width()
+            painter.drawLine(int(x), int(bar.bottom()), int(x), int(bar.bottom()) + 3)
+            width = metrics.horizontalAdvance(text)
+            left = min(max(0, x - width / 2), self.width() - width)
+            painter.drawText(int(left), int(bar.bottom()) + 4 + metrics.ascent(), text)
+
 
 class ProgressPanel(QWidget):
-    """A progress bar with the stage in words and the time left in that stage."""
+    """A progress bar with the stage in words, the time left in that stage and the time
+    elapsed since `begin` (ticking while the work runs, kept by `finish`)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -128,13 +186,28 @@ class ProgressPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.bar)
         layout.addWidget(self.label)
-        self._stage, self._since = None, 0.0
+        self._stage, self._since, self._started, self._text = None, 0.0, None, ""
+        self._clock = QTimer(self, interval=1000)
+        self._clock.timeout.connect(self._show)
         self.finish("")
 
+    def elapsed(self) -> float:
+        return 0.0 if self._started is None else time.monotonic() - self._started
+
     def begin(self, text: str) -> None:
+        """Start (or, with the clock running, go on with) work described by `text`."""
         self._stage = None
+        if not self._clock.isActive():
+            self._started = time.monotonic()
+            self._clock.start()
         self.bar.setRange(0, 0)  # busy until the first report
-        self.label.setText(text)
+        self._show(text)
+
+    def _show(self, text: str | None = None) -> None:
+        if text is not None:
+            self._text = text
+        self.label.setText(f"{self._text} ({duration(self.elapsed())} elapsed)" if self._clock.isActive()
+                           else self._text)
 
     def step(self, stage: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -145,18 +218,26 @@ class ProgressPanel(QWidget):
         text = f"{stage.capitalize()}: {done} of {total}"
         elapsed = now - self._since
         if 0 < done < total and elapsed > 0.5:
-            text += f", about {_duration(elapsed * (total - done) / done)} left"
-        self.label.setText(text)
+            text += f", about {duration(elapsed * (total - done) / done)} left"
+        self._show(text)
 
     def finish(self, text: str) -> None:
+        self._clock.stop()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
-        self.label.setText(text)
+        self._show(text)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'45 s', '2 min 05 s', '3 h 02 min'."""
     seconds = round(seconds)
-    return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 
 
 class Thumbnails(QListWidget):
@@ -196,6 +277,8 @@ class FolderField(QWidget):
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
         self.edit.setClearButtonEnabled(True)
+        self.edit.setMinimumWidth(300)
+        self.edit.textChanged.connect(lambda text: self.edit.setToolTip(text or placeholder))
         self.dialog_title = dialog_title
         browse = QPushButton(icon("folder"), "")
         browse.setToolTip("Browse…")
@@ -212,6 +295,7 @@ class FolderField(QWidget):
 
     def set_path(self, path: str | Path, emit: bool = True) -> None:
         self.edit.setText(str(path))
+        self.edit.setCursorPosition(len(self.edit.text()))  # a long path shows its end: the folder's name
         if emit:
             self._emit()
 

@@ -1,17 +1,21 @@
-"""The main window: the product bar, the four tabs, the message panel and the status bar."""
+"""The main window: the product bar (with who is at the station), the four tabs, the message
+panel and the status bar."""
 from __future__ import annotations
 
 import html
+import logging
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QComboBox, QHBoxLayout, QInputDialog, QLabel, QMainWindow,
-                               QMessageBox, QPlainTextEdit, QPushButton, QSplitter, QTabWidget, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout,
+                               QInputDialog, QLabel, QLineEdit, QMainWindow, QMessageBox, QPlainTextEdit,
+                               QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
-from ..store.results import ResultStore
+from ..errors import InspectorError
+from ..store.results import ResultStore, login_name
+from ..users import MIN_PIN, Accounts, accounts_path
 from .calibrate import CalibrateTab
 from .history import HistoryTab
 from .monitor import MonitorTab
@@ -20,7 +24,9 @@ from .train import TrainTab
 from .views import RESOURCES, icon
 from .worker import Worker
 
+log = logging.getLogger(__name__)
 LEVEL_COLOURS = {"info": "#30343a", "warning": "#9a5b00", "error": "#c62828"}
+IDLE_LOCK_MS = 15 * 60 * 1000  # an unlocked station locks itself after this long without input
 
 
 def apply_style(app: QApplication) -> None:
@@ -32,8 +38,65 @@ def apply_style(app: QApplication) -> None:
     app.setWindowIcon(icon("app"))
 
 
+class EngineerDialog(QDialog):
+    """Set the engineer's PIN (first start: name, PIN twice) or unlock with it. Wrong input is
+    said in the dialog, which stays open; `done` only on success."""
+
+    def __init__(self, session: Session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.first = not session.accounts.is_set_up()
+        self.setWindowTitle("Set the engineer PIN" if self.first else "Unlock as engineer")
+        self.name = QLineEdit(login_name())
+        self.pin = QLineEdit()
+        self.again = QLineEdit()
+        for edit in (self.pin, self.again):
+            edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.problem = QLabel()
+        self.problem.setObjectName("warning")
+        self.problem.setWordWrap(True)
+        self.problem.hide()
+        form = QFormLayout(self)
+        if self.first:
+            intro = QLabel(f"First start of this station: set the PIN (at least {MIN_PIN} characters) that "
+                           f"lets an engineer train, change the sensitivity or the memory bank, and manage "
+                           f"products. Operators run the line and review results without it.")
+            intro.setWordWrap(True)
+            form.addRow(intro)
+            form.addRow("Engineer's name", self.name)
+            form.addRow("PIN", self.pin)
+            form.addRow("PIN again", self.again)
+        else:
+            form.addRow(QLabel(f"Engineer: {session.accounts.engineer_name()}"))
+            form.addRow("PIN", self.pin)
+        form.addRow(self.problem)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.submit)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+        self.setMinimumWidth(420)
+
+    def submit(self) -> None:
+        try:
+            if self.first:
+                if self.pin.text() != self.again.text():
+                    raise InspectorError("The two PINs differ: type the same PIN twice.")
+                user = self.session.set_engineer(self.name.text(), self.pin.text())
+                self.session.info(f"Engineer PIN set for {user.name}; the station is unlocked.")
+            else:
+                user = self.session.unlock(self.pin.text())
+                self.session.info(f"Unlocked: {user}.")
+        except InspectorError as exc:
+            self.problem.setText(str(exc))
+            self.problem.show()
+            self.pin.clear()
+            self.again.clear()
+            return
+        self.accept()
+
+
 class ProductBar(QWidget):
-    """Choose, create, rename and delete products (recipes)."""
+    """Choose, create, rename and delete products (recipes); who is at the station."""
 
     def __init__(self, session: Session):
         super().__init__()
@@ -57,8 +120,16 @@ class ProductBar(QWidget):
             layout.addWidget(button)
             self.buttons.append(button)
         layout.addWidget(self.state, 1)
+        self.level = QLabel()
+        self.level.setObjectName("level")
+        self.unlock = QPushButton()
+        self.unlock.clicked.connect(self._unlock_clicked)
+        layout.addWidget(self.level)
+        layout.addWidget(self.unlock)
+        self.dialog: EngineerDialog | None = None
         session.changed.connect(self._show_state)
-        session.busy_changed.connect(lambda busy: self.setEnabled(not busy))
+        session.user_changed.connect(self._show_state)
+        session.busy_changed.connect(self._show_state)
 
     def reload(self, select: str | None = None) -> None:
         """List the products again and select `select` (or the first one)."""
@@ -71,6 +142,8 @@ class ProductBar(QWidget):
         self.session.select(self.combo.currentData())
 
     def create(self, name: str) -> None:
+        if not self.session.allow("create a product"):
+            return
         try:
             self.reload(self.session.create(name))
         except Exception as exc:  # noqa: BLE001 - a bad name or a folder problem: tell the operator
@@ -79,6 +152,8 @@ class ProductBar(QWidget):
             self.session.info(f"Product '{self.session.product}' created: choose its good images and train it.")
 
     def rename(self, new_name: str) -> None:
+        if not self.session.allow("rename a product"):
+            return
         try:
             self.reload(self.session.rename(new_name))
         except Exception as exc:  # noqa: BLE001
@@ -86,6 +161,8 @@ class ProductBar(QWidget):
 
     def delete(self) -> None:
         name = self.session.product
+        if not self.session.allow("delete a product"):
+            return
         try:
             self.session.delete()
         except Exception as exc:  # noqa: BLE001
@@ -112,18 +189,48 @@ class ProductBar(QWidget):
                                         f"Its inspection history stays in the log.") == QMessageBox.StandardButton.Yes:
             self.delete()
 
+    def ask_engineer(self) -> EngineerDialog:
+        """Open the PIN dialog (not blocking: the line runs on)."""
+        if self.dialog is None:
+            self.dialog = EngineerDialog(self.session, self)
+            self.dialog.finished.connect(self._dialog_closed)
+            self.dialog.open()
+        return self.dialog
+
+    def _dialog_closed(self) -> None:
+        self.dialog = None
+
+    def _unlock_clicked(self) -> None:
+        if self.session.user.is_engineer:
+            self.session.lock()
+            self.session.info("Locked: operator level.")
+        else:
+            self.ask_engineer()
+
     def _show_state(self) -> None:
         session, model = self.session, self.session.model
+        engineer = session.user.is_engineer
+        self.combo.setEnabled(not session.busy)
+        self.buttons[0].setEnabled(engineer and not session.busy)
         for button in self.buttons[1:]:
-            button.setEnabled(session.product is not None)
+            button.setEnabled(engineer and not session.busy and session.product is not None)
+        for button in self.buttons:
+            button.setToolTip("" if engineer else "Engineers only: unlock with the engineer PIN")
+        self.level.setText(f"Engineer: {session.user.name}" if engineer else "Operator")
+        self.level.setProperty("engineer", engineer)
+        self.level.style().unpolish(self.level)
+        self.level.style().polish(self.level)
+        self.unlock.setText("Lock" if engineer else "Engineer…")
+        self.unlock.setIcon(icon("unlock" if engineer else "lock"))
+        self.unlock.setToolTip("Back to the operator level" if engineer else
+                               "Unlock the engineer level (train, sensitivity, memory bank, products)")
         if session.product is None:
             self.state.setText("Create a product to start.")
         elif model is None:
             self.state.setText("Not trained yet: go to Train.")
         else:
-            self.state.setText(f"Trained on {model.counts.get('good_images')} good images · threshold "
-                               f"{model.threshold:.4g} · sensitivity {model.settings.sigma:g} · "
-                               f"{model.settings.backbone} {model.settings.image_size} px")
+            self.state.setText(f"Version {model.version} · threshold {model.threshold:.4g} · sensitivity "
+                               f"{model.settings.sigma:g} · {model.counts.get('good_images')} good images")
 
 
 class LogPanel(QPlainTextEdit):
@@ -141,12 +248,37 @@ class LogPanel(QPlainTextEdit):
         self.appendHtml(f'<span style="color:{LEVEL_COLOURS[level]}">{stamp}  {html.escape(tag + text)}</span>')
 
 
+class IdleLock(QObject):
+    """Locks the engineer level after IDLE_LOCK_MS without a key press or a click."""
+
+    def __init__(self, session: Session):
+        super().__init__()
+        self.session = session
+        self.timer = QTimer(self, singleShot=True, interval=IDLE_LOCK_MS)
+        self.timer.timeout.connect(self._idle)
+        session.user_changed.connect(lambda: self.timer.start() if session.user.is_engineer else self.timer.stop())
+        QApplication.instance().installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() in (QEvent.Type.KeyPress, QEvent.Type.MouseButtonPress) and self.timer.isActive():
+            self.timer.start()
+        return False
+
+    def _idle(self) -> None:
+        if self.session.user.is_engineer:
+            self.session.lock()
+            self.session.info("The engineer level was locked after 15 minutes without input.")
+
+
 class MainWindow(QMainWindow):
     def __init__(self, models_dir: str | Path, db_path: str | Path):
         super().__init__()
         self.setWindowTitle("Inspector")
         self.setMinimumSize(1000, 640)
-        self.session = session = Session(Path(models_dir), ResultStore(db_path))
+        store = ResultStore(db_path)
+        accounts = Accounts(accounts_path(Path(db_path).resolve().parent))
+        self.session = session = Session(Path(models_dir), store, accounts)
+        self.idle_lock = IdleLock(session)
         self.products = ProductBar(session)
         self.train = TrainTab(session)
         self.calibrate = CalibrateTab(session)
@@ -162,7 +294,8 @@ class MainWindow(QMainWindow):
         self.split.addWidget(self.tabs)
         self.split.addWidget(self.log)
         self.split.setStretchFactor(0, 1)
-        self.split.setSizes([640, 90])
+        self.split.setCollapsible(0, False)
+        self.split.setSizes([660, 64])
         central = QWidget()
         column = QVBoxLayout(central)
         column.setContentsMargins(6, 4, 6, 0)
@@ -171,7 +304,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         session.message.connect(self._message)
 
-        self._action(self, "Start / Stop", ["F5"], self._start_stop)
+        self._action(self, "Start / Stop the line", ["F5"], self.monitor.start_stop)
         self._action(self, "Quit", [QKeySequence.StandardKey.Quit], self.close)
         self._action(self, "Snap", ["F6"], self.monitor.snap)
         # Space only on the Monitor tab, so that elsewhere it still presses buttons
@@ -179,6 +312,9 @@ class MainWindow(QMainWindow):
             Qt.ShortcutContext.WidgetWithChildrenShortcut)
         self._restore()
         self.products.reload(settings().value("product"))
+        self.products._show_state()
+        if not accounts.is_set_up():  # the station's first start: the engineer sets a PIN
+            QTimer.singleShot(0, self.products.ask_engineer)
 
     @staticmethod
     def _action(owner: QWidget, text: str, keys: list, slot) -> QAction:
@@ -187,11 +323,6 @@ class MainWindow(QMainWindow):
         action.triggered.connect(slot)
         owner.addAction(action)
         return action
-
-    def _start_stop(self) -> None:
-        tab = self.tabs.currentWidget()
-        if hasattr(tab, "start_stop"):
-            tab.start_stop()
 
     def _message(self, level: str, text: str) -> None:
         self.log.add(level, text)
@@ -219,8 +350,11 @@ class MainWindow(QMainWindow):
             s.setValue(f"splitters/{splitter.objectName()}", splitter.saveState())
 
     def closeEvent(self, event) -> None:
-        """Stop every worker cleanly (the line finishes and logs its current item), then close."""
+        """Stop every worker (the line finishes and logs its current item), waiting a bounded
+        time, then close. A worker stuck in a call that cannot be interrupted is left behind."""
         self._remember()
-        Worker.stop_all()
+        left = Worker.stop_all()
+        if left:
+            log.warning("closing without waiting for %s", ", ".join(left))
         self.session.store.close()
         super().closeEvent(event)

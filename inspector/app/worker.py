@@ -1,30 +1,27 @@
-"""The one way the GUI runs engine work: a function in a QThread.
+"""The one way the GUI runs engine work: a function in a thread of its own.
 
 `Worker(fn, *args, **kwargs)` calls `fn(job, *args, **kwargs)` in its own thread, where
 `job` is the Worker: the function may call `job.report(value)` to send progress or results
 as they come, and should honour `job.cancel` (a threading.Event). The GUI hears plain data
 through the signals started, yielded(value), returned(result), errored(exception) and
 finished, always emitted on the GUI thread, so any callable may be connected to them.
+
+The threads are daemon threads: closing the window cancels every worker and waits a bounded
+time (`stop_all`) for them to finish; one stuck in a call that cannot be interrupted (a camera
+scan, a first export of the backbone graph) is left behind so the window can still close.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from PySide6.QtCore import QCoreApplication, QObject, QThread, Qt, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 
 from ..errors import InspectorError
 
 log = logging.getLogger(__name__)
-
-
-class _Thread(QThread):
-    def __init__(self, target):
-        super().__init__()
-        self._target = target
-
-    def run(self) -> None:
-        self._target()
+STOP_WAIT_S = 1.5  # closing the window waits at most this long for the workers
 
 
 class Worker(QObject):
@@ -41,7 +38,8 @@ class Worker(QObject):
         super().__init__()
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.cancel = threading.Event()
-        self._thread = _Thread(self._run)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"Worker({getattr(fn, '__name__', 'function')})")
         self._event.connect(self._relay, Qt.ConnectionType.QueuedConnection)
 
     def start(self) -> "Worker":
@@ -56,12 +54,14 @@ class Worker(QObject):
     def is_running(self) -> bool:
         return self in Worker.running
 
-    def stop(self, wait: bool = True) -> None:
-        """Ask the function to stop; with `wait`, join the thread and deliver what it sent."""
+    def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Ask the function to stop; with `wait`, join the thread (up to `timeout` seconds)
+        and deliver what it sent. Returns whether the thread has ended."""
         self.cancel.set()
         if wait:
-            self._thread.wait()
+            self._thread.join(timeout)
             QCoreApplication.sendPostedEvents(self)  # deliver what it sent while receivers exist
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         self._event.emit("started", None)
@@ -79,7 +79,7 @@ class Worker(QObject):
     @Slot(str, object)
     def _relay(self, kind: str, value) -> None:
         if kind == "finished":
-            self._thread.wait()  # run() is returning; let the thread end before it can be freed
+            self._thread.join()  # _run() is returning; let the thread end before it can be freed
             Worker.running.discard(self)
             self.finished.emit()
         elif kind == "started":
@@ -88,8 +88,12 @@ class Worker(QObject):
             getattr(self, kind).emit(value)
 
     @classmethod
-    def stop_all(cls) -> None:
+    def stop_all(cls, timeout: float = STOP_WAIT_S) -> list[str]:
+        """Cancel every worker and wait for them, `timeout` seconds in all; returns the names
+        of those still running then (left behind: their threads end with the process)."""
         for worker in list(cls.running):
             worker.cancel.set()
+        deadline = time.monotonic() + timeout
         for worker in list(cls.running):
-            worker.stop(wait=True)
+            worker.stop(wait=True, timeout=max(0.0, deadline - time.monotonic()))
+        return [worker._thread.name for worker in cls.running if worker._thread.is_alive()]
