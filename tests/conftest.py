@@ -1,4 +1,5 @@
-"""Shared test setup: the Qt tests run without a display; permission tests run as root too."""
+"""Shared test setup: the Qt tests run without a display; permission tests run as root too;
+windows of the desktop application on a trained product."""
 import os
 import shutil
 import tempfile
@@ -10,6 +11,9 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 NOBODY = 65534
+PRODUCT = "Disc"
+PIN = "2468"  # the engineer's PIN of the test stations
+WAIT = 30_000  # ms: generous, for a loaded 2-core machine
 
 
 @pytest.fixture
@@ -52,3 +56,57 @@ def as_unprivileged(check, *args) -> None:
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         pytest.fail(f"as user nobody:\n{report}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory):
+    """A models folder with PRODUCT trained (by the engine) on 20 generated good parts."""
+    from inspector.core.model import Settings, save_model
+    from inspector.core.training import train
+    from inspector.synthetic import write_parts
+
+    root = tmp_path_factory.mktemp("trained")
+    model, _ = train(PRODUCT, write_parts(root / "good", 20), Settings())
+    save_model(model, root / "models")
+    return root / "models"
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    """Opens main windows on tmp_path's result log, with QSettings kept in tmp_path, on a
+    station whose engineer PIN is set, unlocked as the engineer unless `engineer` is False;
+    closes them at the end (as the operator would: a closed window stops its workers)."""
+    from PySide6.QtCore import QSettings
+
+    from inspector.app.window import MainWindow
+    from inspector.users import Accounts, accounts_path
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    accounts = Accounts(accounts_path(tmp_path))
+    if not accounts.is_set_up():
+        accounts.set_engineer("Eve", PIN)
+    windows = []
+
+    def open_(models_dir, engineer: bool = True):
+        window = MainWindow(models_dir, tmp_path / "inspections.db")
+        qtbot.addWidget(window)
+        windows.append(window)
+        window.show()
+        if engineer:
+            window.session.unlock(PIN)
+        return window
+
+    yield open_
+    for window in windows:
+        window.close()
+
+
+@pytest.fixture
+def line_window(open_window, trained_models, tmp_path, qtbot):
+    """A window on a copy of the trained product, its model loaded, on the Monitor tab."""
+    models = tmp_path / "models"
+    shutil.copytree(trained_models, models)
+    window = open_window(models)
+    qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
+    window.tabs.setCurrentWidget(window.monitor)
+    return window

@@ -2,70 +2,20 @@
 watched folder and from a video file as the camera, the history, and closing mid-shift."""
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import pytest
 from PySide6.QtCore import QSettings, Qt, QTimer
 
+from conftest import WAIT
 from inspector.app import main
 from inspector.app.window import MainWindow
-from inspector.core.model import Settings, load_model, save_model
-from inspector.core.training import train
+from inspector.core.model import load_model
 from inspector.store.results import ResultStore
 from inspector.synthetic import make_part, write_parts
-from inspector.users import Accounts, accounts_path
-
-PRODUCT = "Disc"
-PIN = "2468"
-WAIT = 30_000  # ms: generous, for a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def trained_models(tmp_path_factory):
-    """A models folder with PRODUCT trained (by the engine) on 20 generated good parts."""
-    root = tmp_path_factory.mktemp("trained")
-    model, _ = train(PRODUCT, write_parts(root / "good", 20), Settings())
-    save_model(model, root / "models")
-    return root / "models"
-
-
-@pytest.fixture
-def open_window(qtbot, tmp_path):
-    """Opens main windows on tmp_path's result log, with QSettings kept in tmp_path, on a
-    station whose engineer PIN is set, unlocked as the engineer unless `engineer` is False;
-    closes them at the end (as the operator would: a closed window stops its workers)."""
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    accounts = Accounts(accounts_path(tmp_path))
-    if not accounts.is_set_up():
-        accounts.set_engineer("Eve", PIN)
-    windows = []
-
-    def open_(models_dir, engineer: bool = True):
-        window = MainWindow(models_dir, tmp_path / "inspections.db")
-        qtbot.addWidget(window)
-        windows.append(window)
-        window.show()
-        if engineer:
-            window.session.unlock(PIN)
-        return window
-
-    yield open_
-    for window in windows:
-        window.close()
-
-
-@pytest.fixture
-def line_window(open_window, trained_models, tmp_path, qtbot):
-    """A window on a copy of the trained product, its model loaded, on the Monitor tab."""
-    models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
-    window = open_window(models)
-    qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
-    window.tabs.setCurrentWidget(window.monitor)
-    return window
 
 
 class Heartbeat:
@@ -132,6 +82,8 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
     assert heartbeat.longest < 0.5, f"the GUI thread was blocked for {heartbeat.longest:.2f} s"
     model = window.session.model
     assert load_model(models, "Disc A").model_id == model.model_id  # saved
+    assert "Trained in" in tab.progress.label.text() and f"version {model.version}" in tab.progress.label.text()
+    assert "Current model: version" in tab.summary.text()
     assert window.products.combo.isEnabled() and "1 unreadable" in window.log.toPlainText()
 
     # the sensitivity moves the threshold line live; dragging the line gives the sensitivity
@@ -172,6 +124,7 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
     tab.cancel_training()
     qtbot.waitUntil(lambda: tab._trainer is None, timeout=WAIT)
     assert "cancelled" in tab.progress.label.text()
+    assert f"Current model: version {rebuilt.version}" in tab.summary.text()  # still shown after Cancel
     assert load_model(models, "Disc A").model_id == rebuilt.model_id
     assert window.session.model is rebuilt
 
@@ -258,7 +211,15 @@ def test_video_file_as_camera_and_snap(line_window, tmp_path, qtbot):
     assert 1 <= inspected <= 12 and monitor.counts["NG"] == inspected
     with ResultStore(tmp_path / "inspections.db") as store:
         assert store.count(verdict="NG") == inspected
-        assert {r.source for r in store.query()} == {"camera"}
+        records = store.query()
+    assert {r.source for r in records} == {"camera"}
+    # NG frames are kept by default, and the log points at them: the evidence stays
+    kept = sorted(monitor.frames_dir().glob("*.png"))
+    assert len(kept) == inspected and {Path(r.image_path) for r in records} == set(kept)
+    assert "oldest are dropped first" in monitor.frames_note.text() and "2 GB" in monitor.options_summary.text()
+    # '#N' is the frame's number in the video (a camera's frame count), not a count of inspections
+    numbers = sorted(int(r.image_path.rsplit("#", 1)[1][:-4]) for r in records)
+    assert all(1 <= n <= 12 for n in numbers) and len(set(numbers)) == len(numbers)
 
     # on Snap only: nothing is inspected until F6 (a video long enough for any machine)
     long_video = tmp_path / "long.avi"
@@ -279,6 +240,9 @@ def test_video_file_as_camera_and_snap(line_window, tmp_path, qtbot):
     monitor.start_stop()  # Stop
     qtbot.waitUntil(lambda: not monitor.running, timeout=WAIT)
     assert monitor.counts["inspected"] == 1
+    with ResultStore(tmp_path / "inspections.db") as store:
+        snapped = store.query(limit=1)[0]
+    assert "long.avi#" in snapped.image_path and 1 <= int(snapped.image_path.rsplit("#", 1)[1][:-4]) <= 600
 
 
 def test_main_opens_the_window_on_the_given_folders(qapp, tmp_path):

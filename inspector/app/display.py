@@ -36,6 +36,8 @@ PACKAGES = {
     "libGL.so.1": "libgl1",
     "libEGL.so.1": "libegl1",
     "libOpenGL.so.0": "libopengl0",
+    "libGLX.so.0": "libglx0",
+    "libGLdispatch.so.0": "libglvnd0",
     "libfontconfig.so.1": "libfontconfig1",
     "libfreetype.so.6": "libfreetype6",
     "libglib-2.0.so.0": "libglib2.0-0",
@@ -102,5 +104,8 @@ def check() -> str | None:
     """None when the window can open here, else the message naming what is missing."""
     if not uses_x11():
         return None
+    if not os.environ.get("QT_QPA_PLATFORM") and not os.environ.get("DISPLAY"):
+        return ("The Inspector window needs a desktop, and no display is set (DISPLAY is empty). Start it "
+                "from the desktop session; the command line works without one: inspector --help.")
     missing = missing_libraries(qt_libraries())
     return explain(missing) if missing else None

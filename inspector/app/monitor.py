@@ -373,7 +373,7 @@ class MonitorTab(QWidget):
         self.frames_limit.setValue(float(s.value("monitor/frames_limit_gb", DEFAULT_LIMIT_GB)))
         self.settle.setValue(float(s.value("monitor/settle_s", SETTLE_S)))
         self.stale.setValue(float(s.value("monitor/stale_s", STALE_S)))
-        self.options_toggle.setChecked(int(s.value("monitor/show_options", 1)) == 1)
+        self.options_toggle.setChecked(int(s.value("monitor/show_options", 0)) == 1)
         self._show_options(self.options_toggle.isChecked())
         self._source_changed()
 
@@ -394,6 +394,9 @@ class MonitorTab(QWidget):
         return self._data_dir() / FRAMES_FOLDER
 
     def _show_options(self, shown: bool) -> None:
+        """The options show while the line is stopped (they cannot change while it runs, and the
+        NG parts need the room then); their summary always shows."""
+        shown = shown and not self.running
         self.options.setVisible(shown)
         self.options_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
@@ -605,8 +608,9 @@ class MonitorTab(QWidget):
             self._last = None
             self._newest = None
             self.view.display(None)
-            self.scale.set_threshold(None)
             self.load_shift()
+        if self._newest is None:  # nothing painted: the scale is the current model's
+            self.scale.set_threshold(self.session.model.threshold if self.session.model else None)
         self._update_buttons()
         self._show_banner()
 
@@ -658,5 +662,6 @@ class MonitorTab(QWidget):
         self.snap_button.setEnabled(self._snap is not None)
         self.pages.setEnabled(not running)
         self.source.setEnabled(not running)
-        self.options.setEnabled(not running)
+        self.options_toggle.setEnabled(not running)
+        self._show_options(self.options_toggle.isChecked())
         self._options_changed()

@@ -151,7 +151,7 @@ class HeatScale(QWidget):
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
         bar = QRectF(6, 2, self.width() - 12, 12)
-        painter.fillRect(bar, QColor("#1b1d21"))
+        painter.fillRect(bar, QColor("#ffffff"))  # the low end is transparent: the part shows through
         gradient = QLinearGradient(bar.left(), 0, bar.right(), 0)
         for i in range(0, 256, 16):
             r, g, b, a = (int(v) for v in HEAT_LUT[i])
