@@ -96,6 +96,10 @@ def main(argv: list[str]) -> int:
         shot(window.train, "train", size)
         shot(window.calibrate, "calibrate", size)
         window.tabs.setCurrentWidget(monitor)
+        monitor.options.show()
+        monitor.options.move(420, 200)
+        shot(monitor, "monitor_options", size)
+        monitor.options.hide()
         shot(monitor, "monitor_stopped", size)
         monitor.start_stop()
         wait(app, lambda: "first part" in monitor.detail.text(), "waiting")
@@ -108,6 +112,12 @@ def main(argv: list[str]) -> int:
         for path in defects[5 * number:5 * number + 3]:
             arrive(path, line)
         shot(monitor, "monitor_NG", size)
+        if size == SIZES[0]:  # an NG part opened from the strip
+            dialog = monitor.open_part(monitor.ng_strip.item(0))
+            wait(app, lambda: "Inspected again" in dialog.details.text(), "the NG part")
+            dialog.move(200, 40)
+            shot(monitor, "monitor_ng_part", size)
+            dialog.accept()
         (line / f"copy_failed_{number}.png").write_bytes(b"not an image at all")
         wait(app, banner("ERROR"), "an ERROR")
         shot(monitor, "monitor_ERROR", size)
@@ -134,6 +144,13 @@ def main(argv: list[str]) -> int:
         wait(app, lambda: history.changes.rowCount() >= 3, "the changes")
         shot(history, "history_changes", size)
         history.show_what.setCurrentIndex(0)
+    window.session.lock()  # the operator's view, and the engineer's PIN asked
+    window.resize(*SIZES[0])
+    shot(window.calibrate, "calibrate_operator", SIZES[0])
+    dialog = window.products.ask_engineer()
+    dialog.move(470, 250)
+    shot(window.calibrate, "engineer_unlock", SIZES[0])
+    dialog.reject()
     window.close()
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -54,69 +54,73 @@ EVENT_COLUMNS = (  # title, text of an event
 )
 
 
-class EventTable(QAbstractTableModel):
-    """The recorded changes (who, when, old -> new) that match the filters, newest first."""
+class RowTable(QAbstractTableModel):
+    """Rows of plain data under `columns` (title, text of a row); `tip` gives a row's tooltip."""
+    columns: tuple = ()
 
     def __init__(self):
         super().__init__()
-        self.events: list[Event] = []
+        self.rows: list = []
 
     def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.events)
+        return 0 if parent.isValid() else len(self.rows)
 
     def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(EVENT_COLUMNS)
+        return 0 if parent.isValid() else len(self.columns)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return EVENT_COLUMNS[section][0]
+            return self.columns[section][0]
         return None
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        event = self.events[index.row()]
+        row = self.rows[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return EVENT_COLUMNS[index.column()][1](event)
+            return self.columns[index.column()][1](row)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return "\n".join(filter(None, (f"From: {event.old or '–'}", f"To: {event.new or '–'}", event.detail)))
+            return self.tip(row)
+        if role == Qt.ItemDataRole.ForegroundRole and self.columns[index.column()][0] == "Verdict":
+            return QColor(VERDICT_COLOURS[row.verdict])
         return None
 
-    def reset(self, events: list[Event]) -> None:
+    def tip(self, row) -> str:
+        return ""
+
+    def set_rows(self, rows: list) -> None:
         self.beginResetModel()
-        self.events = list(events)
+        self.rows = list(rows)
         self.endResetModel()
 
 
-class RecordTable(QAbstractTableModel):
+class EventTable(RowTable):
+    """The recorded changes (who, when, old -> new) that match the filters, newest first."""
+    columns = EVENT_COLUMNS
+
+    @property
+    def events(self) -> list[Event]:
+        return self.rows
+
+    def tip(self, event: Event) -> str:
+        return "\n".join(filter(None, (f"From: {event.old or '–'}", f"To: {event.new or '–'}", event.detail)))
+
+
+class RecordTable(RowTable):
     """The records of the log that match the filters, newest first; the view asks for more
     (`more_wanted`) when scrolled to the end."""
+    columns = COLUMNS
     more_wanted = Signal()
 
     def __init__(self):
         super().__init__()
-        self.records: list[InspectionRecord] = []
         self.total = 0
         self.loading = False
 
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.records)
+    @property
+    def records(self) -> list[InspectionRecord]:
+        return self.rows
 
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section][0]
-        return None
-
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        record = self.records[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[index.column()][1](record)
-        if role == Qt.ItemDataRole.ForegroundRole and COLUMNS[index.column()][0] == "Verdict":
-            return QColor(VERDICT_COLOURS[record.verdict])
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return "\n".join(filter(None, (record.image_path, record.error)))
-        return None
+    def tip(self, record: InspectionRecord) -> str:
+        return "\n".join(filter(None, (record.image_path, record.error)))
 
     def canFetchMore(self, parent=QModelIndex()) -> bool:
         return not parent.isValid() and not self.loading and len(self.records) < self.total
@@ -126,16 +130,15 @@ class RecordTable(QAbstractTableModel):
         self.more_wanted.emit()
 
     def reset(self, records: list[InspectionRecord], total: int) -> None:
-        self.beginResetModel()
-        self.records, self.total, self.loading = list(records), total, False
-        self.endResetModel()
+        self.total, self.loading = total, False
+        self.set_rows(records)
 
     def extend(self, records: list[InspectionRecord]) -> None:
         self.loading = False
         if records:
             start = len(self.records)
             self.beginInsertRows(QModelIndex(), start, start + len(records) - 1)
-            self.records += records
+            self.rows += records
             self.endInsertRows()
 
 
@@ -318,7 +321,7 @@ class HistoryTab(QWidget):
         self._looked_at = None
 
     def _changes_loaded(self, events: list[Event]) -> None:
-        self.changes.reset(events)
+        self.changes.set_rows(events)
         self.changes_table.resizeRowsToContents()
         self.total.setText(f"{len(events)} change(s)" + (" (the newest)" if len(events) == EVENTS_SHOWN else ""))
 

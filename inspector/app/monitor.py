@@ -21,7 +21,7 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
                                QGridLayout, QGroupBox, QHBoxLayout, QLabel, QListWidgetItem, QMessageBox,
-                               QPushButton, QSlider, QStackedWidget, QToolButton, QVBoxLayout, QWidget)
+                               QPushButton, QSlider, QStackedWidget, QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.model import Model
@@ -218,7 +218,8 @@ class MonitorTab(QWidget):
         frames_row.addWidget(self.keep_frames)
         frames_row.addWidget(self.frames_limit)
         frames_row.addStretch(1)
-        self.options = QGroupBox("Options")
+        self.options = QDialog(self)  # a window of its own: the Monitor tab keeps its room for the parts
+        self.options.setWindowTitle("Line options")
         form = QFormLayout(self.options)
         form.addRow(self.sort_files)
         form.addRow("Settle time", self.settle)
@@ -227,11 +228,13 @@ class MonitorTab(QWidget):
         form.addRow(self.archive)
         form.addRow(self.archive_dir)
         form.addRow("Part expected every", self.stale)
-        self.options_toggle = QToolButton()
-        self.options_toggle.setCheckable(True)
-        self.options_toggle.setText("Options")
-        self.options_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.options_toggle.toggled.connect(self._show_options)
+        close = QPushButton("Close")
+        close.clicked.connect(self.options.accept)
+        form.addRow(close)
+        self.options.setMinimumWidth(460)
+        self.options_button = QPushButton("Options…")
+        self.options_button.setToolTip("Sorting, settle time, kept NG frames, archive, expected time between parts")
+        self.options_button.clicked.connect(self.options.show)
         self.options_summary = QLabel()
         self.options_summary.setObjectName("hint")
         self.options_summary.setWordWrap(True)
@@ -284,10 +287,9 @@ class MonitorTab(QWidget):
         column.setContentsMargins(0, 0, 4, 0)
         column.addWidget(source)
         toggle_row = QHBoxLayout()
-        toggle_row.addWidget(self.options_toggle)
+        toggle_row.addWidget(self.options_button)
         toggle_row.addWidget(self.options_summary, 1)
         column.addLayout(toggle_row)
-        column.addWidget(self.options)
         column.addLayout(buttons)
         column.addWidget(self.shift)
         column.addWidget(ng_title)
@@ -373,8 +375,6 @@ class MonitorTab(QWidget):
         self.frames_limit.setValue(float(s.value("monitor/frames_limit_gb", DEFAULT_LIMIT_GB)))
         self.settle.setValue(float(s.value("monitor/settle_s", SETTLE_S)))
         self.stale.setValue(float(s.value("monitor/stale_s", STALE_S)))
-        self.options_toggle.setChecked(int(s.value("monitor/show_options", 0)) == 1)
-        self._show_options(self.options_toggle.isChecked())
         self._source_changed()
 
     def _remember(self) -> None:
@@ -384,7 +384,7 @@ class MonitorTab(QWidget):
                            ("archive", int(self.archive.isChecked())), ("archive_dir", self.archive_dir.path()),
                            ("keep_frames", int(self.keep_frames.isChecked())),
                            ("frames_limit_gb", self.frames_limit.value()), ("settle_s", self.settle.value()),
-                           ("stale_s", self.stale.value()), ("show_options", int(self.options_toggle.isChecked()))):
+                           ("stale_s", self.stale.value())):
             s.setValue(f"monitor/{key}", value)
 
     def _data_dir(self) -> Path:
@@ -392,13 +392,6 @@ class MonitorTab(QWidget):
 
     def frames_dir(self) -> Path:
         return self._data_dir() / FRAMES_FOLDER
-
-    def _show_options(self, shown: bool) -> None:
-        """The options show while the line is stopped (they cannot change while it runs, and the
-        NG parts need the room then); their summary always shows."""
-        shown = shown and not self.running
-        self.options.setVisible(shown)
-        self.options_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
     def _options_changed(self) -> None:
         self.frames_limit.setEnabled(self.keep_frames.isChecked() and not self.running)
@@ -463,6 +456,8 @@ class MonitorTab(QWidget):
             if self.keep_frames.isChecked() else None}
         self._snap = threading.Event() if kind == "camera" and self.snap_only.isChecked() else None
         self._source_state = (None, "Connecting to the camera…" if kind == "camera" else None)
+        self._last = None  # a new run waits for its own first part, and shows no older one
+        self.view.display(None)
         self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
                                      options, self._snap)
         worker.yielded.connect(self._reported)
@@ -662,6 +657,7 @@ class MonitorTab(QWidget):
         self.snap_button.setEnabled(self._snap is not None)
         self.pages.setEnabled(not running)
         self.source.setEnabled(not running)
-        self.options_toggle.setEnabled(not running)
-        self._show_options(self.options_toggle.isChecked())
+        self.options_button.setEnabled(not running)
+        if running:
+            self.options.hide()
         self._options_changed()

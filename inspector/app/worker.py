@@ -21,7 +21,7 @@ from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 from ..errors import InspectorError
 
 log = logging.getLogger(__name__)
-STOP_WAIT_S = 1.5  # closing the window waits at most this long for the workers
+STOP_WAIT_S = 1.0  # closing the window waits at most this long for the workers
 
 
 class Worker(QObject):
