@@ -129,8 +129,9 @@ def cmd_train(args) -> int:
         print(f"SKIPPED {reason}", file=sys.stderr)
     folder = save_model(model, args.models_dir)
     print(f"Saved {folder}: memory bank {len(model.memory_bank)} patches from {model.counts['bank_images']} "
-          f"images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, scored "
-          f"{model.counts['calibration_images']} good images outside the bank, {model.calibration.method})")
+          f"images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}: expected false rejects "
+          f"{model.calibration.false_reject_rate(model.threshold):.1%}, from {model.counts['calibration_images']} "
+          f"good images scored against banks without them, {model.calibration.method})")
     return EXIT_OK
 
 
@@ -211,18 +212,10 @@ def cmd_history(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.report import evaluate
+    from .evaluation.report import evaluate, summary
 
     report, _ = evaluate(args.category_dir, _settings(args), args.plots, ProgressLine(), None, args.device)
-    c = report["confusion_calibrated"]
-    print(f"{report['category']}: image AUROC {report['image_auroc']:.4f}, pixel AUROC "
-          f"{report['pixel_auroc']:.4f}, AUPRO {report['aupro']:.4f}\n"
-          f"  calibrated threshold {report['threshold']:.3f}: F1 {report['f1_calibrated']:.4f} "
-          f"(TP {c['tp']} FP {c['fp']} TN {c['tn']} FN {c['fn']}); best F1 {report['f1_best']:.4f} "
-          f"at {report['best_threshold']:.3f}; Dice {report['dice']:.4f}\n"
-          f"  per defect type: " + ", ".join(f"{k} {v:.4f}" for k, v in report["per_defect_auroc"].items()) +
-          f"\n  training {report['train_seconds']:.1f} s, latency median {report['latency_ms_median']:.1f} ms, "
-          f"{report['throughput_ips']:.1f} images/s")
+    print(summary(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return EXIT_OK

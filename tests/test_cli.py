@@ -1,6 +1,7 @@
 """The command line, in-process, on generated parts: exit codes, outputs and files."""
 import csv
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -101,3 +102,28 @@ def test_evaluate_writes_metrics_and_plots(tmp_path, capsys):
 def test_self_test_passes(capsys):
     assert main(["self-test"]) == EXIT_OK
     assert "self-test passed" in capsys.readouterr().out
+
+
+def test_evaluate_a_category_without_masks_gives_its_image_report(tmp_path, capsys):
+    write_mvtec(tmp_path / "parts")
+    shutil.rmtree(tmp_path / "parts" / "ground_truth")
+    code = main(["evaluate", str(tmp_path / "parts"), "--json", str(tmp_path / "r.json"),
+                 "--plots", str(tmp_path / "plots"), "--models-dir", str(tmp_path / "m")])
+    assert code == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["image_auroc"] == 1.0 and report["f1_calibrated"] > 0.8
+    assert report["pixel_auroc"] is None and report["aupro"] is None and report["dice"] is None
+    assert report["pixel_metrics"].startswith("unavailable") and len(report["missing_masks"]) == 6
+    out = capsys.readouterr().out
+    assert "pixel AUROC unavailable" in out and "6 defect image(s) without a ground-truth mask" in out
+
+
+def test_evaluate_reports_a_missing_mask_instead_of_scoring_an_empty_one(tmp_path):
+    write_mvtec(tmp_path / "parts")
+    gone = sorted((tmp_path / "parts" / "ground_truth" / "stain").iterdir())[0]
+    gone.unlink()
+    assert main(["evaluate", str(tmp_path / "parts"), "--json", str(tmp_path / "r.json"),
+                 "--models-dir", str(tmp_path / "m")]) == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["missing_masks"] == [f"test/stain/{gone.name.replace('_mask', '')}"]
+    assert report["pixel_metrics"] == "over 8 of 9 images" and report["pixel_auroc"] > 0.9
