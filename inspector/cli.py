@@ -195,8 +195,8 @@ def cmd_camera(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .core.model import load_model
-    from .services import false_rejects, score_defects, set_sensitivity
+    from .core.model import load_model, separating_threshold
+    from .services import score_defects, set_sensitivity
 
     if args.sigma is not None:
         before = load_model(args.models_dir, args.product)
@@ -208,8 +208,8 @@ def cmd_calibrate(args) -> int:
         model = load_model(args.models_dir, args.product)
         print(f"'{model.product}' version {model.version}: threshold {model.threshold:.4g} at sensitivity "
               f"{model.settings.sigma:g}")
-    rejected, good = false_rejects(model)
-    print(f"False rejects: {rejected} of {good} good calibration images ({100.0 * rejected / good:.1f} %)")
+    print(f"Expected false rejects: {100.0 * model.calibration.false_reject_rate(model.threshold):.1f} % of good "
+          f"parts ({len(model.calibration.image_scores)} good calibration images)")
     if args.defects:
         def report(done, total, path, score, problem):
             if problem:
@@ -224,6 +224,9 @@ def cmd_calibrate(args) -> int:
         escaped = scores.escapes(model.threshold)
         print(f"Escapes: {escaped} of {len(scores.scores)} known defects ({100.0 * escaped / len(scores.scores):.1f} %)"
               f" at threshold {model.threshold:.4g}")
+        best = separating_threshold(model.calibration.image_scores, scores.scores)
+        print(f"The threshold that separates them best: {best:.4g} (sensitivity "
+              f"{model.calibration.sigma_for(best):.2f}: calibrate --sigma to use it)")
     return EXIT_OK
 
 

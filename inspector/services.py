@@ -219,13 +219,6 @@ def score_defects(model: Model, folder: str | Path, on_score: ScoreReport | None
     return out
 
 
-def false_rejects(model: Model, threshold: float | None = None) -> tuple[int, int]:
-    """(good calibration images at or above the threshold, all of them): the expected false
-    rejects at the model's threshold, or at another one."""
-    scores = np.asarray(model.calibration.image_scores, float)
-    return int((scores >= (model.threshold if threshold is None else threshold)).sum()), len(scores)
-
-
 def find_image(record: InspectionRecord) -> Path | None:
     """The record's image where it still is: where it was inspected, or sorted into a
     verdict folder beside it."""

@@ -127,7 +127,7 @@ def test_calibrate_sets_the_sensitivity_as_a_new_version_on_record(own, capsys):
     out = capsys.readouterr().out
     after = load_model(root / "models", "Gear 7")
     assert after.version == before.version + 1 and after.settings.sigma == 1.5
-    assert f"threshold {before.threshold:.4g} -> {after.threshold:.4g}" in out and "False rejects:" in out
+    assert f"threshold {before.threshold:.4g} -> {after.threshold:.4g}" in out and "Expected false rejects:" in out
     with ResultStore(root / "log.db") as store:
         [event] = store.events("Gear 7")
     assert (event.kind, event.user) == ("sensitivity", login_name())
@@ -146,6 +146,7 @@ def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out.count("scratch_07") == 2 and captured.out.count("stain_08") == 2
     assert "Escapes: 0 of 4 known defects" in captured.out and "broken.png" in captured.err
+    assert "The threshold that separates them best:" in captured.out
     with ResultStore(root / "log.db") as store:  # scoring known defects logs nothing
         assert not [r for r in store.query() if "defects" in (r.image_path or "")]
 

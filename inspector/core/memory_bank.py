@@ -26,18 +26,22 @@ def bank_size(n: int, ratio: float) -> int:
 
 
 def random_sample(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
-                  cancel=None) -> np.ndarray:
-    """Indices of a uniform random subset of the patch features."""
+                  cancel=None, start: np.ndarray | None = None) -> np.ndarray:
+    """Indices of a uniform random subset of the patch features (including `start`)."""
     n = len(features)
     k = bank_size(n, ratio)
+    start = np.zeros(0, np.int64) if start is None else np.unique(start)
+    rest = np.setdiff1d(np.arange(n), start)
+    extra = np.random.default_rng(seed).choice(rest, size=max(0, k - len(start)), replace=False)
     progress("sampling", 1, 1)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    return np.sort(np.concatenate([start, extra]))
 
 
 def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
-                   cancel=None) -> np.ndarray:
+                   cancel=None, start: np.ndarray | None = None) -> np.ndarray:
     """Indices of a k-center greedy coreset: each step adds the patch farthest from every patch
-    chosen so far, measured on a seeded random projection of the features."""
+    chosen so far, measured on a seeded random projection of the features. `start` (indices)
+    are taken as already chosen, so a coreset of a subset can be extended to the whole set."""
     n = len(features)
     k = bank_size(n, ratio)
     if k == n:
@@ -46,14 +50,23 @@ def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Prog
     dim = min(PROJECTION_DIM, features.shape[1])
     projection = rng.standard_normal((features.shape[1], dim)).astype(np.float32)
     projected = np.ascontiguousarray(features @ projection)
-    sq = np.einsum("ij,ij->i", projected, projected)
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = rng.integers(n)
+    sq = squared_norms(projected)
     min_dist = np.full(n, np.inf, dtype=np.float32)
+    chosen = np.empty(k, dtype=np.int64)
+    start = np.unique(start) if start is not None else np.zeros(0, np.int64)
+    if len(start) >= k:
+        return start
+    chosen[:len(start)] = start
+    for first in range(0, len(start), 256):  # distance of every patch to its nearest start
+        c = start[first:first + 256]
+        d = projected @ projected[c].T
+        d *= -2.0
+        d += sq[:, None]
+        d += sq[c]
+        np.minimum(min_dist, d.min(axis=1), out=min_dist)
     step = max(1, k // 100)
-    for i in range(k):
-        if i:
-            chosen[i] = int(np.argmax(min_dist))
+    for i in range(len(start), k):
+        chosen[i] = int(np.argmax(min_dist)) if i else int(rng.integers(n))
         c = chosen[i]
         dist = projected @ projected[c]
         dist *= -2.0
@@ -70,20 +83,30 @@ def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Prog
 SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"greedy": greedy_coreset, "random": random_sample}
 
 
-def sample(features: np.ndarray, sampler: str, ratio: float, seed: int,
-           progress: Progress = no_progress, cancel=None) -> np.ndarray:
-    """The memory bank: the sampled rows of `features` (N, C)."""
+def sample_indices(features: np.ndarray, sampler: str, ratio: float, seed: int,
+                   progress: Progress = no_progress, cancel=None, start: np.ndarray | None = None) -> np.ndarray:
+    """Which rows of `features` (N, C) form the memory bank; `start`: rows already chosen."""
     try:
         pick = SAMPLERS[sampler]
     except KeyError:
         raise TrainingError(f"Unknown sampler '{sampler}'. Choose one of: {', '.join(SAMPLERS)}.") from None
-    return np.ascontiguousarray(features[pick(features, ratio, seed, progress, cancel)])
+    return pick(features, ratio, seed, progress, cancel, start)
+
+
+def sample(features: np.ndarray, sampler: str, ratio: float, seed: int,
+           progress: Progress = no_progress, cancel=None) -> np.ndarray:
+    """The memory bank: the sampled rows of `features` (N, C)."""
+    return np.ascontiguousarray(features[sample_indices(features, sampler, ratio, seed, progress, cancel)])
+
+
+def squared_norms(rows: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", rows, rows)
 
 
 def nearest_distance(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray | None = None) -> np.ndarray:
     """Exact Euclidean distance from each query row to its nearest memory-bank row."""
     if bank_sq is None:
-        bank_sq = np.einsum("ij,ij->i", bank, bank)
+        bank_sq = squared_norms(bank)
     out = np.empty(len(queries), dtype=np.float32)
     rows = max(1, _CHUNK // max(1, len(bank)))
     for start in range(0, len(queries), rows):
@@ -91,6 +114,6 @@ def nearest_distance(queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray 
         d = q @ bank.T
         d *= -2.0
         d += bank_sq
-        best = d.min(axis=1) + np.einsum("ij,ij->i", q, q)
+        best = d.min(axis=1) + squared_norms(q)
         out[start:start + rows] = np.sqrt(np.maximum(best, 0.0))
     return out

@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ModelError
-from .backbones import BACKBONES
+from .backbones import BACKBONES, FEATURE_VERSION
 from .memory_bank import SAMPLERS
 
 FORMAT = "inspector-model"
@@ -49,10 +49,12 @@ FORMAT_VERSION = 2
 # OLDER_FORMAT_VALUES what the new fields mean for older files (default: the field's default).
 FORMAT_FIELDS = {
     2: {"settings": ("backbone", "image_size", "sampler", "sampling_ratio", "sigma", "seed", "holdout",
-                     "min_region_area", "weights"),
+                     "min_region_area", "weights", "feature_version"),
         "calibration": ("image_scores", "pixel_mean", "pixel_std", "method")},
 }
-OLDER_FORMAT_VALUES: dict[int, dict[str, dict]] = {1: {"settings": {"weights": None}}}
+# Format 1 files without a weight file or a feature version predate them: no explicit weight
+# file, and the patch features of version 1 (which this Inspector refuses: retrain).
+OLDER_FORMAT_VALUES: dict[int, dict[str, dict]] = {1: {"settings": {"weights": None, "feature_version": 1}}}
 META_FILE = "model.json"
 BANK_FILE = "memory_bank.safetensors"
 KEEP_VERSIONS = 10
@@ -69,26 +71,61 @@ def check_product_name(name: str) -> str:
     return name
 
 
+# A good image's score is the largest of about a thousand patch distances: right-skewed, with
+# a long upper tail from the odd unusual good part. Its mean and standard deviation follow that
+# tail, and mean + 3 std then lets through defects that score just above the good parts. The
+# threshold is therefore median + k * robust spread (the median absolute deviation scaled to
+# match a normal distribution's std), which the tail does not drag upwards.
+MAD_TO_STD = 1.4826
+
+
+def separating_threshold(good: list[float], defects: list[float]) -> float:
+    """The image threshold that best separates good scores from known defect scores: the
+    fewest false rejects plus escapes, and of those the one in the widest gap, midway."""
+    good, defects = np.sort(np.asarray(good, float)), np.sort(np.asarray(defects, float))
+    edges = np.unique(np.concatenate([good, defects]))
+    if len(edges) < 2:
+        return float(edges[0]) if len(edges) else 0.0
+    candidates = (edges[:-1] + edges[1:]) / 2
+    errors = (len(good) - np.searchsorted(good, candidates)) + np.searchsorted(defects, candidates)
+    gaps = np.diff(edges)
+    best = np.lexsort((-gaps, errors))[0]
+    return float(candidates[best])
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Scores of held-out good images (never in the memory bank). Thresholds follow from the
-    operator's sigma k without rescoring: mean + k*std."""
+    """Scores of good images against memory banks built without them. Thresholds follow from
+    the operator's sensitivity k without rescoring: median + k * robust spread."""
     image_scores: list[float]
     pixel_mean: float
     pixel_std: float
-    method: str  # "holdout" or "leave-one-out"
+    method: str  # "holdout", "N-fold" or "leave-one-out"
+
+    def _centre_spread(self) -> tuple[float, float]:
+        s = np.asarray(self.image_scores, np.float64)
+        centre = float(np.median(s))
+        spread = MAD_TO_STD * float(np.median(np.abs(s - centre)))
+        if spread <= 0.0:  # more than half the scores are equal: fall back to the std
+            spread = float(s.std(ddof=1))
+        return centre, max(spread, 1e-12)
 
     def image_threshold(self, sigma: float) -> float:
-        s = np.asarray(self.image_scores, np.float64)
-        return float(s.mean() + sigma * s.std(ddof=1))
+        centre, spread = self._centre_spread()
+        return centre + sigma * spread
 
     def pixel_threshold(self, sigma: float) -> float:
         return float(self.pixel_mean + sigma * self.pixel_std)
 
     def sigma_for(self, threshold: float) -> float:
-        """The k that gives this image threshold (for a dragged threshold line)."""
-        s = np.asarray(self.image_scores, np.float64)
-        return float((threshold - s.mean()) / max(s.std(ddof=1), 1e-12))
+        """The k that gives this image threshold (a dragged line, a separating threshold)."""
+        centre, spread = self._centre_spread()
+        return float((threshold - centre) / spread)
+
+    def false_reject_rate(self, threshold: float) -> float:
+        """Expected share of good parts rejected: the calibration images at or above it (they
+        were scored against banks without them, as a new good part is)."""
+        return float(np.mean(np.asarray(self.image_scores) >= threshold))
 
 
 @dataclass(frozen=True)
@@ -102,6 +139,7 @@ class Settings:
     holdout: float = 0.2
     min_region_area: int = 16  # pixels on the model's input-size map
     weights: str | None = None  # an explicit backbone weight file; None: embedded or torch hub cache
+    feature_version: int = FEATURE_VERSION  # the patch features the bank holds (see backbones)
 
 
 @dataclass(frozen=True)
@@ -420,6 +458,10 @@ def _checked_meta(folder: Path, product: str, version: int) -> tuple[dict, str, 
         digest, model_id = meta.get("bank_sha256"), str(meta.get("model_id", ""))
     settings = _section(meta, "settings", Settings, product)
     calibration = _section(meta, "calibration", Calibration, product)
+    if settings.feature_version != FEATURE_VERSION:
+        raise ModelError(f"The model of '{product}' was trained with patch features of version "
+                         f"{settings.feature_version}, which scored the image border wrongly; this Inspector "
+                         f"uses version {FEATURE_VERSION}. Train the product again.")
     return meta, digest, model_id, settings, calibration
 
 
