@@ -112,14 +112,14 @@ def _look(job: Worker, record: InspectionRecord, session: Session, extractors: d
         if record.source == "camera":
             return None, None, 1.0, [], "Camera frames are not kept (archive the overlays to keep them)."
         return None, None, 1.0, [], "The image file is no longer there: only the logged record is shown."
-    image = load_image(path)
     logged = [(r["x"], r["y"], r["w"], r["h"]) for r in record.regions]
     model = session.model if session.model is not None and session.model.product == record.product else None
     try:
-        _, result, model = services.reinspect(session.models_dir, record.product, path, model,
-                                              extractors=extractors)
-    except InspectorError as exc:
-        return image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}"
+        image, result, model = services.reinspect(session.models_dir, record.product, path, model,
+                                                  extractors=extractors)
+    except InspectorError as exc:  # an unreadable image raises again here: shown as the error
+        return (load_image(path), None, 1.0, logged,
+                f"The logged boxes are shown; it cannot be inspected again: {exc}")
     boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
     return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
             f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
