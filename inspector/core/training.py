@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import read_ahead
-from ..errors import Cancelled, ImageError, TrainingError
+from ..errors import Cancelled, TrainingError, describe
 from .features import FeatureExtractor
 from .memory_bank import Progress, no_progress, sample_indices, squared_norms
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
@@ -47,8 +47,8 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: P
     batch: list = []
     for i, (path, image) in enumerate(read_ahead(paths, depth=BATCH)):
         _check_cancel(cancel)
-        if isinstance(image, ImageError):
-            skipped.append((path, str(image)))
+        if isinstance(image, Exception):
+            skipped.append((path, describe(image)))
         else:
             batch.append((path, image))
         if len(batch) == BATCH or (i == len(paths) - 1 and batch):

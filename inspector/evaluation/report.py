@@ -15,6 +15,7 @@ from ..core.scoring import Inspector, find_regions
 from ..core.training import train
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
+from ..drawing import heat_range
 from ..errors import Cancelled, SourceError
 from . import metrics
 
@@ -137,7 +138,7 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) ->
             "pred_boxes": [(r.x, r.y, r.w, r.h) for r in result.regions],
             "score": result.score, "verdict": result.verdict,
         })
-    plots.save_gallery(folder / "gallery", items, 0.0, 2.0 * model.threshold)
+    plots.save_gallery(folder / "gallery", items, *heat_range(model.threshold))
 
 
 def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
