@@ -10,7 +10,7 @@ import pytest
 from inspector.core import backbones
 from inspector.core.features import FeatureExtractor
 from inspector.core.memory_bank import (bank_size, greedy_coreset, nearest_distance, random_sample, sample,
-                                        squared_norms)
+                                        sample_indices, squared_norms)
 from inspector.core.model import Calibration, Settings, separating_threshold
 from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_scores
 from inspector.core.training import extract_features, fit, train
@@ -110,6 +110,18 @@ def test_sampling_reports_progress_and_cancels():
         sample(feats, "greedy", 0.05, 0, cancel=cancel)
     with pytest.raises(TrainingError, match="Unknown sampler"):
         sample(feats, "kmeans", 0.05, 0)
+
+
+@pytest.mark.parametrize("sampler", ["greedy", "random"])
+def test_a_bank_of_some_rows_extends_to_a_bank_of_all(sampler):
+    """With `first`, the first picks are a bank of those rows alone (the calibration bank), the
+    rest extend it to the bank of all rows, each row once."""
+    feats = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    first = np.arange(0, 2000, 2)
+    picked = sample_indices(feats, sampler, 0.05, 0, first=first)
+    assert len(picked) == 100 and len(set(picked)) == 100
+    assert np.isin(picked[:50], first).all()
+    assert not np.isin(picked[50:], first).all()  # the other rows join the final bank
 
 
 def test_nearest_distance_is_exact():

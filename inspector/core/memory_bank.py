@@ -25,27 +25,31 @@ def bank_size(n: int, ratio: float) -> int:
     return max(1, min(n, int(round(n * ratio))))
 
 
+def _targets(n: int, ratio: float, first: np.ndarray | None) -> tuple[np.ndarray, int, int]:
+    """`first` as an index array, how many picks come from it, and how many in all."""
+    first = np.arange(n) if first is None else np.asarray(first, np.int64)
+    return first, bank_size(len(first), ratio), bank_size(n, ratio)
+
+
 def random_sample(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
-                  cancel=None, start: np.ndarray | None = None) -> np.ndarray:
-    """Indices of a uniform random subset of the patch features (including `start`)."""
+                  cancel=None, first: np.ndarray | None = None) -> np.ndarray:
+    """Indices of a uniform random subset of the patch features, in pick order (see `sample_indices`)."""
     n = len(features)
-    k = bank_size(n, ratio)
-    start = np.zeros(0, np.int64) if start is None else np.unique(start)
-    rest = np.setdiff1d(np.arange(n), start)
-    extra = np.random.default_rng(seed).choice(rest, size=max(0, k - len(start)), replace=False)
+    first, k_first, k = _targets(n, ratio, first)
+    rng = np.random.default_rng(seed)
+    head = rng.choice(first, size=k_first, replace=False)
+    tail = rng.choice(np.setdiff1d(np.arange(n), head), size=k - k_first, replace=False)
     progress("sampling", 1, 1)
-    return np.sort(np.concatenate([start, extra]))
+    return np.concatenate([head, tail])
 
 
 def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
-                   cancel=None, start: np.ndarray | None = None) -> np.ndarray:
-    """Indices of a k-center greedy coreset: each step adds the patch farthest from every patch
-    chosen so far, measured on a seeded random projection of the features. `start` (indices)
-    are taken as already chosen, so a coreset of a subset can be extended to the whole set."""
+                   cancel=None, first: np.ndarray | None = None) -> np.ndarray:
+    """Indices of a k-center greedy coreset, in pick order: each step adds the patch farthest
+    from every patch chosen so far, measured on a seeded random projection of the features
+    (see `sample_indices` for `first`)."""
     n = len(features)
-    k = bank_size(n, ratio)
-    if k == n:
-        return np.arange(n)
+    first, k_first, k = _targets(n, ratio, first)
     rng = np.random.default_rng(seed)
     dim = min(PROJECTION_DIM, features.shape[1])
     projection = rng.standard_normal((features.shape[1], dim)).astype(np.float32)
@@ -53,20 +57,14 @@ def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Prog
     sq = squared_norms(projected)
     min_dist = np.full(n, np.inf, dtype=np.float32)
     chosen = np.empty(k, dtype=np.int64)
-    start = np.unique(start) if start is not None else np.zeros(0, np.int64)
-    if len(start) >= k:
-        return start
-    chosen[:len(start)] = start
-    for first in range(0, len(start), 256):  # distance of every patch to its nearest start
-        c = start[first:first + 256]
-        d = projected @ projected[c].T
-        d *= -2.0
-        d += sq[:, None]
-        d += sq[c]
-        np.minimum(min_dist, d.min(axis=1), out=min_dist)
     step = max(1, k // 100)
-    for i in range(len(start), k):
-        chosen[i] = int(np.argmax(min_dist)) if i else int(rng.integers(n))
+    for i in range(k):
+        if i == 0:
+            chosen[i] = first[rng.integers(len(first))]
+        elif i < k_first:
+            chosen[i] = first[int(np.argmax(min_dist[first]))]
+        else:
+            chosen[i] = int(np.argmax(min_dist))
         c = chosen[i]
         dist = projected @ projected[c]
         dist *= -2.0
@@ -77,20 +75,23 @@ def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Prog
             if cancel is not None and cancel.is_set():
                 raise Cancelled("Training cancelled.")
             progress("sampling", i + 1, k)
-    return np.sort(chosen)
+    return chosen
 
 
 SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"greedy": greedy_coreset, "random": random_sample}
 
 
 def sample_indices(features: np.ndarray, sampler: str, ratio: float, seed: int,
-                   progress: Progress = no_progress, cancel=None, start: np.ndarray | None = None) -> np.ndarray:
-    """Which rows of `features` (N, C) form the memory bank; `start`: rows already chosen."""
+                   progress: Progress = no_progress, cancel=None, first: np.ndarray | None = None) -> np.ndarray:
+    """Which rows of `features` (N, C) form the memory bank, in pick order. With `first` (row
+    indices), the first picks are a bank of those rows alone, as large as the ratio gives them,
+    which the later picks extend to a bank of all rows: one pass yields a calibration bank
+    without some images and the final bank with them."""
     try:
         pick = SAMPLERS[sampler]
     except KeyError:
         raise TrainingError(f"Unknown sampler '{sampler}'. Choose one of: {', '.join(SAMPLERS)}.") from None
-    return pick(features, ratio, seed, progress, cancel, start)
+    return pick(features, ratio, seed, progress, cancel, first)
 
 
 def sample(features: np.ndarray, sampler: str, ratio: float, seed: int,

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.images import read_ahead
 from ..errors import Cancelled, TrainingError, describe
 from .features import FeatureExtractor
-from .memory_bank import Progress, no_progress, sample_indices, squared_norms
+from .memory_bank import Progress, bank_size, no_progress, sample_indices, squared_norms
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
 from .scoring import score
 
@@ -82,13 +82,11 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
     per_image = feats.shape[1] * feats.shape[2]
     rng = np.random.default_rng(settings.seed)
 
-    def choose(images: np.ndarray, start: np.ndarray | None = None, report: Progress = no_progress) -> np.ndarray:
-        """Rows of `patches` that form a bank of these (sorted) images, extending the rows `start`."""
-        rows = (images[:, None] * per_image + np.arange(per_image)).ravel()
-        subset = patches if len(rows) == len(patches) else patches[rows]
-        local = None if start is None else np.searchsorted(rows, start)
-        return rows[sample_indices(subset, settings.sampler, settings.sampling_ratio, settings.seed,
-                                   report, cancel, local)]
+    def rows(images: np.ndarray) -> np.ndarray:
+        return (images[:, None] * per_image + np.arange(per_image)).ravel()
+
+    def choose(subset: np.ndarray, first: np.ndarray | None = None, report: Progress = no_progress) -> np.ndarray:
+        return sample_indices(subset, settings.sampler, settings.sampling_ratio, settings.seed, report, cancel, first)
 
     if n >= HOLDOUT_FROM:
         # A held-out fraction is scored against a bank of the others; that bank is then
@@ -96,12 +94,12 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
         method = "holdout"
         order = rng.permutation(n)
         n_out = int(round(n * settings.holdout))
-        held = np.sort(order[:n_out])
-        calibration_rows = choose(np.sort(order[n_out:]), report=progress)
+        held, kept = np.sort(order[:n_out]), np.sort(order[n_out:])
+        bank_rows = choose(patches, rows(kept), progress)
         _check_cancel(cancel)
         progress("calibrating", 0, 1)
-        scores, maps = _calibration_scores(feats[held], patches[calibration_rows], settings.image_size)
-        bank_rows = choose(np.arange(n), calibration_rows, progress)
+        calibration_bank = patches[bank_rows[:bank_size(len(kept) * per_image, settings.sampling_ratio)]]
+        scores, maps = _calibration_scores(feats[held], calibration_bank, settings.image_size)
     else:
         # Too few images to spare a held-out set: every image is scored against a bank built
         # from the other folds, and the final bank uses all of them.
@@ -112,11 +110,12 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
             _check_cancel(cancel)
             progress("calibrating", i, len(folds))
             others = np.setdiff1d(np.arange(n), fold)
-            s, m = _calibration_scores(feats[fold], patches[choose(others)], settings.image_size)
+            subset = patches[rows(others)]
+            s, m = _calibration_scores(feats[fold], subset[choose(subset)], settings.image_size)
             scores += s
             maps.append(m)
         maps = np.concatenate(maps)
-        bank_rows = choose(np.arange(n), report=progress)
+        bank_rows = choose(patches, report=progress)
     progress("calibrating", 1, 1)
     bank = np.ascontiguousarray(patches[bank_rows])
     calibration = Calibration(scores, float(maps.mean()), float(maps.std()), method)
