@@ -228,7 +228,9 @@ def cmd_calibrate(args) -> int:
               f" at threshold {model.threshold:.4g}")
         best = separating_threshold(model.calibration.image_scores, scores.scores)
         print(f"The threshold that separates them best: {best:.4g} (sensitivity "
-              f"{model.calibration.sigma_for(best):.2f}: calibrate --sigma to use it)")
+              f"{model.calibration.sigma_for(best):.2f}: expected false rejects "
+              f"{100.0 * model.calibration.false_reject_rate(best):.1f} %, escapes {scores.escapes(best)} of "
+              f"{len(scores.scores)}; calibrate --sigma to use it)")
     return EXIT_OK
 
 

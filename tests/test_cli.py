@@ -171,7 +171,7 @@ def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out.count("scratch_07") == 2 and captured.out.count("stain_08") == 2
     assert "Escapes: 0 of 4 known defects" in captured.out and "broken.png" in captured.err
-    assert "The threshold that separates them best:" in captured.out
+    assert "The threshold that separates them best:" in captured.out and "escapes 0 of 4" in captured.out
     with ResultStore(root / "log.db") as store:  # scoring known defects logs nothing
         assert not [r for r in store.query() if "defects" in (r.image_path or "")]
 
