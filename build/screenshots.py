@@ -1,5 +1,5 @@
-"""PNGs of the real main window at 1366x768 and 1920x1080: every tab (Train, Calibrate, Monitor,
-History with its inspections and its changes) and every state of the Monitor banner (stopped,
+"""PNGs of the real main window at 1366x768 and 1920x1080: every tab (Train, Calibrate, Region &
+versions, Monitor, History with its inspections and its changes) and every state of the Monitor banner (stopped,
 waiting, OK, NG, ERROR, stale, source lost), driven on generated parts as an engineer and an
 operator would. Prints how tall the part is on the Monitor tab.
 
@@ -18,6 +18,7 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 
 from inspector.app.window import MainWindow, apply_style
+from inspector.data.images import load_image
 from inspector.synthetic import write_parts
 from inspector.users import Accounts, accounts_path
 
@@ -86,6 +87,8 @@ def main(argv: list[str]) -> int:
     window.calibrate.apply_sigma()  # a change, recorded: History shows it
     wait(app, lambda: window.session.model.version == 2, "the new sensitivity")
 
+    window.teach.editor.set_image(load_image(work / "good" / "good_000.png"))
+
     line = work / "line"
     line.mkdir()
     monitor.folder.set_path(line)
@@ -95,6 +98,7 @@ def main(argv: list[str]) -> int:
         wait(app, lambda: window.width() == size[0], "the size")
         shot(window.train, "train", size)
         shot(window.calibrate, "calibrate", size)
+        shot(window.teach, "region_versions", size)
         window.tabs.setCurrentWidget(monitor)
         monitor.options.show()
         monitor.options.move(420, 200)

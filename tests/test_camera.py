@@ -43,7 +43,7 @@ def wait_until(condition, timeout=30.0):
 
 
 def test_frames_from_video_are_rgb(tmp_path):
-    with Camera(make_video(tmp_path / "clip.avi", 10, 20)) as camera:
+    with Camera(make_video(tmp_path / "clip.avi", 200, 20)) as camera:  # 10 s: still live when looked at
         frame = camera.latest(2)
         assert camera.status == "live"
     assert frame.shape == (HEIGHT, WIDTH, 3) and frame.dtype == np.uint8 and frame.flags.c_contiguous
@@ -71,11 +71,11 @@ def test_slow_consumer_gets_the_newest_frame_not_a_queue(tmp_path):
 
 
 def test_snap_waits_for_a_fresh_frame(tmp_path):
-    with Camera(make_video(tmp_path / "clip.avi", 5, 50)) as camera:
-        first = index(camera.snap(2))
+    with Camera(make_video(tmp_path / "clip.avi", 100, 100)) as camera:  # 1 s: snapped before it ends
+        first = index(camera.snap(30))
         assert wait_until(lambda: camera.status == "ended")
         assert camera.snap(0.2) is None  # no frame will come after the end
-        assert index(camera.latest(0.2)) == 4 > first  # the newest frame was read but not handed out
+        assert index(camera.latest(0.2)) == 99 > first  # the newest frame was read but not handed out
 
 
 def test_file_is_paced_at_its_frame_rate(tmp_path):

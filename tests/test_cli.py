@@ -110,6 +110,31 @@ def test_self_test_passes(capsys):
     assert "self-test passed" in capsys.readouterr().out
 
 
+def test_evaluate_a_category_without_masks_gives_its_image_report(tmp_path, capsys):
+    write_mvtec(tmp_path / "parts")
+    shutil.rmtree(tmp_path / "parts" / "ground_truth")
+    code = main(["evaluate", str(tmp_path / "parts"), "--json", str(tmp_path / "r.json"),
+                 "--plots", str(tmp_path / "plots"), "--models-dir", str(tmp_path / "m")])
+    assert code == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["image_auroc"] == 1.0 and report["f1_calibrated"] > 0.8
+    assert report["pixel_auroc"] is None and report["aupro"] is None and report["dice"] is None
+    assert report["pixel_metrics"].startswith("unavailable") and len(report["missing_masks"]) == 6
+    out = capsys.readouterr().out
+    assert "pixel AUROC unavailable" in out and "6 defect image(s) without a ground-truth mask" in out
+
+
+def test_evaluate_reports_a_missing_mask_instead_of_scoring_an_empty_one(tmp_path):
+    write_mvtec(tmp_path / "parts")
+    gone = sorted((tmp_path / "parts" / "ground_truth" / "stain").iterdir())[0]
+    gone.unlink()
+    assert main(["evaluate", str(tmp_path / "parts"), "--json", str(tmp_path / "r.json"),
+                 "--models-dir", str(tmp_path / "m")]) == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["missing_masks"] == [f"test/stain/{gone.name.replace('_mask', '')}"]
+    assert report["pixel_metrics"] == "over 8 of 9 images" and report["pixel_auroc"] > 0.9
+
+
 # ---- issue 8: every operator action is a command; changes are on record ---------------------
 
 @pytest.fixture
@@ -127,7 +152,7 @@ def test_calibrate_sets_the_sensitivity_as_a_new_version_on_record(own, capsys):
     out = capsys.readouterr().out
     after = load_model(root / "models", "Gear 7")
     assert after.version == before.version + 1 and after.settings.sigma == 1.5
-    assert f"threshold {before.threshold:.4g} -> {after.threshold:.4g}" in out and "False rejects:" in out
+    assert f"threshold {before.threshold:.4g} -> {after.threshold:.4g}" in out and "Expected false rejects:" in out
     with ResultStore(root / "log.db") as store:
         [event] = store.events("Gear 7")
     assert (event.kind, event.user) == ("sensitivity", login_name())
@@ -146,6 +171,7 @@ def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out.count("scratch_07") == 2 and captured.out.count("stain_08") == 2
     assert "Escapes: 0 of 4 known defects" in captured.out and "broken.png" in captured.err
+    assert "The threshold that separates them best:" in captured.out and "escapes 0 of 4" in captured.out
     with ResultStore(root / "log.db") as store:  # scoring known defects logs nothing
         assert not [r for r in store.query() if "defects" in (r.image_path or "")]
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from inspector.core.features import graph_name
+
 from inspector.synthetic import write_parts
 
 pytestmark = pytest.mark.slow
@@ -69,7 +71,7 @@ def snapshot(folder: Path) -> dict:
 def test_bundle_holds_the_runtime_and_nothing_of_torch(bundle):
     exe, internal = executable(bundle), bundle / "_internal"
     assert exe.is_file() and os.access(exe, os.X_OK)
-    assert (internal / "backbones" / "efficientnet_lite0-256.onnx").is_file()
+    assert (internal / "backbones" / graph_name("efficientnet_lite0", 256)).is_file()
     for resource in (p for p in (ROOT / "resources").rglob("*") if p.is_file()):
         assert (internal / resource.relative_to(ROOT)).is_file(), f"{resource} not bundled"
     top = {p.name.split(".")[0] for p in internal.iterdir()}

@@ -239,17 +239,16 @@ def test_missing_model_and_missing_bank(tmp_path):
 
 # ---- older formats ---------------------------------------------------------------------------
 
-def save_format_1(model: Model, models_dir, with_weights: bool):
+def save_format_1(model: Model, models_dir, added: tuple[str, ...] = ("weights", "feature_version")):
     """A model as Inspector wrote it with format 1: model.json and the bank directly in the
-    product's folder, only the bank checksummed; before the backbone weight file was part of
-    the settings, `weights` was not there."""
+    product's folder, only the bank checksummed; its settings held the fields `added` of
+    those that came later (the backbone weight file, then the feature version)."""
     folder = models_dir / model.product
     folder.mkdir(parents=True)
     data = _bank_bytes(model.memory_bank)
     (folder / BANK_FILE).write_bytes(data)
-    settings = dataclasses.asdict(model.settings)
-    if not with_weights:
-        del settings["weights"]
+    settings = {k: v for k, v in dataclasses.asdict(model.settings).items()
+                if k in added or k not in ("weights", "feature_version")}
     digest = hashlib.sha256(data).hexdigest()
     meta = {"format": "inspector-model", "format_version": 1, "product": model.product, "model_id": digest[:12],
             "created": model.created, "versions": model.versions, "settings": settings, "counts": model.counts,
@@ -259,22 +258,31 @@ def save_format_1(model: Model, models_dir, with_weights: bool):
     return digest[:12]
 
 
-@pytest.mark.parametrize("with_weights", [False, True])
-def test_format_1_models_load_and_get_new_versions(tmp_path, with_weights):
+def test_format_1_models_load_and_get_new_versions(tmp_path):
     model = make_model()
-    model_id = save_format_1(model, tmp_path, with_weights)
+    model_id = save_format_1(model, tmp_path)
     loaded = load_model(tmp_path, "Gear 7")
     assert (loaded.version, loaded.model_id, loaded.settings) == (1, model_id, model.settings)
     assert loaded.threshold == pytest.approx(model.threshold)
-    assert [m["product"] for m in list_models(tmp_path)] == ["Gear 7"]
+    assert [(m["product"], m["version"]) for m in list_models(tmp_path)] == [("Gear 7", 1)]
     changed = save_model(with_sigma(loaded, 2.0), tmp_path)
     assert changed.version == 2 and load_model(tmp_path, "Gear 7").settings.sigma == 2.0
     assert load_model(tmp_path, "Gear 7", version=1).model_id == model_id
 
 
+@pytest.mark.parametrize("added", [(), ("weights",)])
+def test_format_1_models_of_the_first_patch_features_ask_for_retraining(tmp_path, added):
+    """Before the feature version was stored, models held features of version 1, which this
+    Inspector cannot score: refused as such, not as damaged."""
+    save_format_1(make_model(), tmp_path, added)
+    with pytest.raises(ModelError, match="patch features of version 1.*Train the product again"):
+        load_model(tmp_path, "Gear 7")
+    assert "features of version 1" in list_models(tmp_path)[0]["error"]
+
+
 def test_format_1_edits_of_the_thresholds_are_refused(tmp_path):
     """Format 1 checksummed only the bank; scores edited without the stored threshold still show."""
-    save_format_1(make_model(), tmp_path, True)
+    save_format_1(make_model(), tmp_path)
     rewrite(tmp_path / "Gear 7", lambda m: json.dumps(m | {"calibration": m["calibration"] | {
         "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}))
     with pytest.raises(ModelError, match="stores the threshold"):
@@ -282,7 +290,7 @@ def test_format_1_edits_of_the_thresholds_are_refused(tmp_path):
 
 
 def test_a_model_left_in_old_by_a_crash_of_format_1_saving_is_recovered(tmp_path):
-    save_format_1(make_model(), tmp_path, True)
+    save_format_1(make_model(), tmp_path)
     os.replace(tmp_path / "Gear 7", tmp_path / ".Gear 7.old")  # the crash window of the old save
     assert load_model(tmp_path, "Gear 7").version == 1
     assert (tmp_path / "Gear 7" / META_FILE).is_file() and not (tmp_path / ".Gear 7.old").exists()

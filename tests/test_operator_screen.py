@@ -126,8 +126,13 @@ def test_an_operator_cannot_change_the_threshold_an_engineer_unlocks_with_the_pi
     cal.apply_sigma()
     cal.rebuild_bank()
     window.products.delete()
+    window.teach.versions.table.selectRow(0)
+    window.teach.versions.roll_back(confirm=False)
+    window.teach.editor.save_region()
     log = window.log.toPlainText()
-    assert "Only an engineer may change the sensitivity" in log and "Only an engineer may delete" in log
+    for what in ("change the sensitivity", "rebuild the memory bank", "delete a product", "roll back the model",
+                 "change the inspection region"):
+        assert f"Only an engineer may {what}" in log
     assert current_version(models, PRODUCT) == version and (models / PRODUCT).is_dir()
 
     dialog = window.products.ask_engineer()  # does not block: the line would run on

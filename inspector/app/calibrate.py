@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSignalBlocker
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QMessageBox,
-                               QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                               QVBoxLayout, QWidget)
 
 from .. import services
-from ..core.model import Model
-from .session import Session, settings
+from ..core.model import Model, separating_threshold
+from ..data.images import list_images
+from ..errors import InspectorError
+from .session import Session, confirm_on_running_line, settings
 from .train import percent_box
 from .views import FolderField, ProgressPanel, duration, icon, splitter
 from .worker import Worker
@@ -39,10 +41,10 @@ def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, stor
 
 
 def rates(model: Model, threshold: float, defects: list[float]) -> tuple[str, str]:
-    """The false rejects on the calibration's good images and the escapes among the known
-    defects at `threshold`, in words (the escapes are unknown without known defects)."""
-    rejected, total = services.false_rejects(model, threshold)
-    false_rejects = f"{rejected} of {total} good images ({100.0 * rejected / total:.1f} %)"
+    """The expected false rejects (the calibration's good images) and the escapes among the
+    known defects at `threshold`, in words (the escapes are unknown without known defects)."""
+    rate, total = model.calibration.false_reject_rate(threshold), len(model.calibration.image_scores)
+    false_rejects = f"{round(rate * total)} of {total} good images ({100.0 * rate:.1f} %)"
     if not defects:
         return false_rejects, "unknown (give a folder of known defects)"
     escaped = int((np.asarray(defects) < threshold).sum())
@@ -53,11 +55,10 @@ def change_text(model: Model, sigma: float, defects: list[float]) -> str:
     """What a new sensitivity does, as the confirmation on a running line says it."""
     old, new = model.threshold, model.calibration.image_threshold(sigma)
     (fr_old, esc_old), (fr_new, esc_new) = rates(model, old, defects), rates(model, new, defects)
-    return (f"The line is running. Change the sensitivity of '{model.product}' from {model.settings.sigma:g} to "
-            f"{sigma:g}: threshold {old:.4g} → {new:.4g}?\n\n"
+    return (f"Change the sensitivity of '{model.product}' from {model.settings.sigma:g} to {sigma:g}: threshold "
+            f"{old:.4g} → {new:.4g}?\n\n"
             f"Predicted false rejects: {fr_old} → {fr_new}\n"
-            f"Predicted escapes: {esc_old} → {esc_new}\n\n"
-            f"The line uses the new threshold from its next part; the change is recorded in History.")
+            f"Predicted escapes: {esc_old} → {esc_new}")
 
 
 class CalibrateTab(QWidget):
@@ -86,6 +87,10 @@ class CalibrateTab(QWidget):
         self.escapes = QLabel()
         self.escapes.setWordWrap(True)
         self.escapes.setToolTip("Known defect images that would pass as OK at this threshold")
+        self.separate = QPushButton("Separating threshold")
+        self.separate.setToolTip("Move the threshold to where it best separates the good images from the known "
+                                 "defects (fewest false rejects plus escapes); Apply to use it")
+        self.separate.clicked.connect(self.use_separating_threshold)
         self.apply = QPushButton(icon("check"), "Apply sensitivity")
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
@@ -113,7 +118,10 @@ class CalibrateTab(QWidget):
         column.addLayout(form)
         column.addWidget(self.false_rejects)
         column.addWidget(self.escapes)
-        column.addWidget(self.apply)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.separate)
+        buttons.addWidget(self.apply, 1)
+        column.addLayout(buttons)
         column.addWidget(self.locked)
         defects = QGroupBox("Known defects (subfolders included)")
         column = QVBoxLayout(defects)
@@ -179,7 +187,7 @@ class CalibrateTab(QWidget):
         model = self.session.model
         if self.session.product != self._product:  # another product: its own known defects
             self._product = self.session.product
-            self.defect_folder.set_path("", emit=False)
+            self.defect_folder.set_path(self._known_defects(), emit=False)
             self.rebuild_progress.finish("")
         with QSignalBlocker(self.sigma):
             self.sigma.setValue(model.settings.sigma if model else 3.0)
@@ -246,10 +254,7 @@ class CalibrateTab(QWidget):
         model, sigma, session = self._model, self.sigma.value(), self.session
         if model is None or not session.allow("change the sensitivity"):
             return
-        if session.line_running and QMessageBox.question(
-                self, "Change the threshold of a running line", change_text(model, sigma, self._defects)
-        ) != QMessageBox.StandardButton.Yes:
-            session.info("Sensitivity not changed.")
+        if not confirm_on_running_line(self, session, "Sensitivity", change_text(model, sigma, self._defects)):
             return
         who = session.who
         worker = Worker(lambda job: services.set_sensitivity(session.models_dir, session.store, model.product,
@@ -265,7 +270,22 @@ class CalibrateTab(QWidget):
         if self.session.model is old:
             self.session.set_model(model, self.session.good)
 
+    def use_separating_threshold(self) -> None:
+        """The threshold that best separates the good images from the known defects (then Apply)."""
+        if self._model is not None and self._defects:
+            best = separating_threshold(self._model.calibration.image_scores, self._defects)
+            self.sigma.setValue(self._model.calibration.sigma_for(best))
+
     # ---- known defects -------------------------------------------------------------------
+    def _known_defects(self) -> str:
+        """The product's own known defects (parts confirmed as defects), when it has some."""
+        if self.session.product is None:
+            return ""
+        folder = services.known_defects_dir(self.session.models_dir, self.session.product)
+        try:
+            return str(folder) if folder.is_dir() and list_images(folder, recursive=True) else ""
+        except InspectorError:
+            return ""
     def score_defects(self, folder: str) -> None:
         if self._scorer is not None:
             self._scorer.stop(wait=False)
@@ -364,6 +384,7 @@ class CalibrateTab(QWidget):
         self.apply.setEnabled(engineer and model is not None
                               and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
         self.sigma.setEnabled(engineer and model is not None)
+        self.separate.setEnabled(engineer and model is not None and bool(self._defects))
         self.line.setMovable(engineer and model is not None)
         self.defect_folder.setEnabled(model is not None)
         folder, note = self._rebuild_source() if model is not None else ("", "")

@@ -17,6 +17,7 @@ from ..drawing import heat_range
 from ..errors import InspectorError
 from ..store.results import STATION, VERDICTS, Event, InspectionRecord
 from .session import Session, describe
+from .teaching import PartButtons
 from .views import ResultView, display_map, icon, local_time, splitter
 from .worker import Worker
 
@@ -158,14 +159,14 @@ def look(job: Worker, record: InspectionRecord, session: Session, extractors: di
             return None, None, 1.0, [], ("This camera frame was not kept (only NG frames are kept, the "
                                          "oldest dropped first) or it was deleted.")
         return None, None, 1.0, [], "The image file is no longer there: only the logged record is shown."
-    image = load_image(path)
     logged = [(r["x"], r["y"], r["w"], r["h"]) for r in record.regions]
     model = session.model if session.model is not None and session.model.product == record.product else None
     try:
-        _, result, model = services.reinspect(session.models_dir, record.product, path, model,
-                                              extractors=extractors)
-    except InspectorError as exc:
-        return image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}"
+        image, result, model = services.reinspect(session.models_dir, record.product, path, model,
+                                                  extractors=extractors)
+    except InspectorError as exc:  # an unreadable image raises again here: shown as the error
+        return (load_image(path), None, 1.0, logged,
+                f"The logged boxes are shown; it cannot be inspected again: {exc}")
     boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
     return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
             f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
@@ -245,6 +246,8 @@ class HistoryTab(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self.image, 1)
         column.addWidget(self.details)
+        self.part_buttons = PartButtons(session)
+        column.addWidget(self.part_buttons)
 
         split = splitter("history_split", self.view_table, right, (840, 440), (3, 2))
         self.changes_table = QTableView()
@@ -318,6 +321,7 @@ class HistoryTab(QWidget):
         self._show_total()
         self.image.display(None)
         self.details.setText("Select a row to see its image.")
+        self.part_buttons.set_record(None)
         self._looked_at = None
 
     def _changes_loaded(self, events: list[Event]) -> None:
@@ -346,6 +350,7 @@ class HistoryTab(QWidget):
             return
         record = self.table.records[row]
         self._looked_at = record.id
+        self.part_buttons.set_record(record)
         self.details.setText(self._describe(record))
         self.image.display(None, caption="Loading…")
         worker = Worker(look, record, self.session, self._extractors)

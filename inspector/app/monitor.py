@@ -34,6 +34,7 @@ from ..station import Outcome
 from ..store.results import InspectionRecord, ResultStore
 from .history import look
 from .session import Session, settings
+from .teaching import PartButtons
 from .views import (FolderField, HeatScale, ResultView, Thumbnails, display_map, duration, icon, local_time,
                     splitter, thumbnail)
 from .worker import Worker
@@ -313,7 +314,7 @@ class MonitorTab(QWidget):
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(60)
-        self.opacity.setMinimumWidth(200)
+        self.opacity.setMinimumWidth(140)
         self.opacity.setToolTip("Opacity of the heatmap over the part")
         self.opacity_value = QLabel()
         self.opacity_value.setMinimumWidth(40)
@@ -327,6 +328,8 @@ class MonitorTab(QWidget):
         controls.addWidget(self.opacity_value)
         controls.addSpacing(16)
         controls.addWidget(self.scale, 1)
+        self.part_buttons = PartButtons(session)  # teach the part on screen (in the same row: the part keeps its room)
+        controls.addWidget(self.part_buttons)
         right = QWidget()
         column = QVBoxLayout(right)
         column.setContentsMargins(4, 0, 0, 0)
@@ -458,6 +461,7 @@ class MonitorTab(QWidget):
         self._source_state = (None, "Connecting to the camera…" if kind == "camera" else None)
         self._last = None  # a new run waits for its own first part, and shows no older one
         self.view.display(None)
+        self.part_buttons.set_record(None)
         self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
                                      options, self._snap)
         worker.yielded.connect(self._reported)
@@ -564,6 +568,7 @@ class MonitorTab(QWidget):
         self.painted += 1
         self._last = record
         self._show_banner()
+        self.part_buttons.set_record(record)
         if result is None:
             self.view.display(None)
             self.scale.set_threshold(None)
@@ -603,6 +608,7 @@ class MonitorTab(QWidget):
             self._last = None
             self._newest = None
             self.view.display(None)
+            self.part_buttons.set_record(None)
             self.load_shift()
         if self._newest is None:  # nothing painted: the scale is the current model's
             self.scale.set_threshold(self.session.model.threshold if self.session.model else None)

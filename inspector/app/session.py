@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
+from PySide6.QtWidgets import QMessageBox, QWidget
 
 from .. import services
 from ..core.model import Model, current_version, load_model
@@ -19,6 +20,19 @@ from .worker import Worker
 def settings() -> QSettings:
     """The application's remembered state (an INI file; tests point QSettings.setPath elsewhere)."""
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "Inspector", "Inspector")
+
+
+def confirm_on_running_line(parent: QWidget, session: "Session", title: str, text: str) -> bool:
+    """True when the line is stopped, or the engineer confirms a change it will use from its
+    next part (`text` says what changes)."""
+    if not session.line_running:
+        return True
+    answer = QMessageBox.question(parent, title, f"The line is running. {text}\n\nThe line uses the change from "
+                                                 f"its next part; it is recorded in History.")
+    if answer != QMessageBox.StandardButton.Yes:
+        session.info(f"{title}: not changed.")
+        return False
+    return True
 
 
 class Session(QObject):

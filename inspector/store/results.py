@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
-EVENT_KINDS = ("create", "train", "sensitivity", "bank", "rename", "delete", "shift", "engineer")
+EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
+               "shift", "engineer")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
