@@ -83,7 +83,7 @@ def new_shift(store: ResultStore, user: str | None = None) -> str:
     """Start a new shift now: its counters start from zero (the log keeps everything). Returns
     its start time. Recorded as an event (old start -> new start)."""
     start = utc_time(datetime.now(timezone.utc))
-    store.record_event(STATION, "shift", shift_start(store), start, None, user)
+    _record(store, STATION, "shift", shift_start(store), start, None, user)
     return start
 
 

@@ -349,3 +349,15 @@ def test_closing_does_not_wait_for_a_worker_stuck_in_a_call(qtbot):
     assert left == [stuck._thread.name] and not polite.is_running() and stuck.is_running()
     release.set()
     qtbot.waitUntil(lambda: not stuck.is_running(), timeout=WAIT)
+
+
+def test_a_damaged_accounts_file_keeps_the_station_locked_and_says_so(qtbot, tmp_path):
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    accounts_path(tmp_path).write_text('{"format": "something else"}', encoding="utf-8")
+    window = MainWindow(tmp_path / "models", tmp_path / "inspections.db")
+    qtbot.addWidget(window)
+    window.show()
+    assert "is not an Inspector accounts file" in window.log.toPlainText()
+    assert window.products.ask_engineer() is None and not window.session.user.is_engineer  # no new PIN set
+    assert accounts_path(tmp_path).read_text(encoding="utf-8") == '{"format": "something else"}'
+    window.close()

@@ -190,10 +190,15 @@ class ProductBar(QWidget):
                                         f"Its inspection history stays in the log.") == QMessageBox.StandardButton.Yes:
             self.delete()
 
-    def ask_engineer(self) -> EngineerDialog:
-        """Open the PIN dialog (not blocking: the line runs on)."""
+    def ask_engineer(self) -> EngineerDialog | None:
+        """Open the PIN dialog (not blocking: the line runs on); None, said, when the accounts
+        file cannot be read (it is never replaced behind the engineer's back)."""
         if self.dialog is None:
-            self.dialog = EngineerDialog(self.session, self)
+            try:
+                self.dialog = EngineerDialog(self.session, self)
+            except InspectorError as exc:
+                self.session.error(exc)
+                return None
             self.dialog.finished.connect(self._dialog_closed)
             self.dialog.open()
         return self.dialog
@@ -316,7 +321,12 @@ class MainWindow(QMainWindow):
         self._restore()
         self.products.reload(settings().value("product"))
         self.products._show_state()
-        if not accounts.is_set_up():  # the station's first start: the engineer sets a PIN
+        try:
+            first_start = not accounts.is_set_up()
+        except InspectorError as exc:  # a damaged accounts file: said, and the station stays at operator level
+            session.error(exc)
+            first_start = False
+        if first_start:  # the engineer sets a PIN
             QTimer.singleShot(0, self.products.ask_engineer)
 
     @staticmethod
