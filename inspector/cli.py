@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 
 from . import __version__, paths
@@ -385,6 +386,26 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
+def cmd_shift(args) -> int:
+    from .services import new_shift, shift_start
+
+    with _open_store(args) as store:
+        start = new_shift(store) if args.new else shift_start(store)
+        if start is None:
+            print("No shift has started on this station yet: inspector shift --new starts one.")
+            return EXIT_OK
+        since = datetime.fromisoformat(start).astimezone()
+        print(f"{'New shift' if args.new else 'Shift'} since {since:%Y-%m-%d %H:%M:%S}")
+        for product in ([args.product] if args.product else store.products()):
+            counts = store.summary(product, start)
+            if counts["total"]:
+                judged = counts["OK"] + counts["NG"]
+                rate = f"{100.0 * counts['OK'] / judged:.1f} %" if judged else "-"
+                print(f"{product}: {counts['total']} inspected, {counts['OK']} OK, {counts['NG']} NG, "
+                      f"{counts['ERROR']} error(s), yield {rate}")
+    return EXIT_OK
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation.report import evaluate, summary
 
@@ -512,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the recorded changes (training, sensitivity, memory bank, region, teaching, "
                         "known defects, roll-back, rename, delete) instead")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("shift", parents=[common],
+                       help="the current shift's counts (as on the Monitor tab), or start a new shift")
+    p.add_argument("--product")
+    p.add_argument("--new", action="store_true", help="start a new shift now (its counts start from zero)")
+    p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("evaluate", parents=[common], help="train and evaluate on an MVTec-AD-layout category")
     p.add_argument("category_dir", type=Path)

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from conftest import PIN, PRODUCT, WAIT
 from inspector.app import main
+from inspector.cli import main as cli_main
 from inspector.app.monitor import STALE_S
 from inspector.app.window import MainWindow
 from inspector.app.worker import Worker
@@ -218,7 +219,7 @@ def test_a_change_on_a_running_line_shows_its_rates_is_confirmed_and_recorded(li
     assert row[1:4] == [PRODUCT, "sensitivity changed", "Eve (engineer)"] and "sensitivity 0" in row[5]
 
 
-def test_shift_counters_and_ng_parts_survive_a_restart(open_window, trained_models, tmp_path, qtbot):
+def test_shift_counters_and_ng_parts_survive_a_restart(open_window, trained_models, tmp_path, qtbot, capsys):
     models = tmp_path / "models"
     shutil.copytree(trained_models, models)
     window = open_window(models)
@@ -237,6 +238,8 @@ def test_shift_counters_and_ng_parts_survive_a_restart(open_window, trained_mode
     qtbot.waitUntil(lambda: monitor.ng_strip.count() == 2, timeout=WAIT)
     texts = {key: label.text() for key, label in monitor.counter_labels.items()}
     assert texts == {"inspected": "5", "OK": "3", "NG": "2", "ERROR": "0", "yield": "60.0 %"}
+    assert cli_main(["shift", "--models-dir", str(models), "--db", str(tmp_path / "inspections.db")]) == 0
+    assert f"{PRODUCT}: 5 inspected, 3 OK, 2 NG, 0 error(s), yield 60.0 %" in capsys.readouterr().out  # the CLI agrees
 
     item = monitor.ng_strip.item(0)  # double-click a part: it opens with its heatmap and boxes
     where = monitor.ng_strip.visualItemRect(item).center()
@@ -265,8 +268,9 @@ def test_a_second_station_on_the_same_data_is_refused(qapp, tmp_path):
     db = tmp_path / "inspections.db"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from inspector.instance import InstanceLock; "
-                               "lock = InstanceLock(sys.argv[1]).acquire(); print('holding', flush=True); sys.stdin.read()",
-         str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               "lock = InstanceLock(sys.argv[1]).acquire(); print('holding', flush=True); "
+                               "sys.stdin.read()", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
         seen: list[str] = []

@@ -339,7 +339,8 @@ class VersionsPanel(QWidget):
         rows = services.versions(self.session.models_dir, product) if product else []
         self.table.setRowCount(len(rows))
         for r, meta in enumerate(rows):
-            values = (str(meta["version"]), local_time(meta["created"], "%Y-%m-%d %H:%M") if meta.get("created") else "",
+            created = local_time(meta["created"], "%Y-%m-%d %H:%M") if meta.get("created") else ""
+            values = (str(meta["version"]), created,
                       f"{meta['threshold']:.4g}" if "threshold" in meta else "–",
                       str(meta.get("counts", {}).get("memory_bank", "–")), meta.get("change") or meta.get("error", ""))
             for c, value in enumerate(values):
