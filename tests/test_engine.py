@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from inspector.core import backbones
-from inspector.core.features import FeatureExtractor
+from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, SHIPPED_SIZES, FeatureExtractor,
+                                     export_graph, find_graph, graph_name)
 from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample
 from inspector.core.model import Calibration, Settings
 from inspector.core.scoring import Inspector, anomaly_map, find_regions
 from inspector.core.training import extract_features, fit, train
 from inspector.errors import BackboneError, Cancelled, TrainingError
+from inspector.paths import SHIPPED_GRAPHS
 from inspector.synthetic import make_part, write_parts
 
 
@@ -45,18 +47,31 @@ def test_wrong_weight_file_is_refused(tmp_path):
         backbones.build_feature_module("resnet18", bad)
 
 
-def test_onnx_features_match_torch():
+def test_shipped_graphs_equal_the_feature_module(tmp_path):
+    """Each image size the app offers has its graph inside the package, and each computes what
+    the feature module computes from the weights now, within the export tolerance; a fresh
+    export agrees with it too. So the shipped graphs cannot drift from the code: after a change
+    of the feature module, run build/export_graphs.py and commit its graphs."""
+    import onnxruntime as ort
     import torch
 
-    extractor = FeatureExtractor("efficientnet_lite0", 256)
-    images = [make_part(1), make_part(2, defect="stain")]
-    onnx_out = extractor(images)
-    assert onnx_out.shape == (2, 32, 32, 152)
-    module = backbones.build_feature_module("efficientnet_lite0")
-    batch = torch.from_numpy(np.stack([extractor.preprocess(im) for im in images]))
-    with torch.no_grad():
-        torch_out = module(batch).numpy().transpose(0, 2, 3, 1)
-    assert np.abs(onnx_out - torch_out).max() < 1e-3
+    expected = {graph_name(EMBEDDED_BACKBONE, size) for size in SHIPPED_SIZES}
+    assert {p.name for p in SHIPPED_GRAPHS.glob("*.onnx")} == expected
+    module = backbones.build_feature_module(EMBEDDED_BACKBONE)
+    noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), np.uint8)
+    for size in SHIPPED_SIZES:
+        extractor = FeatureExtractor(EMBEDDED_BACKBONE, size)
+        assert find_graph(EMBEDDED_BACKBONE, size) == SHIPPED_GRAPHS / graph_name(EMBEDDED_BACKBONE, size)
+        batch = np.stack([extractor.preprocess(im) for im in (make_part(1), make_part(2, defect="stain"), noise)])
+        got = extractor._session.run(None, {"image": batch})[0]
+        with torch.no_grad():
+            want = module(torch.from_numpy(batch)).numpy()
+        assert got.shape == (3, backbones.get_spec(EMBEDDED_BACKBONE).feature_dim, size // 8, size // 8)
+        assert np.abs(got - want).max() <= EXPORT_TOLERANCE, size
+        if size == SHIPPED_SIZES[0]:
+            fresh = export_graph(EMBEDDED_BACKBONE, size, dest_dir=tmp_path)
+            again = ort.InferenceSession(str(fresh), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+            assert np.abs(got - again).max() <= EXPORT_TOLERANCE
 
 
 def test_inspecting_a_saved_model_does_not_import_torch(trained, tmp_path):

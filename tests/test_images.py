@@ -149,3 +149,17 @@ def test_file_key_changes_with_content(tmp_path):
     assert file_key(path) != key
     with pytest.raises(ImageError):
         file_key(tmp_path / "gone.png")
+
+
+def test_png_loads_the_same_without_pyspng(tmp_path, monkeypatch):
+    """pyspng is optional: without it OpenCV decodes the same pixels and gives the same errors."""
+    path = tmp_path / "rgb.png"
+    image = np.random.default_rng(2).integers(0, 255, (48, 40, 3), np.uint8)
+    path.write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    (tmp_path / "cut.png").write_bytes(encoded(".png")[:3000])
+    fast = load_image(path)  # with pyspng where it is installed (x86-64, macOS, Windows)
+    monkeypatch.setattr(images, "pyspng", None)
+    slow = load_image(path)
+    assert np.array_equal(fast, slow) and np.array_equal(slow, image[:, :, ::-1])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(tmp_path / "cut.png")

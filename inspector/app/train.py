@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
                                QPushButton, QVBoxLayout, QWidget)
 
 from ..core.backbones import BACKBONES
+from ..core.features import SHIPPED_SIZES as IMAGE_SIZES
 from ..core.model import Settings, save_model
 from ..core.training import MIN_GOOD_IMAGES, train
 from ..data.images import list_images, load_image
@@ -16,7 +17,6 @@ from .session import Session, settings
 from .views import FolderField, ProgressPanel, Thumbnails, icon, thumbnail, splitter
 from .worker import Worker
 
-IMAGE_SIZES = (224, 256, 320, 384)
 SAMPLERS = {"greedy": "Greedy coreset (best coverage)", "random": "Random (fastest)"}
 MAX_THUMBNAILS = 60
 MAX_LISTED = 5  # unreadable files named in the warning

