@@ -14,10 +14,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__, paths
+from .logfile import start_log_file
 from .core.backbones import BACKBONES
 from .core.memory_bank import SAMPLERS
 from .core.model import Settings
 from .errors import InspectorError
+from .store.results import text
 
 EXIT_OK, EXIT_NG, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -68,13 +70,6 @@ def _open_store(args):
     return ResultStore(args.db)
 
 
-def _load_inspector(args):
-    from .core.model import load_model
-    from .core.scoring import Inspector
-
-    return Inspector(load_model(args.models_dir, args.product), getattr(args, "device", "cpu"))
-
-
 def _print_outcome(outcome) -> None:
     r = outcome.record
     if r.verdict == "ERROR":
@@ -87,14 +82,24 @@ def _print_outcome(outcome) -> None:
         print(f"WARNING {outcome.log_error}", file=sys.stderr, flush=True)
 
 
-def _run_line(args, source: str, run, limit: int = 0) -> int:
-    """Run a line loop until it ends, `limit` frames are done, or Ctrl-C; return the exit
-    code from the verdicts."""
-    from .station import Station
+def _say(level: str, text: str) -> None:
+    print(text if level == "info" else f"{level.upper()} {text}", file=sys.stderr, flush=True)
 
-    inspector = _load_inspector(args)
+
+def _exit_code(verdicts: list[str]) -> int:
+    if "ERROR" in verdicts:
+        return EXIT_ERROR
+    return EXIT_NG if "NG" in verdicts else EXIT_OK
+
+
+def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
+    """Run the line until its source ends, `limit` frames are done, or Ctrl-C / SIGTERM
+    (then the exit code is EXIT_INTERRUPTED); else the exit code follows the verdicts."""
+    from .services import run_line
+
     verdicts: list[str] = []
     stop = threading.Event()
+    interrupted = threading.Event()
 
     def on_outcome(outcome):
         verdicts.append(outcome.record.verdict)
@@ -102,79 +107,162 @@ def _run_line(args, source: str, run, limit: int = 0) -> int:
         if limit and len(verdicts) >= limit:
             stop.set()
 
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with _open_store(args) as store:
-        station = Station(inspector, store, source, getattr(args, "sort", False), getattr(args, "archive", None))
-        try:
-            run(station, stop, on_outcome)
-        except KeyboardInterrupt:
-            stop.set()
-    n = len(verdicts)
-    print(f"{n} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
+    def interrupt(*_):
+        """The item under way is finished, logged and printed; a second Ctrl-C stops at once."""
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        stop.set()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _open_store(args) as store:
+            run_line(args.models_dir, store, args.product, kind, target, stop, on_outcome, _say,
+                     sort_files=getattr(args, "sort", False), archive_dir=getattr(args, "archive", None),
+                     device=args.device, **options)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
-    if "ERROR" in verdicts:
-        return EXIT_ERROR
-    return EXIT_NG if "NG" in verdicts else EXIT_OK
+    if interrupted.is_set():
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _exit_code(verdicts)
 
 
 def cmd_train(args) -> int:
-    from .core.model import save_model
-    from .core.training import train
-    from .data.images import list_images
+    from .services import train
 
-    images = list_images(args.good_dir)
-    print(f"Training '{args.product}' on {len(images)} good image(s) from {args.good_dir}", file=sys.stderr)
-    model, good = train(args.product, images, _settings(args), ProgressLine(), None, args.device)
+    print(f"Training '{args.product}' from {args.good_dir}", file=sys.stderr)
+    with _open_store(args) as store:
+        model, good = train(args.models_dir, store, args.product, args.good_dir, _settings(args),
+                            ProgressLine(), None, args.device)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
-    folder = save_model(model, args.models_dir)
-    print(f"Saved {folder}: memory bank {len(model.memory_bank)} patches from {model.counts['bank_images']} "
-          f"images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, scored "
-          f"{model.counts['calibration_images']} good images outside the bank, {model.calibration.method})")
+    print(f"Saved '{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches from "
+          f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}: "
+          f"expected false rejects {model.calibration.false_reject_rate(model.threshold):.1%}, from "
+          f"{model.counts['calibration_images']} good images scored against banks without them, "
+          f"{model.calibration.method})")
     return EXIT_OK
 
 
-def cmd_inspect(args) -> int:
+def _files(paths: list[str]) -> list[Path]:
     from .data.images import list_images
 
     files: list[Path] = []
-    for p in map(Path, args.paths):
+    for p in map(Path, paths):
         files += list_images(p) if p.is_dir() else [p]
-    source = "folder" if any(Path(p).is_dir() for p in args.paths) else "file"
+    return files
 
-    def run(station, stop, on_outcome):
-        done = 0
-        for outcome in station.inspect_files(files, stop):
-            on_outcome(outcome)
-            done += 1
-        if done < len(files) and not stop.is_set():
-            print(f"{len(files) - done} file(s) already in the log for '{args.product}', skipped",
-                  file=sys.stderr)
-    return _run_line(args, source, run)
+
+def cmd_inspect(args) -> int:
+    files = _files(args.paths)
+    if args.again:
+        return _inspect_again(args, files)
+    return _run_line(args, "file", files)
+
+
+def _inspect_again(args, files: list[Path]) -> int:
+    """Inspect files with the product's current model, logged or not, and log nothing."""
+    from .core.model import load_model
+    from .errors import describe
+    from .services import reinspect
+
+    model = load_model(args.models_dir, args.product)
+    print(f"Inspecting again with '{model.product}' model version {model.version} (nothing is logged)",
+          file=sys.stderr)
+    extractors: dict = {}
+    verdicts = []
+    for path in files:
+        try:
+            _, result, _ = reinspect(args.models_dir, args.product, path, model, args.device, extractors)
+        except Exception as exc:  # noqa: BLE001 - one file's problem, reported with it
+            verdicts.append("ERROR")
+            print(f"ERROR {text(str(path))}: {describe(exc)}", flush=True)
+            continue
+        verdicts.append(result.verdict)
+        print(f"{result.verdict:5} score {result.score:8.3f}  threshold {result.threshold:8.3f}  "
+              f"{len(result.regions)} region(s)  {text(str(path))}", flush=True)
+    return _exit_code(verdicts)
 
 
 def cmd_watch(args) -> int:
-    from .sources.folder import FolderWatcher
-    from .station import watch_folder
-
-    def run(station, stop, on_outcome):
-        with FolderWatcher(args.folder, settle_s=args.settle) as watcher:
-            print(f"Watching {args.folder} for '{args.product}' (Ctrl-C to stop)", file=sys.stderr)
-            watch_folder(station, watcher, stop, on_outcome)
-    return _run_line(args, "folder", run)
+    return _run_line(args, "folder", args.folder, settle_s=args.settle, max_wait_s=args.max_wait)
 
 
 def cmd_camera(args) -> int:
-    from .sources.camera import Camera
-    from .station import watch_camera
+    return _run_line(args, "camera", args.source, args.count, interval_s=1.0 / args.rate if args.rate else 0.0)
 
-    def on_status(status, error):
-        print(f"camera {args.source}: {status}{f' ({error})' if error else ''}", file=sys.stderr)
 
-    def run(station, stop, on_outcome):
-        with Camera(args.source) as camera:
-            watch_camera(station, camera, stop, on_outcome, 1.0 / args.rate if args.rate else 0.0, on_status)
-    return _run_line(args, "camera", run, args.count)
+def cmd_calibrate(args) -> int:
+    from .core.model import load_model, separating_threshold
+    from .services import score_defects, set_sensitivity
+
+    if args.sigma is not None:
+        before = load_model(args.models_dir, args.product)
+        with _open_store(args) as store:
+            model = set_sensitivity(args.models_dir, store, args.product, args.sigma)
+        print(f"'{model.product}' version {model.version}: sensitivity {before.settings.sigma:g} -> "
+              f"{model.settings.sigma:g}, threshold {before.threshold:.4g} -> {model.threshold:.4g}")
+    else:
+        model = load_model(args.models_dir, args.product)
+        print(f"'{model.product}' version {model.version}: threshold {model.threshold:.4g} at sensitivity "
+              f"{model.settings.sigma:g}")
+    print(f"Expected false rejects: {100.0 * model.calibration.false_reject_rate(model.threshold):.1f} % of good "
+          f"parts ({len(model.calibration.image_scores)} good calibration images)")
+    if args.defects:
+        def report(done, total, path, score, problem):
+            if problem:
+                print(f"SKIPPED {problem}", file=sys.stderr)
+            else:
+                print(f"{score:8.3f}  {text(str(path))}")
+
+        scores = score_defects(model, args.defects, report, device=args.device)
+        if not scores.scores:
+            print(f"No known defect image could be scored in {args.defects}.", file=sys.stderr)
+            return EXIT_ERROR
+        escaped = scores.escapes(model.threshold)
+        print(f"Escapes: {escaped} of {len(scores.scores)} known defects ({100.0 * escaped / len(scores.scores):.1f} %)"
+              f" at threshold {model.threshold:.4g}")
+        best = separating_threshold(model.calibration.image_scores, scores.scores)
+        print(f"The threshold that separates them best: {best:.4g} (sensitivity "
+              f"{model.calibration.sigma_for(best):.2f}: expected false rejects "
+              f"{100.0 * model.calibration.false_reject_rate(best):.1f} %, escapes {scores.escapes(best)} of "
+              f"{len(scores.scores)}; calibrate --sigma to use it)")
+    return EXIT_OK
+
+
+def cmd_rebuild(args) -> int:
+    from .services import rebuild_bank
+
+    with _open_store(args) as store:
+        model, _ = rebuild_bank(args.models_dir, store, args.product, args.sampling_ratio, images=args.good_dir,
+                                progress=ProgressLine(), device=args.device)
+    print(f"'{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches at "
+          f"sampling ratio {model.settings.sampling_ratio:g}, threshold {model.threshold:.4g}")
+    return EXIT_OK
+
+
+def cmd_products(args) -> int:
+    from . import services
+
+    with _open_store(args) as store:
+        if args.action == "create":
+            services.create_product(args.models_dir, store, args.name)
+            print(f"Created '{args.name}'; train it with: inspector train GOOD_DIR --product '{args.name}'")
+        elif args.action == "rename":
+            new = services.rename_product(args.models_dir, store, args.name, args.new_name)
+            print(f"Renamed '{args.name}' to '{new}'; its history in the log moved with it.")
+        else:
+            if not args.yes:
+                print(f"Deleting '{args.name}' removes every version of its model (its history stays in "
+                      f"the log). Add --yes to delete it.", file=sys.stderr)
+                return EXIT_ERROR
+            services.delete_product(args.models_dir, store, args.name)
+            print(f"Deleted '{args.name}'; its history stays in the log.")
+    return EXIT_OK
 
 
 def cmd_models(args) -> int:
@@ -185,18 +273,23 @@ def cmd_models(args) -> int:
         print(f"No models in {args.models_dir}. Train one with: inspector train GOOD_DIR --product NAME")
     for m in models:
         if "error" in m:
-            print(f"{m['product']}: DAMAGED: {m['error']}")
+            print(f"{m['product']}: {m['error']}")
             continue
         s = m["settings"]
-        print(f"{m['product']}: threshold {m['threshold']:.3f} (sigma {s['sigma']}), {s['backbone']} "
-              f"{s['image_size']} px, {s['sampler']} {s['sampling_ratio']}, memory bank "
-              f"{m['counts']['memory_bank']}, {m['counts']['good_images']} good images, created {m['created']}, "
-              f"id {m['model_id']}")
+        print(f"{m['product']}: version {m['version']}, threshold {m['threshold']:.3f} (sigma {s['sigma']}), "
+              f"{s['backbone']} {s['image_size']} px, {s['sampler']} {s['sampling_ratio']}, memory bank "
+              f"{m['counts'].get('memory_bank')}, {m['counts'].get('good_images')} good images, "
+              f"created {m['created']}, id {m['model_id']}")
     return EXIT_OK
 
 
 def cmd_history(args) -> int:
     with _open_store(args) as store:
+        if args.events:
+            for e in store.events(args.product, args.since, args.until, args.limit):
+                print(f"{e.time}  {e.product}  {e.kind:11} {e.user}: {e.old or '-'} -> {e.new or '-'}"
+                      f"{'  (' + e.detail + ')' if e.detail else ''}")
+            return EXIT_OK
         filters = dict(product=args.product, verdict=args.verdict, since=args.since, until=args.until)
         if args.csv:
             n = store.export_csv(args.csv, **filters, limit=args.limit)
@@ -207,22 +300,18 @@ def cmd_history(args) -> int:
             print(f"{r.time}  {r.product}  {r.verdict:5} {score}  {r.image_path or ''}"
                   f"{'  ' + r.error if r.error else ''}")
         print(store.summary(args.product, args.since), file=sys.stderr)
+        pending, rejected = store.pending_count(), store.rejected_count()
+        if pending or rejected:
+            print(f"{pending} row(s) wait in {store.journal_path}; {rejected} could not be written and are "
+                  f"kept in {store.rejected_path}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.report import evaluate
+    from .evaluation.report import evaluate, summary
 
     report, _ = evaluate(args.category_dir, _settings(args), args.plots, ProgressLine(), None, args.device)
-    c = report["confusion_calibrated"]
-    print(f"{report['category']}: image AUROC {report['image_auroc']:.4f}, pixel AUROC "
-          f"{report['pixel_auroc']:.4f}, AUPRO {report['aupro']:.4f}\n"
-          f"  calibrated threshold {report['threshold']:.3f}: F1 {report['f1_calibrated']:.4f} "
-          f"(TP {c['tp']} FP {c['fp']} TN {c['tn']} FN {c['fn']}); best F1 {report['f1_best']:.4f} "
-          f"at {report['best_threshold']:.3f}; Dice {report['dice']:.4f}\n"
-          f"  per defect type: " + ", ".join(f"{k} {v:.4f}" for k, v in report["per_defect_auroc"].items()) +
-          f"\n  training {report['train_seconds']:.1f} s, latency median {report['latency_ms_median']:.1f} ms, "
-          f"{report['throughput_ips']:.1f} images/s")
+    print(summary(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return EXIT_OK
@@ -246,9 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--db", type=Path, default=None, help="SQLite result log (default: beside the models folder)")
     product = argparse.ArgumentParser(add_help=False)
     product.add_argument("--product", required=True, help="product (recipe) name")
-    line = argparse.ArgumentParser(add_help=False)
-    line.add_argument("--device", default="cpu")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), cuda or mps (torch)")
+    line = argparse.ArgumentParser(add_help=False, parents=[device])
     line.add_argument("--archive", type=Path, help="save heatmap overlays under this folder")
+    sort = argparse.ArgumentParser(add_help=False)
+    sort.add_argument("--sort", action="store_true", help="move files into OK/ NG/ ERROR/ subfolders "
+                                                          "(never over another file)")
 
     parser = argparse.ArgumentParser(prog="inspector", description="Inspector: visual inspection station.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
@@ -259,15 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("inspect", parents=[common, product, line], help="inspect image files or folders once")
+    p = sub.add_parser("inspect", parents=[common, product, line, sort], help="inspect image files or folders once")
     p.add_argument("paths", nargs="+")
-    p.add_argument("--sort", action="store_true", help="move files into OK/ NG/ ERROR/ subfolders")
+    p.add_argument("--again", action="store_true",
+                   help="inspect again with the current model, files already logged too, and log nothing")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("watch", parents=[common, product, line], help="inspect every new image in a folder")
+    p = sub.add_parser("watch", parents=[common, product, line, sort], help="inspect every new image in a folder")
     p.add_argument("folder", type=Path)
-    p.add_argument("--sort", action="store_true", help="move files into OK/ NG/ ERROR/ subfolders")
     p.add_argument("--settle", type=float, default=0.5, help="seconds a new file must stay unchanged")
+    p.add_argument("--max-wait", type=float, default=30.0,
+                   help="seconds a file that stays empty or incomplete is waited for before it is an ERROR")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("camera", parents=[common, product, line], help="inspect frames of a camera or video")
@@ -276,16 +371,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="stop after this many frames")
     p.set_defaults(func=cmd_camera)
 
+    p = sub.add_parser("calibrate", parents=[common, product, device],
+                       help="show or set the sensitivity; score a folder of known defects")
+    p.add_argument("--sigma", type=float, help="new sensitivity k: threshold = mean + k*std of the good scores "
+                                               "(saved as a new model version)")
+    p.add_argument("--defects", type=Path, help="folder of known defect images (subfolders too): their scores "
+                                                "and how many would pass at the threshold; nothing is logged")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("rebuild", parents=[common, product, device],
+                       help="rebuild the memory bank at another sampling ratio from the good images")
+    p.add_argument("good_dir", type=Path, help="the folder of good images the product was trained from")
+    p.add_argument("--sampling-ratio", type=float, required=True)
+    p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("products", help="create, rename or delete a product")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", parents=[common])
+    a.add_argument("name")
+    a = actions.add_parser("rename", parents=[common], help="rename; its history in the log follows")
+    a.add_argument("name")
+    a.add_argument("new_name")
+    a = actions.add_parser("delete", parents=[common], help="delete every version of its model; "
+                                                           "its history stays in the log")
+    a.add_argument("name")
+    a.add_argument("--yes", action="store_true", help="really delete it")
+    p.set_defaults(func=cmd_products)
+
     p = sub.add_parser("models", parents=[common], help="list trained products")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("history", parents=[common], help="show or export the result log")
+    p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")
     p.add_argument("--product")
     p.add_argument("--verdict", choices=["OK", "NG", "ERROR"])
     p.add_argument("--since", help="ISO time or date")
     p.add_argument("--until", help="ISO time or date")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--csv", type=Path, help="write the rows to this CSV file")
+    p.add_argument("--events", action="store_true",
+                   help="the recorded changes (training, sensitivity, memory bank, rename, delete) instead")
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("evaluate", parents=[common], help="train and evaluate on an MVTec-AD-layout category")
@@ -309,10 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv or ["gui"])
     args.models_dir = args.models_dir or paths.default_models_dir()
     args.db = args.db or paths.default_db_path(args.models_dir)
+    start_log_file(Path(args.db).parent)
     try:
         return args.func(args)
     except InspectorError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"\nerror: {text(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -10,6 +10,10 @@ class ImageError(InspectorError):
     """An image file cannot be used (missing, empty, truncated, not an image, absurd size)."""
 
 
+class IncompleteImage(ImageError):
+    """An image file is empty or cut short: it may still be being written."""
+
+
 class ModelError(InspectorError):
     """A saved model is missing, corrupt, tampered with or incompatible."""
 
@@ -32,3 +36,11 @@ class SourceError(InspectorError):
 
 class Cancelled(InspectorError):
     """Long work was cancelled by the user."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error as the operator reads it: typed errors carry their own message; anything
+    else is an internal failure, named with its type (its traceback goes to the log file)."""
+    if isinstance(exc, InspectorError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

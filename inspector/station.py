@@ -1,10 +1,17 @@
 """The inspection line: frames from a source go through an Inspector into the sinks (the
 result log, OK/NG sorting of files, an archive of heatmap overlays). Every frame ends as one
-logged verdict, OK, NG or ERROR with its reason; a bad item never stops the line. Used by
-the CLI and, from worker threads, by the GUI."""
+logged verdict, OK, NG or ERROR with its reason; no failure of one item stops the line.
+
+Each item is inspected with one immutable model, and its record holds that model's id,
+version and the threshold that decided it. With a models folder, the line follows the
+product: between items it switches to a newer saved version (a retraining, a new
+sensitivity) and says so. Used by the CLI and, from worker threads, by the GUI, through
+inspector.services."""
 from __future__ import annotations
 
-import shutil
+import itertools
+import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -13,98 +20,238 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .core.features import FeatureExtractor
+from .core.model import Model, current_version, load_model
 from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image
-from .errors import InspectorError, StoreError
-from .evaluation.plots import draw_boxes, overlay_heatmap
-from .store.results import InspectionRecord, ResultStore
+from .drawing import overlay
+from .errors import IncompleteImage, InspectorError, StoreError, describe
+from .store.results import InspectionRecord, NotLogged, ResultStore, text
 
-RED = (255, 0, 0)
+log = logging.getLogger(__name__)
+
+RETRY_S = 5.0  # how often verdicts that could not be logged are tried again
+Message = Callable[[str, str], None]  # level ("info", "warning", "error"), text
+
+
+def no_message(level: str, text: str) -> None:
+    pass
 
 
 @dataclass
 class Outcome:
     """What happened to one frame: the logged record, and for the display the image and the
-    engine's result (None for an ERROR). `log_error` is set when the log could not be
-    written right now (the record is then kept in the journal; see ResultStore)."""
+    engine's result (None for an ERROR). `log_error` says what went wrong with logging,
+    sorting or archiving; `safe` is False when the verdict is not yet durably recorded
+    (kept in memory only): its file is then not moved."""
     record: InspectionRecord
     image: np.ndarray | None = None
     result: Result | None = None
     log_error: str | None = None
+    safe: bool = True
 
 
-def overlay(image: np.ndarray, result: Result, alpha: float = 0.5) -> np.ndarray:
-    """The image with its heatmap (scaled so the threshold sits mid-range) and region boxes."""
-    shown = overlay_heatmap(image, result.anomaly_map, 0.0, 2.0 * result.threshold, alpha)
-    return draw_boxes(shown, [(r.x, r.y, r.w, r.h) for r in result.regions], RED,
-                      max(2, image.shape[1] // 300))
+def inspector_for(model: Model, device: str = "cpu", extractors: dict | None = None) -> Inspector:
+    """An Inspector for the model; a backbone already built with the same arguments (kept
+    in `extractors`) is reused, since building one loads a graph."""
+    if extractors is None:
+        return Inspector(model, device)
+    s = model.settings
+    key = (s.backbone, s.image_size, device, s.weights)  # FeatureExtractor's arguments
+    if key not in extractors:
+        extractors[key] = FeatureExtractor(*key)
+    return Inspector(model, device, extractors[key])
+
+
+def unique_path(folder: Path, stem: str, suffix: str) -> Path:
+    """A new file name in `folder`, reserved by creating it (empty) so that nothing is
+    ever overwritten: `stem.suffix`, else with the time, else with the time and a count."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    names = itertools.chain([f"{stem}{suffix}", f"{stem}_{stamp}{suffix}"],
+                            (f"{stem}_{stamp}_{n}{suffix}" for n in itertools.count(2)))
+    for name in names:
+        try:
+            os.close(os.open(folder / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return folder / name
+        except FileExistsError:
+            continue
 
 
 class Station:
     def __init__(self, inspector: Inspector, store: ResultStore, source: str,
-                 sort_files: bool = False, archive_dir: str | Path | None = None):
+                 sort_files: bool = False, archive_dir: str | Path | None = None,
+                 models_dir: str | Path | None = None, on_message: Message = no_message,
+                 device: str = "cpu"):
         self.inspector = inspector
         self.store = store
         self.source = source  # "file" | "folder" | "camera"
         self.sort_files = sort_files
         self.archive_dir = Path(archive_dir) if archive_dir else None
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.on_message = on_message
+        self.device = device
+        m = inspector.model.settings
+        self._extractors = {(m.backbone, m.image_size, device, m.weights): inspector.extractor}
+        self._refused: int | None = None  # a newer version that could not be loaded
+        self._gone = False  # the product's model is no longer on disk
+        self._retry_at: float | None = None  # when to try again to log what could not be logged
+        self._to_sort: dict[Path, str] = {}  # files to sort once their verdict is logged
 
     @property
     def product(self) -> str:
         return self.inspector.model.product
 
-    def _record(self, verdict: str, path: str | None, key: str | None, result: Result | None = None,
-                error: str | None = None, latency_ms: float | None = None) -> InspectionRecord:
-        m = self.inspector.model
+    # ---- the model -----------------------------------------------------------------------
+    def follow(self) -> None:
+        """Between items: switch to the product's newest saved model version, if it changed."""
+        if self.models_dir is None:
+            return
+        model = self.inspector.model
+        try:
+            newest = current_version(self.models_dir, model.product)
+        except InspectorError:
+            newest = None
+        if newest is None:
+            if not self._gone:
+                self._gone = True
+                self.on_message("warning", f"The model of '{model.product}' is no longer in {self.models_dir}; "
+                                           f"the line goes on with version {model.version} until it is stopped.")
+            return
+        self._gone = False
+        if newest == model.version or newest == self._refused:
+            return
+        try:
+            new = load_model(self.models_dir, model.product, newest)
+            inspector = inspector_for(new, self.device, self._extractors)
+        except Exception as exc:  # noqa: BLE001 - the line keeps the model it has
+            self._refused = newest
+            self.on_message("error", f"Version {newest} of the model of '{model.product}' cannot be used "
+                                     f"({describe(exc)}); the line goes on with version {model.version}.")
+            return
+        self.inspector = inspector
+        self.on_message("info", f"The line now inspects '{new.product}' with model version {new.version} "
+                                f"({new.change or 'changed'}; threshold {new.threshold:.4g}, was "
+                                f"{model.threshold:.4g} in version {model.version}).")
+
+    # ---- one item ------------------------------------------------------------------------
+    def _record(self, model: Model, verdict: str, path: str | None, key: str | None,
+                result: Result | None = None, error: str | None = None,
+                latency_ms: float | None = None) -> InspectionRecord:
         return InspectionRecord(
-            product=m.product, source=self.source, verdict=verdict, image_path=path,
-            score=result.score if result else None, threshold=m.threshold, model_id=m.model_id,
-            error=error, regions=[r.as_dict() for r in result.regions] if result else [],
+            product=model.product, source=self.source, verdict=verdict,
+            image_path=text(path) if path else None, score=result.score if result else None,
+            threshold=result.threshold if result else None, model_id=model.model_id,
+            model_version=model.version, error=text(error) if error else None,
+            regions=[r.as_dict() for r in result.regions] if result else [],
             latency_ms=latency_ms, file_key=key)
+
+    def _error(self, model: Model, path: str | None, key: str | None, exc: BaseException) -> Outcome:
+        if not isinstance(exc, InspectorError):  # not the input's fault: keep the trace
+            log.error("inspecting %s failed", path, exc_info=exc)
+        return self._log(Outcome(self._record(model, "ERROR", path, key, error=describe(exc))))
 
     def _log(self, outcome: Outcome) -> Outcome:
         try:
             self.store.record(outcome.record)
-        except StoreError as exc:
+        except NotLogged as exc:
+            outcome.log_error, outcome.safe = str(exc), False
+        except StoreError as exc:  # kept in the journal: safe
             outcome.log_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the line goes on; the store keeps nothing
+            log.error("logging %s failed", outcome.record.image_path, exc_info=exc)
+            outcome.log_error, outcome.safe = f"The verdict could not be logged: {describe(exc)}", False
+        if outcome.log_error and self._retry_at is None:
+            self._retry_at = time.monotonic() + RETRY_S
         return outcome
+
+    def retry_pending(self, force: bool = False) -> None:
+        """Try again (at most every RETRY_S) to log what could not be logged."""
+        if self._retry_at is None or (not force and time.monotonic() < self._retry_at):
+            return
+        try:
+            left = self.store.retry_pending()
+        except StoreError as exc:
+            self._retry_at = time.monotonic() + RETRY_S
+            log.info("still not logged: %s", exc)
+            return
+        if left:
+            self._retry_at = time.monotonic() + RETRY_S
+            return
+        self._retry_at = None
+        self.on_message("info", "The verdicts that could not be logged are now in the result log.")
+        to_sort, self._to_sort = self._to_sort, {}
+        for path, verdict in to_sort.items():
+            error = self._sort(path, verdict)
+            if error:
+                self.on_message("warning", error)
 
     def inspect_image(self, image: np.ndarray, name: str | None = None, started: float | None = None,
                       key: str | None = None) -> Outcome:
         """Inspect one decoded frame and log it."""
-        started = started or time.perf_counter()
+        self.retry_pending()
+        self.follow()
+        return self._inspect(image, name, started or time.perf_counter(), key)
+
+    def _inspect(self, image: np.ndarray, name: str | None, started: float, key: str | None) -> Outcome:
+        inspector = self.inspector  # one model for the whole item
         try:
-            result = self.inspector.inspect(image)
-        except InspectorError as exc:
-            return self._log(Outcome(self._record("ERROR", name, key, error=str(exc))))
+            result = inspector.inspect(image)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime, OpenCV, memory: this item's ERROR
+            return self._error(inspector.model, name, key, exc)
         latency = (time.perf_counter() - started) * 1000.0
-        outcome = self._log(Outcome(self._record(result.verdict, name, key, result, latency_ms=latency),
-                                    image, result))
+        outcome = self._log(Outcome(self._record(inspector.model, result.verdict, name, key, result,
+                                                 latency_ms=latency), image, result))
         self._archive(outcome, name)
         return outcome
 
-    def inspect_file(self, path: str | Path, loaded: np.ndarray | Exception | None = None) -> Outcome | None:
+    def inspect_file(self, path: str | Path, loaded: np.ndarray | Exception | None = None,
+                     waiting_since: float | None = None, max_wait_s: float = 0.0) -> Outcome | None:
         """Inspect one file and log it exactly once: a file already in the log is skipped
-        (returns None). `loaded` is the already decoded image (or its load error) when a
-        reader thread ran ahead."""
-        path = Path(path).absolute()
+        (returns None; with sorting, it is moved now if a crash kept it from being moved).
+        `loaded` is the already decoded image (or its load error) when a reader thread ran
+        ahead. A file still arriving (`waiting_since`, a time.monotonic()) that is empty or
+        cut short raises IncompleteImage until it has been waited for `max_wait_s`."""
+        self.retry_pending()
+        self.follow()
+        model = self.inspector.model
+        path = Path(os.path.abspath(path))
         started = time.perf_counter()
         try:
             key = file_key(path)
-        except InspectorError as exc:
-            return self._log(Outcome(self._record("ERROR", str(path), None, error=str(exc))))
-        if self.store.is_logged(self.product, key):
+        except Exception as exc:  # noqa: BLE001
+            return self._error(model, str(path), None, exc)
+        try:
+            logged = self.store.logged_verdict(model.product, key)
+        except StoreError as exc:  # unreadable now: inspect; the log keeps one row per file anyway
+            log.warning("%s", exc)
+            logged = None
+        if logged is not None:
+            if self.sort_files:
+                self._sort(path, logged)
             return None
         try:
-            image = loaded if loaded is not None else load_image(path)
+            image = load_image(path) if loaded is None else loaded
             if isinstance(image, Exception):
                 raise image
-        except InspectorError as exc:
-            outcome = self._log(Outcome(self._record("ERROR", str(path), key, error=str(exc))))
+        except IncompleteImage as exc:
+            waited = 0.0 if waiting_since is None else time.monotonic() - waiting_since
+            if waiting_since is not None and waited < max_wait_s:
+                raise
+            if waiting_since is not None:
+                exc = IncompleteImage(f"{exc} It was still incomplete after {waited:.0f} s.")
+            outcome = self._error(model, str(path), key, exc)
+        except Exception as exc:  # noqa: BLE001
+            outcome = self._error(model, str(path), key, exc)
         else:
-            outcome = self.inspect_image(image, str(path), started, key)
+            outcome = self._inspect(image, str(path), started, key)
         if self.sort_files:
-            self._sort(path, outcome)
+            if outcome.safe:
+                error = self._sort(path, outcome.record.verdict)
+                if error:
+                    outcome.log_error = error
+            else:
+                self._to_sort[path] = outcome.record.verdict
+                outcome.log_error += f" {text(path.name)} stays where it is until its verdict is logged."
         return outcome
 
     def inspect_files(self, paths: Iterable[str | Path], cancel: threading.Event | None = None) -> Iterator[Outcome]:
@@ -116,40 +263,56 @@ class Station:
             if outcome is not None:
                 yield outcome
 
-    def _sort(self, path: Path, outcome: Outcome) -> None:
-        """Move the file into an OK/, NG/ or ERROR/ subfolder beside it."""
-        dest_dir = path.parent / outcome.record.verdict
+    def _sort(self, path: Path, verdict: str) -> str | None:
+        """Move the file into an OK/, NG/ or ERROR/ subfolder beside it, never over another
+        file. Returns what went wrong, if anything."""
+        dest_dir = path.parent / verdict
+        dest = None
         try:
             dest_dir.mkdir(exist_ok=True)
-            dest = dest_dir / path.name
-            if dest.exists():
-                dest = dest_dir / f"{path.stem}_{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
-            shutil.move(str(path), dest)
+            dest = unique_path(dest_dir, path.stem, path.suffix)
+            os.replace(path, dest)
         except OSError as exc:
-            outcome.log_error = f"Could not move {path} into {dest_dir}: {exc}"
+            if dest is not None:
+                dest.unlink(missing_ok=True)
+            return text(f"Could not move {path} into {dest_dir}: {exc}")
+        return None
 
     def _archive(self, outcome: Outcome, name: str | None) -> None:
         if self.archive_dir is None or outcome.result is None:
             return
         stem = Path(name).stem if name else "frame"
         stamp = outcome.record.time.replace(":", "").replace("-", "")
-        dest = self.archive_dir / outcome.record.verdict / f"{stamp}_{stem}.jpg"
+        dest = None
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            folder = self.archive_dir / outcome.record.verdict
+            folder.mkdir(parents=True, exist_ok=True)
+            dest = unique_path(folder, f"{stamp}_{stem}", ".jpg")
             save_image(dest, overlay(outcome.image, outcome.result))
-        except (OSError, InspectorError) as exc:
-            outcome.log_error = f"Could not archive the overlay to {dest}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the verdict is logged; only the picture is missing
+            if dest is not None:
+                dest.unlink(missing_ok=True)
+            outcome.log_error = text(f"Could not archive the overlay to {dest or self.archive_dir}: {describe(exc)}")
 
 
 def watch_folder(station: Station, watcher, stop: threading.Event,
                  on_outcome: Callable[[Outcome], None], poll_s: float = 0.2) -> None:
-    """Inspect each new file from a started FolderWatcher until `stop` is set."""
+    """Inspect each new file from a started FolderWatcher until `stop` is set. A file still
+    being written is handed back to the watcher until it is complete or has waited the
+    watcher's max_wait_s."""
     while not stop.is_set():
         path = watcher.next_ready(poll_s)
-        if path is not None:
-            outcome = station.inspect_file(path)
-            if outcome is not None:
-                on_outcome(outcome)
+        if path is None:
+            station.retry_pending()
+            continue
+        since = watcher.since(path)
+        try:
+            outcome = station.inspect_file(path, waiting_since=since, max_wait_s=watcher.max_wait_s)
+        except IncompleteImage:
+            watcher.recheck(path, since)
+            continue
+        if outcome is not None:
+            on_outcome(outcome)
 
 
 def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Callable[[Outcome], None],
@@ -160,19 +323,22 @@ def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Ca
     status = None
     count = 0
     while not stop.is_set():
-        if on_status and camera.status != status:
-            status = camera.status
-            on_status(status, camera.last_error)
-        if camera.status in ("ended", "stopped"):
+        current = camera.status
+        if on_status and current != status:
+            on_status(current, camera.last_error)
+        status = current
+        if current in ("ended", "stopped"):
             return
         if snap is not None:
             if not snap.wait(0.1):
+                station.retry_pending()
                 continue
             snap.clear()
             frame = camera.snap(2.0)
         else:
             frame = camera.latest(0.2)
         if frame is None:
+            station.retry_pending()
             continue
         started = time.perf_counter()
         count += 1

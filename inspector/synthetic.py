@@ -39,6 +39,20 @@ def make_part(seed: int, size: int = 256, defect: str | None = None) -> np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def make_mesh(seed: int, size: int = 256) -> np.ndarray:
+    """One RGB uint8 image of a woven mesh (a texture): its lines' phase and angle change from
+    image to image, so what a border patch sees differs from part to part, as on real textures."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    a = rng.uniform(-0.05, 0.05)
+    ox, oy = rng.uniform(0, 12, 2)
+    u = np.cos(a) * xx + np.sin(a) * yy + ox
+    v = -np.sin(a) * xx + np.cos(a) * yy + oy
+    wire = (np.abs(u % 12 - 6) < 1.5) | (np.abs(v % 12 - 6) < 1.5)
+    img = 150 - 90 * wire + rng.normal(0, 6, wire.shape)
+    return np.clip(np.dstack([img] * 3), 0, 255).astype(np.uint8)
+
+
 def write_parts(folder: Path, count: int, defect: str | None = None, seed: int = 0,
                 size: int = 256) -> list[Path]:
     """Write `count` part images into `folder` and return their paths."""

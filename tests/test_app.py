@@ -146,8 +146,10 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
 
     assert cal.apply.isEnabled()
     cal.apply.click()
-    qtbot.waitUntil(lambda: load_model(models, "Disc A").settings.sigma == pytest.approx(2.0), timeout=WAIT)
+    qtbot.waitUntil(lambda: window.session.model.settings.sigma == pytest.approx(2.0), timeout=WAIT)
     assert window.session.model.threshold == pytest.approx(model.calibration.image_threshold(2.0))
+    assert load_model(models, "Disc A").version == window.session.model.version == model.version + 1
+    assert model.settings.sigma == 3.0  # the model the line may be using did not change under it
 
     # another sampling ratio: the bank is rebuilt from the features kept in memory
     cal.ratio.setValue(5.0)
@@ -196,7 +198,8 @@ def test_folder_watch_shows_verdicts_logs_them_and_survives_a_bad_file(line_wind
     monitor.opacity.setValue(80)
     assert monitor.view.heat.isVisible() and monitor.view.heat.opacity() == pytest.approx(0.8)
 
-    (line / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    # complete (it ends with IEND) but not a picture: an ERROR at once (a file cut short is waited for)
+    (line / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
     qtbot.waitUntil(lambda: monitor.counts["ERROR"] == 1, timeout=WAIT)
     assert "broken.png" in window.log.toPlainText() and "broken.png" in window.statusBar().currentMessage()
     write_parts(line, 1, seed=120)
@@ -249,11 +252,18 @@ def test_video_file_as_camera_and_snap(line_window, tmp_path, qtbot):
         assert store.count(verdict="NG") == inspected
         assert {r.source for r in store.query()} == {"camera"}
 
-    # on Snap only: nothing is inspected until F6
+    # on Snap only: nothing is inspected until F6 (a video long enough for any machine)
+    long_video = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(long_video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (256, 256))
+    frame = cv2.cvtColor(make_part(400, 256, "stain"), cv2.COLOR_RGB2BGR)
+    for _ in range(600):  # two minutes
+        writer.write(frame)
+    writer.release()
+    monitor.camera.setEditText(str(long_video))
     monitor.reset_counters()
     monitor.snap_only.setChecked(True)
     monitor.start_stop()
-    qtbot.waitUntil(lambda: monitor.snap_button.isEnabled() and window.log.toPlainText().count(": live.") == 2,
+    qtbot.waitUntil(lambda: monitor.snap_button.isEnabled() and f"{long_video}: live." in window.log.toPlainText(),
                     timeout=WAIT)
     assert monitor.counts["inspected"] == 0
     qtbot.keyClick(window, Qt.Key.Key_F6)

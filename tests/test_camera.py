@@ -1,3 +1,5 @@
+import os
+import threading
 import time
 
 import cv2
@@ -5,7 +7,7 @@ import numpy as np
 import pytest
 
 from inspector.errors import SourceError
-from inspector.sources.camera import Camera, list_cameras
+from inspector.sources.camera import STOP_TIMEOUT_S, Camera, list_cameras
 
 WIDTH, HEIGHT, BITS = 64, 48, 8
 
@@ -33,7 +35,7 @@ def index(frame):
     return sum(1 << bit for bit in range(BITS) if frame[:8, bit * 8:(bit + 1) * 8].mean() > 128)
 
 
-def wait_until(condition, timeout=2.0):
+def wait_until(condition, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -41,7 +43,7 @@ def wait_until(condition, timeout=2.0):
 
 
 def test_frames_from_video_are_rgb(tmp_path):
-    with Camera(make_video(tmp_path / "clip.avi", 10, 20)) as camera:
+    with Camera(make_video(tmp_path / "clip.avi", 200, 20)) as camera:  # 10 s: still live when looked at
         frame = camera.latest(2)
         assert camera.status == "live"
     assert frame.shape == (HEIGHT, WIDTH, 3) and frame.dtype == np.uint8 and frame.flags.c_contiguous
@@ -61,21 +63,19 @@ def test_each_frame_handed_out_once_until_end_of_file(tmp_path):
 
 
 def test_slow_consumer_gets_the_newest_frame_not_a_queue(tmp_path):
-    with Camera(make_video(tmp_path / "clip.avi", 60, 40)) as camera:
-        first = index(camera.latest(2))
-        time.sleep(0.3)  # about 12 frames arrive meanwhile
-        second = index(camera.latest(1))
-        third = camera.latest(0)  # nothing newer yet, or a newer frame: never an old one
-    assert second > first + 2
-    assert third is None or index(third) > second
+    with Camera(make_video(tmp_path / "clip.avi", 30, 60)) as camera:
+        first = index(camera.latest(30))
+        assert wait_until(lambda: camera.status == "ended")  # every frame read meanwhile
+        assert index(camera.latest(1)) == 29 > first  # the newest, not the next in a queue
+        assert camera.latest(0) is None  # nothing newer: never an old one
 
 
 def test_snap_waits_for_a_fresh_frame(tmp_path):
-    with Camera(make_video(tmp_path / "clip.avi", 5, 50)) as camera:
-        first = index(camera.snap(2))
+    with Camera(make_video(tmp_path / "clip.avi", 100, 100)) as camera:  # 1 s: snapped before it ends
+        first = index(camera.snap(30))
         assert wait_until(lambda: camera.status == "ended")
         assert camera.snap(0.2) is None  # no frame will come after the end
-        assert index(camera.latest(0.2)) == 4 > first  # the newest frame was read but not handed out
+        assert index(camera.latest(0.2)) == 99 > first  # the newest frame was read but not handed out
 
 
 def test_file_is_paced_at_its_frame_rate(tmp_path):
@@ -106,14 +106,13 @@ def test_source_that_cannot_be_opened_keeps_retrying_until_stopped():
     camera.start()
     try:
         assert wait_until(lambda: camera.status == "reconnecting")
-        time.sleep(0.3)  # several retries
         assert camera.running and camera.status == "reconnecting"
         assert "camera 99" in camera.last_error
         assert camera.latest(0.1) is None
     finally:
         start = time.monotonic()
         camera.stop()
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10
     assert not camera.running and camera.status == "stopped"
 
 
@@ -130,3 +129,36 @@ def test_dropped_stream_reconnects(tmp_path):
 def test_list_cameras_returns_openable_indices():
     cameras = list_cameras(max_index=2)
     assert isinstance(cameras, list) and all(isinstance(i, int) and 0 <= i < 2 for i in cameras)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe stands in for a USB camera that hangs")
+def test_a_camera_that_stops_delivering_is_noticed_and_stop_does_not_hang(tmp_path):
+    """A named pipe fed with frames, then kept open without data: the read hangs, as a USB
+    camera's does. The camera reports 'no frames' and stop() still returns."""
+    pipe = tmp_path / "camera.mjpeg"
+    os.mkfifo(pipe)
+    frames = [cv2.imencode(".jpg", np.random.default_rng(i).integers(0, 255, (256, 256, 3), np.uint8))[1].tobytes()
+              for i in range(120)]  # more than the stream probe reads before the first frame
+    release = threading.Event()
+
+    def feed():
+        with open(pipe, "wb") as f:
+            for frame in frames:
+                f.write(frame)
+            f.flush()
+            release.wait(120)  # the camera hangs: no more data, the pipe stays open
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    camera = Camera(pipe, stall_s=1.0)
+    camera.start()
+    try:
+        assert camera.latest(60) is not None and camera.status == "live"
+        assert wait_until(lambda: camera.status == "no frames", 60)
+        assert "No frame from" in camera.last_error
+    finally:
+        start = time.monotonic()
+        camera.stop()
+        stopped_in = time.monotonic() - start
+        release.set()
+    assert stopped_in < STOP_TIMEOUT_S + 5 and camera.status == "stopped"

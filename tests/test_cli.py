@@ -1,12 +1,19 @@
 """The command line, in-process, on generated parts: exit codes, outputs and files."""
 import csv
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from inspector.cli import EXIT_ERROR, EXIT_NG, EXIT_OK, main
+from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
+from inspector.core.model import load_model
+from inspector.store.results import ResultStore, login_name
 from inspector.synthetic import make_part, write_parts
 
 
@@ -21,9 +28,9 @@ def station(tmp_path_factory):
 
 def test_train_saves_a_model_listed_by_models(station, capsys):
     root, common = station
-    assert (root / "models" / "Gear 7" / "model.json").is_file()
+    assert (root / "models" / "Gear 7" / "v0001" / "model.json").is_file()
     assert main(["models"] + common) == EXIT_OK
-    assert "Gear 7: threshold" in capsys.readouterr().out
+    assert "Gear 7: version 1, threshold" in capsys.readouterr().out
 
 
 def test_inspect_exit_codes(station, tmp_path, capsys):
@@ -101,3 +108,156 @@ def test_evaluate_writes_metrics_and_plots(tmp_path, capsys):
 def test_self_test_passes(capsys):
     assert main(["self-test"]) == EXIT_OK
     assert "self-test passed" in capsys.readouterr().out
+
+
+def test_evaluate_a_category_without_masks_gives_its_image_report(tmp_path, capsys):
+    write_mvtec(tmp_path / "parts")
+    shutil.rmtree(tmp_path / "parts" / "ground_truth")
+    code = main(["evaluate", str(tmp_path / "parts"), "--json", str(tmp_path / "r.json"),
+                 "--plots", str(tmp_path / "plots"), "--models-dir", str(tmp_path / "m")])
+    assert code == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["image_auroc"] == 1.0 and report["f1_calibrated"] > 0.8
+    assert report["pixel_auroc"] is None and report["aupro"] is None and report["dice"] is None
+    assert report["pixel_metrics"].startswith("unavailable") and len(report["missing_masks"]) == 6
+    out = capsys.readouterr().out
+    assert "pixel AUROC unavailable" in out and "6 defect image(s) without a ground-truth mask" in out
+
+
+def test_evaluate_reports_a_missing_mask_instead_of_scoring_an_empty_one(tmp_path):
+    write_mvtec(tmp_path / "parts")
+    gone = sorted((tmp_path / "parts" / "ground_truth" / "stain").iterdir())[0]
+    gone.unlink()
+    assert main(["evaluate", str(tmp_path / "parts"), "--json", str(tmp_path / "r.json"),
+                 "--models-dir", str(tmp_path / "m")]) == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["missing_masks"] == [f"test/stain/{gone.name.replace('_mask', '')}"]
+    assert report["pixel_metrics"] == "over 8 of 9 images" and report["pixel_auroc"] > 0.9
+
+
+# ---- issue 8: every operator action is a command; changes are on record ---------------------
+
+@pytest.fixture
+def own(station, tmp_path):
+    """A copy of the trained station to change: (root, common arguments)."""
+    root, _ = station
+    shutil.copytree(root / "models", tmp_path / "models")
+    return tmp_path, ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
+
+
+def test_calibrate_sets_the_sensitivity_as_a_new_version_on_record(own, capsys):
+    root, common = own
+    before = load_model(root / "models", "Gear 7")
+    assert main(["calibrate", "--product", "Gear 7", "--sigma", "1.5"] + common) == EXIT_OK
+    out = capsys.readouterr().out
+    after = load_model(root / "models", "Gear 7")
+    assert after.version == before.version + 1 and after.settings.sigma == 1.5
+    assert f"threshold {before.threshold:.4g} -> {after.threshold:.4g}" in out and "Expected false rejects:" in out
+    with ResultStore(root / "log.db") as store:
+        [event] = store.events("Gear 7")
+    assert (event.kind, event.user) == ("sensitivity", login_name())
+    assert f"version {before.version}" in event.old and "sensitivity 3" in event.old
+    assert f"version {after.version}" in event.new and "sensitivity 1.5" in event.new
+    assert main(["calibrate", "--product", "Gear 7", "--sigma", "nan"] + common) == EXIT_ERROR
+    assert load_model(root / "models", "Gear 7").version == after.version
+
+
+def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys):
+    root, common = station
+    write_parts(tmp_path / "defects" / "scratch", 2, "scratch", seed=70)
+    write_parts(tmp_path / "defects" / "stain", 2, "stain", seed=80)
+    (tmp_path / "defects" / "stain" / "broken.png").write_bytes(b"junk")
+    assert main(["calibrate", "--product", "Gear 7", "--defects", str(tmp_path / "defects")] + common) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.out.count("scratch_07") == 2 and captured.out.count("stain_08") == 2
+    assert "Escapes: 0 of 4 known defects" in captured.out and "broken.png" in captured.err
+    assert "The threshold that separates them best:" in captured.out and "escapes 0 of 4" in captured.out
+    with ResultStore(root / "log.db") as store:  # scoring known defects logs nothing
+        assert not [r for r in store.query() if "defects" in (r.image_path or "")]
+
+
+def test_products_rename_keeps_the_history_and_delete_asks_first(own, tmp_path, capsys):
+    root, common = own
+    files = write_parts(tmp_path / "line", 2, seed=90)
+    assert main(["inspect", *map(str, files), "--product", "Gear 7"] + common) == EXIT_OK
+    assert main(["products", "rename", "Gear 7", "Gear 8"] + common) == EXIT_OK
+    assert main(["inspect", *map(str, files), "--product", "Gear 8"] + common) == EXIT_OK  # logged once, still
+    with ResultStore(root / "log.db") as store:
+        assert store.count(product="Gear 8") == 2 and store.count(product="Gear 7") == 0
+        assert [e.kind for e in store.events("Gear 8")] == ["rename"]
+    assert main(["products", "delete", "Gear 8"] + common) == EXIT_ERROR
+    assert "--yes" in capsys.readouterr().err and (root / "models" / "Gear 8").is_dir()
+    assert main(["products", "delete", "Gear 8", "--yes"] + common) == EXIT_OK
+    assert not (root / "models" / "Gear 8").exists()
+    with ResultStore(root / "log.db") as store:
+        assert store.count(product="Gear 8") == 2  # the history stays
+        assert [e.kind for e in store.events("Gear 8")] == ["delete", "rename"]
+    assert main(["products", "create", "Gear 9"] + common) == EXIT_OK and (root / "models" / "Gear 9").is_dir()
+    assert main(["history", "--events"] + common) == EXIT_OK
+    assert "Gear 9  create" in capsys.readouterr().out
+
+
+def test_inspect_again_inspects_logged_files_and_logs_nothing(station, tmp_path, capsys):
+    root, common = station
+    files = write_parts(tmp_path / "again", 1, "stain", seed=95)
+    assert main(["inspect", str(files[0]), "--product", "Gear 7"] + common) == EXIT_NG
+    with ResultStore(root / "log.db") as store:
+        logged = store.count()
+    capsys.readouterr()
+    assert main(["inspect", str(files[0]), "--product", "Gear 7", "--again"] + common) == EXIT_NG
+    assert "NG" in capsys.readouterr().out
+    with ResultStore(root / "log.db") as store:
+        assert store.count() == logged
+
+
+def test_rebuild_the_memory_bank_from_the_good_images(station, own):
+    root, common = own
+    before = load_model(root / "models", "Gear 7")
+    assert main(["rebuild", str(station[0] / "good"), "--product", "Gear 7", "--sampling-ratio", "0.05"]
+                + common) == EXIT_OK
+    after = load_model(root / "models", "Gear 7")
+    assert after.version == before.version + 1 and after.settings.sampling_ratio == 0.05
+    assert len(after.memory_bank) > len(before.memory_bank)
+    with ResultStore(root / "log.db") as store:
+        assert [e.kind for e in store.events("Gear 7")] == ["bank"]
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_and_logged(station, tmp_path, capsys):
+    _, common = station
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.png"), "wb") as f:
+        f.write(cv2.imencode(".png", make_part(96))[1].tobytes())
+    assert main(["inspect", str(folder), "--product", "Gear 7"] + common) == EXIT_OK
+    assert "caf\\xe9.png" in capsys.readouterr().out
+
+
+def test_failures_go_to_the_log_file_beside_the_result_log(station, tmp_path, monkeypatch):
+    _, common = station
+    [path] = write_parts(tmp_path / "x", 1, seed=97)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("a failure nobody sees on a screen")
+
+    monkeypatch.setattr("inspector.core.scoring.Inspector.inspect", explode)
+    assert main(["inspect", str(path), "--product", "Gear 7", "--db", str(tmp_path / "log.db"),
+                 "--models-dir", common[1]]) == EXIT_ERROR
+    logged = (tmp_path / "inspector.log").read_text()
+    assert "RuntimeError: a failure nobody sees on a screen" in logged and "Traceback" in logged
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_inspect_exits_130_and_loses_nothing(station, tmp_path, sig):
+    root, common = station
+    files = write_parts(tmp_path / "many", 200, seed=1000, size=128)
+    db = tmp_path / "log.db"
+    process = subprocess.Popen([sys.executable, "-m", "inspector.cli", "inspect", str(tmp_path / "many"),
+                                "--product", "Gear 7", "--models-dir", common[1], "--db", str(db)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = [process.stdout.readline()]  # the first verdict: the line runs
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=300)
+    printed += [line for line in out.splitlines() if line.strip()]
+    assert process.returncode == EXIT_INTERRUPTED, err
+    with ResultStore(db) as store:
+        assert store.count() == len(printed) < len(files)  # every printed verdict logged, no other

@@ -3,19 +3,22 @@ import subprocess
 import sys
 import threading
 
+import cv2
 import numpy as np
 import pytest
 
 from inspector.core import backbones
 from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, SHIPPED_SIZES, FeatureExtractor,
                                      export_graph, find_graph, graph_name)
-from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample
-from inspector.core.model import Calibration, Settings
-from inspector.core.scoring import Inspector, anomaly_map, find_regions
+from inspector.core.memory_bank import (bank_size, greedy_coreset, nearest_distance, random_sample, sample,
+                                        sample_indices, squared_norms)
+from inspector.core.model import Calibration, Settings, separating_threshold
+from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_scores
 from inspector.core.training import extract_features, fit, train
 from inspector.errors import BackboneError, Cancelled, TrainingError
+from inspector.data.images import save_image
 from inspector.paths import SHIPPED_GRAPHS
-from inspector.synthetic import make_part, write_parts
+from inspector.synthetic import make_mesh, make_part, write_parts
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +127,18 @@ def test_sampling_reports_progress_and_cancels():
         sample(feats, "kmeans", 0.05, 0)
 
 
+@pytest.mark.parametrize("sampler", ["greedy", "random"])
+def test_a_bank_of_some_rows_extends_to_a_bank_of_all(sampler):
+    """With `first`, the first picks are a bank of those rows alone (the calibration bank), the
+    rest extend it to the bank of all rows, each row once."""
+    feats = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    first = np.arange(0, 2000, 2)
+    picked = sample_indices(feats, sampler, 0.05, 0, first=first)
+    assert len(picked) == 100 and len(set(picked)) == 100
+    assert np.isin(picked[:50], first).all()
+    assert not np.isin(picked[50:], first).all()  # the other rows join the final bank
+
+
 def test_nearest_distance_is_exact():
     rng = np.random.default_rng(1)
     q, bank = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
@@ -151,11 +166,34 @@ def test_anomaly_map_is_smooth_and_sized():
 
 
 def test_calibration_threshold_follows_sigma_without_rescoring():
-    c = Calibration([1.0, 2.0, 3.0], pixel_mean=0.5, pixel_std=0.1, method="holdout")
-    assert c.image_threshold(0) == pytest.approx(2.0)
-    assert c.image_threshold(2) == pytest.approx(4.0)
-    assert c.sigma_for(4.0) == pytest.approx(2.0)
+    c = Calibration([10.0, 11.0, 12.0, 13.0, 14.0], pixel_mean=0.5, pixel_std=0.1, method="holdout")
+    spread = 1.4826  # the median absolute deviation (1.0) scaled to a normal std
+    assert c.image_threshold(0) == pytest.approx(12.0)
+    assert c.image_threshold(2) == pytest.approx(12.0 + 2 * spread)
+    assert c.sigma_for(c.image_threshold(2.5)) == pytest.approx(2.5)
     assert c.pixel_threshold(3) == pytest.approx(0.8)
+    assert c.false_reject_rate(13.5) == pytest.approx(0.2)
+
+
+def test_an_unusual_good_part_does_not_lift_the_threshold_over_defects():
+    """Max-of-patch scores are right-skewed: one good image far out in the tail inflates a
+    standard deviation (mean + 3 std = 37 here, passing a defect at 20) but not the robust spread."""
+    scores = [10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.0, 13.5, 14.0, 40.0]
+    assert np.mean(scores) + 3 * np.std(scores, ddof=1) > 20.0
+    c = Calibration(scores, 0.0, 1.0, "holdout")
+    assert c.image_threshold(3) < 20.0
+    assert c.false_reject_rate(c.image_threshold(3)) == pytest.approx(0.1)
+
+
+def test_equal_scores_fall_back_to_the_standard_deviation():
+    c = Calibration([5.0, 5.0, 5.0, 5.0, 6.0], 0.0, 1.0, "5-fold")
+    assert c.image_threshold(1) == pytest.approx(5.0 + np.std([5, 5, 5, 5, 6], ddof=1))
+
+
+def test_separating_threshold_splits_known_defects_from_good_parts():
+    assert separating_threshold([1.0, 2.0, 3.0], [5.0, 6.0]) == pytest.approx(4.0)
+    # overlapping: the fewest errors (one good part at 7 rejected) wins over the widest gap
+    assert separating_threshold([1.0, 2.0, 3.0, 7.0], [4.0, 5.0, 6.0]) == pytest.approx(3.5)
 
 
 def test_trained_model_separates_good_and_defective_parts(trained):
@@ -189,9 +227,25 @@ def test_calibration_method_follows_the_number_of_good_images(trained):
     many = type(features)(np.concatenate([features.features] * 3), features.paths * 3)
     model = fit("part", many, Settings(holdout=0.2))
     assert model.calibration.method == "holdout" and model.counts["calibration_images"] == 12
-    assert model.counts["bank_images"] == 48
+    assert model.counts["bank_images"] == 60
     with pytest.raises(TrainingError, match="at least 5"):
         fit("part", type(features)(features.features[:3], features.paths[:3]), Settings())
+
+
+@pytest.mark.parametrize("copies", [1, 3])  # 20 images: 5-fold; 60 images: a held-out fifth
+def test_every_good_image_reaches_the_memory_bank(trained, copies):
+    """Calibration scores images against banks without them, but the final bank holds every
+    good image: give each image one patch unlike any other and find all of them in the bank."""
+    _, features = trained
+    feats = np.concatenate([features.features] * copies)
+    for i in range(len(feats)):
+        feats[i, 5, 5] = 50.0 + 10.0 * i
+    model = fit("part", type(features)(feats, features.paths * copies), Settings())
+    bank = model.memory_bank
+    for i in range(len(feats)):
+        assert np.abs(bank - feats[i, 5, 5]).max(axis=1).min() == 0.0, f"image {i} is not in the bank"
+    calibration = sorted(model.calibration.image_scores)
+    assert len(calibration) == (20 if copies == 1 else 12) and calibration[-1] > 0
 
 
 def test_unreadable_good_images_are_skipped_and_listed(tmp_path):
@@ -217,3 +271,41 @@ def test_a_torchvision_backbone_runs_from_an_explicit_weight_file(tmp_path, monk
     graphs = [p.name for p in (tmp_path / "cache" / "backbones").iterdir()]
     assert len(graphs) == 1 and graphs[0].startswith("resnet18-64-") and model.memory_bank.shape[1] == 384
     assert Inspector(model).inspect(make_part(9, size=64)).verdict in ("OK", "NG")
+
+
+def _border(grid: int, width: int = 1) -> np.ndarray:
+    ring = np.zeros((grid, grid), bool)
+    ring[:width] = ring[-width:] = True
+    ring[:, :width] = ring[:, -width:] = True
+    return ring
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mesh")
+    paths = [save_image(folder / f"{i}.png", make_mesh(i)) for i in range(20)]
+    return train("mesh", paths, Settings())[0]
+
+
+def test_a_good_textures_border_patches_score_like_its_interior(mesh):
+    """Border patches must be comparable with interior ones: on good parts of a texture the
+    outer ring of patches lies no farther from the memory bank than the rest and never decides
+    the image score. (Averaged over fewer neighbours, the ring lay 20 % farther and did.)"""
+    inspector = Inspector(mesh)
+    ring = _border(inspector.extractor.grid)
+    for seed in (100, 101, 102):
+        scores = patch_scores(inspector.extractor([make_mesh(seed)])[0], mesh.memory_bank,
+                              squared_norms(mesh.memory_bank))
+        assert scores[ring].mean() < 1.05 * scores[~ring].mean()
+        assert not ring.ravel()[scores.argmax()]
+        assert scores.max() < mesh.threshold
+
+
+@pytest.mark.parametrize("where", [(128, 0), (0, 0), (255, 128), (255, 255)])
+def test_a_defect_touching_the_image_edge_is_found(mesh, where):
+    image = make_mesh(110)
+    cv2.circle(image, where, 14, (200, 200, 200), -1)  # at a corner, a quarter of it shows
+    result = Inspector(mesh).inspect(image)
+    assert result.verdict == "NG" and result.regions
+    top = result.regions[0]
+    assert top.x <= where[0] < top.x + top.w and top.y <= where[1] < top.y + top.h

@@ -8,6 +8,7 @@ import pytest
 
 from inspector.data.images import load_image
 from inspector.errors import SourceError
+from inspector.sources import folder as folder_module
 from inspector.sources.folder import FolderWatcher
 
 SETTLE_S = 0.2
@@ -44,8 +45,44 @@ def test_new_file_returned_once(tmp_path, watcher):
     path = watcher.next_ready(3)
     assert path == (tmp_path / "part.png").resolve()
     load_image(path)  # reading it is no new file
-    os.utime(path)  # a metadata-only event without a change of content
+    watcher._add(path)  # what any event about it does (a close, an attribute change)
     assert drain(watcher) == []
+
+
+def test_what_is_remembered_is_bounded(tmp_path, monkeypatch):
+    """Files handed out are remembered, up to a bound (the result log keeps each file once
+    beyond it), so a station running for weeks does not grow."""
+    monkeypatch.setattr(folder_module, "REMEMBERED", 5)
+    with FolderWatcher(tmp_path, settle_s=0.05) as watcher:
+        for i in range(12):
+            png(tmp_path / f"{i:02d}.png", value=i)
+        got = []
+        while len(got) < 12:
+            path = watcher.next_ready(30)
+            assert path is not None
+            got.append(path.name)
+            watcher.since(path)
+        assert len(watcher._returned) == 5 and not watcher._since and not watcher._pending
+
+
+def test_an_incomplete_file_handed_back_is_waited_for_then_handed_out(tmp_path):
+    with FolderWatcher(tmp_path, settle_s=0.1, max_wait_s=60) as watcher:
+        png(tmp_path / "part.png")
+        path = watcher.next_ready(30)
+        since = watcher.since(path)
+        watcher.recheck(path, since)  # the reader found it cut short
+        assert watcher.next_ready(30) == path  # handed out again once stable: no new version needed
+        assert watcher.since(path) == since  # waiting is counted from when it was first seen
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_empty_files_and_broken_links_are_handed_out(tmp_path):
+    with FolderWatcher(tmp_path, settle_s=0.1, max_wait_s=1.0) as watcher:
+        (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+        (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+        (tmp_path / "zero.png").write_bytes(b"")
+        got = {watcher.next_ready(30).name for _ in range(3)}  # the empty one after max_wait_s
+    assert got == {"loop.png", "dangling.png", "zero.png"}
 
 
 def test_file_written_slowly_is_returned_only_when_complete(tmp_path):

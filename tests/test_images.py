@@ -1,14 +1,17 @@
 import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from conftest import as_unprivileged
 
 from inspector.data import images
 from inspector.data.images import IMAGE_SUFFIXES, file_key, list_images, load_image
-from inspector.errors import ImageError, SourceError
+from inspector.errors import ImageError, IncompleteImage, SourceError
 
 RGB = (200, 100, 30)
 
@@ -110,13 +113,16 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path)
 
 
-@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
-def test_unreadable_file(tmp_path):
-    path = tmp_path / "locked.png"
+def test_unreadable_file(open_tmp):
+    path = open_tmp / "locked.png"
     assert cv2.imwrite(str(path), color_bgr())
     path.chmod(0)
-    with pytest.raises(ImageError, match="permission"):
-        load_image(path)
+
+    def check():
+        with pytest.raises(ImageError, match="permission"):
+            load_image(path)
+
+    as_unprivileged(check)
 
 
 def test_list_images_sorted_flat_case_insensitive(tmp_path):
@@ -149,6 +155,76 @@ def test_file_key_changes_with_content(tmp_path):
     assert file_key(path) != key
     with pytest.raises(ImageError):
         file_key(tmp_path / "gone.png")
+
+
+def test_valid_images_with_padding_or_a_trailer_are_not_truncated(tmp_path):
+    jpeg = tmp_path / "padded.jpg"
+    jpeg.write_bytes(cv2.imencode(".jpg", color_bgr())[1].tobytes() + bytes(1024))  # a camera's zero padding
+    check_rgb(load_image(jpeg), tolerance=6)
+    png = tmp_path / "trailer.png"
+    png.write_bytes(cv2.imencode(".png", color_bgr())[1].tobytes() + b"vendor trailer " * 5 + bytes(5))  # 80 bytes
+    check_rgb(load_image(png))
+
+
+def test_cut_short_and_empty_files_are_incomplete(tmp_path):
+    for suffix in (".png", ".jpg"):
+        data = encoded(suffix)
+        path = tmp_path / f"half{suffix}"
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(IncompleteImage, match="truncated"):
+            load_image(path)
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(IncompleteImage, match="empty"):
+        load_image(tmp_path / "zero.png")
+
+
+def jpeg_claiming(width, height):
+    """A real small JPEG whose start-of-frame header claims another size."""
+    data = bytearray(encoded(".jpg"))
+    at = 2
+    while data[at + 1] not in (0xC0, 0xC1, 0xC2):
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    data[at + 5:at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_huge_jpeg_is_refused_from_its_header_before_decoding(tmp_path):
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(jpeg_claiming(20001, 20001))
+    code = ("import re\n"
+            "from pathlib import Path\n"
+            "from inspector.data.images import load_image\n"
+            "from inspector.errors import ImageError\n"
+            "try:\n"
+            f"    load_image({str(path)!r})\n"
+            "except ImageError as exc:\n"
+            "    print(exc)\n"
+            "status = Path('/proc/self/status')\n"  # the peak memory of this program (Linux)
+            "print(int(re.search(r'VmHWM:\\s*(\\d+)', status.read_text()).group(1)) // 1024 if status.exists() else 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "20001x20001 pixels, larger than the limit" in out[0]
+    assert int(out[1]) < 600  # MB: decoding it would take 1.2 GB
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_links_that_lead_nowhere_are_image_errors(tmp_path):
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    assert [p.name for p in list_images(tmp_path)] == ["dangling.png", "loop.png"]  # listed: reported, not hidden
+    with pytest.raises(ImageError, match="Cannot read"):
+        load_image(tmp_path / "loop.png")
+    with pytest.raises(ImageError, match="does not exist"):
+        load_image(tmp_path / "dangling.png")
+    assert file_key(tmp_path / "loop.png").split("|")[1] == "link"  # one key per link: logged once
+    assert file_key(tmp_path / "dangling.png") == file_key(tmp_path / "dangling.png")
+
+
+def test_list_images_recursive(tmp_path):
+    for name in ("a.png", "scratch/b.png", "stain/deep/c.jpg", "stain/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
+        "a.png", "scratch/b.png", "stain/deep/c.jpg"]
 
 
 def test_png_loads_the_same_without_pyspng(tmp_path, monkeypatch):

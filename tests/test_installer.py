@@ -142,7 +142,7 @@ def test_scores_equal_the_development_install(bundle, tmp_path):
     for cmd, env, models in ((dev, dev_env, "dev-models"), ([exe], app_env, "app-models")):
         result = run([*cmd, "train", good, *product, "--models-dir", tmp_path / models], env)
         assert result.returncode == 0, result.stdout + result.stderr
-    thresholds = [json.loads((tmp_path / m / "part" / "model.json").read_text())["threshold"]
+    thresholds = [json.loads((tmp_path / m / "part" / "v0001" / "model.json").read_text())["threshold"]
                   for m in ("dev-models", "app-models")]
     assert abs(thresholds[0] - thresholds[1]) <= SCORE_TOLERANCE, thresholds
 

@@ -1,11 +1,21 @@
-"""Saving and loading product models: round trip, atomic replace, and every kind of damage."""
+"""Saving and loading product models: immutable versions, every kind of damage, older
+formats, crashes mid-save and loading while another process saves."""
+import dataclasses
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from inspector.core.model import (BANK_FILE, META_FILE, Calibration, Model, Settings, check_product_name,
-                                  delete_model, list_models, load_model, rename_model, save_model, save_sigma)
+from inspector.core import model as model_module
+from inspector.core.model import (BANK_FILE, FORMAT_FIELDS, FORMAT_VERSION, KEEP_VERSIONS, META_FILE, Calibration,
+                                  Model, Settings, _bank_bytes, check_product_name, current_version,
+                                  delete_model, list_models, load_model, rename_model, save_model, with_sigma)
 from inspector.errors import ModelError
 
 
@@ -17,55 +27,203 @@ def make_model(product="Gear 7", seed=0) -> Model:
 
 def test_round_trip(tmp_path):
     model = make_model()
-    folder = save_model(model, tmp_path)
+    saved = save_model(model, tmp_path, change="trained")
+    folder = tmp_path / "Gear 7" / "v0001"
     assert sorted(p.name for p in folder.iterdir()) == sorted([META_FILE, BANK_FILE])
+    assert saved.version == 1 and len(saved.model_id) == 12 and saved.change == "trained"
     loaded = load_model(tmp_path, "Gear 7")
     assert np.array_equal(loaded.memory_bank, model.memory_bank)
     assert loaded.settings == model.settings and loaded.calibration == model.calibration
-    assert loaded.model_id == model.model_id and len(model.model_id) == 12
+    assert (loaded.model_id, loaded.version, loaded.change) == (saved.model_id, 1, "trained")
     meta = json.loads((folder / META_FILE).read_text())
-    assert meta["threshold"] == pytest.approx(model.threshold)
-    assert [m["product"] for m in list_models(tmp_path)] == ["Gear 7"]
+    assert meta["threshold"] == pytest.approx(model.threshold) and meta["checksum"].startswith(saved.model_id)
+    assert [(m["product"], m["version"]) for m in list_models(tmp_path)] == [("Gear 7", 1)]
 
 
-def test_replacing_a_model_leaves_no_staging_folders(tmp_path):
-    save_model(make_model(seed=0), tmp_path)
-    second = make_model(seed=1)
-    save_model(second, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["Gear 7"]
-    assert load_model(tmp_path, "Gear 7").model_id == second.model_id
-
-
-def test_new_sigma_moves_the_threshold_and_keeps_the_bank(tmp_path):
+def test_a_model_is_immutable():
     model = make_model()
-    save_model(model, tmp_path)
-    before = model.threshold
-    save_sigma(model, tmp_path, 1.0)
-    loaded = load_model(tmp_path, "Gear 7")
-    assert loaded.settings.sigma == 1.0 and loaded.threshold < before
-    assert loaded.model_id == model.model_id
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.settings.sigma = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.calibration = None
+    with pytest.raises(ValueError):
+        model.memory_bank[0, 0] = 1.0
+
+
+def test_every_change_is_a_new_version_and_the_old_ones_stay(tmp_path):
+    first = save_model(make_model(), tmp_path)
+    second = save_model(with_sigma(first, 1.0), tmp_path)
+    assert (first.version, second.version) == (1, 2) and second.model_id != first.model_id
+    assert second.threshold < first.threshold and second.change == "sensitivity 3 -> 1"
+    assert current_version(tmp_path, "Gear 7") == 2
+    now = load_model(tmp_path, "Gear 7")
+    assert now.version == 2 and now.settings.sigma == 1.0 and np.array_equal(now.memory_bank, first.memory_bank)
+    before = load_model(tmp_path, "Gear 7", version=1)
+    assert before.settings.sigma == 3.0 and before.model_id == first.model_id
+    assert not [p for p in (tmp_path / "Gear 7").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_the_last_versions_are_kept(tmp_path):
+    model = make_model()
+    for i in range(KEEP_VERSIONS + 3):
+        model = save_model(with_sigma(model, 1.0 + i), tmp_path)
+    names = sorted(p.name for p in (tmp_path / "Gear 7").iterdir())
+    assert names == [f"v{n:04d}" for n in range(4, KEEP_VERSIONS + 4)]
+    assert load_model(tmp_path, "Gear 7").version == KEEP_VERSIONS + 3
+
+
+def test_an_invalid_model_is_never_saved(tmp_path):
+    bad = dataclasses.replace(make_model(), calibration=Calibration([1.0, float("nan")], 0.4, 0.1, "holdout"))
+    with pytest.raises(ModelError, match="image_scores"):
+        save_model(bad, tmp_path)
+    (tmp_path / "Gear 7").write_text("a file where the product's folder belongs")
+    with pytest.raises(ModelError, match="Cannot save"):
+        save_model(make_model(), tmp_path)
+
+
+def test_format_version_changes_with_the_fields():
+    """A field added to Settings or Calibration changes what model.json holds: the format
+    needs a new version (FORMAT_FIELDS) so that older Inspectors refuse it clearly and this
+    one loads the older files with known values for the new field."""
+    assert FORMAT_FIELDS[FORMAT_VERSION] == {
+        "settings": tuple(f.name for f in dataclasses.fields(Settings)),
+        "calibration": tuple(f.name for f in dataclasses.fields(Calibration))}, \
+        "Settings or Calibration changed: add the next FORMAT_VERSION to FORMAT_FIELDS (core/model.py)"
+
+
+# ---- damage --------------------------------------------------------------------------------
+
+def rewrite(folder, change, checksum=False):
+    """Edit model.json; with `checksum`, write a matching checksum too (as a buggy writer would)."""
+    meta = json.loads((folder / META_FILE).read_text())
+    text = change(meta)
+    if checksum:
+        meta = json.loads(text, parse_constant=float)
+        meta["checksum"] = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"},
+                                                     sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        text = json.dumps(meta)
+    (folder / META_FILE).write_text(text)
+
+
+def edit(section, **values):
+    return lambda m: json.dumps(m | {section: m[section] | values})
+
+
+DAMAGE = {  # name: (edit of model.json, message)
+    "scores x10": (lambda m: json.dumps(m | {"calibration": m["calibration"] | {
+        "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}), "checksum"),
+    "scores NaN": (lambda m: json.dumps(m).replace('"image_scores": [1.0', '"image_scores": [NaN'), "NaN"),
+    "sigma Infinity": (lambda m: json.dumps(m).replace('"sigma": 3.0', '"sigma": Infinity'), "Infinity"),
+    "image_size changed": (edit("settings", image_size=320), "checksum"),
+    "string for a number": (edit("settings", sampling_ratio="0.01"), "checksum"),
+    "threshold edited": (lambda m: json.dumps(m | {"threshold": 99.0}), "checksum"),
+    "no calibration": (lambda m: json.dumps({k: v for k, v in m.items() if k != "calibration"}), "checksum"),
+    "not JSON": (lambda m: "{not json", "damaged"),
+    "other format": (lambda m: json.dumps(m | {"format": "other"}), "not an Inspector model"),
+    "newer format": (lambda m: json.dumps(m | {"format_version": 99}), "format 99"),
+    "no checksum": (lambda m: json.dumps({k: v for k, v in m.items() if k != "checksum"}), "checksum"),
+}
+# the same damage with a matching checksum: validation must still refuse it
+DAMAGE_WITH_CHECKSUM = {
+    "sigma huge": (edit("settings", sigma=1e308), "sigma is 1e"),
+    "string for a number": (edit("settings", sampling_ratio="0.01"), "sampling_ratio"),
+    "bool for a number": (edit("settings", image_size=True), "image_size"),
+    "negative std": (edit("calibration", pixel_std=-1.0), "pixel_std"),
+    "one score": (edit("calibration", image_scores=[1.0]), "image_scores"),
+    "scores x10": (lambda m: json.dumps(m | {"calibration": m["calibration"] | {
+        "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}), "threshold"),
+    "unknown backbone": (edit("settings", backbone="vgg"), "backbone"),
+    "unknown setting": (edit("settings", colour="red"), "unknown settings colour"),
+    "missing setting": (lambda m: json.dumps(m | {"settings": {k: v for k, v in m["settings"].items()
+                                                               if k != "weights"}}), "lacks the settings weights"),
+    "no settings": (lambda m: json.dumps({k: v for k, v in m.items() if k != "settings"}), "no settings"),
+    "bank digest": (lambda m: json.dumps(m | {"bank": m["bank"] | {"sha256": "0" * 64}}), "memory bank"),
+    "bank file": (lambda m: json.dumps(m | {"bank": m["bank"] | {"file": "../x"}}), "bank file"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGE))
+def test_damaged_model_json_is_refused(tmp_path, name):
+    change, message = DAMAGE[name]
+    save_model(make_model(), tmp_path)
+    rewrite(tmp_path / "Gear 7" / "v0001", change)
+    with pytest.raises(ModelError, match=message):
+        load_model(tmp_path, "Gear 7")
+
+
+@pytest.mark.parametrize("name", list(DAMAGE_WITH_CHECKSUM))
+def test_damage_with_a_matching_checksum_is_refused(tmp_path, name):
+    change, message = DAMAGE_WITH_CHECKSUM[name]
+    save_model(make_model(), tmp_path)
+    rewrite(tmp_path / "Gear 7" / "v0001", change, checksum=True)
+    with pytest.raises(ModelError, match=message):
+        load_model(tmp_path, "Gear 7")
+
+
+def leaves(value, path=()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from leaves(v, path + (k,))
+    elif isinstance(value, list) and value:
+        yield from leaves(value[0], path + (0,))
+    else:
+        yield path
+
+
+def set_leaf(meta, path, value):
+    meta = json.loads(json.dumps(meta))
+    target = meta
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return meta
+
+
+def test_any_field_set_to_any_odd_value_is_a_model_error_or_a_valid_model(tmp_path):
+    """Every leaf of model.json set to a string, null, a negative or huge number, a list or
+    an object, with and without a matching checksum: never a traceback, never an invalid model."""
+    save_model(make_model(), tmp_path)
+    folder = tmp_path / "Gear 7" / "v0001"
+    original = json.loads((folder / META_FILE).read_text())
+    tried = 0
+    for path in leaves(original):
+        for value in ("x", None, -1, 1e308, [], {}, True):
+            for checksum in (False, True):
+                rewrite(folder, lambda m: json.dumps(set_leaf(m, path, value)), checksum)
+                tried += 1
+                try:
+                    loaded = load_model(tmp_path, "Gear 7")
+                except ModelError:
+                    continue
+                assert checksum, f"{path} = {value!r} was accepted without a matching checksum"
+                model_module.validate(loaded)
+                assert np.isfinite(loaded.threshold)
+        (folder / META_FILE).write_text(json.dumps(original))
+    assert tried > 300
 
 
 def test_tampered_bank_is_refused(tmp_path):
-    folder = save_model(make_model(), tmp_path)
-    data = bytearray((folder / BANK_FILE).read_bytes())
+    save_model(make_model(), tmp_path)
+    bank = tmp_path / "Gear 7" / "v0001" / BANK_FILE
+    data = bytearray(bank.read_bytes())
     data[-1] ^= 0xFF
-    (folder / BANK_FILE).write_bytes(bytes(data))
+    bank.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="checksum"):
         load_model(tmp_path, "Gear 7")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda m: "{not json", "damaged"),
-    (lambda m: json.dumps(m | {"format": "other"}), "not an Inspector model"),
-    (lambda m: json.dumps(m | {"format_version": 99}), "format 99"),
-    (lambda m: json.dumps({k: v for k, v in m.items() if k != "calibration"}), "incomplete or damaged"),
-    (lambda m: json.dumps(m | {"settings": m["settings"] | {"backbone": "vgg"}}), "does not know"),
+@pytest.mark.parametrize("bank, message", [
+    (np.zeros((0, 152), np.float32), "N >= 1"),
+    (np.zeros((4, 100), np.float32), "100 values per patch"),
+    (np.full((4, 152), np.inf, np.float32), "not finite"),
 ])
-def test_damaged_metadata_is_refused(tmp_path, damage, message):
-    folder = save_model(make_model(), tmp_path)
-    meta = json.loads((folder / META_FILE).read_text())
-    (folder / META_FILE).write_text(damage(meta))
+def test_a_bank_that_matches_its_checksum_but_cannot_decide_is_refused(tmp_path, bank, message):
+    save_model(make_model(), tmp_path)
+    folder = tmp_path / "Gear 7" / "v0001"
+    data = _bank_bytes(bank)
+    (folder / BANK_FILE).write_bytes(data)
+    rewrite(folder, lambda m: json.dumps(m | {"bank": m["bank"] | {"sha256": hashlib.sha256(data).hexdigest()}}),
+            checksum=True)
     with pytest.raises(ModelError, match=message):
         load_model(tmp_path, "Gear 7")
 
@@ -73,19 +231,120 @@ def test_damaged_metadata_is_refused(tmp_path, damage, message):
 def test_missing_model_and_missing_bank(tmp_path):
     with pytest.raises(ModelError, match="train the product first"):
         load_model(tmp_path, "Nope")
-    folder = save_model(make_model(), tmp_path)
-    (folder / BANK_FILE).unlink()
+    save_model(make_model(), tmp_path)
+    (tmp_path / "Gear 7" / "v0001" / BANK_FILE).unlink()
     with pytest.raises(ModelError, match="cannot be read"):
         load_model(tmp_path, "Gear 7")
 
 
-def test_bank_of_the_wrong_shape_is_refused(tmp_path):
+# ---- older formats ---------------------------------------------------------------------------
+
+def save_format_1(model: Model, models_dir, added: tuple[str, ...] = ("weights", "feature_version")):
+    """A model as Inspector wrote it with format 1: model.json and the bank directly in the
+    product's folder, only the bank checksummed; its settings held the fields `added` of
+    those that came later (the backbone weight file, then the feature version)."""
+    folder = models_dir / model.product
+    folder.mkdir(parents=True)
+    data = _bank_bytes(model.memory_bank)
+    (folder / BANK_FILE).write_bytes(data)
+    settings = {k: v for k, v in dataclasses.asdict(model.settings).items()
+                if k in added or k not in ("weights", "feature_version")}
+    digest = hashlib.sha256(data).hexdigest()
+    meta = {"format": "inspector-model", "format_version": 1, "product": model.product, "model_id": digest[:12],
+            "created": model.created, "versions": model.versions, "settings": settings, "counts": model.counts,
+            "threshold": model.threshold, "pixel_threshold": model.pixel_threshold,
+            "calibration": dataclasses.asdict(model.calibration), "bank_sha256": digest}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    return digest[:12]
+
+
+def test_format_1_models_load_and_get_new_versions(tmp_path):
     model = make_model()
-    model.memory_bank = model.memory_bank[:, :100]
-    save_model(model, tmp_path)
-    with pytest.raises(ModelError, match="shape"):
+    model_id = save_format_1(model, tmp_path)
+    loaded = load_model(tmp_path, "Gear 7")
+    assert (loaded.version, loaded.model_id, loaded.settings) == (1, model_id, model.settings)
+    assert loaded.threshold == pytest.approx(model.threshold)
+    assert [(m["product"], m["version"]) for m in list_models(tmp_path)] == [("Gear 7", 1)]
+    changed = save_model(with_sigma(loaded, 2.0), tmp_path)
+    assert changed.version == 2 and load_model(tmp_path, "Gear 7").settings.sigma == 2.0
+    assert load_model(tmp_path, "Gear 7", version=1).model_id == model_id
+
+
+@pytest.mark.parametrize("added", [(), ("weights",)])
+def test_format_1_models_of_the_first_patch_features_ask_for_retraining(tmp_path, added):
+    """Before the feature version was stored, models held features of version 1, which this
+    Inspector cannot score: refused as such, not as damaged."""
+    save_format_1(make_model(), tmp_path, added)
+    with pytest.raises(ModelError, match="patch features of version 1.*Train the product again"):
+        load_model(tmp_path, "Gear 7")
+    assert "features of version 1" in list_models(tmp_path)[0]["error"]
+
+
+def test_format_1_edits_of_the_thresholds_are_refused(tmp_path):
+    """Format 1 checksummed only the bank; scores edited without the stored threshold still show."""
+    save_format_1(make_model(), tmp_path)
+    rewrite(tmp_path / "Gear 7", lambda m: json.dumps(m | {"calibration": m["calibration"] | {
+        "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}))
+    with pytest.raises(ModelError, match="stores the threshold"):
         load_model(tmp_path, "Gear 7")
 
+
+def test_a_model_left_in_old_by_a_crash_of_format_1_saving_is_recovered(tmp_path):
+    save_format_1(make_model(), tmp_path)
+    os.replace(tmp_path / "Gear 7", tmp_path / ".Gear 7.old")  # the crash window of the old save
+    assert load_model(tmp_path, "Gear 7").version == 1
+    assert (tmp_path / "Gear 7" / META_FILE).is_file() and not (tmp_path / ".Gear 7.old").exists()
+
+
+# ---- crashes and concurrency -------------------------------------------------------------------
+
+SAVER = """
+import sys, numpy as np
+from inspector.core.model import Calibration, Model, Settings, save_model
+bank = np.random.default_rng(0).normal(size=(2000, 152)).astype(np.float32)
+print("ready", flush=True)
+for i in range(int(sys.argv[2])):
+    model = Model("Gear 7", Settings(sigma=1.0 + i % 7), bank, Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "holdout"))
+    save_model(model, sys.argv[1])
+"""
+
+
+def test_kill_9_while_saving_always_leaves_a_complete_model(tmp_path):
+    first = save_model(make_model(), tmp_path)
+    for _ in range(5):
+        saver = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), "100000"], stdout=subprocess.PIPE)
+        assert saver.stdout.readline().strip() == b"ready"
+        start = current_version(tmp_path, "Gear 7")
+        while current_version(tmp_path, "Gear 7") < start + 2:  # a few saves done, one under way
+            time.sleep(0.001)
+        saver.send_signal(signal.SIGKILL)
+        saver.wait()
+        saver.stdout.close()
+        model = load_model(tmp_path, "Gear 7")
+        assert model.version > first.version
+    # the staging folders a kill leaves behind are ignored, and cleared once stale
+    staging = [p for p in (tmp_path / "Gear 7").iterdir() if p.name.startswith(".staging-")]
+    for path in staging:
+        os.utime(path, (0, 0))
+    save_model(make_model(), tmp_path)
+    assert not [p for p in (tmp_path / "Gear 7").iterdir() if p.name.startswith(".staging-")]
+
+
+def test_loading_while_another_process_saves(tmp_path):
+    save_model(make_model(), tmp_path)
+    saver = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), "60"], stdout=subprocess.PIPE)
+    assert saver.stdout.readline().strip() == b"ready"
+    loads, versions = 0, set()
+    while saver.poll() is None:
+        model = load_model(tmp_path, "Gear 7")  # never "damaged", "no model" or "cannot be read"
+        versions.add(model.version)
+        loads += 1
+    saver.stdout.close()
+    assert saver.returncode == 0 and loads > 0
+    assert load_model(tmp_path, "Gear 7").version == 61
+
+
+# ---- products ------------------------------------------------------------------------------------
 
 def test_product_names(tmp_path):
     assert check_product_name("  Gear 7 ") == "Gear 7"
@@ -96,11 +355,17 @@ def test_product_names(tmp_path):
 
 
 def test_rename_and_delete(tmp_path):
-    save_model(make_model(), tmp_path)
-    rename_model(tmp_path, "Gear 7", "Gear 8")
-    assert load_model(tmp_path, "Gear 8").product == "Gear 8"
+    saved = save_model(make_model(), tmp_path)
+    save_model(with_sigma(saved, 2.0), tmp_path)
+    assert rename_model(tmp_path, "Gear 7", "Gear 8") == "Gear 8"
+    renamed = load_model(tmp_path, "Gear 8")
+    assert renamed.product == "Gear 8" and renamed.version == 2
+    assert load_model(tmp_path, "Gear 8", version=1).model_id == saved.model_id  # history moved along
     save_model(make_model("Gear 7"), tmp_path)
     with pytest.raises(ModelError, match="already exists"):
         rename_model(tmp_path, "Gear 7", "Gear 8")
     delete_model(tmp_path, "Gear 8")
     assert [m["product"] for m in list_models(tmp_path)] == ["Gear 7"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Gear 7"]
+    with pytest.raises(ModelError, match="no product"):
+        delete_model(tmp_path, "Gear 8")

@@ -7,7 +7,7 @@ import pytest
 from inspector.data.mvtec import MVTecCategory, TestSample, load_mask
 from inspector.errors import SourceError
 
-REAL_BOTTLE = Path("/work/shared/datasets/mvtec_ad/bottle")
+REAL_BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad" / "bottle"
 
 
 def png(path, image):

@@ -4,8 +4,8 @@ import sys
 import cv2
 import numpy as np
 
-from inspector.evaluation.plots import (draw_boxes, overlay_heatmap, plot_roc,
-                                        plot_score_histogram, save_gallery)
+from inspector.drawing import draw_boxes, overlay_heatmap
+from inspector.evaluation.plots import plot_roc, plot_score_histogram, save_gallery
 
 H, W = 64, 80
 RED_BGR = (0, 0, 255)

@@ -1,15 +1,20 @@
 import csv
 import io
+import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from conftest import as_unprivileged
 
 from inspector.errors import StoreError
-from inspector.store.results import SCHEMA_VERSION, InspectionRecord, ResultStore
+from inspector.store.results import SCHEMA_VERSION, InspectionRecord, NotLogged, ResultStore, login_name
 
 
 def rec(product="bolt", verdict="OK", **kw):
@@ -69,7 +74,7 @@ def test_numpy_like_values_are_stored_as_plain_numbers(store):
 def test_wal_mode_and_schema_version(store, db):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     indexes = {row[1] for row in con.execute("PRAGMA index_list(inspections)")}
     assert {"inspections_product_time", "inspections_verdict_time", "inspections_time",
             "inspections_file_key"} <= indexes
@@ -163,7 +168,7 @@ def test_csv_export(store, tmp_path):
     with open(dest, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["product", "source", "verdict", "image_path", "score", "threshold",
-                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "id"]
+                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "model_version", "id"]
     assert [r["time"] for r in rows] == [at(1), at(0)]
     assert rows[0]["verdict"] == "NG" and float(rows[0]["score"]) == 3.5
     assert rows[0]["regions"] == '[{"x": 1, "y": 2, "w": 3, "h": 4, "area": 12, "peak": 3.5}]'
@@ -240,52 +245,53 @@ def test_verdict_that_cannot_be_saved_anywhere(db):
     store = ResultStore(db, timeout_s=0.1)
     db.with_name("results.db.pending.jsonl").mkdir()  # the journal cannot be written
     other = hold_write_lock(db)
-    with pytest.raises(StoreError, match="could not be saved anywhere"):
-        store.record(rec())
+    with pytest.raises(NotLogged, match="NOT logged yet; it is kept in memory"):
+        store.record(rec(image_path="kept.png"))
+    assert store.pending_count() == 1
     other.execute("ROLLBACK")
     other.close()
+    assert store.retry_pending() == 0  # once the database works again, the verdict is written
+    assert [r.image_path for r in store.query()] == ["kept.png"]
     store.close()
 
 
-def writes_are_refused(path):
-    """chmod is ignored for root (and some filesystems): then these tests cannot run."""
-    return not os.access(path, os.W_OK)
-
-
-def test_read_only_database_file_keeps_the_verdict_in_the_journal(db):
+def test_read_only_database_file_keeps_the_verdict_in_the_journal(open_tmp):
+    db = open_tmp / "results.db"
     ResultStore(db).close()
-    mode = db.stat().st_mode
     db.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    try:
-        if not writes_are_refused(db):
-            pytest.skip("chmod does not make files read-only here (running as root?)")
+
+    def check():
         with ResultStore(db) as store:  # reading still works
             assert store.count() == 0
             with pytest.raises(StoreError, match="read-only.*kept in"):
                 store.record(rec(image_path="while-read-only.png"))
             assert store.pending_count() == 1
-    finally:
-        # SQLite gives the -wal and -shm files it creates the database file's permissions.
-        for path in (db, db.with_name("results.db-wal"), db.with_name("results.db-shm")):
-            if path.exists():
-                path.chmod(mode)
+
+    as_unprivileged(check)
+    # SQLite gives the -wal and -shm files it creates the database file's permissions.
+    for path in (db, db.with_name("results.db-wal"), db.with_name("results.db-shm")):
+        if path.exists():
+            path.chmod(0o666)
     with ResultStore(db) as store:
         assert store.pending_count() == 0
         assert [r.image_path for r in store.query()] == ["while-read-only.png"]
 
 
-def test_read_only_folder_is_refused_naming_the_file(db):
+def test_read_only_folder_is_refused_naming_the_file(open_tmp):
+    db = open_tmp / "log" / "results.db"
     ResultStore(db).close()
-    folder = db.parent
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        if not writes_are_refused(folder):
-            pytest.skip("chmod does not make folders read-only here (running as root?)")
+    db.parent.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    (db.parent / "results.db").chmod(0o644)
+
+    def check():
         # WAL needs its side files beside the database, and the journal would go there too.
         with pytest.raises(StoreError, match="results.db.*read-only"):
             ResultStore(db)
+
+    try:
+        as_unprivileged(check)
     finally:
-        folder.chmod(stat.S_IRWXU)
+        db.parent.chmod(stat.S_IRWXU)
 
 
 def test_one_thread_writes_while_another_reads(store):
@@ -315,3 +321,127 @@ def test_another_process_can_read_while_the_store_is_open(store, db):
     reader = sqlite3.connect(db)
     assert reader.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 1
     reader.close()
+
+
+# ---- issue 8: one bad journal line, two stations on one database ------------------------------
+
+def test_a_journal_line_that_cannot_be_replayed_is_set_aside_and_logging_goes_on(db):
+    ResultStore(db).close()
+    journal = db.with_name("results.db.pending.jsonl")
+    good = {"product": "bolt", "source": "folder", "verdict": "OK", "image_path": "good.png", "time": at(0)}
+    journal.write_text("\n".join([
+        json.dumps(good),                                                  # a line of the format before events
+        json.dumps(good | {"verdict": "MAYBE", "image_path": "bad.png"}),  # cannot be written
+        json.dumps({"table": "inspections", "uid": "u1", "row": good | {"image_path": "new.png"}}),
+        '{"product": "bolt", "sou',                                        # cut short by a crash
+    ]) + "\n")
+    with ResultStore(db) as store:
+        assert sorted(r.image_path for r in store.query()) == ["good.png", "new.png"]
+        assert store.pending_count() == 0 and store.rejected_count() == 2
+        assert store.record(rec(image_path="later.png")) is True  # logging goes on
+    rejected = [json.loads(line) for line in db.with_name("results.db.rejected.jsonl").read_text().splitlines()]
+    assert "bad.png" in rejected[0]["line"] and "MAYBE" in rejected[0]["reason"]
+    assert rejected[1]["line"].startswith('{"product": "bolt", "sou')
+
+
+def test_a_replay_repeated_after_a_crash_writes_nothing_twice(db):
+    ResultStore(db).close()
+    line = json.dumps({"table": "inspections", "uid": "same", "row": {
+        "product": "bolt", "source": "camera", "verdict": "OK", "time": at(0)}})
+    db.with_name("results.db.pending.jsonl").write_text(line + "\n")
+    ResultStore(db).close()
+    db.with_name("results.db.pending-crashed.jsonl").write_text(line + "\n")  # claimed, written, not yet removed
+    with ResultStore(db) as store:
+        assert store.count() == 1 and store.pending_count() == 0
+
+
+WRITER = """
+import sys
+from inspector.errors import StoreError
+from inspector.store.results import InspectionRecord, ResultStore
+store = ResultStore(sys.argv[1], timeout_s=0.01)
+print("ready", flush=True)
+journaled = 0
+for i in range(int(sys.argv[3])):
+    try:
+        store.record(InspectionRecord(product="bolt", source="camera", verdict="OK", image_path=f"{sys.argv[2]}-{i}"))
+    except StoreError:
+        journaled += 1  # kept in the journal, written later by one of the stations
+store.close()
+print(journaled, flush=True)
+"""
+
+
+def journal_lines(db) -> int:
+    try:
+        return db.with_name("results.db.pending.jsonl").read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_two_stations_sharing_a_database_lose_no_pending_verdict(db):
+    """Two processes log while a third keeps locking the database until verdicts have piled
+    up in the shared journal, which each process replays: none may be lost or doubled."""
+    ResultStore(db).close()
+    locker = sqlite3.connect(db, isolation_level=None, timeout=60)
+    locker.execute("BEGIN EXCLUSIVE")
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), name, "150"], stdout=subprocess.PIPE)
+               for name in ("a", "b")]
+    for writer in writers:
+        assert writer.stdout.readline().strip() == b"ready"
+    while True:
+        while journal_lines(db) < 5 and any(w.poll() is None for w in writers):
+            time.sleep(0.005)  # locked: every verdict goes to the journal
+        locker.execute("COMMIT")
+        if all(w.poll() is not None for w in writers):
+            break
+        time.sleep(0.02)  # unlocked: the writers replay the journal, and write
+        locker.execute("BEGIN EXCLUSIVE")
+    locker.close()
+    journaled = 0
+    for writer in writers:
+        journaled += int(writer.stdout.read())
+        writer.stdout.close()
+        assert writer.returncode == 0
+    assert journaled >= 5, journaled  # the journal was really shared
+    with ResultStore(db) as store:
+        paths = [r.image_path for r in store.query()]
+        assert store.pending_count() == 0 and store.rejected_count() == 0
+    assert sorted(paths) == sorted(f"{n}-{i}" for n in "ab" for i in range(150))
+
+
+def test_events_are_recorded_with_user_and_listed_newest_first(store):
+    first = store.record_event("bolt", "train", None, "version 1", "20 good images")
+    store.record_event("bolt", "sensitivity", "version 1", "version 2", user="engineer")
+    store.record_event("nut", "create", None, "nut")
+    assert first.user and first.user == login_name()
+    events = store.events("bolt")
+    assert [(e.kind, e.user, e.old, e.new) for e in events] == [
+        ("sensitivity", "engineer", "version 1", "version 2"), ("train", login_name(), None, "version 1")]
+    assert events[1].detail == "20 good images" and events[1].time.endswith("+00:00")
+    assert len(store.events()) == 3
+    with pytest.raises(ValueError, match="kind"):
+        store.record_event("bolt", "coffee")
+
+
+def test_rename_moves_the_history_and_refuses_a_name_with_history(store):
+    store.record(rec("bolt", "OK", file_key="a"))
+    store.record_event("bolt", "train", None, "version 1")
+    store.record(rec("old nut", "NG"))
+    event = store.rename_product("bolt", "screw", user="engineer")
+    assert (event.product, event.kind, event.old, event.new, event.user) == ("screw", "rename", "bolt", "screw",
+                                                                             "engineer")
+    assert store.count(product="bolt") == 0 and store.count(product="screw") == 1
+    assert store.is_logged("screw", "a") and not store.is_logged("bolt", "a")
+    assert [e.kind for e in store.events("screw")] == ["rename", "train"]
+    with pytest.raises(StoreError, match="already holds 1 row"):
+        store.rename_product("screw", "old nut")
+    assert store.count(product="screw") == 1
+
+
+def test_names_that_are_not_utf8_are_stored(store):
+    name = os.fsdecode(b"/line/caf\xe9.png")  # as Python reads a Latin-1 file name
+    store.record(rec(image_path=name, file_key=name + "|1|2", error=f"cannot read {name}"))
+    assert store.is_logged("bolt", name + "|1|2")
+    [back] = store.query()
+    assert back.image_path == "/line/caf\\xe9.png" and back.error == "cannot read /line/caf\\xe9.png"

@@ -59,9 +59,16 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         "train": ["train", str(tmp_path / "good"), *product, *common],
         "train 320": ["train", str(tmp_path / "good"), "--product", "big", "--image-size", "320", *common],
         "inspect": ["inspect", str(line), *product, *common],
+        "inspect again": ["inspect", str(line), *product, "--again", *common],
         "camera": ["camera", str(video), *product, "--count", "2", *common],
+        "calibrate": ["calibrate", *product, "--sigma", "2.5", "--defects", str(line), *common],
+        "rebuild": ["rebuild", str(tmp_path / "good"), *product, "--sampling-ratio", "0.05", *common],
+        "create": ["products", "create", "spare", *common],
+        "rename": ["products", "rename", "spare", "spare 2", *common],
+        "delete": ["products", "delete", "spare 2", "--yes", *common],
         "models": ["models", *common],
         "history": ["history", "--csv", str(tmp_path / "log.csv"), *common],
+        "events": ["history", "--events", *common],
         "evaluate": ["evaluate", str(tmp_path / "category"), "--plots", str(tmp_path / "plots"),
                      "--models-dir", str(tmp_path / "eval-models")],
         "other backbone": ["train", str(tmp_path / "good"), "--product", "rn", "--backbone", "resnet18", *common],
@@ -71,11 +78,14 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
     results = dict(zip(commands, run_commands(list(commands.values()), tmp_path / "cache")))
 
     assert results["self-test"][0] == 0 and "self-test passed" in results["self-test"][1]
-    for name in ("train", "train 320", "models", "history"):
+    for name in ("train", "train 320", "calibrate", "rebuild", "create", "rename", "delete", "models",
+                 "history", "events"):
         assert results[name][0] == 0, results[name]
-    assert results["inspect"][0] == 1 and results["inspect"][1].count("NG ") == 1  # the stain
+    for name in ("inspect", "inspect again"):
+        assert results[name][0] == 1 and results[name][1].count("NG ") == 1, results[name]  # the stain
     assert results["camera"][0] in (0, 1) and results["camera"][1].count("camera.avi#") == 2
-    assert "part: threshold" in results["models"][1] and (tmp_path / "log.csv").is_file()
+    assert "part: version 3" in results["models"][1] and "spare" not in results["models"][1]
+    assert (tmp_path / "log.csv").is_file()
     assert results["evaluate"][0] == 0 and (tmp_path / "plots" / "roc.png").is_file()
     for name, needs in (("other backbone", "Backbone 'resnet18'"), ("other size", "image size 288"),
                         ("gpu", "Device 'cuda'")):

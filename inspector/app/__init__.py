@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..logfile import start_log_file
 from ..paths import default_db_path, default_models_dir
 
 
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models_dir = args.models_dir or default_models_dir()
     db = args.db or default_db_path(models_dir)
+    start_log_file(Path(db).parent)  # where the workers' failures are kept
 
     from PySide6.QtWidgets import QApplication, QMessageBox
 

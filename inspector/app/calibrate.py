@@ -3,7 +3,6 @@ a draggable line tied to the sensitivity (sigma), the rates it gives, Apply; and
 the memory bank at another sampling ratio from the features kept in memory."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,8 @@ from PySide6.QtCore import QSignalBlocker
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
                                QVBoxLayout, QWidget)
 
-from ..core.model import Model, save_model, save_sigma
-from ..core.scoring import Inspector
-from ..core.training import fit
-from ..data.images import list_images, load_image
-from ..errors import ImageError
+from .. import services
+from ..core.model import Model
 from .session import Session
 from .train import percent_box
 from .views import FolderField, ProgressPanel, icon, splitter
@@ -27,22 +23,14 @@ GOOD_COLOUR, DEFECT_COLOUR, LINE_COLOUR = "#2e9e4f", "#d83a3a", "#1f4fd1"
 
 
 def _score_folder(job: Worker, model: Model, folder: str) -> None:
-    """Score every image of the folder; reports (done, total, score or None, problem)."""
-    inspector = Inspector(model)
-    paths = list_images(folder)
-    for i, path in enumerate(paths):
-        if job.cancel.is_set():
-            return
-        try:
-            job.report((i + 1, len(paths), inspector.inspect(load_image(path)).score, None))
-        except ImageError as exc:
-            job.report((i + 1, len(paths), None, str(exc)))
+    """Score every image of the folder and its subfolders; reports (done, total, score or None, problem)."""
+    services.score_defects(model, folder, lambda done, total, path, score, problem:
+                           job.report((done, total, score, problem)), job.cancel)
 
 
-def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path) -> Model:
-    new = fit(model.product, good, replace(model.settings, sampling_ratio=ratio),
-              progress=lambda *step: job.report(step), cancel=job.cancel)
-    save_model(new, models_dir)
+def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, store) -> Model:
+    new, _ = services.rebuild_bank(models_dir, store, model.product, ratio, good,
+                                   progress=lambda *step: job.report(step), cancel=job.cancel)
     return new
 
 
@@ -215,17 +203,18 @@ class CalibrateTab(QWidget):
             self._show_threshold(self._model.calibration.image_threshold(self.sigma.value()))
 
     def apply_sigma(self) -> None:
-        model, sigma = self._model, self.sigma.value()
-        worker = Worker(lambda job: save_sigma(model, self.session.models_dir, sigma))
-        worker.returned.connect(lambda _: self._applied(model))
+        model, sigma, session = self._model, self.sigma.value(), self.session
+        worker = Worker(lambda job: services.set_sensitivity(session.models_dir, session.store, model.product,
+                                                             sigma, expected_version=model.version))
+        worker.returned.connect(lambda new: self._applied(model, new))
         worker.errored.connect(self.session.error)
         worker.start()
         self.apply.setEnabled(False)
 
-    def _applied(self, model: Model) -> None:
+    def _applied(self, old: Model, model: Model) -> None:
         self.session.info(f"Sensitivity {model.settings.sigma:g} applied to '{model.product}': "
-                          f"threshold {model.threshold:.4g}.")
-        if self.session.model is model:
+                          f"threshold {model.threshold:.4g} (model version {model.version}).")
+        if self.session.model is old:
             self.session.set_model(model, self.session.good)
 
     # ---- known defects -------------------------------------------------------------------
@@ -265,7 +254,7 @@ class CalibrateTab(QWidget):
         model, good = self._model, self.session.good
         self.rebuild_progress.begin("Rebuilding the memory bank…")
         self._refitter = worker = Worker(_refit, model, good, self.ratio.value() / 100.0,
-                                         self.session.models_dir)
+                                         self.session.models_dir, self.session.store)
         worker.yielded.connect(lambda step: self.rebuild_progress.step(*step))
         worker.returned.connect(lambda new: self._rebuilt(new, good))
         worker.errored.connect(self._rebuild_failed)

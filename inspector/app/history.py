@@ -11,10 +11,9 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDateTimeEdit, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QPushButton, QTableView, QVBoxLayout, QWidget)
 
-from ..core.features import FeatureExtractor
-from ..core.model import load_model
-from ..core.scoring import Inspector
+from .. import services
 from ..data.images import load_image
+from ..drawing import heat_range
 from ..errors import InspectorError
 from ..store.results import VERDICTS, InspectionRecord
 from .session import Session, describe
@@ -98,18 +97,6 @@ class RecordTable(QAbstractTableModel):
             self.endInsertRows()
 
 
-def _image_file(record: InspectionRecord) -> Path | None:
-    """The record's image where it still is: where it was inspected, or sorted into a
-    verdict folder beside it."""
-    if not record.image_path:
-        return None
-    path = Path(record.image_path)
-    for candidate in (path, path.parent / record.verdict / path.name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _first_page(job: Worker, session: Session, filters: dict) -> tuple:
     """The first page of records, how many match, and every product name (for the filter)."""
     store = session.store
@@ -120,27 +107,23 @@ def _first_page(job: Worker, session: Session, filters: dict) -> tuple:
 def _look(job: Worker, record: InspectionRecord, session: Session, extractors: dict) -> tuple:
     """The record's image re-inspected with the product's model; with the logged boxes when
     the model is not available; nothing but the record when the image is gone."""
-    path = _image_file(record)
+    path = services.find_image(record)
     if path is None:
         if record.source == "camera":
             return None, None, 1.0, [], "Camera frames are not kept (archive the overlays to keep them)."
         return None, None, 1.0, [], "The image file is no longer there: only the logged record is shown."
-    image = load_image(path)
     logged = [(r["x"], r["y"], r["w"], r["h"]) for r in record.regions]
-    model = session.model
+    model = session.model if session.model is not None and session.model.product == record.product else None
     try:
-        if model is None or model.product != record.product:
-            model = load_model(session.models_dir, record.product)
-        s = model.settings
-        key = (s.backbone, s.image_size, "cpu", s.weights)  # FeatureExtractor's arguments
-        if key not in extractors:
-            extractors[key] = FeatureExtractor(*key)
-        result = Inspector(model, extractor=extractors[key]).inspect(image)
-    except InspectorError as exc:
-        return image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}"
+        image, result, model = services.reinspect(session.models_dir, record.product, path, model,
+                                                  extractors=extractors)
+    except InspectorError as exc:  # an unreadable image raises again here: shown as the error
+        return (load_image(path), None, 1.0, logged,
+                f"The logged boxes are shown; it cannot be inspected again: {exc}")
     boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
-    return (image, display_map(result.anomaly_map), 2.0 * result.threshold, boxes,
-            f"Inspected again now with the current model: {result.verdict}, score {result.score:.4g}.")
+    return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
+            f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
+            f"score {result.score:.4g}.")
 
 
 class HistoryTab(QWidget):

@@ -15,12 +15,11 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
                                QHBoxLayout, QLabel, QPushButton, QSlider, QStackedWidget,
                                QVBoxLayout, QWidget)
 
+from .. import services
 from ..core.model import Model
-from ..core.scoring import Inspector
-from ..evaluation.plots import overlay_heatmap
-from ..sources.camera import Camera, list_cameras
-from ..sources.folder import FolderWatcher
-from ..station import Outcome, Station, watch_camera, watch_folder
+from ..drawing import heat_range, overlay_heatmap
+from ..sources.camera import list_cameras
+from ..station import Outcome
 from ..store.results import ResultStore
 from .session import Session, settings
 from .views import FolderField, ResultView, Thumbnails, display_map, icon, thumbnail, splitter
@@ -40,43 +39,16 @@ def _shown(outcome: Outcome) -> tuple:
     heat = display_map(result.anomaly_map)
     thumb = None
     if result.verdict == "NG":
-        thumb = overlay_heatmap(thumbnail(outcome.image), heat, 0.0, 2.0 * result.threshold)
+        thumb = overlay_heatmap(thumbnail(outcome.image), heat, *heat_range(result.threshold))
     return outcome, heat, thumb
 
 
-def _run_line(job: Worker, model: Model, store: ResultStore, kind: str, target, sort_files: bool,
-              archive_dir: str | None, snap: threading.Event | None) -> None:
-    station = Station(Inspector(model), store, kind, sort_files, archive_dir)
-
-    def report(outcome: Outcome) -> None:
-        job.report(("outcome", *_shown(outcome)))
-
-    if kind == "folder":
-        with FolderWatcher(target) as watcher:
-            job.report(("info", f"Watching {watcher.folder} for new images."))
-            watch_folder(station, watcher, job.cancel, report)
-    elif kind == "camera":
-        camera = Camera(target)
-        camera.start()
-        try:
-            def status(state: str, error: str | None) -> None:
-                if state == "reconnecting":
-                    job.report(("warning", error or f"{target}: reconnecting…"))
-                else:
-                    job.report(("info", f"{target}: {state}."))
-
-            watch_camera(station, camera, job.cancel, report, on_status=status, snap=snap)
-        finally:
-            camera.stop()
-    else:
-        for path in target:
-            if job.cancel.is_set():
-                break
-            outcome = station.inspect_file(path)
-            if outcome is None:
-                job.report(("info", f"{Path(path).name} is already in the log: see History."))
-            else:
-                report(outcome)
+def _run_line(job: Worker, models_dir: Path, model: Model, store: ResultStore, kind: str, target,
+              sort_files: bool, archive_dir: str | None, snap: threading.Event | None) -> None:
+    services.run_line(models_dir, store, model.product, kind, target, job.cancel,
+                      lambda outcome: job.report(("outcome", *_shown(outcome))),
+                      lambda level, text: job.report((level, text)),
+                      sort_files, archive_dir, snap, model=model)
 
 
 class MonitorTab(QWidget):
@@ -276,7 +248,7 @@ class MonitorTab(QWidget):
         self._remember()
         archive = (self.archive_dir.path() or str(self._default_archive())) if self.archive.isChecked() else None
         self._snap = threading.Event() if kind == "camera" and self.snap_only.isChecked() else None
-        self._line = worker = Worker(_run_line, model, self.session.store, kind, target,
+        self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
                                      self.sort_files.isChecked(), archive, self._snap)
         worker.yielded.connect(self._reported)
         worker.errored.connect(self.session.error)
@@ -335,6 +307,8 @@ class MonitorTab(QWidget):
             self.session.info(item[1])
         elif kind == "warning":
             self.session.warn(item[1])
+        elif kind == "error":
+            self.session.error(item[1])
         else:
             self._count(*item[1:])
 
@@ -367,7 +341,7 @@ class MonitorTab(QWidget):
             self.view.display(None, caption=f"{Path(name).name}: {record.error}")
         else:
             boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
-            self.view.display(outcome.image, heat, 2.0 * result.threshold, boxes, caption=name)
+            self.view.display(outcome.image, heat, heat_range(result.threshold)[1], boxes, caption=name)
 
     def _set_banner(self, record) -> None:
         verdict = record.verdict if record else "none"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from ..core.model import META_FILE, Model, check_product_name, delete_model, list_models, load_model, rename_model
+from .. import services
+from ..core.model import Model, current_version, load_model
 from ..core.training import GoodFeatures
-from ..errors import InspectorError, ModelError
+from ..errors import describe  # noqa: F401 - the tabs' name for it
 from ..store.results import ResultStore
 from .worker import Worker
 
@@ -16,11 +17,6 @@ from .worker import Worker
 def settings() -> QSettings:
     """The application's remembered state (an INI file; tests point QSettings.setPath elsewhere)."""
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "Inspector", "Inspector")
-
-
-def describe(exc: BaseException) -> str:
-    """An error as the operator reads it: typed errors carry their own message."""
-    return str(exc) if isinstance(exc, InspectorError) else f"{type(exc).__name__}: {exc}"
 
 
 class Session(QObject):
@@ -60,7 +56,7 @@ class Session(QObject):
     # ---- products ------------------------------------------------------------------
     def products(self) -> list[dict]:
         """Metadata of every product; an untrained one carries an 'error'."""
-        return list_models(self.models_dir)
+        return services.products(self.models_dir)
 
     def select(self, product: str | None) -> None:
         """Make `product` current; its model loads in a worker."""
@@ -75,7 +71,7 @@ class Session(QObject):
         worker.start()
 
     def _load_failed(self, product: str, exc: BaseException) -> None:
-        if self.product == product and (self.models_dir / product / META_FILE).exists():
+        if self.product == product and current_version(self.models_dir, product) is not None:
             self.error(exc)  # a damaged model; an untrained product is not an error
 
     def set_model(self, model: Model, good: GoodFeatures | None = None) -> None:
@@ -83,16 +79,10 @@ class Session(QObject):
         self.changed.emit()
 
     def create(self, name: str) -> str:
-        name = check_product_name(name)
-        folder = self.models_dir / name
-        if folder.exists():
-            raise ModelError(f"A product named '{name}' already exists.")
-        folder.mkdir(parents=True)
-        return name
+        return services.create_product(self.models_dir, self.store, name)
 
     def rename(self, new_name: str) -> str:
-        rename_model(self.models_dir, self.product, new_name)
-        return check_product_name(new_name)
+        return services.rename_product(self.models_dir, self.store, self.product, new_name)
 
     def delete(self) -> None:
-        delete_model(self.models_dir, self.product)
+        services.delete_product(self.models_dir, self.store, self.product)

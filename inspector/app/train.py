@@ -7,10 +7,11 @@ from pathlib import Path
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QVBoxLayout, QWidget)
 
+from .. import services
 from ..core.backbones import BACKBONES
 from ..core.features import SHIPPED_SIZES as IMAGE_SIZES
-from ..core.model import Settings, save_model
-from ..core.training import MIN_GOOD_IMAGES, train
+from ..core.model import Settings
+from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
 from ..errors import Cancelled, ImageError
 from .session import Session, settings
@@ -37,12 +38,10 @@ def _scan(job: Worker, folder: str) -> None:
             job.report(("readable", path, thumbnail(image) if i < MAX_THUMBNAILS else None))
 
 
-def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path):
+def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path, store):
     """Train and save; a failed or cancelled training saves nothing."""
-    model, good = train(product, list_images(folder), options,
-                        progress=lambda *step: job.report(step), cancel=job.cancel)
-    save_model(model, models_dir)
-    return model, good
+    return services.train(models_dir, store, product, folder, options,
+                          progress=lambda *step: job.report(step), cancel=job.cancel)
 
 
 def percent_box(value: float = 1.0) -> QDoubleSpinBox:
@@ -210,7 +209,7 @@ class TrainTab(QWidget):
         self.summary.setText("")
         self.progress.begin("Starting…")
         self._trainer = worker = Worker(_train, product, self.folder.path(), self.options(),
-                                        self.session.models_dir)
+                                        self.session.models_dir, self.session.store)
         worker.yielded.connect(lambda step: self.progress.step(*step))
         worker.returned.connect(lambda result: self._trained(product, *result))
         worker.errored.connect(self._failed)

@@ -14,12 +14,11 @@ from PySide6.QtWidgets import (QFileDialog, QGraphicsRectItem, QHBoxLayout, QLab
                                QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
+from ..drawing import JET
 from ..paths import bundle_dir
 
 RESOURCES = bundle_dir() / "resources"
 HEAT_SIZE = 256  # the anomaly map is smooth: painted at this size, stretched over the image
-# the JET colours of the saved overlays (inspector.evaluation.plots.overlay_heatmap), as RGB
-JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1].copy()
 BOX_PEN = pg.mkPen("#ff2020", width=2)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import paths
 from ..errors import BackboneError
-from .backbones import build_feature_module, get_spec
+from .backbones import FEATURE_VERSION, build_feature_module, get_spec
 
 STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
 EXPORT_TOLERANCE = 1e-3
@@ -43,13 +43,14 @@ def require_export_extra(need: str) -> None:
 
 def graph_name(backbone: str, image_size: int, weights: str | Path | None = None) -> str:
     """The cached graph's file name; a graph from an explicit weight file carries its digest."""
+    stem = f"{backbone}-{image_size}-f{FEATURE_VERSION}"
     if weights is None:
-        return f"{backbone}-{image_size}.onnx"
+        return f"{stem}.onnx"
     try:
         digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
     except OSError as exc:
         raise BackboneError(f"Cannot read backbone weight file {weights}: {exc}") from exc
-    return f"{backbone}-{image_size}-{digest}.onnx"
+    return f"{stem}-{digest}.onnx"
 
 
 def find_graph(backbone: str, image_size: int, weights: str | Path | None = None) -> Path | None:

@@ -1,30 +1,65 @@
-"""The saved model of a product: memory bank, calibration and settings.
+"""The saved model of a product: memory bank, calibration and settings, in immutable versions.
 
-One folder per product under the models directory: `model.json` (metadata, settings,
-calibration scores, a checksum of the arrays) and `memory_bank.safetensors`. Both are data
-only; nothing is ever unpickled. Writes are atomic: a failed or cancelled training never
-damages the model already there."""
+One folder per product under the models directory, one subfolder per version:
+
+    <product>/v0001/model.json               metadata, settings, calibration, thresholds,
+    <product>/v0001/memory_bank.safetensors  the memory bank (data only, never unpickled)
+    <product>/v0002/...                      the next change (training, sensitivity, bank)
+
+A version is never changed once written. A change writes the next version into a hidden
+staging folder, makes it durable (fsync) and renames it into place, so a crash, a power cut
+or a full disk leaves the versions before it intact, and a reader never sees half a version.
+The newest version is the product's model; the last KEEP_VERSIONS are kept (a roll-back is
+a new version holding an old one's content). The product's name is its folder's name.
+
+`model.json` carries a SHA-256 checksum over everything that decides a verdict (settings,
+calibration, thresholds and the memory bank's own SHA-256), and every field is validated on
+load. The checksum stops accidents and casual edits; it is not a signature: whoever can
+write the models folder can also write a new model with a matching checksum.
+
+Older formats still load: format 1 (`model.json` and the bank directly in the product's
+folder, loaded as version 1) checksummed only the bank, and its settings lack the fields
+added since, which take the values of OLDER_FORMAT_VALUES or their defaults."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+import time
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..errors import ModelError
-from .backbones import BACKBONES
+from .backbones import BACKBONES, FEATURE_VERSION
+from .memory_bank import SAMPLERS
 
 FORMAT = "inspector-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The fields each format version stores. Changing the fields of Settings or Calibration
+# changes the format: give it the next version, list its fields here, and say in
+# OLDER_FORMAT_VALUES what the new fields mean for older files (default: the field's default).
+FORMAT_FIELDS = {
+    2: {"settings": ("backbone", "image_size", "sampler", "sampling_ratio", "sigma", "seed", "holdout",
+                     "min_region_area", "weights", "feature_version"),
+        "calibration": ("image_scores", "pixel_mean", "pixel_std", "method")},
+}
+# Format 1 files without a weight file or a feature version predate them: no explicit weight
+# file, and the patch features of version 1 (which this Inspector refuses: retrain).
+OLDER_FORMAT_VALUES: dict[int, dict[str, dict]] = {1: {"settings": {"weights": None, "feature_version": 1}}}
 META_FILE = "model.json"
 BANK_FILE = "memory_bank.safetensors"
+KEEP_VERSIONS = 10
+STALE_STAGING_S = 3600.0  # a staging folder this old is left over from a crash
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
 _PRODUCT_NAME = re.compile(r"^[^\\/:*?\"<>|\x00-\x1f.][^\\/:*?\"<>|\x00-\x1f]{0,63}$")
 
 
@@ -36,29 +71,64 @@ def check_product_name(name: str) -> str:
     return name
 
 
-@dataclass
+# A good image's score is the largest of about a thousand patch distances: right-skewed, with
+# a long upper tail from the odd unusual good part. Its mean and standard deviation follow that
+# tail, and mean + 3 std then lets through defects that score just above the good parts. The
+# threshold is therefore median + k * robust spread (the median absolute deviation scaled to
+# match a normal distribution's std), which the tail does not drag upwards.
+MAD_TO_STD = 1.4826
+
+
+def separating_threshold(good: list[float], defects: list[float]) -> float:
+    """The image threshold that best separates good scores from known defect scores: the
+    fewest false rejects plus escapes, and of those the one in the widest gap, midway."""
+    good, defects = np.sort(np.asarray(good, float)), np.sort(np.asarray(defects, float))
+    edges = np.unique(np.concatenate([good, defects]))
+    if len(edges) < 2:
+        return float(edges[0]) if len(edges) else 0.0
+    candidates = (edges[:-1] + edges[1:]) / 2
+    errors = (len(good) - np.searchsorted(good, candidates)) + np.searchsorted(defects, candidates)
+    gaps = np.diff(edges)
+    best = np.lexsort((-gaps, errors))[0]
+    return float(candidates[best])
+
+
+@dataclass(frozen=True)
 class Calibration:
-    """Scores of held-out good images (never in the memory bank). Thresholds follow from the
-    operator's sigma k without rescoring: mean + k*std."""
+    """Scores of good images against memory banks built without them. Thresholds follow from
+    the operator's sensitivity k without rescoring: median + k * robust spread."""
     image_scores: list[float]
     pixel_mean: float
     pixel_std: float
-    method: str  # "holdout" or "leave-one-out"
+    method: str  # "holdout", "N-fold" or "leave-one-out"
+
+    def _centre_spread(self) -> tuple[float, float]:
+        s = np.asarray(self.image_scores, np.float64)
+        centre = float(np.median(s))
+        spread = MAD_TO_STD * float(np.median(np.abs(s - centre)))
+        if spread <= 0.0:  # more than half the scores are equal: fall back to the std
+            spread = float(s.std(ddof=1))
+        return centre, max(spread, 1e-12)
 
     def image_threshold(self, sigma: float) -> float:
-        s = np.asarray(self.image_scores, np.float64)
-        return float(s.mean() + sigma * s.std(ddof=1))
+        centre, spread = self._centre_spread()
+        return centre + sigma * spread
 
     def pixel_threshold(self, sigma: float) -> float:
         return float(self.pixel_mean + sigma * self.pixel_std)
 
     def sigma_for(self, threshold: float) -> float:
-        """The k that gives this image threshold (for a dragged threshold line)."""
-        s = np.asarray(self.image_scores, np.float64)
-        return float((threshold - s.mean()) / max(s.std(ddof=1), 1e-12))
+        """The k that gives this image threshold (a dragged line, a separating threshold)."""
+        centre, spread = self._centre_spread()
+        return float((threshold - centre) / spread)
+
+    def false_reject_rate(self, threshold: float) -> float:
+        """Expected share of good parts rejected: the calibration images at or above it (they
+        were scored against banks without them, as a new good part is)."""
+        return float(np.mean(np.asarray(self.image_scores) >= threshold))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     backbone: str = "efficientnet_lite0"
     image_size: int = 256
@@ -69,18 +139,27 @@ class Settings:
     holdout: float = 0.2
     min_region_area: int = 16  # pixels on the model's input-size map
     weights: str | None = None  # an explicit backbone weight file; None: embedded or torch hub cache
+    feature_version: int = FEATURE_VERSION  # the patch features the bank holds (see backbones)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Model:
+    """One immutable version of a product's model. `version` and `model_id` (the first 12
+    hex digits of the checksum) are set by save_model and load_model; `change` says what
+    made this version; `versions` are the library versions that made it."""
     product: str
     settings: Settings
-    memory_bank: np.ndarray  # (K, C) float32 patch features
+    memory_bank: np.ndarray  # (K, C) float32 patch features, read-only
     calibration: Calibration
     counts: dict = field(default_factory=dict)
     created: str = ""
     versions: dict = field(default_factory=dict)
     model_id: str = ""
+    version: int = 0
+    change: str = ""
+
+    def __post_init__(self):
+        self.memory_bank.flags.writeable = False
 
     @property
     def threshold(self) -> float:
@@ -91,14 +170,100 @@ class Model:
         return self.calibration.pixel_threshold(self.settings.sigma)
 
     def metadata(self) -> dict:
+        """What model.json holds, but the checksum (and the bank's digest and shape)."""
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "product": self.product,
-            "model_id": self.model_id, "created": self.created, "versions": self.versions,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
+            "created": self.created, "change": self.change, "versions": self.versions,
             "settings": asdict(self.settings), "counts": self.counts,
             "threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
             "calibration": asdict(self.calibration),
         }
 
+
+def with_sigma(model: Model, sigma: float) -> Model:
+    """The same model at another sensitivity (unsaved: save_model makes it a version)."""
+    return replace(model, settings=replace(model.settings, sigma=float(sigma)),
+                   change=f"sensitivity {model.settings.sigma:g} -> {float(sigma):g}")
+
+
+# ---- validation --------------------------------------------------------------------
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _type_ok(value, hint) -> bool:
+    """Does a JSON value fit a dataclass field's type (int, float, str, bool, X | None, list[float], dict)?"""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return _finite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # a type this check does not know: left to the range checks
+
+
+# Range rules by field name, beyond the types (a field not listed only needs its type).
+_RULES = {
+    "backbone": (lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
+    "sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    "image_size": (lambda v: 32 <= v <= 4096 and v % 32 == 0, "a multiple of 32 from 32 to 4096 pixels"),
+    "sigma": (lambda v: abs(v) <= 1000, "-1000 to 1000"),
+    "sampling_ratio": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    "holdout": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "min_region_area": (lambda v: v >= 0, "0 or more"),
+    "pixel_std": (lambda v: v >= 0, "0 or more"),
+    "image_scores": (lambda v: len(v) >= 2, "at least 2 scores"),
+}
+
+
+def _problems(obj) -> list[str]:
+    """What is wrong with the fields of a Settings or Calibration, in words."""
+    hints = typing.get_type_hints(type(obj))
+    problems = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if not _type_ok(value, hints[f.name]):
+            problems.append(f"{f.name} is {value!r}, expected {hints[f.name]} (finite numbers)")
+        elif f.name in _RULES and not _RULES[f.name][0](value):
+            problems.append(f"{f.name} is {value!r}, expected {_RULES[f.name][1]}")
+    return problems
+
+
+def validate(model: Model) -> None:
+    """Raise ModelError naming every field of the model that cannot decide a verdict."""
+    problems = _problems(model.settings) + _problems(model.calibration)
+    bank = model.memory_bank
+    spec = BACKBONES.get(model.settings.backbone)
+    if not isinstance(bank, np.ndarray) or bank.dtype != np.float32 or bank.ndim != 2 or len(bank) < 1:
+        problems.append(f"the memory bank is {getattr(bank, 'dtype', type(bank))} of shape "
+                        f"{getattr(bank, 'shape', '?')}, expected (N >= 1, C) float32")
+    elif spec is not None and bank.shape[1] != spec.feature_dim:
+        problems.append(f"the memory bank has {bank.shape[1]} values per patch, {model.settings.backbone} "
+                        f"gives {spec.feature_dim}")
+    elif not np.isfinite(bank).all():
+        problems.append("the memory bank holds values that are not finite")
+    if not problems:
+        with np.errstate(over="ignore", invalid="ignore"):
+            thresholds = (model.threshold, model.pixel_threshold)
+        if not all(math.isfinite(t) for t in thresholds):
+            problems.append(f"the thresholds {thresholds} are not finite")
+    if problems:
+        raise ModelError(f"The model of '{model.product}' is not usable: {'; '.join(problems)}.")
+
+
+# ---- saving --------------------------------------------------------------------------
 
 def _bank_bytes(bank: np.ndarray) -> bytes:
     from safetensors.numpy import save
@@ -106,122 +271,314 @@ def _bank_bytes(bank: np.ndarray) -> bytes:
     return save({"memory_bank": np.ascontiguousarray(bank, dtype=np.float32)})
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+def _canonical(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def save_model(model: Model, models_dir: str | Path) -> Path:
-    """Write the model as `<models_dir>/<product>/`, replacing any previous one atomically."""
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    final = models_dir / check_product_name(model.product)
-    data = _bank_bytes(model.memory_bank)
-    digest = hashlib.sha256(data).hexdigest()
-    model.model_id = digest[:12]
-    meta = model.metadata() | {"bank_sha256": digest}
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=models_dir))
+def _checksum(meta: dict) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in meta.items() if k != "checksum"})).hexdigest()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable; Windows has no directory fsync."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
     try:
-        (staging / BANK_FILE).write_bytes(data)
-        _write_json(staging / META_FILE, meta)
-        old = None
-        if final.exists():
-            old = models_dir / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version_dirs(folder: Path) -> dict[int, Path]:
+    """Every complete version of a product: number -> folder (format 1: the product's folder)."""
+    found = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return found
+    except OSError as exc:
+        raise ModelError(f"Cannot read the models folder {folder}: {exc}") from exc
+    for entry in entries:
+        match = _VERSION_DIR.match(entry.name)
+        if match and entry.is_dir() and os.path.exists(os.path.join(entry.path, META_FILE)):
+            found[int(match.group(1))] = Path(entry.path)
+    if 1 not in found and (folder / META_FILE).is_file():
+        found[1] = folder
+    return found
+
+
+def current_version(models_dir: str | Path, product: str) -> int | None:
+    """The number of the product's newest model version, None when it has none (cheap: one
+    folder listing, for the line to notice a change between items)."""
+    versions = _version_dirs(Path(models_dir) / product)
+    return max(versions) if versions else None
+
+
+def save_model(model: Model, models_dir: str | Path, change: str | None = None) -> Model:
+    """Save the model as the product's next version; returns it as saved (with its version
+    and model_id). Raises ModelError, leaving the earlier versions as they were, when the
+    model is not valid or cannot be written."""
+    validate(model)
+    models_dir = Path(models_dir)
+    folder = models_dir / check_product_name(model.product)
+    bank = _bank_bytes(model.memory_bank)
+    model = replace(model, change=model.change if change is None else change)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(folder)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    except OSError as exc:
+        raise ModelError(f"Cannot save the model of '{model.product}' in {folder}: {exc}") from exc
+    try:
+        _write_durably(staging / BANK_FILE, bank)
+        version = 0
+        while True:
+            version = max(max(_version_dirs(folder), default=0), version) + 1
+            meta = replace(model, version=version).metadata() | {
+                "bank": {"file": BANK_FILE, "sha256": hashlib.sha256(bank).hexdigest(),
+                         "shape": list(model.memory_bank.shape)}}
+            meta["checksum"] = _checksum(meta)
+            _write_durably(staging / META_FILE, json.dumps(meta, indent=2, allow_nan=False).encode("utf-8"))
+            _fsync_dir(staging)
+            target = folder / f"v{version:04d}"
+            try:
+                os.rename(staging, target)
+                break
+            except OSError:
+                if not target.exists():
+                    raise
+                # another process saved this version number meanwhile: take the next one
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise ModelError(f"Cannot save the model of '{model.product}' in {folder} ({exc}); "
+                         f"the model there is unchanged.") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final
+    _prune(folder)
+    return replace(model, version=version, model_id=meta["checksum"][:12])
 
 
-def save_sigma(model: Model, models_dir: str | Path, sigma: float) -> None:
-    """Store a new sensitivity: only the metadata changes, the memory bank stays."""
-    model.settings.sigma = float(sigma)
-    path = Path(models_dir) / model.product / META_FILE
-    meta = _read_meta(path)
-    _write_json(path, meta | model.metadata())
+def _remove_stale_staging(folder: Path) -> None:
+    now = time.time()
+    for path in folder.glob(".staging-*"):
+        try:
+            if now - path.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _prune(folder: Path) -> None:
+    """Remove all but the last KEEP_VERSIONS versions (format 1 files with version 1)."""
+    versions = _version_dirs(folder)
+    for number in sorted(versions)[:-KEEP_VERSIONS]:
+        path = versions[number]
+        if path == folder:
+            for name in (META_FILE, BANK_FILE):
+                (folder / name).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
 
 
 def _read_meta(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except FileNotFoundError:
-        raise ModelError(f"No model at {path.parent}: train the product first.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ModelError(f"The model file {path} is damaged ({exc}); train the product again.") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{path} is not an Inspector model file.")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path} has model format {meta.get('format_version')!r}; this Inspector reads "
-                         f"format {FORMAT_VERSION}. Train the product again with this version.")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise ModelError(f"{path} has model format {version!r}; this Inspector reads formats 1 to "
+                         f"{FORMAT_VERSION}. Update Inspector, or train the product again.")
     return meta
 
 
-def load_model(models_dir: str | Path, product: str) -> Model:
-    folder = Path(models_dir) / check_product_name(product)
+def _section(meta: dict, name: str, cls, product: str):
+    """Settings or Calibration from model.json: every field known, present (older formats:
+    filled in as OLDER_FORMAT_VALUES says, else by its default) and of the right type."""
+    values = meta.get(name)
+    if not isinstance(values, dict):
+        raise ModelError(f"The model of '{product}' has no {name}: it is incomplete or damaged.")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ModelError(f"The model of '{product}' has unknown {name} {', '.join(unknown)}: it was "
+                         f"written by a newer Inspector, or damaged.")
+    fmt = meta["format_version"]
+    missing = [n for n in known if n not in values]
+    if fmt < FORMAT_VERSION:
+        older = OLDER_FORMAT_VALUES.get(fmt, {}).get(name, {})
+        for n in list(missing):
+            if n in older:
+                values = values | {n: older[n]}
+                missing.remove(n)
+            elif known[n].default is not MISSING:
+                values = values | {n: known[n].default}
+                missing.remove(n)
+    if missing:
+        raise ModelError(f"The model of '{product}' lacks the {name} {', '.join(missing)}: it is "
+                         f"incomplete or damaged.")
+    obj = cls(**values)
+    problems = _problems(obj)
+    if problems:
+        raise ModelError(f"The model of '{product}' has invalid {name}: {'; '.join(problems)}.")
+    return obj
+
+
+def _checked_meta(folder: Path, product: str, version: int) -> tuple[dict, str, str, Settings, Calibration]:
+    """A version's model.json with its checksum and fields checked: (meta, the bank's
+    digest, model id, settings, calibration)."""
     meta = _read_meta(folder / META_FILE)
-    try:
-        data = (folder / BANK_FILE).read_bytes()
-    except OSError as exc:
-        raise ModelError(f"The memory bank of '{product}' cannot be read ({exc}); train it again.") from exc
-    if hashlib.sha256(data).hexdigest() != meta.get("bank_sha256"):
+    if meta["format_version"] >= 2:
+        bank_meta = meta.get("bank")
+        if meta.get("checksum") != _checksum(meta) or not isinstance(bank_meta, dict):
+            raise ModelError(f"The model of '{product}' (version {version}) does not match its checksum: "
+                             f"it was modified or damaged. Train the product again.")
+        bank_file, digest, model_id = bank_meta.get("file"), bank_meta.get("sha256"), meta["checksum"][:12]
+        if bank_file != BANK_FILE:
+            raise ModelError(f"The model of '{product}' names an unexpected bank file {bank_file!r}.")
+    else:
+        digest, model_id = meta.get("bank_sha256"), str(meta.get("model_id", ""))
+    settings = _section(meta, "settings", Settings, product)
+    calibration = _section(meta, "calibration", Calibration, product)
+    if settings.feature_version != FEATURE_VERSION:
+        raise ModelError(f"The model of '{product}' was trained with patch features of version "
+                         f"{settings.feature_version}, which scored the image border wrongly; this Inspector "
+                         f"uses version {FEATURE_VERSION}. Train the product again.")
+    return meta, digest, model_id, settings, calibration
+
+
+def _load_version(folder: Path, product: str, version: int) -> Model:
+    meta, digest, model_id, settings, calibration = _checked_meta(folder, product, version)
+    data = (folder / BANK_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
         raise ModelError(f"The memory bank of '{product}' does not match its checksum: the model "
                          f"was modified or damaged. Train the product again.")
     try:
         from safetensors.numpy import load
 
         bank = load(data)["memory_bank"]
-        settings = Settings(**{f.name: meta["settings"][f.name] for f in fields(Settings)})
-        calibration = Calibration(**meta["calibration"])
-        model = Model(product=meta["product"], settings=settings, memory_bank=bank,
-                      calibration=calibration, counts=meta["counts"], created=meta["created"],
-                      versions=meta["versions"], model_id=meta["model_id"])
-    except Exception as exc:  # malformed content of any kind is a damaged model
-        raise ModelError(f"The model of '{product}' is incomplete or damaged ({exc!r}); "
-                         f"train it again.") from exc
-    spec = BACKBONES.get(settings.backbone)
-    if spec is None:
+    except Exception as exc:  # noqa: BLE001 - malformed content of any kind is a damaged bank
+        raise ModelError(f"The memory bank of '{product}' cannot be read ({exc!r}); train it again.") from exc
+    counts, created, versions = meta.get("counts", {}), meta.get("created", ""), meta.get("versions", {})
+    if not (isinstance(counts, dict) and isinstance(created, str) and isinstance(versions, dict)):
+        raise ModelError(f"The model of '{product}' has damaged counts, creation time or versions.")
+    if settings.backbone not in BACKBONES:  # named apart: a model from a newer Inspector, not damage
         raise ModelError(f"The model of '{product}' uses backbone '{settings.backbone}', which this "
                          f"Inspector does not know.")
-    if bank.ndim != 2 or bank.shape[1] != spec.feature_dim or not np.isfinite(bank).all():
-        raise ModelError(f"The memory bank of '{product}' has shape {bank.shape}, expected "
-                         f"(N, {spec.feature_dim}) finite values; train it again.")
-    if len(calibration.image_scores) < 2:
-        raise ModelError(f"The model of '{product}' has no usable calibration; train it again.")
+    model = Model(product, settings, bank, calibration, counts, created, versions, model_id, version,
+                  str(meta.get("change", "")))
+    validate(model)
+    for name in ("threshold", "pixel_threshold"):
+        stored, now = meta.get(name), getattr(model, name)
+        if stored is not None and not (_finite(stored) and math.isclose(stored, now, rel_tol=1e-9, abs_tol=1e-12)):
+            raise ModelError(f"The model of '{product}' stores the {name.replace('_', ' ')} {stored!r}, but its "
+                             f"calibration gives {now!r}: it was modified, or made by another method. "
+                             f"Train the product again.")
     return model
 
 
+def _product_folder(models_dir: Path, product: str) -> Path:
+    """The product's folder; a model that a crash of an older Inspector left in its
+    '.<product>.old' folder is put back first."""
+    folder = models_dir / check_product_name(product)
+    old = models_dir / f".{folder.name}.old"
+    if not folder.exists() and (old / META_FILE).is_file():
+        try:
+            os.replace(old, folder)
+        except OSError:
+            return old
+    return folder
+
+
+def load_model(models_dir: str | Path, product: str, version: int | None = None) -> Model:
+    """The product's newest model version (or the given one), checked in full."""
+    folder = _product_folder(Path(models_dir), product)
+    for attempt in range(3):
+        versions = _version_dirs(folder)
+        number = version if version is not None else max(versions, default=None)
+        if number is None or number not in versions:
+            what = f"version {version} of '{product}'" if version is not None else f"model at {folder}"
+            raise ModelError(f"No {what}: train the product first.")
+        try:
+            return _load_version(versions[number], folder.name, number)
+        except FileNotFoundError:  # removed meanwhile (pruned, renamed, deleted): look again
+            continue
+        except OSError as exc:
+            raise ModelError(f"The model of '{product}' cannot be read ({exc}); train it again.") from exc
+    raise ModelError(f"The model of '{product}' cannot be read: it keeps changing or was removed.")
+
+
 def list_models(models_dir: str | Path) -> list[dict]:
-    """Metadata of every readable model, by product name; damaged ones carry an 'error'."""
+    """The model.json of every product's newest version (checked, but not its memory bank,
+    which load_model checks), by product name, with 'product', 'version' and 'model_id';
+    an untrained or damaged one carries an 'error'."""
     out = []
     root = Path(models_dir)
     if not root.is_dir():
         return out
+    for old in root.glob(".*.old"):  # left by a crash of an older Inspector mid-save
+        if _PRODUCT_NAME.match(old.name[1:-4]):
+            _product_folder(root, old.name[1:-4])
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            out.append(_read_meta(folder / META_FILE))
-        except ModelError as exc:
+            versions = _version_dirs(folder)
+            if not versions:
+                raise ModelError(f"'{folder.name}' is not trained yet.")
+            number = max(versions)
+            meta, _, model_id, _, _ = _checked_meta(versions[number], folder.name, number)
+        except (ModelError, OSError) as exc:
             out.append({"product": folder.name, "error": str(exc)})
+        else:
+            out.append(meta | {"product": folder.name, "version": number, "model_id": model_id})
     return out
 
 
 def delete_model(models_dir: str | Path, product: str) -> None:
-    shutil.rmtree(Path(models_dir) / check_product_name(product))
+    """Remove the product and every version of its model (first out of sight, in one rename)."""
+    root = Path(models_dir)
+    folder = root / check_product_name(product)
+    if not folder.is_dir():
+        raise ModelError(f"There is no product '{product}' in {root}.")
+    gone = root / f".deleted-{folder.name}-{os.getpid()}-{time.time_ns()}"
+    try:
+        os.rename(folder, gone)
+    except OSError as exc:
+        raise ModelError(f"Cannot delete the product '{product}': {exc}") from exc
+    shutil.rmtree(gone, ignore_errors=True)
 
 
-def rename_model(models_dir: str | Path, product: str, new_name: str) -> None:
+def rename_model(models_dir: str | Path, product: str, new_name: str) -> str:
+    """Rename the product's folder (all its versions move with it); returns the new name."""
     root = Path(models_dir)
     new_name = check_product_name(new_name)
-    if (root / new_name).exists():
+    source = root / check_product_name(product)
+    if not source.is_dir():
+        raise ModelError(f"There is no product '{product}' in {root}.")
+    if (root / new_name).exists() and not (os.path.normcase(new_name) == os.path.normcase(source.name)):
         raise ModelError(f"A product named '{new_name}' already exists.")
-    os.replace(root / check_product_name(product), root / new_name)
-    path = root / new_name / META_FILE
-    if path.exists():  # an untrained product is an empty folder
-        _write_json(path, _read_meta(path) | {"product": new_name})
+    try:
+        os.rename(source, root / new_name)
+    except OSError as exc:
+        raise ModelError(f"Cannot rename the product '{product}' to '{new_name}': {exc}") from exc
+    return new_name
 
 
 def runtime_versions() -> dict:

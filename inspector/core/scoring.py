@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from .features import FeatureExtractor
-from .memory_bank import nearest_distance
+from .memory_bank import nearest_distance, squared_norms
 from .model import Model
 
 SMOOTHING_SIGMA = 4.0  # pixels on the model's input-size map, as in PatchCore
@@ -39,7 +39,7 @@ class Result:
     latency_ms: float
 
 
-def patch_scores(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray | None = None) -> np.ndarray:
+def patch_scores(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
     """(h, w, C) patch features -> (h, w) distance of each patch to its nearest bank entry."""
     h, w, c = features.shape
     return nearest_distance(features.reshape(-1, c), bank, bank_sq).reshape(h, w)
@@ -49,6 +49,14 @@ def anomaly_map(scores: np.ndarray, size: int) -> np.ndarray:
     """Patch scores upsampled to the model's input size and smoothed (Gaussian, sigma 4 px)."""
     up = cv2.resize(scores, (size, size), interpolation=cv2.INTER_LINEAR)
     return cv2.GaussianBlur(up, (0, 0), SMOOTHING_SIGMA)
+
+
+def score(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, size: int) -> tuple[float, np.ndarray]:
+    """The one scoring path (calibration, inspection, evaluation): (h, w, C) patch features ->
+    (image score, anomaly map at the model's input size). Every patch counts, the border ones
+    too; the image score is the largest patch distance."""
+    scores = patch_scores(features, bank, bank_sq)
+    return float(scores.max()), anomaly_map(scores, size)
 
 
 def find_regions(amap: np.ndarray, threshold: float, min_area: int, out_size: tuple[int, int]) -> list[Region]:
@@ -80,12 +88,11 @@ class Inspector:
         s = model.settings
         self.model = model
         self.extractor = extractor or FeatureExtractor(s.backbone, s.image_size, device, s.weights)
-        self._bank_sq = np.einsum("ij,ij->i", model.memory_bank, model.memory_bank)
+        self._bank_sq = squared_norms(model.memory_bank)
 
     def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:
         """(h, w, C) features -> (image score, anomaly map at the model's input size)."""
-        scores = patch_scores(features, self.model.memory_bank, self._bank_sq)
-        return float(scores.max()), anomaly_map(scores, self.model.settings.image_size)
+        return score(features, self.model.memory_bank, self._bank_sq, self.model.settings.image_size)
 
     def inspect(self, image: np.ndarray) -> Result:
         start = time.perf_counter()

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import read_ahead
-from ..errors import Cancelled, ImageError, TrainingError
+from ..errors import Cancelled, TrainingError, describe
 from .features import FeatureExtractor
-from .memory_bank import Progress, no_progress, sample
+from .memory_bank import Progress, bank_size, no_progress, sample_indices, squared_norms
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
-from .scoring import anomaly_map, patch_scores
+from .scoring import score
 
 MIN_GOOD_IMAGES = 5  # fewer cannot give a meaningful threshold
 HOLDOUT_FROM = 50  # from this many good images on, hold out a fraction; below, cross-validate
@@ -47,8 +47,8 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: P
     batch: list = []
     for i, (path, image) in enumerate(read_ahead(paths, depth=BATCH)):
         _check_cancel(cancel)
-        if isinstance(image, ImageError):
-            skipped.append((path, str(image)))
+        if isinstance(image, Exception):
+            skipped.append((path, describe(image)))
         else:
             batch.append((path, image))
         if len(batch) == BATCH or (i == len(paths) - 1 and batch):
@@ -60,18 +60,16 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: P
 
 
 def _calibration_scores(held_out: np.ndarray, bank: np.ndarray, image_size: int) -> tuple[list[float], np.ndarray]:
-    bank_sq = np.einsum("ij,ij->i", bank, bank)
-    scores, maps = [], []
-    for feats in held_out:
-        s = patch_scores(feats, bank, bank_sq)
-        scores.append(float(s.max()))
-        maps.append(anomaly_map(s, image_size))
-    return scores, np.stack(maps)
+    """Good images scored against a bank built without them, through the inspection path."""
+    bank_sq = squared_norms(bank)
+    results = [score(feats, bank, bank_sq, image_size) for feats in held_out]
+    return [s for s, _ in results], np.stack([m for _, m in results])
 
 
 def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress = no_progress,
         cancel: threading.Event | None = None) -> Model:
-    """Build the memory bank and calibrate the thresholds from good images alone."""
+    """Build the memory bank from every good image and calibrate the thresholds from good
+    images scored against banks built without them."""
     product = check_product_name(product)
     feats = good.features
     n = len(feats)
@@ -80,21 +78,28 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
                             f"to train and calibrate a threshold.")
     if not 0.0 < settings.holdout < 1.0:
         raise TrainingError(f"The held-out fraction must be in (0, 1), got {settings.holdout}.")
-    dim = feats.shape[-1]
+    patches = feats.reshape(-1, feats.shape[-1])
+    per_image = feats.shape[1] * feats.shape[2]
     rng = np.random.default_rng(settings.seed)
 
-    def flat(indices: np.ndarray) -> np.ndarray:
-        return feats[indices].reshape(-1, dim)
+    def rows(images: np.ndarray) -> np.ndarray:
+        return (images[:, None] * per_image + np.arange(per_image)).ravel()
+
+    def choose(subset: np.ndarray, first: np.ndarray | None = None, report: Progress = no_progress) -> np.ndarray:
+        return sample_indices(subset, settings.sampler, settings.sampling_ratio, settings.seed, report, cancel, first)
 
     if n >= HOLDOUT_FROM:
+        # A held-out fraction is scored against a bank of the others; that bank is then
+        # extended by the held-out images' patches, so every good image ends in the final bank.
         method = "holdout"
         order = rng.permutation(n)
         n_out = int(round(n * settings.holdout))
         held, kept = np.sort(order[:n_out]), np.sort(order[n_out:])
-        bank = sample(flat(kept), settings.sampler, settings.sampling_ratio, settings.seed, progress, cancel)
+        bank_rows = choose(patches, rows(kept), progress)
         _check_cancel(cancel)
         progress("calibrating", 0, 1)
-        scores, maps = _calibration_scores(feats[held], bank, settings.image_size)
+        calibration_bank = patches[bank_rows[:bank_size(len(kept) * per_image, settings.sampling_ratio)]]
+        scores, maps = _calibration_scores(feats[held], calibration_bank, settings.image_size)
     else:
         # Too few images to spare a held-out set: every image is scored against a bank built
         # from the other folds, and the final bank uses all of them.
@@ -105,17 +110,17 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
             _check_cancel(cancel)
             progress("calibrating", i, len(folds))
             others = np.setdiff1d(np.arange(n), fold)
-            b = sample(flat(others), settings.sampler, settings.sampling_ratio, settings.seed)
-            s, m = _calibration_scores(feats[fold], b, settings.image_size)
+            subset = patches[rows(others)]
+            s, m = _calibration_scores(feats[fold], subset[choose(subset)], settings.image_size)
             scores += s
             maps.append(m)
         maps = np.concatenate(maps)
-        kept = np.arange(n)
-        bank = sample(flat(kept), settings.sampler, settings.sampling_ratio, settings.seed, progress, cancel)
+        bank_rows = choose(patches, report=progress)
     progress("calibrating", 1, 1)
+    bank = np.ascontiguousarray(patches[bank_rows])
     calibration = Calibration(scores, float(maps.mean()), float(maps.std()), method)
-    counts = {"good_images": n, "bank_images": int(len(kept)), "calibration_images": len(scores),
-              "skipped_images": len(good.skipped), "patches": int(len(kept) * feats.shape[1] * feats.shape[2]),
+    counts = {"good_images": n, "bank_images": n, "calibration_images": len(scores),
+              "skipped_images": len(good.skipped), "patches": int(n * per_image),
               "memory_bank": int(len(bank))}
     return Model(product, settings, bank, calibration, counts,
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ on every OS (`cv2.imread` cannot open non-ASCII paths on Windows).
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ try:  # optional: libspng decodes 8-bit RGB PNGs ~25% faster than OpenCV
 except ImportError:
     pyspng = None
 
-from inspector.errors import ImageError, SourceError
+from inspector.errors import ImageError, IncompleteImage, SourceError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -30,7 +31,9 @@ MAX_PIXELS = 100_000_000
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8"
-_TAIL = 32  # trailing bytes searched for the end marker (tolerates a little padding)
+_TAIL = 32  # bytes before trailing zero padding searched for the JPEG end marker
+# JPEG start-of-frame markers (they carry the size): C0-CF but DHT (C4), JPG (C8), DAC (CC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -48,6 +51,10 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)
+    if data.startswith(_JPEG_SIGNATURE):
+        size = _jpeg_size(data)
+        if size is not None:
+            _check_size(path, *size)
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 26:
         width, height, depth, color = struct.unpack(">IIBB", data[16:26])  # IHDR, the first chunk
         _check_size(path, width, height)
@@ -69,17 +76,17 @@ def load_image(path: str | Path) -> np.ndarray:
     return to_rgb8(image, path)
 
 
-def _load_or_error(path: Path) -> np.ndarray | ImageError:
+def _load_or_error(path: Path) -> np.ndarray | Exception:
     try:
         return load_image(path)
-    except ImageError as exc:
+    except Exception as exc:  # noqa: BLE001 - a file's failure (ImageError, or e.g. MemoryError) goes with it
         return exc
 
 
-def read_ahead(paths: Iterable[str | Path], depth: int = 2) -> Iterator[tuple[Path, np.ndarray | ImageError]]:
-    """(path, image or its ImageError) for each path, in order, decoded by a background thread
-    at most `depth` images ahead of the consumer (so memory stays bounded and stopping early
-    waits for at most `depth` decodes)."""
+def read_ahead(paths: Iterable[str | Path], depth: int = 2) -> Iterator[tuple[Path, np.ndarray | Exception]]:
+    """(path, image or the exception loading it raised) for each path, in order, decoded by a
+    background thread at most `depth` images ahead of the consumer (so memory stays bounded
+    and stopping early waits for at most `depth` decodes)."""
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=1) as reader:
         for path in map(Path, paths):
@@ -92,27 +99,38 @@ def read_ahead(paths: Iterable[str | Path], depth: int = 2) -> Iterator[tuple[Pa
             yield path, future.result()
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files directly in `folder` (not in subfolders), sorted by name."""
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (with `recursive`, in its subfolders too), sorted by
+    path. An entry with an image suffix that is not a folder is listed even when it cannot
+    be read (a dangling or looping link): whoever reads it reports why it cannot be used."""
     folder = Path(folder)
     if not folder.exists():
         raise SourceError(f"Folder {folder} does not exist. Choose an existing folder of images.")
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a folder. Choose a folder that holds the images.")
     try:
-        return sorted(p for p in folder.iterdir() if is_image_file(p) and p.is_file())
+        if recursive:
+            found = [Path(root) / name for root, _, names in os.walk(folder) for name in names]
+        else:
+            found = list(folder.iterdir())
+        return sorted(p for p in found if is_image_file(p) and not p.is_dir())
     except OSError as exc:
         raise SourceError(f"Cannot list folder {folder}: {exc.strerror or exc}.") from exc
 
 
 def file_key(path: str | Path) -> str:
-    """Identity of one version of a file: "<resolved path>|<size>|<mtime_ns>"."""
-    path = Path(path).resolve()
+    """Identity of one version of a file: "<real path>|<size>|<mtime_ns>"; for a link that
+    leads nowhere (dangling, looping), the link's own: "<path>|link|<mtime_ns>"."""
+    real = os.path.realpath(path)
     try:
-        st = path.stat()
-    except OSError as exc:
-        raise ImageError(f"Cannot read file {path}: {exc.strerror or exc}.") from exc
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        st = os.stat(real)
+    except OSError:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise ImageError(f"Cannot read file {path}: {exc.strerror or exc}.") from exc
+        return f"{os.path.abspath(path)}|link|{st.st_mtime_ns}"
+    return f"{real}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def to_rgb8(image: np.ndarray, name: str | Path = "image") -> np.ndarray:
@@ -155,20 +173,58 @@ def _read_bytes(path: Path) -> bytes:
     except OSError as exc:
         raise ImageError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     if not data:
-        raise ImageError(f"Image file {path} is empty (0 bytes): still being written, or the copy failed.")
+        raise IncompleteImage(f"Image file {path} is empty (0 bytes): still being written, or the copy failed.")
     return data
 
 
+def _png_complete(data: bytes) -> bool:
+    """Walk the PNG's chunks to its IEND chunk (bytes after it, a trailer, are allowed)."""
+    if data[-8:-4] == b"IEND":  # the usual end, without a trailer
+        return True
+    at = len(_PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length = struct.unpack(">I", data[at:at + 4])[0]
+        if data[at + 4:at + 8] == b"IEND":
+            return at + 12 <= len(data)
+        at += 12 + length
+    return False
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """The EOI marker ends the JPEG, before any zero padding a writer added."""
+    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:]
+
+
 def _check_complete(path: Path, data: bytes) -> None:
-    """PNG must end with its IEND chunk, JPEG with the EOI marker; otherwise it was cut off."""
-    tail = data[-_TAIL:]
-    if (data.startswith(_PNG_SIGNATURE) and b"IEND" not in tail) or (
-        data.startswith(_JPEG_SIGNATURE) and b"\xff\xd9" not in tail
+    """A PNG must hold its IEND chunk, a JPEG end with its EOI marker; otherwise it was cut off."""
+    if (data.startswith(_PNG_SIGNATURE) and not _png_complete(data)) or (
+        data.startswith(_JPEG_SIGNATURE) and not _jpeg_complete(data)
     ):
-        raise ImageError(
+        raise IncompleteImage(
             f"Image file {path} is truncated ({len(data)} bytes, end marker missing): "
             "half-written or a failed copy. Copy it again."
         )
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the JPEG's start-of-frame header, read before any decoding."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            at += 2
+            continue
+        length = struct.unpack(">H", data[at + 2:at + 4])[0]
+        if marker in _JPEG_SOF and at + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[at + 5:at + 9])
+            return width, height
+        at += 2 + length
+    return None
 
 
 def _check_size(path: Path, width: int, height: int) -> None:

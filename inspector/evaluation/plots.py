@@ -1,8 +1,8 @@
 """Pictures of an evaluation: ROC curves, score histograms and a gallery of heatmaps.
 
-`overlay_heatmap` and `draw_boxes` use OpenCV only (the GUI and the image archive reuse
-them); matplotlib is imported inside the two plotting functions, and draws on its own
-Figure with the Agg canvas, so no global pyplot state is touched.
+The heatmap and boxes are drawn as everywhere else (inspector.drawing); matplotlib is
+imported inside the two plotting functions, and draws on its own Figure with the Agg
+canvas, so no global pyplot state is touched.
 """
 
 from __future__ import annotations
@@ -14,36 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-RED = (255, 0, 0)  # RGB
-YELLOW = (255, 255, 0)
+from ..drawing import RED, YELLOW, draw_boxes, overlay_heatmap
 MAX_CURVE_POINTS = 5000  # a pixel ROC has millions of points; a plot needs a few thousand
-
-
-def overlay_heatmap(image, anomaly_map, vmin: float, vmax: float, alpha: float = 0.5):
-    """RGB uint8 image with the anomaly map blended on it as a JET heatmap; the map is
-    scaled so that vmin is blue and vmax is red (values outside are clipped), so that
-    images overlaid with the same vmin, vmax share one scale. A map of another size than
-    the image is resized to it; a grey image is made RGB."""
-    image = np.asarray(image, np.uint8)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    height, width = image.shape[:2]
-    anomaly_map = np.asarray(anomaly_map, np.float32)
-    if anomaly_map.shape != (height, width):
-        anomaly_map = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
-    scaled = (anomaly_map - vmin) / max(vmax - vmin, 1e-12)
-    levels = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
-    heat = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
-
-
-def draw_boxes(image, boxes, color, thickness: int = 2):
-    """Copy of the image with a rectangle of `color` (in the image's channel order) around
-    every (x, y, w, h) box; the rectangle's outer edge is the box's edge."""
-    out = np.array(image, np.uint8, copy=True)
-    for x, y, w, h in boxes:
-        cv2.rectangle(out, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), color, thickness)
-    return out
 
 
 def _gallery_panel(item, vmin, vmax):

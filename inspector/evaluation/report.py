@@ -15,6 +15,7 @@ from ..core.scoring import Inspector, find_regions
 from ..core.training import train
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
+from ..drawing import heat_range
 from ..errors import Cancelled, SourceError
 from . import metrics
 
@@ -56,20 +57,31 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
         progress("inspecting test images", i + 1, len(samples))
     batch_seconds = time.perf_counter() - batch_started
 
-    defect = labels == 1
+    # Pixel metrics over the images whose truth is known: good images (no defect pixel) and
+    # defect images with a mask. A defect image without its mask is listed, never scored
+    # against an empty mask; with no mask at all the pixel metrics are unavailable.
+    missing = [s.path for s in samples if s.label == 1 and s.mask_path is None]
+    known = np.array([s.label == 0 or s.mask_path is not None for s in samples])
+    has_pixels = bool((known & (labels == 1)).any())
+    defect = known & (labels == 1)
     pred_masks = maps >= model.pixel_threshold
     f1_best, best_threshold = metrics.best_f1(labels, scores)
+    calibrated = metrics.confusion(labels, scores, model.threshold)
     report = {
         "category": cat.name, "settings": model.metadata()["settings"],
         "image_auroc": metrics.image_auroc(labels, scores),
-        "pixel_auroc": metrics.pixel_auroc(masks, maps),
-        "aupro": metrics.aupro(masks, maps, 0.3),
+        "pixel_auroc": metrics.pixel_auroc(masks[known], maps[known]) if has_pixels else None,
+        "aupro": metrics.aupro(masks[known], maps[known], 0.3) if has_pixels else None,
+        "dice": metrics.dice(pred_masks[defect], masks[defect]) if has_pixels else None,
+        "pixel_metrics": (f"over {int(known.sum())} of {len(samples)} images" if has_pixels else
+                          "unavailable: no defect image has a ground-truth mask"),
+        "missing_masks": [str(p.relative_to(cat.root)) for p in missing],
         "threshold": model.threshold, "pixel_threshold": model.pixel_threshold,
-        "f1_calibrated": metrics.confusion(labels, scores, model.threshold)["f1"],
-        "confusion_calibrated": metrics.confusion(labels, scores, model.threshold),
+        "f1_calibrated": calibrated["f1"], "confusion_calibrated": calibrated,
+        "false_reject_rate": calibrated["false_reject_rate"], "escape_rate": calibrated["escape_rate"],
+        "expected_false_reject_rate": model.calibration.false_reject_rate(model.threshold),
         "f1_best": f1_best, "best_threshold": best_threshold,
         "confusion_best": metrics.confusion(labels, scores, best_threshold),
-        "dice": metrics.dice(pred_masks[defect], masks[defect]),
         "per_defect_auroc": metrics.per_type_auroc([s.defect_type for s in samples], labels, scores),
         "train_seconds": train_seconds,
         "latency_ms_median": float(np.median(latencies)),
@@ -77,18 +89,42 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
         "counts": model.counts, "test_images": len(samples),
     }
     if plots_dir is not None:
-        _plots(Path(plots_dir), report, labels, scores, masks, maps, gallery, model)
+        _plots(Path(plots_dir), report, labels, scores, masks[known], maps[known], gallery, model)
     return report, model
+
+
+def summary(report: dict) -> str:
+    """The report in a few lines for a terminal."""
+    def figure(key: str) -> str:
+        return "unavailable" if report[key] is None else f"{report[key]:.4f}"
+
+    c = report["confusion_calibrated"]
+    lines = [
+        f"{report['category']}: image AUROC {report['image_auroc']:.4f}, pixel AUROC {figure('pixel_auroc')}, "
+        f"AUPRO {figure('aupro')} ({report['pixel_metrics']})",
+        f"  calibrated threshold {report['threshold']:.3f}: F1 {report['f1_calibrated']:.4f} "
+        f"(TP {c['tp']} FP {c['fp']} TN {c['tn']} FN {c['fn']}), false rejects "
+        f"{report['false_reject_rate']:.1%} (expected {report['expected_false_reject_rate']:.1%}), escapes "
+        f"{report['escape_rate']:.1%}; best F1 {report['f1_best']:.4f} at {report['best_threshold']:.3f}; "
+        f"Dice {figure('dice')}",
+        "  per defect type: " + ", ".join(f"{k} {v:.4f}" for k, v in report["per_defect_auroc"].items()),
+        f"  training {report['train_seconds']:.1f} s, latency median {report['latency_ms_median']:.1f} ms, "
+        f"{report['throughput_ips']:.1f} images/s",
+    ]
+    if report["missing_masks"]:
+        lines.append(f"  {len(report['missing_masks'])} defect image(s) without a ground-truth mask, left out of "
+                     f"the pixel metrics: " + ", ".join(report["missing_masks"]))
+    return "\n".join(lines)
 
 
 def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) -> None:
     from . import plots
 
     folder.mkdir(parents=True, exist_ok=True)
-    plots.plot_roc(folder / "roc.png", {
-        "image": metrics.roc(labels, scores),
-        "pixel": metrics.roc(masks.ravel(), maps.ravel()),
-    })
+    curves = {"image": metrics.roc(labels, scores)}
+    if report["pixel_auroc"] is not None:
+        curves["pixel"] = metrics.roc(masks.ravel(), maps.ravel())
+    plots.plot_roc(folder / "roc.png", curves)
     plots.plot_score_histogram(folder / "scores.png", scores[labels == 0], scores[labels == 1],
                                model.threshold, f"{report['category']}: image scores")
     items = []
@@ -102,7 +138,7 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) ->
             "pred_boxes": [(r.x, r.y, r.w, r.h) for r in result.regions],
             "score": result.score, "verdict": result.verdict,
         })
-    plots.save_gallery(folder / "gallery", items, 0.0, 2.0 * model.threshold)
+    plots.save_gallery(folder / "gallery", items, *heat_range(model.threshold))
 
 
 def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:

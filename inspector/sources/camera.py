@@ -3,6 +3,7 @@ holder: only the newest frame is kept, older ones are dropped, never queued."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,11 @@ import numpy as np
 from inspector.data.images import to_rgb8
 from inspector.errors import SourceError
 
+log = logging.getLogger(__name__)
+
 STREAM_TIMEOUT_MS = 5000  # open/read timeout for network streams, so a dead stream is noticed
 DEFAULT_FILE_FPS = 25.0  # for video files that do not state a usable frame rate
+STOP_TIMEOUT_S = 2.0  # stop() waits this long for a read that does not return, then leaves it
 
 
 class Camera:
@@ -22,29 +26,59 @@ class Camera:
     video file path. Live sources are reopened every `reconnect_s` seconds after a failure;
     a video file is read at its own frame rate (or `fps`) and ends with status 'ended'.
 
-    `status` is 'connecting', 'live', 'reconnecting', 'ended' or 'stopped'; `last_error`
-    keeps the most recent failure (it is not cleared when the source comes back).
+    `status` is 'connecting', 'live', 'no frames' (a live source that has delivered no frame
+    for `stall_s` seconds: its reader is replaced by a new one, which reconnects),
+    'reconnecting', 'ended' or 'stopped'; `last_error` keeps the most recent failure (it is
+    not cleared when the source comes back). `stop` returns within STOP_TIMEOUT_S even when
+    a read never returns.
     """
 
-    def __init__(self, source: int | str | Path, fps: float | None = None, reconnect_s: float = 1.0):
+    def __init__(self, source: int | str | Path, fps: float | None = None, reconnect_s: float = 1.0,
+                 stall_s: float = 5.0):
         if isinstance(source, str) and source.strip().isdigit():
             source = int(source)
         self.source = source
         self.fps = fps
         self.reconnect_s = reconnect_s
-        self.status = "stopped"
+        self.stall_s = stall_s
+        self._status = "stopped"
         self.last_error: str | None = None
         self._is_file = False
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None  # newest frame as read (BGR)
         self._count = 0  # frames read so far
         self._taken = 0  # number of the last frame handed out
-        self._stop = threading.Event()
+        self._last_frame = 0.0  # monotonic time of the newest frame (or of the start)
+        self._stop = threading.Event()  # the current reader's stop request
         self._thread: threading.Thread | None = None
+        self._abandoned: threading.Thread | None = None  # a reader stuck in a read, left behind
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def status(self) -> str:
+        """The source's state; reading it notices a live source that stopped delivering frames."""
+        with self._cond:
+            if (not self._is_file and self._status in ("connecting", "live")
+                    and time.monotonic() - self._last_frame > self.stall_s):
+                self._stalled()
+            return self._status
+
+    def _stalled(self) -> None:
+        """No frame for stall_s: report it, and replace a reader stuck in a read by a new one
+        (one at a time: while a left-behind reader is still stuck, the state stays 'no frames')."""
+        self._status = "no frames"
+        self.last_error = (f"No frame from {self._describe()} for {time.monotonic() - self._last_frame:.0f} s. "
+                           f"Reconnecting.")
+        self._cond.notify_all()
+        if self._abandoned is not None and self._abandoned.is_alive():
+            return
+        self._stop.set()  # the stuck reader ends, releasing its capture, if its read ever returns
+        self._abandoned = self._thread
+        self._last_frame = time.monotonic()
+        self._start_reader(None)
 
     def start(self) -> None:
         """Start reading. A video file that is missing or unreadable raises SourceError;
@@ -63,21 +97,31 @@ class Camera:
                     capture.release()
                     raise SourceError(f"Cannot open video file {path}: not a video or an unsupported format.")
                 self._is_file = True
-        self._stop.clear()
         self.last_error = None
-        self.status = "connecting"
+        with self._cond:
+            self._last_frame = time.monotonic()
+            self._start_reader(capture)
+
+    def _start_reader(self, capture) -> None:
+        self._status = "connecting"
+        self._stop = stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(capture,), name=f"Camera({self.source})", daemon=True
+            target=self._run, args=(capture, stop), name=f"Camera({self.source})", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the reading thread and release the source (waits for a pending open/read)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        """Stop the reading thread and release the source; a read that does not return
+        within STOP_TIMEOUT_S is left behind (it releases the source if it ever returns)."""
         with self._cond:
-            self.status = "stopped"
+            self._stop.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(STOP_TIMEOUT_S)
+            if thread.is_alive():
+                log.warning("%s does not answer; stopped without waiting for it", self._describe())
+        with self._cond:
+            self._status = "stopped"
             self._cond.notify_all()
 
     def latest(self, timeout: float) -> np.ndarray | None:
@@ -97,20 +141,20 @@ class Camera:
 
     def _wait_for_frame_after(self, number: int, timeout: float) -> np.ndarray | None:
         with self._cond:
-            self._cond.wait_for(lambda: self._count > number or self.status in ("ended", "stopped"), timeout)
+            self._cond.wait_for(lambda: self._count > number or self._status in ("ended", "stopped"), timeout)
             if self._count <= number:
                 return None
             self._taken, frame = self._count, self._frame
         return to_rgb8(frame, self._describe())
 
-    def _run(self, capture: cv2.VideoCapture | None) -> None:
+    def _run(self, capture: cv2.VideoCapture | None, stop: threading.Event) -> None:
         interval, next_time = 0.0, time.monotonic()
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 if capture is None:
-                    capture = self._open()
+                    capture = self._open(stop)
                 if capture is None:
-                    self._stop.wait(self.reconnect_s)
+                    stop.wait(self.reconnect_s)
                     continue
                 if self._is_file and not interval:
                     fps = self.fps or capture.get(cv2.CAP_PROP_FPS)
@@ -124,26 +168,27 @@ class Camera:
                     capture.release()
                     capture = None
                 if self._is_file:
-                    self._set_status("ended")
+                    self._set_status(stop, "ended")
                     return
-                self._set_status(
-                    "reconnecting", f"Lost {self._describe()}: {error}. Reconnecting every {self.reconnect_s:g} s."
-                )
-                self._stop.wait(self.reconnect_s)
+                self._set_status(stop, "reconnecting",
+                                 f"Lost {self._describe()}: {error}. Reconnecting every {self.reconnect_s:g} s.")
+                stop.wait(self.reconnect_s)
                 continue
             with self._cond:
+                if stop.is_set():  # left behind, or stopped, while it read
+                    break
                 self._frame = frame
                 self._count += 1
+                self._last_frame = time.monotonic()
+                self._status = "live"
                 self._cond.notify_all()
-            if self.status != "live":
-                self._set_status("live")
             if interval:  # pace a file like a live camera
                 next_time = max(next_time + interval, time.monotonic())
-                self._stop.wait(next_time - time.monotonic())
+                stop.wait(next_time - time.monotonic())
         if capture is not None:
             capture.release()
 
-    def _open(self) -> cv2.VideoCapture | None:
+    def _open(self, stop: threading.Event) -> cv2.VideoCapture | None:
         if isinstance(self.source, str) and "://" in self.source:
             timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
@@ -152,17 +197,20 @@ class Camera:
             capture = cv2.VideoCapture(self.source if isinstance(self.source, int) else str(self.source))
         if not capture.isOpened():
             capture.release()
-            self._set_status("reconnecting", f"Cannot open {self._describe()}. Retrying every {self.reconnect_s:g} s.")
+            self._set_status(stop, "reconnecting",
+                             f"Cannot open {self._describe()}. Retrying every {self.reconnect_s:g} s.")
             return None
         if self.fps and not self._is_file:
             capture.set(cv2.CAP_PROP_FPS, self.fps)  # a request; the device may ignore it
         return capture
 
-    def _set_status(self, status: str, error: str | None = None) -> None:
+    def _set_status(self, stop: threading.Event, status: str, error: str | None = None) -> None:
         with self._cond:
-            if self._stop.is_set():
-                return  # stop() owns the final status
-            self.status = status
+            if stop.is_set():
+                return  # stop() (or the reader that replaced this one) owns the status
+            self._status = status
+            if status == "reconnecting":
+                self._last_frame = time.monotonic()  # not a stall: the failure is reported
             if error:
                 self.last_error = error
             self._cond.notify_all()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
@@ -22,25 +24,50 @@ from inspector.data.images import is_image_file, list_images
 from inspector.errors import SourceError
 
 POLL_S = 0.05  # how often next_ready re-checks pending files
+REMEMBERED = 10_000  # files handed out that are remembered (the result log keeps the rest once)
+
+
+@dataclass
+class _Pending:
+    signature: tuple | None  # (size, mtime_ns), or ("link", mtime_ns) for a link that leads nowhere
+    stable_since: float  # monotonic time the signature was first seen
+    first_seen: float  # monotonic time the file was first seen, kept across re-checks
+    not_before: float = 0.0
+
+
+def _signature(path: Path) -> tuple | None:
+    """What identifies this version of the file; None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        try:  # a dangling or looping link, or a file that cannot be looked at
+            return ("link", os.lstat(path).st_mtime_ns)
+        except OSError:
+            return None
+    return st.st_size, st.st_mtime_ns
 
 
 class FolderWatcher:
     """Image files arriving directly in `folder` (subfolders are ignored).
 
     A file is ready once its size and modification time have not changed for `settle_s`
-    seconds, it is not empty and it can be opened; until then it is only pending. Each
-    version of a file (path, size, mtime) is returned once; a file rewritten in place is
-    returned again. Paths handed out are absolute. Thread-safe; usable as a context manager.
+    seconds and it is not empty and can be opened, or, whatever it is, once it has been
+    seen for `max_wait_s` (an empty file, a link that leads nowhere: the reader logs why it
+    cannot be used). Each version of a file (path, size, mtime) is returned once; a file
+    rewritten in place is returned again; `recheck` hands a file back to be waited for
+    again (it was still incomplete). Paths handed out are absolute. Thread-safe; usable as
+    a context manager.
     """
 
-    def __init__(self, folder: str | Path, settle_s: float = 0.5):
+    def __init__(self, folder: str | Path, settle_s: float = 0.5, max_wait_s: float = 30.0):
         self.folder = Path(folder).resolve()
         self.settle_s = settle_s
+        self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
-        # path -> ((size, mtime_ns), monotonic time first seen with that signature), None until checked
-        self._pending: dict[Path, tuple[tuple[int, int], float] | None] = {}
-        self._ready: deque[Path] = deque()
-        self._returned: dict[Path, tuple[int, int]] = {}  # path -> signature handed out
+        self._pending: dict[Path, _Pending] = {}
+        self._ready: deque[tuple[Path, float]] = deque()
+        self._since: dict[Path, float] = {}  # first-seen times of the files handed out, for since()
+        self._returned: OrderedDict[Path, tuple] = OrderedDict()  # path -> signature handed out
         self._observer: Observer | None = None
 
     @property
@@ -76,11 +103,28 @@ class FolderWatcher:
             with self._lock:
                 self._check_pending()
                 if self._ready:
-                    return self._ready.popleft()
+                    path, first_seen = self._ready.popleft()
+                    self._since[path] = first_seen
+                    return path
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._observer is None:
                 return None
             time.sleep(min(POLL_S, remaining))
+
+    def since(self, path: Path) -> float | None:
+        """When a file just handed out was first seen (time.monotonic())."""
+        with self._lock:
+            return self._since.pop(path, None)
+
+    def recheck(self, path: Path, since: float | None = None, delay_s: float | None = None) -> None:
+        """Wait for a file handed out again: it is handed out once more after it has been
+        stable for settle_s (and at least `delay_s`), or when it has been waited for
+        max_wait_s since `since` (when it was first seen)."""
+        now = time.monotonic()
+        with self._lock:
+            self._returned.pop(path, None)
+            self._pending[path] = _Pending(None, now, now if since is None else since,
+                                           now + (self.settle_s if delay_s is None else delay_s))
 
     def __enter__(self) -> FolderWatcher:
         self.start()
@@ -91,8 +135,10 @@ class FolderWatcher:
 
     def _add(self, path: Path) -> None:
         if path.parent == self.folder and is_image_file(path):
+            now = time.monotonic()
             with self._lock:
-                self._pending.setdefault(path, None)
+                if path not in self._pending:
+                    self._pending[path] = _Pending(None, now, now)
 
     def _forget(self, path: Path) -> None:
         with self._lock:
@@ -102,22 +148,28 @@ class FolderWatcher:
     def _check_pending(self) -> None:
         now = time.monotonic()
         for path in sorted(self._pending):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
+            entry = self._pending[path]
+            if now < entry.not_before:
+                continue
+            signature = _signature(path)
+            if signature is None:  # gone
                 del self._pending[path]
                 continue
-            except OSError:
-                continue  # e.g. locked by the writer on Windows: look again later
-            signature = (st.st_size, st.st_mtime_ns)
-            seen = self._pending[path]
-            if seen is None or seen[0] != signature:
-                self._pending[path] = (signature, now)
-            elif now - seen[1] >= self.settle_s and st.st_size > 0 and _can_open(path):
-                del self._pending[path]
-                if self._returned.get(path) != signature:
-                    self._returned[path] = signature
-                    self._ready.append(path)
+            waited_out = now - entry.first_seen >= self.max_wait_s
+            if entry.signature != signature:
+                entry.signature, entry.stable_since = signature, now
+                if not waited_out:
+                    continue
+            if not waited_out and (now - entry.stable_since < self.settle_s or not (
+                    signature[0] == "link" or (signature[0] > 0 and _can_open(path)))):
+                continue
+            del self._pending[path]
+            if self._returned.get(path) != signature:
+                self._returned[path] = signature
+                self._returned.move_to_end(path)
+                while len(self._returned) > REMEMBERED:
+                    self._returned.popitem(last=False)
+                self._ready.append((path, entry.first_seen))
 
 
 class _Handler(FileSystemEventHandler):

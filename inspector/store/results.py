@@ -1,24 +1,35 @@
-"""The inspection log: one SQLite row per inspected image.
+"""The inspection log: one SQLite row per inspected image, and the events that changed what
+decides a verdict (training, sensitivity, memory bank, product rename and delete).
 
 One connection (WAL mode, autocommit, ``check_same_thread=False``) is shared by every
-thread of a process and guarded by a lock; other processes may read the file at the
-same time. Each record is committed on its own, so a crash or kill loses nothing that
+thread of a process and guarded by a lock; other processes may read and write the file at
+the same time. Each record is committed on its own, so a crash or kill loses nothing that
 ``record`` returned for.
 
-No verdict is silently lost: when the database cannot be written (locked by another
-program, read-only, damaged) the record goes to a journal beside it
-(``<db name>.pending.jsonl``) and ``record`` raises StoreError. The journal is written
-into the database, and removed, on the next successful ``record`` and on every open.
+No verdict is silently lost. When the database cannot be written (locked by another
+program, read-only, damaged, disk full) the row goes to a journal beside it
+(``<db name>.pending.jsonl``, appended and fsynced under a file lock shared by every
+process) and ``record`` raises StoreError; when even the journal cannot be written, the row
+is kept in memory and ``record`` raises NotLogged. ``retry_pending`` (called on every
+``record`` and on open) writes them into the database: the journal is first claimed by
+renaming it under the lock (so no process can append to a file being replayed), then
+replayed row by row. Every row carries a unique id, so a replay repeated after a crash
+writes nothing twice. A row that cannot be replayed is set aside, not lost, in
+``<db name>.rejected.jsonl`` and reported in the log.
 """
 
 from __future__ import annotations
 
 import csv
+import getpass
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +40,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
+EVENT_KINDS = ("create", "train", "sensitivity", "bank", "rename", "delete")
 
 
 @dataclass
@@ -38,18 +50,34 @@ class InspectionRecord:
     verdict: str                # "OK" | "NG" | "ERROR"
     image_path: str | None = None
     score: float | None = None
-    threshold: float | None = None
-    model_id: str | None = None
+    threshold: float | None = None   # the threshold that decided the verdict
+    model_id: str | None = None      # checksum prefix of the model version that decided it
     error: str | None = None    # reason, for ERROR rows
     regions: list[dict] = field(default_factory=list)  # [{"x","y","w","h","area","peak"}], stored as JSON
     latency_ms: float | None = None
     time: str = ""              # ISO-8601 UTC with milliseconds, filled on record() when empty
     file_key: str | None = None # identity of a file (path|size|mtime_ns) for exactly-once logging; None = always log
+    model_version: int | None = None  # version number of the product's model that decided it
     id: int | None = None
 
 
-# Record fields stored as columns (all but id), in dataclass order; also the CSV columns.
+@dataclass
+class Event:
+    """A change of what decides verdicts, as an auditor reads it: who, when, old -> new."""
+    product: str
+    kind: str                   # one of EVENT_KINDS
+    old: str | None = None
+    new: str | None = None
+    detail: str | None = None
+    user: str = ""              # the station user; the OS login name when not given
+    time: str = ""
+    id: int | None = None
+
+
+# Fields stored as columns (all but id), in dataclass order; also the CSV columns.
 COLUMNS = tuple(f.name for f in fields(InspectionRecord) if f.name != "id")
+EVENT_COLUMNS = tuple(f.name for f in fields(Event) if f.name != "id")
+TABLES = {"inspections": (InspectionRecord, COLUMNS), "events": (Event, EVENT_COLUMNS)}
 
 # Schema migrations: entry i takes the database from version i to version i + 1
 # (PRAGMA user_version). A new schema version is one more entry at the end.
@@ -76,14 +104,38 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """CREATE UNIQUE INDEX inspections_file_key ON inspections (product, file_key)
             WHERE file_key IS NOT NULL""",
     ),
+    (  # 2: the model version of each verdict, a unique id per row (idempotent replays), events
+        "ALTER TABLE inspections ADD COLUMN model_version INTEGER",
+        "ALTER TABLE inspections ADD COLUMN uid TEXT",
+        "CREATE UNIQUE INDEX inspections_uid ON inspections (uid) WHERE uid IS NOT NULL",
+        """CREATE TABLE events (
+            id          INTEGER PRIMARY KEY,
+            product     TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            old         TEXT,
+            new         TEXT,
+            detail      TEXT,
+            user        TEXT NOT NULL,
+            time        TEXT NOT NULL,
+            uid         TEXT UNIQUE
+        )""",
+        "CREATE INDEX events_product_time ON events (product, time)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_INSERT = (
-    f"INSERT INTO inspections ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-    "ON CONFLICT (product, file_key) WHERE file_key IS NOT NULL DO NOTHING"
-)
+_INSERT = {
+    "inspections": (
+        f"INSERT INTO inspections ({', '.join(COLUMNS)}, uid) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
+        "ON CONFLICT DO NOTHING"
+    ),
+    "events": (
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, uid) VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))}) "
+        "ON CONFLICT DO NOTHING"
+    ),
+}
 _SELECT = f"SELECT {', '.join(COLUMNS)}, id FROM inspections"
+_SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)}, id FROM events"
 
 
 def utc_time(value: str | datetime) -> str:
@@ -99,15 +151,30 @@ def utc_time(value: str | datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def text(value: str) -> str:
+    """A string that can be stored, printed and written as UTF-8. File names that are not
+    valid UTF-8 (a Latin-1 name from a Windows share or a camera) reach Python with lone
+    surrogates; their bytes are shown as \\xNN escapes, e.g. 'caf\\xe9.png'."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def login_name() -> str:
+    """The OS login name of the station user ("unknown" where the OS cannot say)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in the environment or the user database
+        return "unknown"
+
+
 def _plain(value):
     """JSON fallback for numpy scalars in regions (the store does not import numpy)."""
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} cannot be stored as JSON")
-
-
-def _optional_float(value) -> float | None:
-    return None if value is None else float(value)
 
 
 def _reason(error: sqlite3.Error) -> str:
@@ -121,14 +188,66 @@ def _reason(error: sqlite3.Error) -> str:
         return "is not an Inspector result database or is damaged (move it away to start a new log)"
     if code == sqlite3.SQLITE_CANTOPEN:
         return "cannot be opened (check that the folder exists and can be written)"
+    if code == sqlite3.SQLITE_FULL:
+        return "is on a full disk (free some space)"
     return f"cannot be used ({error})"
+
+
+class NotLogged(StoreError):
+    """Neither the database nor its journal could be written: the row is kept in memory only
+    and written by a later ``retry_pending``; a file it belongs to must not be moved."""
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock shared by every process using this database (waits for it)."""
+    try:
+        f = open(path, "a+b")
+    except OSError as e:  # e.g. a full disk cannot create the lock file: go on unlocked
+        log.warning("cannot lock %s (%s); going on without the lock", path, e)
+        yield
+        return
+    with f:
+        if os.name == "nt":
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append lines to a file and make them durable (fsync)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class ResultStore:
     def __init__(self, path: str | os.PathLike, timeout_s: float = 5.0):
         self.path = Path(path)
         self.journal_path = self.path.with_name(self.path.name + ".pending.jsonl")
-        self._lock = threading.Lock()
+        self.rejected_path = self.path.with_name(self.path.name + ".rejected.jsonl")
+        self._lock_path = self.path.with_name(self.path.name + ".pending.lock")
+        self._lock = threading.RLock()
+        self._unsaved: list[tuple[str, str, dict]] = []  # (table, uid, row) not even in the journal
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -149,12 +268,10 @@ class ResultStore:
         except StoreError:
             self._db.close()
             raise
-        with self._lock:
-            try:
-                self._write([])  # replay a journal left by an earlier run
-            except sqlite3.Error as e:
-                log.warning("%d verdict(s) stay in %s: the result database %s %s",
-                            self._pending(), self.journal_path, self.path, _reason(e))
+        try:
+            self.retry_pending()  # replay a journal left by an earlier run
+        except StoreError as e:
+            log.warning("%s", e)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -185,8 +302,8 @@ class ResultStore:
     def record(self, rec: InspectionRecord) -> bool:
         """Log ``rec`` (filling ``rec.time`` when empty and ``rec.id`` once written).
         Returns False, writing nothing, when (product, file_key) is already logged.
-        Raises StoreError when the database cannot be written; the record is then kept
-        in the journal, unless the error says it could not be saved anywhere."""
+        Raises StoreError when the database cannot be written: the record is then kept in
+        the journal, or (NotLogged) in memory, and written by a later ``retry_pending``."""
         if not isinstance(rec.product, str) or not rec.product:
             raise ValueError(f"product must be a non-empty name, not {rec.product!r}")
         if rec.verdict not in VERDICTS:
@@ -194,103 +311,246 @@ class ResultStore:
         if rec.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, not {rec.source!r}")
         rec.time = utc_time(rec.time) if rec.time else utc_time(datetime.now(timezone.utc))
+        return self._insert("inspections", rec, "verdict")
+
+    def record_event(self, product: str, kind: str, old: str | None = None, new: str | None = None,
+                     detail: str | None = None, user: str | None = None) -> Event:
+        """Record a change (who: ``user``, or the OS login name; when: now; old -> new).
+        Like ``record``, an event that cannot be written now is kept and written later."""
+        if not isinstance(product, str) or not product:
+            raise ValueError(f"product must be a non-empty name, not {product!r}")
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"kind must be one of {EVENT_KINDS}, not {kind!r}")
+        event = Event(product, kind, old, new, detail, user or login_name(),
+                      utc_time(datetime.now(timezone.utc)))
+        self._insert("events", event, "event")
+        return event
+
+    def _insert(self, table: str, item, what: str) -> bool:
+        uid = uuid.uuid4().hex
+        row = self._row(table, item)
         with self._lock:
             try:
-                return self._write([rec])
-            except sqlite3.DatabaseError as e:  # locked, read-only, damaged, disk full ...
-                if isinstance(e, sqlite3.IntegrityError):  # a bug, not an unavailable database
+                try:
+                    self._replay()
+                except OSError as e:  # the pending rows stay where they are; the new one goes on
+                    log.warning("pending rows of %s not written: %s", self.path, e)
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._db.execute(_INSERT[table], self._values(table, row, uid))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                     raise
+            except sqlite3.Error as e:  # locked, read-only, damaged, disk full ...
                 reason = _reason(e)
-                self._keep_in_journal(rec, reason)
+                self._keep(table, uid, row, reason, what)
                 raise StoreError(
-                    f"The result database {self.path} {reason}; the verdict was kept in "
+                    f"The result database {self.path} {reason}; the {what} was kept in "
                     f"{self.journal_path} and will be written when the database is available."
                 ) from e
+        inserted = cur.rowcount == 1
+        item.id = cur.lastrowid if inserted else None
+        return inserted
 
-    def _write(self, new: list[InspectionRecord]) -> bool:
-        """In one transaction, write the journal (if any) and then ``new``, and remove
-        the journal after commit. Returns whether the last of ``new`` was inserted."""
-        pending = self._read_journal()
-        if not pending and not new:
-            return False
-        inserted = False
+    @staticmethod
+    def _row(table: str, item) -> dict:
+        """The item as the plain JSON-able values of its columns."""
+        row = {name: getattr(item, name) for name in TABLES[table][1]}
+        for name, value in row.items():
+            if hasattr(value, "item"):  # a numpy scalar
+                value = value.item()
+            if isinstance(value, str):
+                value = text(value)
+            elif name in ("score", "threshold", "latency_ms") and value is not None:
+                value = float(value)
+            row[name] = value
+        if table == "inspections":
+            row["regions"] = json.loads(json.dumps(item.regions, default=_plain))
+        return row
+
+    @staticmethod
+    def _values(table: str, row: dict, uid: str | None) -> tuple:
+        values = [row[name] for name in TABLES[table][1]]
+        if table == "inspections":
+            values[COLUMNS.index("regions")] = json.dumps(row["regions"])
+        return (*values, uid)
+
+    def _keep(self, table: str, uid: str, row: dict, reason: str, what: str) -> None:
+        """Append the row to the journal, durably; else keep it in memory and raise NotLogged."""
+        line = json.dumps({"table": table, "uid": uid, "row": row})
+        try:
+            with _file_lock(self._lock_path):
+                _append_lines(self.journal_path, [line])
+        except OSError as e:
+            self._unsaved.append((table, uid, row))
+            raise NotLogged(
+                f"The result database {self.path} {reason}, and writing {self.journal_path} failed "
+                f"({e}): the {what} is NOT logged yet; it is kept in memory and will be written "
+                f"when the database is available, unless this program stops first."
+            ) from e
+
+    def retry_pending(self) -> int:
+        """Write the journal and the rows kept in memory into the database. Returns how many
+        rows are still pending; raises StoreError when the database cannot be written."""
+        with self._lock:
+            try:
+                self._replay()
+            except sqlite3.Error as e:
+                raise StoreError(f"{self._pending()} row(s) stay pending: the result database "
+                                 f"{self.path} {_reason(e)}.") from e
+            except OSError as e:
+                raise StoreError(f"{self._pending()} row(s) stay pending: {e}.") from e
+            return self._pending()
+
+    def _claimed(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{self.path.name}.pending-*.jsonl"))
+
+    def _replay(self) -> None:
+        """Write the journal and the rows kept in memory, row by row, in one transaction; a
+        row that cannot be written is set aside. The database's write lock is taken first,
+        so nothing is claimed while it is unavailable; then the journal is claimed (renamed
+        under the file lock, so no process appends to it any more) and read."""
+        if not (self._unsaved or self.journal_path.is_file() or self._claimed()):
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for rec in pending + new:
-                cur = self._db.execute(_INSERT, self._row(rec))
-                inserted = cur.rowcount == 1
-                rec.id = cur.lastrowid if inserted else None
+            if self.journal_path.is_file():
+                with _file_lock(self._lock_path):
+                    if self.journal_path.is_file():
+                        claim = self.journal_path.with_name(f"{self.path.name}.pending-{uuid.uuid4().hex}.jsonl")
+                        try:
+                            os.replace(self.journal_path, claim)
+                        except OSError as e:
+                            log.warning("cannot claim the journal %s: %s", self.journal_path, e)
+            done, lines = [], []
+            for claim in self._claimed():
+                try:
+                    content = claim.read_text(encoding="utf-8", errors="surrogateescape")
+                except FileNotFoundError:  # replayed meanwhile by another process
+                    continue
+                except OSError as e:
+                    log.warning("cannot read the pending rows in %s: %s", claim, e)
+                    continue
+                done.append(claim)
+                lines += [(line, claim) for line in content.splitlines() if line.strip()]
+            lines += [(json.dumps({"table": t, "uid": u, "row": r}), None) for t, u, r in self._unsaved]
+            rejected = []
+            for line, source in lines:
+                self._db.execute("SAVEPOINT line")
+                try:
+                    table, uid, row = self._parse(line)
+                    self._db.execute(_INSERT[table], self._values(table, row, uid))
+                    self._db.execute("RELEASE line")
+                except (ValueError, TypeError, KeyError, sqlite3.IntegrityError, sqlite3.InterfaceError) as e:
+                    self._db.execute("ROLLBACK TO line")
+                    self._db.execute("RELEASE line")
+                    rejected.append(json.dumps({"line": text(line), "reason": f"{type(e).__name__}: {e}",
+                                                "from": str(source) if source else "memory"}))
+            if rejected:
+                _append_lines(self.rejected_path, rejected)  # durable before the journal goes
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        if pending:
-            self.journal_path.unlink(missing_ok=True)
-            log.info("wrote %d pending verdict(s) from %s into %s", len(pending), self.journal_path, self.path)
-        return inserted
+        self._unsaved = []
+        for claim in done:
+            claim.unlink(missing_ok=True)
+        if rejected:
+            log.warning("%d pending row(s) could not be written into %s; they are kept in %s",
+                        len(rejected), self.path, self.rejected_path)
+        if lines:
+            log.info("wrote %d pending row(s) into %s", len(lines) - len(rejected), self.path)
 
     @staticmethod
-    def _row(rec: InspectionRecord) -> tuple:
-        values = asdict(rec)
-        values["regions"] = json.dumps(rec.regions, default=_plain)
-        for name in ("score", "threshold", "latency_ms"):
-            values[name] = _optional_float(values[name])
-        return tuple(values[name] for name in COLUMNS)
-
-    def _keep_in_journal(self, rec: InspectionRecord, reason: str) -> None:
-        """Append ``rec`` to the journal, durably; StoreError if even that fails."""
-        line = json.dumps({name: getattr(rec, name) for name in COLUMNS}, default=_plain)
-        try:
-            with open(self.journal_path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise StoreError(
-                f"The result database {self.path} {reason}, and the verdict could not be saved "
-                f"anywhere: writing {self.journal_path} failed ({e}). "
-                "The verdict for this image is NOT logged."
-            ) from e
-
-    def _read_journal(self) -> list[InspectionRecord]:
-        try:
-            text = self.journal_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            log.warning("cannot read the pending verdicts in %s: %s", self.journal_path, e)
-            return []
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(InspectionRecord(**json.loads(line)))
-            except (ValueError, TypeError) as e:  # a line cut short by a crash mid-write
-                log.warning("skipping unreadable line %d of %s: %s", n, self.journal_path, e)
-        return records
+    def _parse(line: str) -> tuple[str, str | None, dict]:
+        """(table, uid, row) of a journal line; a line from before events is a bare record."""
+        item = json.loads(line)
+        if not isinstance(item, dict):
+            raise ValueError("not a JSON object")
+        if "table" not in item:  # the same line always gets the same id: replays stay idempotent
+            item = {"table": "inspections", "uid": hashlib.sha1(line.encode("utf-8", "replace")).hexdigest(),
+                    "row": item}
+        table, row = item["table"], item["row"]
+        cls, columns = TABLES[table]
+        row = asdict(cls(**row))  # every field known, the required ones present
+        if table == "inspections":
+            if row["verdict"] not in VERDICTS or row["source"] not in SOURCES:
+                raise ValueError(f"invalid verdict or source: {row['verdict']!r}, {row['source']!r}")
+            row["time"] = utc_time(row["time"])
+        return table, item.get("uid"), row
 
     def _pending(self) -> int:
+        count = len(self._unsaved)
+        for path in [self.journal_path] + self._claimed():
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    count += sum(1 for line in f if line.strip())
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("cannot count the pending rows in %s: %s", path, e)
+        return count
+
+    def pending_count(self) -> int:
+        """Rows kept in the journal or in memory, not yet in the database."""
+        with self._lock:
+            return self._pending()
+
+    def rejected_count(self) -> int:
+        """Journal lines that could not be written and were set aside in ``rejected_path``."""
         try:
-            with open(self.journal_path, encoding="utf-8") as f:
+            with open(self.rejected_path, encoding="utf-8") as f:
                 return sum(1 for line in f if line.strip())
         except FileNotFoundError:
             return 0
 
-    def pending_count(self) -> int:
-        """Verdicts kept in the journal, not yet in the database."""
+    def rename_product(self, old: str, new: str, user: str | None = None) -> Event:
+        """Move the history (verdicts and events) of ``old`` to ``new`` and record the rename,
+        in one transaction. Refused when the log already holds history under ``new``."""
+        event = Event(new, "rename", old, new, None, user or login_name(), utc_time(datetime.now(timezone.utc)))
         with self._lock:
-            return self._pending()
+            try:
+                self._replay()  # pending verdicts of the old name move with it
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    taken = self._db.execute(
+                        "SELECT (SELECT COUNT(*) FROM inspections WHERE product = ?) + "
+                        "(SELECT COUNT(*) FROM events WHERE product = ?)", (text(new), text(new))).fetchone()[0]
+                    if taken:
+                        raise StoreError(f"The result log already holds {taken} row(s) under the name '{new}' "
+                                         f"(a product deleted earlier?): choose another name.")
+                    for table in ("inspections", "events"):
+                        self._db.execute(f"UPDATE {table} SET product = ? WHERE product = ?", (text(new), text(old)))
+                    self._db.execute(_INSERT["events"], self._values("events", self._row("events", event),
+                                                                     uuid.uuid4().hex))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"The history of '{old}' cannot be renamed: the result database "
+                                 f"{self.path} {_reason(e)}.") from e
+        return event
 
     # ---- reading -------------------------------------------------------------------
 
-    def is_logged(self, product: str, file_key: str) -> bool:
+    def logged_verdict(self, product: str, file_key: str) -> str | None:
+        """The verdict logged for this version of a file, or None."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM inspections WHERE product = ? AND file_key = ?", (product, file_key)
-            ).fetchone()
-        return row is not None
+            try:
+                row = self._db.execute(
+                    "SELECT verdict FROM inspections WHERE product = ? AND file_key = ?",
+                    (text(product), text(file_key))).fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
+        return None if row is None else row[0]
+
+    def is_logged(self, product: str, file_key: str) -> bool:
+        return self.logged_verdict(product, file_key) is not None
 
     @staticmethod
     def _where(product=None, verdict=None, since=None, until=None) -> tuple[str, list]:
@@ -298,7 +558,7 @@ class ResultStore:
         terms, args = [], []
         if product is not None:
             terms.append("product = ?")
-            args.append(product)
+            args.append(text(product))
         if verdict is not None:
             terms.append("verdict = ?")
             args.append(verdict)
@@ -325,6 +585,15 @@ class ResultStore:
             rec.regions = json.loads(rec.regions)
             records.append(rec)
         return records
+
+    def events(self, product: str | None = None, since: str | datetime | None = None,
+               until: str | datetime | None = None, limit: int | None = None) -> list[Event]:
+        """Recorded changes, newest first."""
+        where, args = self._where(product, since=since, until=until)
+        with self._lock:
+            rows = self._db.execute(f"{_SELECT_EVENTS}{where} ORDER BY time DESC, id DESC LIMIT ?",
+                                    args + [-1 if limit is None else limit]).fetchall()
+        return [Event(**dict(zip(EVENT_COLUMNS + ("id",), row))) for row in rows]
 
     def count(self, product: str | None = None, verdict: str | None = None,
               since: str | datetime | None = None, until: str | datetime | None = None) -> int:
@@ -375,6 +644,18 @@ class ResultStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._unsaved:  # a last try: the database, else the journal
+                try:
+                    self._replay()
+                except (sqlite3.Error, OSError):
+                    try:
+                        with _file_lock(self._lock_path):
+                            _append_lines(self.journal_path, [json.dumps({"table": t, "uid": u, "row": r})
+                                                              for t, u, r in self._unsaved])
+                        self._unsaved = []
+                    except OSError as e:
+                        log.error("%d row(s) could not be written into %s nor %s and are lost (%s): %s",
+                                  len(self._unsaved), self.path, self.journal_path, e, self._unsaved)
             self._db.close()
 
     def __enter__(self) -> ResultStore:

@@ -1,0 +1,280 @@
+"""Every operator action as a plain function: the command line and the desktop application
+call these, so that a feature of one is a feature of the other. No Qt here.
+
+A change of what decides a verdict (training, sensitivity, memory-bank rebuild) saves a new
+model version (inspector.core.model) and, like a product's creation, rename and deletion,
+is recorded as an event in the result log: who (the station user: `user`, else the OS
+login name), when, old -> new. A running line switches to a new version between items.
+When saving a change fails, nothing is recorded and the model on disk stays as it was.
+
+Long work takes `progress(stage, done, total)` and a `cancel` threading.Event."""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .core import training
+from .core.features import FeatureExtractor
+from .core.memory_bank import Progress, no_progress
+from .core.model import (Model, Settings, check_product_name, delete_model, list_models, load_model,
+                         rename_model, save_model, with_sigma)
+from .core.scoring import Result
+from .core.training import GoodFeatures
+from .data.images import list_images, load_image, read_ahead
+from .errors import Cancelled, InspectorError, ModelError, StoreError, TrainingError, describe
+from .sources.camera import Camera
+from .sources.folder import FolderWatcher
+from .station import Message, Outcome, Station, inspector_for, no_message, watch_camera, watch_folder
+from .store.results import InspectionRecord, ResultStore
+
+log = logging.getLogger(__name__)
+
+
+# ---- events ------------------------------------------------------------------------------
+
+def describe_model(model: Model | None) -> str | None:
+    """A model version as an event's old or new value."""
+    if model is None:
+        return None
+    s = model.settings
+    return (f"version {model.version} (id {model.model_id}): threshold {model.threshold:.6g} at sensitivity "
+            f"{s.sigma:g}; memory bank {len(model.memory_bank)} patches ({s.sampler}, ratio {s.sampling_ratio:g}); "
+            f"{s.backbone} {s.image_size} px")
+
+
+def _record(store: ResultStore, product: str, kind: str, old: str | None, new: str | None,
+            detail: str | None, user: str | None) -> None:
+    """Record an event; a log that cannot be written now keeps it for later (see ResultStore)."""
+    try:
+        store.record_event(product, kind, old, new, detail, user)
+    except StoreError as exc:
+        log.warning("the %s event of '%s' is not in the log yet: %s", kind, product, exc)
+
+
+def _current(models_dir: Path, product: str) -> Model | None:
+    """The product's model, None when it has none or it cannot be loaded."""
+    try:
+        return load_model(models_dir, product)
+    except InspectorError:
+        return None
+
+
+# ---- products -------------------------------------------------------------------------------
+
+def products(models_dir: str | Path) -> list[dict]:
+    """Metadata of every product's current model; an untrained or damaged one carries an 'error'."""
+    return list_models(models_dir)
+
+
+def create_product(models_dir: str | Path, store: ResultStore, name: str, user: str | None = None) -> str:
+    """A new, untrained product (an empty folder). Returns its name as stored."""
+    name = check_product_name(name)
+    folder = Path(models_dir) / name
+    if folder.exists():
+        raise ModelError(f"A product named '{name}' already exists.")
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise ModelError(f"Cannot create the product '{name}' in {models_dir}: {exc}") from exc
+    _record(store, name, "create", None, name, None, user)
+    return name
+
+
+def rename_product(models_dir: str | Path, store: ResultStore, product: str, new_name: str,
+                   user: str | None = None) -> str:
+    """Rename a product: its model versions, and its history in the log, which keeps every
+    verdict and event under the new name. Returns the new name."""
+    new_name = check_product_name(new_name)
+    rename_model(models_dir, product, new_name)
+    try:
+        store.rename_product(product, new_name, user)
+    except StoreError:
+        rename_model(models_dir, new_name, product)  # the history could not follow: undo
+        raise
+    return new_name
+
+
+def delete_product(models_dir: str | Path, store: ResultStore, product: str, user: str | None = None) -> None:
+    """Delete a product and every version of its model; its history stays in the log."""
+    old = _current(Path(models_dir), product)
+    delete_model(models_dir, product)
+    _record(store, product, "delete", describe_model(old) or "untrained", None, None, user)
+
+
+# ---- teaching ---------------------------------------------------------------------------------
+
+def _images(images: str | Path | Iterable[str | Path]) -> tuple[list[Path], str]:
+    """Image files from a folder (not its subfolders) or a list, and where they came from."""
+    if isinstance(images, (str, Path)):
+        return list_images(images), str(images)
+    paths = [Path(p) for p in images]
+    return paths, f"{len(paths)} file(s)"
+
+
+def train(models_dir: str | Path, store: ResultStore, product: str, images: str | Path | Iterable[str | Path],
+          settings: Settings, progress: Progress = no_progress, cancel: threading.Event | None = None,
+          device: str = "cpu", user: str | None = None) -> tuple[Model, GoodFeatures]:
+    """Train the product from good images (a folder or files) and save the model as its new
+    version. Returns it and the patch features (kept to rebuild the bank without reading
+    the images again)."""
+    product = check_product_name(product)
+    paths, origin = _images(images)
+    old = _current(Path(models_dir), product)
+    model, good = training.train(product, paths, settings, progress, cancel, device)
+    detail = (f"{len(good.paths)} good image(s) from {origin}"
+              + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
+    saved = save_model(model, models_dir, change=f"trained on {detail}")
+    _record(store, product, "train", describe_model(old), describe_model(saved), detail, user)
+    return saved, good
+
+
+def set_sensitivity(models_dir: str | Path, store: ResultStore, product: str, sigma: float,
+                    user: str | None = None, expected_version: int | None = None) -> Model:
+    """Save the product's model at another sensitivity (sigma) as its new version. With
+    `expected_version`, refused when the model changed since the caller looked at it."""
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma)):
+        raise ModelError(f"The sensitivity must be a number, not {sigma!r}.")
+    current = load_model(models_dir, product)
+    if expected_version is not None and current.version != expected_version:
+        raise ModelError(f"The model of '{product}' changed meanwhile (now version {current.version}, "
+                         f"not {expected_version}): look at it again before changing its sensitivity.")
+    saved = save_model(with_sigma(current, sigma), models_dir)
+    _record(store, product, "sensitivity", describe_model(current), describe_model(saved), saved.change, user)
+    return saved
+
+
+def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampling_ratio: float,
+                 good: GoodFeatures | None = None, images: str | Path | Iterable[str | Path] | None = None,
+                 progress: Progress = no_progress, cancel: threading.Event | None = None,
+                 device: str = "cpu", user: str | None = None) -> tuple[Model, GoodFeatures]:
+    """Rebuild the product's memory bank at another sampling ratio, with its other settings
+    as they are, from the patch features of a training (`good`) or, without them, from the
+    good images (`images`, read again); saves the new version and returns it with the features."""
+    current = load_model(models_dir, product)
+    settings = replace(current.settings, sampling_ratio=float(sampling_ratio))
+    origin = "the patch features kept from the training"
+    if good is None:
+        if images is None:
+            raise TrainingError(f"Rebuilding the memory bank of '{product}' needs its good images: "
+                                f"give the folder it was trained from.")
+        paths, origin = _images(images)
+        if not paths:
+            raise TrainingError("No good images given: choose the folder the product was trained from.")
+        extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
+        good = training.extract_features(paths, extractor, progress, cancel)
+    model = training.fit(current.product, good, settings, progress, cancel)
+    change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
+              f"{settings.sampling_ratio:g} from {origin}")
+    saved = save_model(model, models_dir, change=change)
+    _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
+    return saved, good
+
+
+# ---- looking at scores --------------------------------------------------------------------------
+
+@dataclass
+class DefectScores:
+    """Scores of a folder of known defect images (subfolders included)."""
+    paths: list[Path] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)  # files that could not be scored
+
+    def escapes(self, threshold: float) -> int:
+        """Known defects that would pass as OK at this threshold."""
+        return int((np.asarray(self.scores, float) < threshold).sum())
+
+
+ScoreReport = Callable[[int, int, Path, "float | None", "str | None"], None]  # done, total, path, score, problem
+
+
+def score_defects(model: Model, folder: str | Path, on_score: ScoreReport | None = None,
+                  cancel: threading.Event | None = None, device: str = "cpu",
+                  extractors: dict | None = None) -> DefectScores:
+    """Score every image of a folder of known defects, its subfolders included (a test
+    folder often holds one per defect type); nothing is logged. Files that cannot be
+    scored are listed with their reason. Raises Cancelled when cancelled."""
+    paths = list_images(folder, recursive=True)
+    inspector = inspector_for(model, device, {} if extractors is None else extractors)
+    out = DefectScores()
+    for done, (path, image) in enumerate(read_ahead(paths), 1):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Scoring the known defects was cancelled.")
+        try:
+            if isinstance(image, Exception):
+                raise image
+            score, problem = inspector.inspect(image).score, None
+            out.paths.append(path)
+            out.scores.append(score)
+        except Exception as exc:  # noqa: BLE001 - one file's problem, reported with it
+            score, problem = None, describe(exc)
+            out.problems.append((path, problem))
+        if on_score is not None:
+            on_score(done, len(paths), path, score, problem)
+    return out
+
+
+def find_image(record: InspectionRecord) -> Path | None:
+    """The record's image where it still is: where it was inspected, or sorted into a
+    verdict folder beside it."""
+    if not record.image_path:
+        return None
+    path = Path(record.image_path)
+    for candidate in (path, path.parent / record.verdict / path.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def reinspect(models_dir: str | Path, product: str, path: str | Path, model: Model | None = None,
+              device: str = "cpu", extractors: dict | None = None) -> tuple[np.ndarray, Result, Model]:
+    """Inspect an image file again with the product's current model (or `model`), without
+    logging anything. Returns the image, the result and the model that decided it."""
+    model = model if model is not None else load_model(models_dir, product)
+    image = load_image(path)
+    return image, inspector_for(model, device, extractors).inspect(image), model
+
+
+# ---- the line ---------------------------------------------------------------------------------
+
+def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str, target,
+             stop: threading.Event, on_outcome: Callable[[Outcome], None], on_message: Message = no_message,
+             sort_files: bool = False, archive_dir: str | Path | None = None, snap: threading.Event | None = None,
+             settle_s: float = 0.5, max_wait_s: float = 30.0, interval_s: float = 0.0, device: str = "cpu",
+             model: Model | None = None) -> None:
+    """Run the line until `stop` is set or its source ends. `kind` is the source: 'folder'
+    (watch the folder `target`), 'camera' (a camera index, stream URL or video file; every
+    frame at most once per `interval_s`, or one per `snap` when given) or 'file' (inspect
+    the files of the list `target` once; files already logged are skipped). Every item is
+    logged (see Station); the line follows new model versions of the product between items."""
+    model = model if model is not None else load_model(models_dir, product)
+    station = Station(inspector_for(model, device), store, kind, sort_files, archive_dir, models_dir,
+                      on_message, device)
+    if kind == "folder":
+        with FolderWatcher(target, settle_s, max_wait_s) as watcher:
+            on_message("info", f"Watching {watcher.folder} for new images of '{model.product}' "
+                               f"(model version {model.version}).")
+            watch_folder(station, watcher, stop, on_outcome)
+    elif kind == "camera":
+        def status(state: str, error: str | None) -> None:
+            lost = state in ("reconnecting", "no frames")
+            on_message("warning" if lost else "info", (error if lost and error else f"{target}: {state}."))
+
+        with Camera(target) as camera:
+            watch_camera(station, camera, stop, on_outcome, interval_s, status, snap)
+    elif kind == "file":
+        files = list(target)
+        done = 0
+        for outcome in station.inspect_files(files, stop):
+            on_outcome(outcome)
+            done += 1
+        if done < len(files) and not stop.is_set():
+            on_message("info", f"{len(files) - done} file(s) already in the log for '{model.product}', skipped "
+                               f"(see the history).")
+    else:
+        raise ValueError(f"unknown source kind {kind!r}")
