@@ -17,6 +17,7 @@ from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_s
 from inspector.core.training import extract_features, fit, train
 from inspector.errors import BackboneError, Cancelled, TrainingError
 from inspector.data.images import save_image
+from inspector.drawing import overlay
 from inspector.paths import SHIPPED_GRAPHS
 from inspector.synthetic import make_mesh, make_part, write_parts
 
@@ -211,6 +212,26 @@ def test_trained_model_separates_good_and_defective_parts(trained):
     y, x = np.unravel_index(stain.anomaly_map.argmax(), stain.anomaly_map.shape)
     top = stain.regions[0]
     assert top.x <= x < top.x + top.w and top.y <= y < top.y + top.h
+
+
+def test_the_map_stays_at_the_model_size_and_is_stretched_only_where_drawn(trained):
+    """A 768x1024 image (shrunk on two threads): its result's map is the model's 256x256, equal
+    to the map of the same part given at 256 px; boxes are in the image's pixels, and the
+    drawn overlay covers the whole image with the hot spot under the box."""
+    model, _ = trained
+    inspector = Inspector(model)
+    small = make_part(201, defect="stain")
+    big = cv2.resize(small, (768, 1024), interpolation=cv2.INTER_NEAREST)  # 3x wide, 4x high
+    result = inspector.inspect(big)
+    assert result.verdict == "NG" and result.anomaly_map.shape == (256, 256)
+    assert np.allclose(result.anomaly_map, inspector.inspect(small).anomaly_map, atol=1e-4)
+    top = result.regions[0]
+    y, x = np.unravel_index(result.anomaly_map.argmax(), result.anomaly_map.shape)
+    assert top.x <= 3 * x < top.x + top.w and top.y <= 4 * y < top.y + top.h
+    shown = overlay(big, result)
+    assert shown.shape == big.shape
+    hot = shown[top.y + top.h // 2, top.x + top.w // 2]
+    assert hot[0] > hot[2]  # red over blue where the defect is
 
 
 def test_refit_from_cached_features_changes_only_the_bank(trained):

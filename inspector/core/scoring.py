@@ -34,7 +34,7 @@ class Result:
     score: float
     threshold: float
     verdict: str  # "OK" or "NG"
-    anomaly_map: np.ndarray  # float32, original image size
+    anomaly_map: np.ndarray  # float32, the model's input size: stretched over the image where drawn
     regions: list[Region]
     latency_ms: float
 
@@ -107,5 +107,4 @@ class Inspector:
         # An OK part shows no boxes; an NG part shows where it differs from the good ones.
         regions = (find_regions(amap, m.pixel_threshold, m.settings.min_region_area, (width, height))
                    if verdict == "NG" else [])
-        full = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
-        return Result(score, threshold, verdict, full, regions, (time.perf_counter() - start) * 1000.0)
+        return Result(score, threshold, verdict, amap, regions, (time.perf_counter() - start) * 1000.0)
