@@ -9,7 +9,7 @@ import pytest
 
 from inspector.core import backbones
 from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, SHIPPED_SIZES, FeatureExtractor,
-                                     export_graph, find_graph, graph_name)
+                                     Prepared, export_graph, find_graph, graph_name)
 from inspector.core.memory_bank import (bank_size, greedy_coreset, nearest_distance, random_sample, sample,
                                         sample_indices, squared_norms)
 from inspector.core.model import Calibration, Settings, separating_threshold
@@ -232,6 +232,18 @@ def test_the_map_stays_at_the_model_size_and_is_stretched_only_where_drawn(train
     assert shown.shape == big.shape
     hot = shown[top.y + top.h // 2, top.x + top.w // 2]
     assert hot[0] > hot[2]  # red over blue where the defect is
+
+
+def test_an_image_prepared_ahead_is_used_only_by_the_extractor_that_made_it(trained):
+    model, _ = trained
+    inspector = Inspector(model)
+    image = make_part(201, defect="stain")
+    plain = inspector.inspect(image).score
+    assert inspector.inspect(image, inspector.extractor.prepare(image)).score == pytest.approx(plain, abs=1e-5)
+    blank = np.zeros((1, 3, 256, 256), np.float32)
+    assert inspector.inspect(image, Prepared(image, inspector.extractor, blank)).score != pytest.approx(plain)
+    other = FeatureExtractor(EMBEDDED_BACKBONE, 256)  # e.g. a newer model's: it prepares again
+    assert inspector.inspect(image, Prepared(image, other, blank)).score == pytest.approx(plain, abs=1e-5)
 
 
 def test_refit_from_cached_features_changes_only_the_bank(trained):

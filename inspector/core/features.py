@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -107,6 +108,15 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
             os.remove(tmp)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded image and the backbone input made from it ahead of time, which only the
+    extractor that made it uses (another model's extractor prepares the image again)."""
+    image: np.ndarray
+    extractor: FeatureExtractor
+    batch: np.ndarray  # (1, 3, size, size) float32
+
+
 class FeatureExtractor:
     """Resizes and normalises RGB uint8 images and returns patch features (B, h, w, C)."""
 
@@ -174,10 +184,18 @@ class FeatureExtractor:
             out[c] += self._offset[c]
         return out
 
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """The image with its backbone input, made now (by a reader thread, ahead of the backbone)."""
+        return Prepared(image, self, self.preprocess(image)[None])
+
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:
         batch = np.empty((len(images), 3, self.image_size, self.image_size), np.float32)
         for image, x in zip(images, batch):
             self.preprocess(image, x)
+        return self.features(batch)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed images (B, 3, size, size) -> patch features (B, h, w, C)."""
         if self.device == "cpu":
             out = self._session.run(None, {"image": batch})[0]
         else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .features import FeatureExtractor
+from .features import FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
 from .model import Model
 
@@ -94,9 +94,14 @@ class Inspector:
         """(h, w, C) features -> (image score, anomaly map at the model's input size)."""
         return score(features, self.model.memory_bank, self._bank_sq, self.model.settings.image_size)
 
-    def inspect(self, image: np.ndarray) -> Result:
+    def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
+        """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""
         start = time.perf_counter()
-        score, amap = self.score_features(self.extractor([image])[0])
+        if ready is not None and ready.extractor is self.extractor:
+            features = self.extractor.features(ready.batch)
+        else:
+            features = self.extractor([image])
+        score, amap = self.score_features(features[0])
         return self._result(image, score, amap, start)
 
     def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float) -> Result:
