@@ -18,6 +18,7 @@ from .logfile import start_log_file
 from .core.backbones import BACKBONES
 from .core.memory_bank import SAMPLERS
 from .core.model import Settings
+from .core.roi import describe_roi
 from .errors import InspectorError
 from .store.results import text
 
@@ -134,17 +135,76 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
 def cmd_train(args) -> int:
     from .services import train
 
+    from .core.roi import roi_from_mask
+
     print(f"Training '{args.product}' from {args.good_dir}", file=sys.stderr)
+    settings = _settings(args)
+    roi = roi_from_mask(args.roi, settings.image_size) if args.roi else None
     with _open_store(args) as store:
-        model, good = train(args.models_dir, store, args.product, args.good_dir, _settings(args),
-                            ProgressLine(), None, args.device)
+        model, good = train(args.models_dir, store, args.product, args.good_dir, settings,
+                            ProgressLine(), None, args.device, roi=roi)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
     print(f"Saved '{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches from "
           f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}: "
           f"expected false rejects {model.calibration.false_reject_rate(model.threshold):.1%}, from "
           f"{model.counts['calibration_images']} good images scored against banks without them, "
-          f"{model.calibration.method})")
+          f"{model.calibration.method}); inspecting {describe_roi(model.roi)}")
+    return EXIT_OK
+
+
+def _rate(model) -> str:
+    return f"{model.calibration.false_reject_rate(model.threshold):.1%}"
+
+
+def cmd_roi(args) -> int:
+    from .core.model import load_model
+    from .core.roi import roi_from_mask
+    from .services import set_roi
+
+    if (args.mask is None) == (not args.clear):
+        print("error: give a mask image (white = inspect) or --clear to inspect the whole image", file=sys.stderr)
+        return EXIT_ERROR
+    before = load_model(args.models_dir, args.product)
+    roi = None if args.clear else roi_from_mask(args.mask, before.settings.image_size)
+    with _open_store(args) as store:
+        model = set_roi(args.models_dir, store, args.product, roi)
+    print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
+          f"{model.threshold:.4g}, expected false rejects {_rate(before)} -> {_rate(model)}")
+    return EXIT_OK
+
+
+def cmd_teach(args) -> int:
+    from .services import add_known_defects, teach
+
+    files = _files(args.paths)
+    with _open_store(args) as store:
+        if args.defect:
+            copies = add_known_defects(args.models_dir, store, args.product, files)
+            print(f"Added {len(copies)} image(s) to the known defects of '{args.product}' "
+                  f"({copies[0].parent}); 'inspector calibrate --product {args.product}' scores them.")
+            return EXIT_OK
+        taught = teach(args.models_dir, store, args.product, files, args.device, extractors={})
+    before, model = taught.before, taught.model
+    for path, reason in taught.skipped:
+        print(f"SKIPPED {reason}", file=sys.stderr)
+    for path, old, new in zip(taught.paths, taught.scores_before, taught.scores_after):
+        print(f"{'OK' if new < model.threshold else 'NG':5} score {old:8.3f} -> {new:8.3f}  {text(str(path))}")
+    print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
+          f"{model.threshold:.4g}, expected false rejects {_rate(before)} -> {_rate(model)} "
+          f"({len(model.calibration.image_scores)} good calibration images)")
+    return EXIT_OK
+
+
+def cmd_rollback(args) -> int:
+    from .core.model import load_model
+    from .services import rollback
+
+    before = load_model(args.models_dir, args.product)
+    with _open_store(args) as store:
+        model = rollback(args.models_dir, store, args.product, args.version)
+    print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
+          f"{model.threshold:.4g}")
     return EXIT_OK
 
 
@@ -198,7 +258,8 @@ def cmd_camera(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .core.model import load_model, separating_threshold
-    from .services import score_defects, set_sensitivity
+    from .data.images import list_images
+    from .services import known_defects_dir, score_defects, set_sensitivity
 
     if args.sigma is not None:
         before = load_model(args.models_dir, args.product)
@@ -212,16 +273,21 @@ def cmd_calibrate(args) -> int:
               f"{model.settings.sigma:g}")
     print(f"Expected false rejects: {100.0 * model.calibration.false_reject_rate(model.threshold):.1f} % of good "
           f"parts ({len(model.calibration.image_scores)} good calibration images)")
-    if args.defects:
+    defects = args.defects
+    known = known_defects_dir(args.models_dir, args.product)
+    if defects is None and known.is_dir() and list_images(known):
+        defects = known
+        print(f"Known defects of '{model.product}': {defects}")
+    if defects:
         def report(done, total, path, score, problem):
             if problem:
                 print(f"SKIPPED {problem}", file=sys.stderr)
             else:
                 print(f"{score:8.3f}  {text(str(path))}")
 
-        scores = score_defects(model, args.defects, report, device=args.device)
+        scores = score_defects(model, defects, report, device=args.device)
         if not scores.scores:
-            print(f"No known defect image could be scored in {args.defects}.", file=sys.stderr)
+            print(f"No known defect image could be scored in {defects}.", file=sys.stderr)
             return EXIT_ERROR
         escaped = scores.escapes(model.threshold)
         print(f"Escapes: {escaped} of {len(scores.scores)} known defects ({100.0 * escaped / len(scores.scores):.1f} %)"
@@ -266,8 +332,20 @@ def cmd_products(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .core.model import list_models
+    from .core.model import list_models, list_versions
 
+    if args.product:
+        kept = list_versions(args.models_dir, args.product)
+        if not kept:
+            print(f"'{args.product}' has no model in {args.models_dir}.")
+        for m in kept:
+            if "error" in m:
+                print(f"version {m['version']}: {m['error']}")
+            else:
+                print(f"version {m['version']}  {m['created']}  threshold {m['threshold']:.4g} (sigma "
+                      f"{m['settings']['sigma']:g}), memory bank {m['counts'].get('memory_bank')}, id "
+                      f"{m['model_id']}: {m.get('change') or '-'}")
+        return EXIT_OK
     models = list_models(args.models_dir)
     if not models:
         print(f"No models in {args.models_dir}. Train one with: inspector train GOOD_DIR --product NAME")
@@ -349,8 +427,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common, product], help="teach a product from a folder of good images")
     p.add_argument("good_dir", type=Path)
+    p.add_argument("--roi", type=Path, help="inspection region: a mask image, white = inspect (any size: it is "
+                                            "stretched like the part images)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("roi", parents=[common, product],
+                       help="change the inspection region of a trained product (no good image is read)")
+    p.add_argument("mask", type=Path, nargs="?", help="mask image: white = inspect, black = ignore")
+    p.add_argument("--clear", action="store_true", help="inspect the whole image again")
+    p.set_defaults(func=cmd_roi)
+
+    p = sub.add_parser("teach", parents=[common, product, device],
+                       help="'this part is good': teach good parts the line rejected, without retraining")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--defect", action="store_true",
+                   help="'this part is a defect': add them to the product's known defects instead")
+    p.set_defaults(func=cmd_teach)
+
+    p = sub.add_parser("rollback", parents=[common, product],
+                       help="make an earlier model version the product's model again (as a new version)")
+    p.add_argument("--version", type=int, required=True, help="the version to go back to (see: models --product)")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("inspect", parents=[common, product, line, sort], help="inspect image files or folders once")
     p.add_argument("paths", nargs="+")
@@ -376,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="new sensitivity k: threshold = mean + k*std of the good scores "
                                                "(saved as a new model version)")
     p.add_argument("--defects", type=Path, help="folder of known defect images (subfolders too): their scores "
-                                                "and how many would pass at the threshold; nothing is logged")
+                                                "and how many would pass at the threshold; nothing is logged (default: "
+                                                "the product's known defects, see teach --defect)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("rebuild", parents=[common, product, device],
@@ -398,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--yes", action="store_true", help="really delete it")
     p.set_defaults(func=cmd_products)
 
-    p = sub.add_parser("models", parents=[common], help="list trained products")
+    p = sub.add_parser("models", parents=[common], help="list trained products, or one product's versions")
+    p.add_argument("--product", help="list this product's kept model versions and what changed in each")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")
@@ -409,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--csv", type=Path, help="write the rows to this CSV file")
     p.add_argument("--events", action="store_true",
-                   help="the recorded changes (training, sensitivity, memory bank, rename, delete) instead")
+                   help="the recorded changes (training, sensitivity, memory bank, region, teaching, "
+                        "known defects, roll-back, rename, delete) instead")
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("evaluate", parents=[common], help="train and evaluate on an MVTec-AD-layout category")

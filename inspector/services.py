@@ -1,8 +1,8 @@
 """Every operator action as a plain function: the command line and the desktop application
 call these, so that a feature of one is a feature of the other. No Qt here.
 
-A change of what decides a verdict (training, sensitivity, memory-bank rebuild) saves a new
-model version (inspector.core.model) and, like a product's creation, rename and deletion,
+A change of what decides a verdict (training, sensitivity, memory-bank rebuild, inspection
+region, teaching, roll-back) saves a new model version (inspector.core.model) and, like a product's creation, rename and deletion,
 is recorded as an event in the result log: who (the station user: `user`, else the OS
 login name), when, old -> new. A running line switches to a new version between items.
 When saving a change fails, nothing is recorded and the model on disk stays as it was.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,15 +23,16 @@ import numpy as np
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
-from .core.model import (Model, Settings, check_product_name, delete_model, list_models, load_model,
-                         rename_model, save_model, with_sigma)
-from .core.scoring import Result
+from .core.model import (Model, Settings, check_product_name, delete_model, list_models, list_versions,
+                         load_model, rename_model, save_model, with_sigma)
+from .core.roi import describe_roi
+from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
 from .data.images import list_images, load_image, read_ahead
 from .errors import Cancelled, InspectorError, ModelError, StoreError, TrainingError, describe
 from .sources.camera import Camera
 from .sources.folder import FolderWatcher
-from .station import Message, Outcome, Station, inspector_for, no_message, watch_camera, watch_folder
+from .station import Message, Outcome, Station, inspector_for, no_message, unique_path, watch_camera, watch_folder
 from .store.results import InspectionRecord, ResultStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def describe_model(model: Model | None) -> str | None:
     s = model.settings
     return (f"version {model.version} (id {model.model_id}): threshold {model.threshold:.6g} at sensitivity "
             f"{s.sigma:g}; memory bank {len(model.memory_bank)} patches ({s.sampler}, ratio {s.sampling_ratio:g}); "
-            f"{s.backbone} {s.image_size} px")
+            f"{s.backbone} {s.image_size} px; inspecting {describe_roi(model.roi)}")
 
 
 def _record(store: ResultStore, product: str, kind: str, old: str | None, new: str | None,
@@ -119,14 +121,14 @@ def _images(images: str | Path | Iterable[str | Path]) -> tuple[list[Path], str]
 
 def train(models_dir: str | Path, store: ResultStore, product: str, images: str | Path | Iterable[str | Path],
           settings: Settings, progress: Progress = no_progress, cancel: threading.Event | None = None,
-          device: str = "cpu", user: str | None = None) -> tuple[Model, GoodFeatures]:
-    """Train the product from good images (a folder or files) and save the model as its new
-    version. Returns it and the patch features (kept to rebuild the bank without reading
-    the images again)."""
+          device: str = "cpu", user: str | None = None, roi: np.ndarray | None = None) -> tuple[Model, GoodFeatures]:
+    """Train the product from good images (a folder or files), inspecting the region `roi`
+    (core.roi; None: the whole image), and save the model as its new version. Returns it and
+    the patch features (kept to rebuild the bank without reading the images again)."""
     product = check_product_name(product)
     paths, origin = _images(images)
     old = _current(Path(models_dir), product)
-    model, good = training.train(product, paths, settings, progress, cancel, device)
+    model, good = training.train(product, paths, settings, progress, cancel, device, roi)
     detail = (f"{len(good.paths)} good image(s) from {origin}"
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
     saved = save_model(model, models_dir, change=f"trained on {detail}")
@@ -168,12 +170,117 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
             raise TrainingError("No good images given: choose the folder the product was trained from.")
         extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
         good = training.extract_features(paths, extractor, progress, cancel)
-    model = training.fit(current.product, good, settings, progress, cancel)
+    model = training.fit(current.product, good, settings, progress, cancel, current.roi)
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
               f"{settings.sampling_ratio:g} from {origin}")
     saved = save_model(model, models_dir, change=change)
     _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
     return saved, good
+
+
+def set_roi(models_dir: str | Path, store: ResultStore, product: str, roi: np.ndarray | None,
+            user: str | None = None) -> Model:
+    """Inspect the product in another region (a mask at the model's input size, core.roi;
+    None: the whole image) and save it as its new version. The calibration follows from the
+    model's own calibration patch scores: no good image is read."""
+    current = load_model(models_dir, product)
+    saved = save_model(training.with_roi(current, roi), models_dir)
+    _record(store, product, "region", describe_model(current), describe_model(saved), saved.change, user)
+    return saved
+
+
+@dataclass
+class Taught:
+    """What teaching good images changed: the model before and after, and the images'
+    scores before and after (the threshold of each model decides)."""
+    before: Model
+    model: Model
+    paths: list[Path]
+    scores_before: list[float]
+    scores_after: list[float]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def false_reject_rates(self) -> tuple[float, float]:
+        """The expected false-reject rate before and after, each at its model's threshold."""
+        return tuple(m.calibration.false_reject_rate(m.threshold) for m in (self.before, self.model))
+
+
+def teach(models_dir: str | Path, store: ResultStore, product: str, images: str | Path | Iterable[str | Path],
+          device: str = "cpu", user: str | None = None, extractors: dict | None = None) -> Taught:
+    """'This part is good': good parts the line rejected (a folder or files) join the product's
+    memory bank and calibration (training.teach), without reading its good images again;
+    saved as its new version. Unreadable files are skipped and listed."""
+    current = load_model(models_dir, product)
+    paths, origin = _images(images)
+    extractor = inspector_for(current, device, extractors).extractor
+    good = training.extract_features(paths, extractor)
+    if not good.paths:
+        raise TrainingError(f"No good image to teach from {origin}"
+                            + "".join(f"; {p.name}: {why}" for p, why in good.skipped))
+    what = ", ".join(p.name for p in good.paths) if len(good.paths) <= 3 else f"{len(good.paths)} good images"
+    model, before = training.teach(current, good.features, what)
+    saved = save_model(model, models_dir)
+    after = Inspector(saved, device, extractor)
+    scores_after = [after.score_features(f)[0] for f in good.features]
+    _record(store, product, "teach", describe_model(current), describe_model(saved), saved.change, user)
+    return Taught(current, saved, good.paths, before, scores_after, good.skipped)
+
+
+KNOWN_DEFECTS = "known_defects"
+
+
+def known_defects_dir(models_dir: str | Path, product: str) -> Path:
+    """Where the product's confirmed defect images are kept (beside its model versions)."""
+    return Path(models_dir) / check_product_name(product) / KNOWN_DEFECTS
+
+
+def add_known_defects(models_dir: str | Path, store: ResultStore, product: str,
+                      images: str | Path | Iterable[str | Path], user: str | None = None) -> list[Path]:
+    """'This part is a defect': copy confirmed NG parts into the product's known defects,
+    which calibration scores (escapes, the separating threshold). Files that are not readable
+    images are refused with their reason; nothing is copied over another file. Returns the copies."""
+    load_model(models_dir, product)  # a product with a model: known defects are scored against it
+    paths, origin = _images(images)
+    folder = known_defects_dir(models_dir, product)
+    problems = []
+    for path in paths:
+        try:
+            load_image(path)
+        except InspectorError as exc:
+            problems.append(f"{path.name}: {describe(exc)}")
+    if problems or not paths:
+        raise TrainingError(f"Nothing was added to the known defects of '{product}': "
+                            + ("; ".join(problems) or f"no image in {origin}") + ".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for path in paths:
+            copy = unique_path(folder, path.stem, path.suffix)
+            shutil.copyfile(path, copy)
+            copies.append(copy)
+    except OSError as exc:
+        raise StoreError(f"Cannot copy into the known defects of '{product}' ({folder}): {exc}") from exc
+    _record(store, product, "defect", None, ", ".join(c.name for c in copies),
+            f"{len(copies)} confirmed defect image(s) from {origin}", user)
+    return copies
+
+
+# ---- versions ---------------------------------------------------------------------------------
+
+def versions(models_dir: str | Path, product: str) -> list[dict]:
+    """The kept versions of the product's model, newest first (see core.model.list_versions)."""
+    return list_versions(models_dir, product)
+
+
+def rollback(models_dir: str | Path, store: ResultStore, product: str, version: int,
+             user: str | None = None) -> Model:
+    """Make an earlier version the product's model again: saved as its next version (the
+    versions between stay, and can be rolled back to in turn)."""
+    current = load_model(models_dir, product)
+    old = load_model(models_dir, product, version=version)
+    saved = save_model(old, models_dir, change=f"rollback to version {version} ({old.change or 'no description'})")
+    _record(store, product, "rollback", describe_model(current), describe_model(saved), saved.change, user)
+    return saved
 
 
 # ---- looking at scores --------------------------------------------------------------------------

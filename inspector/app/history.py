@@ -17,6 +17,7 @@ from ..drawing import heat_range
 from ..errors import InspectorError
 from ..store.results import VERDICTS, InspectionRecord
 from .session import Session, describe
+from .teaching import PartButtons
 from .views import ResultView, display_map, icon, splitter
 from .worker import Worker
 
@@ -192,6 +193,8 @@ class HistoryTab(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self.image, 1)
         column.addWidget(self.details)
+        self.part_buttons = PartButtons(session)
+        column.addWidget(self.part_buttons)
 
         split = splitter("history_split", self.view_table, right, (840, 440), (3, 2))
         layout = QVBoxLayout(self)
@@ -237,6 +240,7 @@ class HistoryTab(QWidget):
         self._show_total()
         self.image.display(None)
         self.details.setText("Select a row to see its image.")
+        self.part_buttons.set_record(None)
         self._looked_at = None
 
     def _load_more(self) -> None:
@@ -260,6 +264,7 @@ class HistoryTab(QWidget):
             return
         record = self.table.records[row]
         self._looked_at = record.id
+        self.part_buttons.set_record(record)
         self.details.setText(self._describe(record))
         self.image.display(None, caption="Loading…")
         worker = Worker(_look, record, self.session, self._extractors)

@@ -22,6 +22,7 @@ from ..sources.camera import list_cameras
 from ..station import Outcome
 from ..store.results import ResultStore
 from .session import Session, settings
+from .teaching import PartButtons
 from .views import FolderField, ResultView, Thumbnails, display_map, icon, thumbnail, splitter
 from .worker import Worker
 
@@ -178,6 +179,8 @@ class MonitorTab(QWidget):
         column.addWidget(self.banner)
         column.addWidget(self.view, 1)
         column.addLayout(controls)
+        self.part_buttons = PartButtons(session)
+        column.addWidget(self.part_buttons)
         title = QLabel("Latest NG parts")
         title.setObjectName("heading")
         column.addWidget(title)
@@ -337,6 +340,7 @@ class MonitorTab(QWidget):
         name = record.image_path or "frame"
         self.painted += 1
         self._set_banner(record)
+        self.part_buttons.set_record(record)
         if result is None:
             self.view.display(None, caption=f"{Path(name).name}: {record.error}")
         else:

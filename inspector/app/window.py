@@ -16,6 +16,7 @@ from .calibrate import CalibrateTab
 from .history import HistoryTab
 from .monitor import MonitorTab
 from .session import Session, settings
+from .teaching import TeachTab
 from .train import TrainTab
 from .views import RESOURCES, icon
 from .worker import Worker
@@ -152,8 +153,10 @@ class MainWindow(QMainWindow):
         self.calibrate = CalibrateTab(session)
         self.monitor = MonitorTab(session)
         self.history = HistoryTab(session)
+        self.teach = TeachTab(session)
         self.tabs = QTabWidget()
         for tab, name, text in ((self.train, "train", "Train"), (self.calibrate, "calibrate", "Calibrate"),
+                                (self.teach, "calibrate", "Region && versions"),
                                 (self.monitor, "monitor", "Monitor"), (self.history, "history", "History")):
             self.tabs.addTab(tab, icon(name), text)
         self.log = LogPanel()

@@ -3,7 +3,9 @@
 One folder per product under the models directory, one subfolder per version:
 
     <product>/v0001/model.json               metadata, settings, calibration, thresholds,
-    <product>/v0001/memory_bank.safetensors  the memory bank (data only, never unpickled)
+    <product>/v0001/memory_bank.safetensors  the memory bank, and from format 3 the inspection
+                                             region and the calibration images' patch scores
+                                             (data only, never unpickled)
     <product>/v0002/...                      the next change (training, sensitivity, bank)
 
 A version is never changed once written. A change writes the next version into a hidden
@@ -40,10 +42,12 @@ import numpy as np
 from .. import __version__
 from ..errors import ModelError
 from .backbones import BACKBONES, FEATURE_VERSION
+from .features import STRIDE
 from .memory_bank import SAMPLERS
+from .roi import check_roi
 
 FORMAT = "inspector-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # The fields each format version stores. Changing the fields of Settings or Calibration
 # changes the format: give it the next version, list its fields here, and say in
 # OLDER_FORMAT_VALUES what the new fields mean for older files (default: the field's default).
@@ -52,6 +56,10 @@ FORMAT_FIELDS = {
                      "min_region_area", "weights", "feature_version"),
         "calibration": ("image_scores", "pixel_mean", "pixel_std", "method")},
 }
+# Format 3 keeps those fields and adds arrays beside the bank: the inspection region, which an
+# older Inspector would ignore (so it must refuse the file), and the calibration images' patch
+# scores (format 2 has neither: no region, and a region or teaching needs a retraining).
+FORMAT_FIELDS[3] = FORMAT_FIELDS[2]
 # Format 1 files without a weight file or a feature version predate them: no explicit weight
 # file, and the patch features of version 1 (which this Inspector refuses: retrain).
 OLDER_FORMAT_VALUES: dict[int, dict[str, dict]] = {1: {"settings": {"weights": None, "feature_version": 1}}}
@@ -146,7 +154,10 @@ class Settings:
 class Model:
     """One immutable version of a product's model. `version` and `model_id` (the first 12
     hex digits of the checksum) are set by save_model and load_model; `change` says what
-    made this version; `versions` are the library versions that made it."""
+    made this version; `versions` are the library versions that made it. `roi`: the
+    inspection region (core.roi; None: the whole image); `calibration_patch_scores`: the
+    patch distances (n, h, w) behind the calibration's image scores, from which a new region
+    or a taught image recalibrates without the good images (None in models of format 2)."""
     product: str
     settings: Settings
     memory_bank: np.ndarray  # (K, C) float32 patch features, read-only
@@ -157,9 +168,13 @@ class Model:
     model_id: str = ""
     version: int = 0
     change: str = ""
+    roi: np.ndarray | None = None
+    calibration_patch_scores: np.ndarray | None = None
 
     def __post_init__(self):
-        self.memory_bank.flags.writeable = False
+        for array in (self.memory_bank, self.roi, self.calibration_patch_scores):
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
 
     @property
     def threshold(self) -> float:
@@ -254,6 +269,7 @@ def validate(model: Model) -> None:
                         f"gives {spec.feature_dim}")
     elif not np.isfinite(bank).all():
         problems.append("the memory bank holds values that are not finite")
+    problems += _array_problems(model)
     if not problems:
         with np.errstate(over="ignore", invalid="ignore"):
             thresholds = (model.threshold, model.pixel_threshold)
@@ -263,12 +279,38 @@ def validate(model: Model) -> None:
         raise ModelError(f"The model of '{model.product}' is not usable: {'; '.join(problems)}.")
 
 
+def _array_problems(model: Model) -> list[str]:
+    """What is wrong with the inspection region and the calibration's patch scores."""
+    problems = []
+    size = model.settings.image_size
+    if isinstance(size, int) and model.roi is not None:
+        try:
+            check_roi(model.roi, size, size // STRIDE)
+        except ModelError as exc:
+            problems.append(str(exc).rstrip("."))
+    grids = model.calibration_patch_scores
+    if grids is not None and isinstance(size, int):
+        n = len(model.calibration.image_scores) if isinstance(model.calibration.image_scores, list) else -1
+        expected = (n, size // STRIDE, size // STRIDE)
+        if not isinstance(grids, np.ndarray) or grids.dtype != np.float32 or grids.shape != expected:
+            problems.append(f"the calibration's patch scores are of shape {getattr(grids, 'shape', '?')}, "
+                            f"expected {expected} float32")
+        elif not np.isfinite(grids).all():
+            problems.append("the calibration's patch scores hold values that are not finite")
+    return problems
+
+
 # ---- saving --------------------------------------------------------------------------
 
-def _bank_bytes(bank: np.ndarray) -> bytes:
+def _bank_bytes(bank: np.ndarray, roi: np.ndarray | None = None, patch_scores: np.ndarray | None = None) -> bytes:
     from safetensors.numpy import save
 
-    return save({"memory_bank": np.ascontiguousarray(bank, dtype=np.float32)})
+    arrays = {"memory_bank": np.ascontiguousarray(bank, dtype=np.float32)}
+    if roi is not None:
+        arrays["roi"] = np.ascontiguousarray(roi, dtype=np.uint8)
+    if patch_scores is not None:
+        arrays["calibration_patch_scores"] = np.ascontiguousarray(patch_scores)
+    return save(arrays)
 
 
 def _canonical(meta: dict) -> bytes:
@@ -329,7 +371,7 @@ def save_model(model: Model, models_dir: str | Path, change: str | None = None) 
     validate(model)
     models_dir = Path(models_dir)
     folder = models_dir / check_product_name(model.product)
-    bank = _bank_bytes(model.memory_bank)
+    bank = _bank_bytes(model.memory_bank, model.roi, model.calibration_patch_scores)
     model = replace(model, change=model.change if change is None else change)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -474,7 +516,16 @@ def _load_version(folder: Path, product: str, version: int) -> Model:
     try:
         from safetensors.numpy import load
 
-        bank = load(data)["memory_bank"]
+        arrays = load(data)
+        bank = arrays.pop("memory_bank")
+        roi = arrays.pop("roi", None)
+        grids = arrays.pop("calibration_patch_scores", None)
+        if arrays:
+            raise ValueError(f"unknown arrays {', '.join(sorted(arrays))}")
+        if roi is not None:
+            if roi.dtype != np.uint8 or not np.isin(roi, (0, 1)).all():
+                raise ValueError("the inspection region is not a mask of 0 and 1")
+            roi = roi.astype(bool)
     except Exception as exc:  # noqa: BLE001 - malformed content of any kind is a damaged bank
         raise ModelError(f"The memory bank of '{product}' cannot be read ({exc!r}); train it again.") from exc
     counts, created, versions = meta.get("counts", {}), meta.get("created", ""), meta.get("versions", {})
@@ -484,7 +535,7 @@ def _load_version(folder: Path, product: str, version: int) -> Model:
         raise ModelError(f"The model of '{product}' uses backbone '{settings.backbone}', which this "
                          f"Inspector does not know.")
     model = Model(product, settings, bank, calibration, counts, created, versions, model_id, version,
-                  str(meta.get("change", "")))
+                  str(meta.get("change", "")), roi, grids)
     validate(model)
     for name in ("threshold", "pixel_threshold"):
         stored, now = meta.get(name), getattr(model, name)
@@ -548,6 +599,21 @@ def list_models(models_dir: str | Path) -> list[dict]:
             out.append({"product": folder.name, "error": str(exc)})
         else:
             out.append(meta | {"product": folder.name, "version": number, "model_id": model_id})
+    return out
+
+
+def list_versions(models_dir: str | Path, product: str) -> list[dict]:
+    """The model.json of every kept version of the product (checked, but not its memory bank),
+    newest first, with 'version' and 'model_id'; a damaged one carries an 'error'."""
+    out = []
+    versions = _version_dirs(_product_folder(Path(models_dir), product))
+    for number in sorted(versions, reverse=True):
+        try:
+            meta, _, model_id, _, _ = _checked_meta(versions[number], product, number)
+        except (ModelError, OSError) as exc:
+            out.append({"version": number, "error": str(exc)})
+        else:
+            out.append(meta | {"version": number, "model_id": model_id})
     return out
 
 

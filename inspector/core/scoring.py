@@ -11,6 +11,7 @@ import numpy as np
 from .features import FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
 from .model import Model
+from .roi import patch_mask
 
 SMOOTHING_SIGMA = 4.0  # pixels on the model's input-size map, as in PatchCore
 MAX_REGIONS = 32
@@ -51,12 +52,23 @@ def anomaly_map(scores: np.ndarray, size: int) -> np.ndarray:
     return cv2.GaussianBlur(up, (0, 0), SMOOTHING_SIGMA)
 
 
-def score(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, size: int) -> tuple[float, np.ndarray]:
+def score(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, size: int,
+          roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """The one scoring path (calibration, inspection, evaluation): (h, w, C) patch features ->
-    (image score, anomaly map at the model's input size). Every patch counts, the border ones
-    too; the image score is the largest patch distance."""
-    scores = patch_scores(features, bank, bank_sq)
-    return float(scores.max()), anomaly_map(scores, size)
+    (image score, anomaly map at the model's input size). See `score_patches`."""
+    return score_patches(patch_scores(features, bank, bank_sq), size, roi)
+
+
+def score_patches(scores: np.ndarray, size: int, roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(h, w) patch distances -> (image score, anomaly map). Every patch in the inspection
+    region counts, the border ones too; the image score is the largest. Patches outside the
+    region (see core.roi) count as 0, and the map is 0 outside it, so they never raise the
+    score nor make a box. Calibration calls this too: a new region needs no features."""
+    inside = patch_mask(roi, scores.shape[0])
+    if inside is None:
+        return float(scores.max()), anomaly_map(scores, size)
+    scores = np.where(inside, scores, np.float32(0.0))
+    return float(scores.max()), anomaly_map(scores, size) * roi
 
 
 def find_regions(amap: np.ndarray, threshold: float, min_area: int, out_size: tuple[int, int]) -> list[Region]:
@@ -92,7 +104,8 @@ class Inspector:
 
     def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:
         """(h, w, C) features -> (image score, anomaly map at the model's input size)."""
-        return score(features, self.model.memory_bank, self._bank_sq, self.model.settings.image_size)
+        m = self.model
+        return score(features, m.memory_bank, self._bank_sq, m.settings.image_size, m.roi)
 
     def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
         """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
-EVENT_KINDS = ("create", "train", "sensitivity", "bank", "rename", "delete")
+EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete")
 
 
 @dataclass

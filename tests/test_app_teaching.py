@@ -1,0 +1,122 @@
+"""Teaching from the window (issue 11), driven for real: an inspection region drawn with the
+mouse and saved, 'this part is good' / 'is a defect' from the History, versions and roll-back."""
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+
+from inspector import services
+from inspector.app.window import MainWindow
+from inspector.core.model import Settings, load_model, save_model
+from inspector.core.training import train
+from inspector.data.images import save_image
+from inspector.store.results import ResultStore
+from inspector.synthetic import make_part, write_parts
+
+PRODUCT = "Disc"
+WAIT = 30_000  # ms: generous, for a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    model, _ = train(PRODUCT, write_parts(root / "good", 12), Settings())
+    save_model(model, root / "models")
+    return root / "models"
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, trained_models):
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    models = tmp_path / "models"
+    shutil.copytree(trained_models, models)
+    window = MainWindow(models, tmp_path / "inspections.db")
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
+    yield window
+    window.close()
+
+
+def _screen(editor, x: float, y: float) -> QPoint:
+    """Where image pixel (x, y) is on the editor's view."""
+    scene = editor.box.mapViewToScene(QPointF(x, y))
+    return editor.view.mapFromScene(scene)
+
+
+def test_draw_a_region_save_it_and_roll_it_back(window, qtbot):
+    window.tabs.setCurrentWidget(window.teach)
+    editor, versions = window.teach.editor, window.teach.versions
+    assert "whole image" in editor.status.text()
+    editor.set_image(make_part(0))
+    qtbot.wait(50)
+    # an include rectangle dragged with the mouse over the disc ...
+    viewport = editor.view.viewport()
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=_screen(editor, 40, 40))
+    for step in range(1, 11):
+        qtbot.mouseMove(viewport, _screen(editor, 40 + 18 * step, 40 + 18 * step))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=_screen(editor, 220, 220))
+    assert len(editor.shapes) == 1 and editor.shapes[0].include and editor.shapes[0].kind == "rectangle"
+    # ... and an exclude polygon clicked corner by corner, closed on its first corner
+    editor.tools.button(3).click()
+    for x, y in ((60, 60), (110, 60), (60, 110), (61, 61)):
+        qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=_screen(editor, x, y))
+        qtbot.wait(300)  # apart, so that no two clicks make a double click
+    assert [s.include for s in editor.shapes] == [True, False] and editor.shapes[1].kind == "polygon"
+    roi = editor.current_roi()
+    assert roi[128, 128] and not roi[10, 10] and not roi[70, 70]
+    assert editor.region.image is not None  # the region is shown over the image
+    editor.save.click()
+    qtbot.waitUntil(lambda: window.session.model.version == 2, timeout=WAIT)
+    saved = load_model(window.session.models_dir, PRODUCT)
+    assert np.array_equal(saved.roi, roi) and not editor.shapes
+    assert window.session.store.events(PRODUCT)[0].kind == "region"
+    assert "expected false rejects" in window.statusBar().currentMessage()
+
+    qtbot.waitUntil(lambda: versions.table.rowCount() == 2, timeout=WAIT)
+    assert versions.table.item(0, 4).text().startswith("inspection region")
+    versions.table.selectRow(1)  # version 1, the whole image
+    assert versions.rollback.isEnabled()
+    versions.roll_back(confirm=False)
+    qtbot.waitUntil(lambda: window.session.model.version == 3, timeout=WAIT)
+    assert window.session.model.roi is None and versions.table.rowCount() == 3
+    assert "rollback to version 1" in versions.table.item(0, 4).text()
+
+
+def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path):
+    session = window.session
+    line = tmp_path / "line"
+    bright = np.clip(make_part(60).astype(np.float32) * 1.35 + 10, 0, 255).astype(np.uint8)
+    line.mkdir()
+    save_image(line / "bright.png", bright)
+    write_parts(line, 1, "scratch", seed=70)
+    with ResultStore(tmp_path / "inspections.db") as store:
+        services.run_line(session.models_dir, store, PRODUCT, "file", sorted(line.iterdir()), threading.Event(),
+                          lambda outcome: None)
+    history = window.history
+    window.tabs.setCurrentWidget(history)
+    qtbot.waitUntil(lambda: history.table.rowCount() == 2, timeout=WAIT)
+    rows = {r.image_path.split("/")[-1]: i for i, r in enumerate(history.table.records)}
+    assert {r.verdict for r in history.table.records} == {"NG"}
+    buttons = history.part_buttons
+    assert not buttons.good.isEnabled()
+    history.view_table.selectRow(rows["bright.png"])
+    assert buttons.good.isEnabled()
+    before = session.model
+    buttons.good.click()
+    assert not buttons.good.isEnabled()  # once per part
+    qtbot.waitUntil(lambda: session.model is not None and session.model.version == 2, timeout=WAIT)
+    message = window.statusBar().currentMessage()
+    assert f"{before.threshold:.4g} → {session.model.threshold:.4g}" in message and "expected false rejects" in message
+    assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
+
+    history.view_table.selectRow(rows["scratch_070.png"])
+    buttons.defect.click()
+    known = services.known_defects_dir(session.models_dir, PRODUCT)
+    qtbot.waitUntil(lambda: known.is_dir() and len(list(known.iterdir())) == 1, timeout=WAIT)
+    qtbot.waitUntil(lambda: "known defect" in window.statusBar().currentMessage(), timeout=WAIT)
+    assert [e.kind for e in session.store.events(PRODUCT)][:2] == ["defect", "teach"]
