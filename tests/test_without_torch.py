@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 
 from inspector.core.features import EXPORT_EXTRA, EXPORT_MODULES
 from inspector.synthetic import make_part, write_parts
@@ -52,6 +53,9 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
     for i in range(3):
         writer.write(cv2.cvtColor(make_part(300 + i), cv2.COLOR_RGB2BGR))
     writer.release()
+    mask = np.full((256, 256), 255, np.uint8)
+    mask[:32, :32] = 0
+    cv2.imwrite(str(tmp_path / "roi.png"), mask)
     common = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
     product = ["--product", "part"]
     commands = {
@@ -63,6 +67,10 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         "camera": ["camera", str(video), *product, "--count", "2", *common],
         "calibrate": ["calibrate", *product, "--sigma", "2.5", "--defects", str(line), *common],
         "rebuild": ["rebuild", str(tmp_path / "good"), *product, "--sampling-ratio", "0.05", *common],
+        "roi": ["roi", str(tmp_path / "roi.png"), *product, *common],
+        "teach": ["teach", str(line / "good_040.png"), *product, *common],
+        "rollback": ["rollback", *product, "--version", "1", *common],
+        "versions": ["models", *product, *common],
         "create": ["products", "create", "spare", *common],
         "rename": ["products", "rename", "spare", "spare 2", *common],
         "delete": ["products", "delete", "spare 2", "--yes", *common],
@@ -78,13 +86,13 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
     results = dict(zip(commands, run_commands(list(commands.values()), tmp_path / "cache")))
 
     assert results["self-test"][0] == 0 and "self-test passed" in results["self-test"][1]
-    for name in ("train", "train 320", "calibrate", "rebuild", "create", "rename", "delete", "models",
-                 "history", "events"):
+    for name in ("train", "train 320", "calibrate", "rebuild", "roi", "teach", "rollback", "versions", "create",
+                 "rename", "delete", "models", "history", "events"):
         assert results[name][0] == 0, results[name]
     for name in ("inspect", "inspect again"):
         assert results[name][0] == 1 and results[name][1].count("NG ") == 1, results[name]  # the stain
     assert results["camera"][0] in (0, 1) and results["camera"][1].count("camera.avi#") == 2
-    assert "part: version 3" in results["models"][1] and "spare" not in results["models"][1]
+    assert "part: version 6" in results["models"][1] and "spare" not in results["models"][1]
     assert (tmp_path / "log.csv").is_file()
     assert results["evaluate"][0] == 0 and (tmp_path / "plots" / "roc.png").is_file()
     for name, needs in (("other backbone", "Backbone 'resnet18'"), ("other size", "image size 288"),
