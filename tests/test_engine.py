@@ -246,6 +246,25 @@ def test_an_image_prepared_ahead_is_used_only_by_the_extractor_that_made_it(trai
     assert inspector.inspect(image, Prepared(image, other, blank)).score == pytest.approx(plain, abs=1e-5)
 
 
+def test_numpy_blas_runs_on_one_thread_while_inspecting_and_on_all_after(trained, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    before = blas_threads()
+    inspector = Inspector(trained[0])
+    seen = []
+    score_features = inspector.score_features
+    monkeypatch.setattr(inspector, "score_features", lambda f: (seen.append(blas_threads()), score_features(f))[1])
+    threads = [threading.Thread(target=inspector.inspect, args=(make_part(s),)) for s in range(4)]
+    for t in threads:  # concurrent inspections, as a line and the history's re-inspection
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [{1}] * 4 and blas_threads() == before
+
+
 def test_refit_from_cached_features_changes_only_the_bank(trained):
     model, features = trained
     bigger = fit("part", features, Settings(sampling_ratio=0.05))
