@@ -20,7 +20,14 @@ def helper() -> ThreadPoolExecutor:
 
 
 @functools.cache
-def _controller():
+def _blas_thread() -> ThreadPoolExecutor:
+    """The one thread that changes OpenBLAS's process-wide thread count (threadpoolctl lets a
+    single thread do that), so that inspections in any thread can ask it."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector-blas")
+
+
+@functools.cache
+def _blas_controller():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -35,7 +42,7 @@ def one_blas_thread() -> Iterator[None]:
     global _inspecting, _limit
     with _lock:
         if _inspecting == 0:
-            _limit = _controller().limit(limits=1, user_api="blas")
+            _limit = _blas_thread().submit(_blas_controller().limit, limits=1, user_api="blas").result()
         _inspecting += 1
     try:
         yield
@@ -43,5 +50,5 @@ def one_blas_thread() -> Iterator[None]:
         with _lock:
             _inspecting -= 1
             if _inspecting == 0:
-                _limit.restore_original_limits()
+                _blas_thread().submit(_limit.restore_original_limits).result()
                 _limit = None
