@@ -28,7 +28,7 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
     if len({s.label for s in cat.test_samples}) < 2:
         raise SourceError(f"{cat.root}/test needs both good and defective images to evaluate.")
     started = time.perf_counter()
-    model, good = train(cat.name, cat.train_images, settings, progress, cancel, device)
+    model = train(cat.name, cat.train_images, settings, progress, cancel, device)[0]  # features freed
     train_seconds = time.perf_counter() - started
     inspector = Inspector(model, device)
     size = settings.image_size
