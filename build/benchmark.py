@@ -30,11 +30,11 @@ from inspector.store.results import ResultStore
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mvtec_ad"
 # Targets: "*" holds for every category; a category's own entries add to them.
 TARGETS = {
-    "*": {"f1_calibrated": (">=", 0.90), "false_reject_rate": ("<=", 0.05), "peak_memory_mb": ("<=", 1536.0),
+    "*": {"f1_calibrated": (">=", 0.90), "false_reject_rate": ("<=", 0.05), "peak_memory_mb": ("<=", 600.0),
           "auroc_drop_after_teaching": ("<=", 0.005)},
     "bottle": {"image_auroc": (">=", 0.995), "pixel_auroc": (">=", 0.980), "aupro": (">=", 0.93),
-               "train_seconds": ("<=", 15.0), "latency_ms_median": ("<=", 40.0), "throughput_ips": (">=", 25.0),
-               "teach_seconds": ("<=", 2.0)},
+               "train_seconds": ("<=", 8.0), "latency_ms_median": ("<=", 32.0), "frame_latency_ms_median": ("<=", 12.0),
+               "throughput_ips": (">=", 30.0), "teach_seconds": ("<=", 2.0)},
     "grid": {"image_auroc": (">=", 0.98), "pixel_auroc": (">=", 0.97), "aupro": (">=", 0.90)},
 }
 # The quality gate CI enforces (a category that is not here is reported, not gated).
@@ -42,22 +42,27 @@ GATE = {"bottle": {"image_auroc": 0.99, "pixel_auroc": 0.97},
         "grid": {"image_auroc": 0.97, "pixel_auroc": 0.97}}
 FIGURES = ("image_auroc", "pixel_auroc", "aupro", "f1_calibrated", "f1_best", "false_reject_rate",
            "escape_rate", "expected_false_reject_rate", "dice", "train_seconds", "latency_ms_median",
-           "latency_ms_p90", "throughput_ips", "teach_seconds", "auroc_drop_after_teaching", "peak_memory_mb")
+           "latency_ms_p90", "frame_latency_ms_median", "throughput_ips", "teach_seconds",
+           "auroc_drop_after_teaching", "peak_memory_mb")
 TAUGHT = 5  # test good images taught ('this part is good') before the AUROC on the rest is measured
 
 
 def measure(category: Path) -> dict:
     report, model = evaluate(category, Settings(), progress=ProgressLine())
 
-    # Load-to-verdict latency, one image at a time, after a warm-up.
+    # Load-to-verdict latency, one image at a time, after a warm-up; the inspection alone is the
+    # latency of a camera frame (already in memory).
     inspector = Inspector(model)
     files = [s.path for s in MVTecCategory(category).test_samples]
     inspector.inspect(load_image(files[0]))
-    latencies = []
+    latencies, frame_latencies = [], []
     for path in files:
         t = time.perf_counter()
-        inspector.inspect(load_image(path))
+        frame = load_image(path)
+        loaded = time.perf_counter()
+        inspector.inspect(frame)
         latencies.append((time.perf_counter() - t) * 1000.0)
+        frame_latencies.append((time.perf_counter() - loaded) * 1000.0)
 
     # Batch throughput through the line (reader thread ahead, SQLite log written).
     with tempfile.TemporaryDirectory() as tmp, ResultStore(Path(tmp) / "log.db") as store:
@@ -69,6 +74,7 @@ def measure(category: Path) -> dict:
     return {k: report.get(k) for k in FIGURES} | teaching(model, MVTecCategory(category).test_samples, inspector) | {
         "latency_ms_median": float(np.median(latencies)),
         "latency_ms_p90": float(np.percentile(latencies, 90)),
+        "frame_latency_ms_median": float(np.median(frame_latencies)),
         "throughput_ips": throughput,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "report": report,

@@ -18,6 +18,15 @@ def heat_range(threshold: float) -> tuple[float, float]:
     return 0.0, 2.0 * float(threshold)
 
 
+def map_to_image(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An anomaly map (kept at the model's size) stretched bilinearly over a width x height
+    image: made only where a result is drawn at the image's size."""
+    anomaly_map = np.asarray(anomaly_map, np.float32)
+    if anomaly_map.shape == (height, width):
+        return anomaly_map
+    return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def overlay_heatmap(image, anomaly_map, vmin: float, vmax: float, alpha: float = 0.5):
     """RGB uint8 image with the anomaly map blended on it as a JET heatmap; the map is
     scaled so that vmin is blue and vmax is red (values outside are clipped), so that
@@ -26,10 +35,7 @@ def overlay_heatmap(image, anomaly_map, vmin: float, vmax: float, alpha: float =
     image = np.asarray(image, np.uint8)
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    height, width = image.shape[:2]
-    anomaly_map = np.asarray(anomaly_map, np.float32)
-    if anomaly_map.shape != (height, width):
-        anomaly_map = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    anomaly_map = map_to_image(anomaly_map, image.shape[1], image.shape[0])
     scaled = (anomaly_map - vmin) / max(vmax - vmin, 1e-12)
     levels = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
     heat = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)

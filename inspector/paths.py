@@ -52,8 +52,11 @@ def default_db_path(models_dir: Path | None = None) -> Path:
     return (models_dir or default_models_dir()).resolve().parent / DB_NAME
 
 
+SHIPPED_GRAPHS = Path(__file__).resolve().parent / "core" / "graphs"  # package data
+
+
 def backbone_dirs() -> list[Path]:
-    """Folders searched for exported backbone graphs: the ones shipped with the application
+    """Folders searched for exported backbone graphs: the ones shipped inside the package
     first, then the per-user cache where graphs exported on this machine are kept."""
     cache = Path(os.environ.get("INSPECTOR_CACHE_DIR") or (Path.home() / ".cache" / "inspector"))
-    return [bundle_dir() / "backbones", cache / "backbones"]
+    return [SHIPPED_GRAPHS, cache / "backbones"]

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .core.features import FeatureExtractor
+from .core.features import FeatureExtractor, Prepared
 from .core.model import Model, current_version, load_model
 from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image
@@ -200,10 +200,11 @@ class Station:
         self.follow()
         return self._inspect(image, name, started or time.perf_counter(), key)
 
-    def _inspect(self, image: np.ndarray, name: str | None, started: float, key: str | None) -> Outcome:
+    def _inspect(self, image: np.ndarray, name: str | None, started: float, key: str | None,
+                 ready: Prepared | None = None) -> Outcome:
         inspector = self.inspector  # one model for the whole item
         try:
-            result = inspector.inspect(image)
+            result = inspector.inspect(image, ready)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime, OpenCV, memory: this item's ERROR
             return self._error(inspector.model, name, key, exc)
         latency = (time.perf_counter() - started) * 1000.0
@@ -227,12 +228,12 @@ class Station:
             return text(f"Could not keep the NG frame {record.image_path} in {self.frames.folder}: {describe(exc)}")
         return None
 
-    def inspect_file(self, path: str | Path, loaded: np.ndarray | Exception | None = None,
+    def inspect_file(self, path: str | Path, loaded: np.ndarray | Prepared | Exception | None = None,
                      waiting_since: float | None = None, max_wait_s: float = 0.0) -> Outcome | None:
         """Inspect one file and log it exactly once: a file already in the log is skipped
         (returns None; with sorting, it is moved now if a crash kept it from being moved).
-        `loaded` is the already decoded image (or its load error) when a reader thread ran
-        ahead. A file still arriving (`waiting_since`, a time.monotonic()) that is empty or
+        `loaded` is the already decoded (or prepared) image, or its load error, when a reader
+        thread ran ahead. A file still arriving (`waiting_since`, a time.monotonic()) that is empty or
         cut short raises IncompleteImage until it has been waited for `max_wait_s`."""
         self.retry_pending()
         self.follow()
@@ -252,8 +253,9 @@ class Station:
             if self.sort_files:
                 self._sort(path, logged)
             return None
+        ready = loaded if isinstance(loaded, Prepared) else None
         try:
-            image = load_image(path) if loaded is None else loaded
+            image = load_image(path) if loaded is None else ready.image if ready else loaded
             if isinstance(image, Exception):
                 raise image
         except IncompleteImage as exc:
@@ -266,7 +268,7 @@ class Station:
         except Exception as exc:  # noqa: BLE001
             outcome = self._error(model, str(path), key, exc)
         else:
-            outcome = self._inspect(image, str(path), started, key)
+            outcome = self._inspect(image, str(path), started, key, ready)
         if self.sort_files:
             if outcome.safe:
                 error = self._sort(path, outcome.record.verdict)
@@ -278,13 +280,17 @@ class Station:
         return outcome
 
     def inspect_files(self, paths: Iterable[str | Path], cancel: threading.Event | None = None) -> Iterator[Outcome]:
-        """Inspect many files; the next file is read while the current one is scored."""
-        for path, image in read_ahead(paths):
+        """Inspect many files; the next file is read and made ready for the backbone (resized,
+        normalised) by a reader thread while the current one is scored."""
+        for path, image in read_ahead(paths, prepare=self._prepare):
             if cancel is not None and cancel.is_set():
                 return
             outcome = self.inspect_file(path, image)
             if outcome is not None:
                 yield outcome
+
+    def _prepare(self, image: np.ndarray) -> Prepared:
+        return self.inspector.extractor.prepare(image)  # the model now; a newer one prepares again
 
     def _sort(self, path: Path, verdict: str) -> str | None:
         """Move the file into an OK/, NG/ or ERROR/ subfolder beside it, never over another

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from inspector.core import backbones
-from inspector.core.features import FeatureExtractor
+from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, SHIPPED_SIZES, FeatureExtractor,
+                                     Prepared, export_graph, find_graph, graph_name)
 from inspector.core.memory_bank import (bank_size, greedy_coreset, nearest_distance, random_sample, sample,
                                         sample_indices, squared_norms)
 from inspector.core.model import Calibration, Settings, separating_threshold
@@ -16,6 +17,8 @@ from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_s
 from inspector.core.training import extract_features, fit, train
 from inspector.errors import BackboneError, Cancelled, TrainingError
 from inspector.data.images import save_image
+from inspector.drawing import overlay
+from inspector.paths import SHIPPED_GRAPHS
 from inspector.synthetic import make_mesh, make_part, write_parts
 
 
@@ -48,18 +51,31 @@ def test_wrong_weight_file_is_refused(tmp_path):
         backbones.build_feature_module("resnet18", bad)
 
 
-def test_onnx_features_match_torch():
+def test_shipped_graphs_equal_the_feature_module(tmp_path):
+    """Each image size the app offers has its graph inside the package, and each computes what
+    the feature module computes from the weights now, within the export tolerance; a fresh
+    export agrees with it too. So the shipped graphs cannot drift from the code: after a change
+    of the feature module, run build/export_graphs.py and commit its graphs."""
+    import onnxruntime as ort
     import torch
 
-    extractor = FeatureExtractor("efficientnet_lite0", 256)
-    images = [make_part(1), make_part(2, defect="stain")]
-    onnx_out = extractor(images)
-    assert onnx_out.shape == (2, 32, 32, 152)
-    module = backbones.build_feature_module("efficientnet_lite0")
-    batch = torch.from_numpy(np.stack([extractor.preprocess(im) for im in images]))
-    with torch.no_grad():
-        torch_out = module(batch).numpy().transpose(0, 2, 3, 1)
-    assert np.abs(onnx_out - torch_out).max() < 1e-3
+    expected = {graph_name(EMBEDDED_BACKBONE, size) for size in SHIPPED_SIZES}
+    assert {p.name for p in SHIPPED_GRAPHS.glob("*.onnx")} == expected
+    module = backbones.build_feature_module(EMBEDDED_BACKBONE)
+    noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), np.uint8)
+    for size in SHIPPED_SIZES:
+        extractor = FeatureExtractor(EMBEDDED_BACKBONE, size)
+        assert find_graph(EMBEDDED_BACKBONE, size) == SHIPPED_GRAPHS / graph_name(EMBEDDED_BACKBONE, size)
+        batch = np.stack([extractor.preprocess(im) for im in (make_part(1), make_part(2, defect="stain"), noise)])
+        got = extractor._session.run(None, {"image": batch})[0]
+        with torch.no_grad():
+            want = module(torch.from_numpy(batch)).numpy()
+        assert got.shape == (3, backbones.get_spec(EMBEDDED_BACKBONE).feature_dim, size // 8, size // 8)
+        assert np.abs(got - want).max() <= EXPORT_TOLERANCE, size
+        if size == SHIPPED_SIZES[0]:
+            fresh = export_graph(EMBEDDED_BACKBONE, size, dest_dir=tmp_path)
+            again = ort.InferenceSession(str(fresh), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+            assert np.abs(got - again).max() <= EXPORT_TOLERANCE
 
 
 def test_inspecting_a_saved_model_does_not_import_torch(trained, tmp_path):
@@ -196,6 +212,57 @@ def test_trained_model_separates_good_and_defective_parts(trained):
     y, x = np.unravel_index(stain.anomaly_map.argmax(), stain.anomaly_map.shape)
     top = stain.regions[0]
     assert top.x <= x < top.x + top.w and top.y <= y < top.y + top.h
+
+
+def test_the_map_stays_at_the_model_size_and_is_stretched_only_where_drawn(trained):
+    """A 768x1024 image (shrunk on two threads): its result's map is the model's 256x256, equal
+    to the map of the same part given at 256 px; boxes are in the image's pixels, and the
+    drawn overlay covers the whole image with the hot spot under the box."""
+    model, _ = trained
+    inspector = Inspector(model)
+    small = make_part(201, defect="stain")
+    big = cv2.resize(small, (768, 1024), interpolation=cv2.INTER_NEAREST)  # 3x wide, 4x high
+    result = inspector.inspect(big)
+    assert result.verdict == "NG" and result.anomaly_map.shape == (256, 256)
+    assert np.allclose(result.anomaly_map, inspector.inspect(small).anomaly_map, atol=1e-4)
+    top = result.regions[0]
+    y, x = np.unravel_index(result.anomaly_map.argmax(), result.anomaly_map.shape)
+    assert top.x <= 3 * x < top.x + top.w and top.y <= 4 * y < top.y + top.h
+    shown = overlay(big, result)
+    assert shown.shape == big.shape
+    hot = shown[top.y + top.h // 2, top.x + top.w // 2]
+    assert hot[0] > hot[2]  # red over blue where the defect is
+
+
+def test_an_image_prepared_ahead_is_used_only_by_the_extractor_that_made_it(trained):
+    model, _ = trained
+    inspector = Inspector(model)
+    image = make_part(201, defect="stain")
+    plain = inspector.inspect(image).score
+    assert inspector.inspect(image, inspector.extractor.prepare(image)).score == pytest.approx(plain, abs=1e-5)
+    blank = np.zeros((1, 3, 256, 256), np.float32)
+    assert inspector.inspect(image, Prepared(image, inspector.extractor, blank)).score != pytest.approx(plain)
+    other = FeatureExtractor(EMBEDDED_BACKBONE, 256)  # e.g. a newer model's: it prepares again
+    assert inspector.inspect(image, Prepared(image, other, blank)).score == pytest.approx(plain, abs=1e-5)
+
+
+def test_numpy_blas_runs_on_one_thread_while_inspecting_and_on_all_after(trained, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    before = blas_threads()
+    inspector = Inspector(trained[0])
+    seen = []
+    score_features = inspector.score_features
+    monkeypatch.setattr(inspector, "score_features", lambda f: (seen.append(blas_threads()), score_features(f))[1])
+    threads = [threading.Thread(target=inspector.inspect, args=(make_part(s),)) for s in range(4)]
+    for t in threads:  # concurrent inspections, as a line and the history's re-inspection
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [{1}] * 4 and blas_threads() == before
 
 
 def test_refit_from_cached_features_changes_only_the_bank(trained):

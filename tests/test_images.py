@@ -225,3 +225,17 @@ def test_list_images_recursive(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)] == [
         "a.png", "scratch/b.png", "stain/deep/c.jpg"]
+
+
+def test_png_loads_the_same_without_pyspng(tmp_path, monkeypatch):
+    """pyspng is optional: without it OpenCV decodes the same pixels and gives the same errors."""
+    path = tmp_path / "rgb.png"
+    image = np.random.default_rng(2).integers(0, 255, (48, 40, 3), np.uint8)
+    path.write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    (tmp_path / "cut.png").write_bytes(encoded(".png")[:3000])
+    fast = load_image(path)  # with pyspng where it is installed (x86-64, macOS, Windows)
+    monkeypatch.setattr(images, "pyspng", None)
+    slow = load_image(path)
+    assert np.array_equal(fast, slow) and np.array_equal(slow, image[:, :, ::-1])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(tmp_path / "cut.png")

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from inspector.core.features import graph_name
-
+from inspector.paths import SHIPPED_GRAPHS
 from inspector.synthetic import write_parts
 
 pytestmark = pytest.mark.slow
@@ -71,7 +70,9 @@ def snapshot(folder: Path) -> dict:
 def test_bundle_holds_the_runtime_and_nothing_of_torch(bundle):
     exe, internal = executable(bundle), bundle / "_internal"
     assert exe.is_file() and os.access(exe, os.X_OK)
-    assert (internal / "backbones" / graph_name("efficientnet_lite0", 256)).is_file()
+    for graph in SHIPPED_GRAPHS.glob("*.onnx"):  # the package data, where the package finds it
+        assert (internal / "inspector" / "core" / "graphs" / graph.name).is_file(), f"{graph} not bundled"
+    assert any(SHIPPED_GRAPHS.glob("*.onnx"))
     for resource in (p for p in (ROOT / "resources").rglob("*") if p.is_file()):
         assert (internal / resource.relative_to(ROOT)).is_file(), f"{resource} not bundled"
     top = {p.name.split(".")[0] for p in internal.iterdir()}
@@ -133,7 +134,7 @@ def test_scores_equal_the_development_install(bundle, tmp_path):
     write_parts(line, 2, "stain", seed=700)
     write_parts(line, 2, seed=800, size=320)  # resized on the way in
     dev = [sys.executable, "-m", "inspector.cli"]
-    # The development install exports its own backbone graph into an empty cache.
+    # The development install, with an empty graph cache: it reads the graphs inside the package.
     dev_env = station_env(tmp_path / "dev-home", INSPECTOR_CACHE_DIR=str(tmp_path / "dev-cache"))
     app_env = station_env(tmp_path / "app-home")
     product = ["--product", "part"]

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
 
 from .. import services
 from ..core.backbones import BACKBONES
-from ..core.features import find_graph
+from ..core.features import SHIPPED_SIZES as IMAGE_SIZES, find_graph
 from ..core.model import Settings
 from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
@@ -18,7 +18,6 @@ from .session import Session, settings
 from .views import FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, splitter, thumbnail
 from .worker import Worker
 
-IMAGE_SIZES = (224, 256, 320, 384)
 SAMPLERS = {"greedy": "Greedy coreset (best coverage)", "random": "Random (fastest)"}
 MAX_THUMBNAILS = 60
 MAX_LISTED = 5  # unreadable files named in the warning

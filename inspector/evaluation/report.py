@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..core.memory_bank import Progress, no_progress
@@ -15,7 +14,7 @@ from ..core.scoring import Inspector, find_regions
 from ..core.training import train
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
-from ..drawing import heat_range
+from ..drawing import heat_range, map_to_image
 from ..errors import Cancelled, SourceError
 from . import metrics
 
@@ -29,7 +28,7 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
     if len({s.label for s in cat.test_samples}) < 2:
         raise SourceError(f"{cat.root}/test needs both good and defective images to evaluate.")
     started = time.perf_counter()
-    model, good = train(cat.name, cat.train_images, settings, progress, cancel, device)
+    model = train(cat.name, cat.train_images, settings, progress, cancel, device)[0]  # features freed
     train_seconds = time.perf_counter() - started
     inspector = Inspector(model, device)
     size = settings.image_size
@@ -49,7 +48,7 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
         result = inspector.inspect(image)
         latencies.append((time.perf_counter() - t) * 1000.0)
         scores[i] = result.score
-        maps[i] = cv2.resize(result.anomaly_map, (size, size), interpolation=cv2.INTER_AREA)
+        maps[i] = result.anomaly_map  # at the model's size, as the masks
         if s.mask_path is not None:
             masks[i] = load_mask(s.mask_path, (size, size))
         if plots_dir is not None:
@@ -133,7 +132,7 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) ->
         gt = load_mask(s.mask_path, (w, h)) if s.mask_path is not None else None
         items.append({
             "name": f"{s.defect_type}_{s.path.stem}", "image": image, "anomaly_map": result.anomaly_map,
-            "pred_mask": result.anomaly_map >= model.pixel_threshold, "gt_mask": gt,
+            "pred_mask": map_to_image(result.anomaly_map, w, h) >= model.pixel_threshold, "gt_mask": gt,
             "gt_boxes": _boxes(gt) if gt is not None else [],
             "pred_boxes": [(r.x, r.y, r.w, r.h) for r in result.regions],
             "score": result.score, "verdict": result.verdict,
