@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import inspector  # noqa: F401 - first: it sets how numpy's BLAS threads wait, read when numpy loads
 import numpy as np
 
 from inspector import services

@@ -1,4 +1,5 @@
 """The engine on generated parts: backbones, ONNX runtime, memory bank, scoring, calibration."""
+import os
 import subprocess
 import sys
 import threading
@@ -246,23 +247,18 @@ def test_an_image_prepared_ahead_is_used_only_by_the_extractor_that_made_it(trai
     assert inspector.inspect(image, Prepared(image, other, blank)).score == pytest.approx(plain, abs=1e-5)
 
 
-def test_numpy_blas_runs_on_one_thread_while_inspecting_and_on_all_after(trained, monkeypatch):
-    from threadpoolctl import threadpool_info
-
-    def blas_threads():
-        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
-
-    before = blas_threads()
-    inspector = Inspector(trained[0])
-    seen = []
-    score_features = inspector.score_features
-    monkeypatch.setattr(inspector, "score_features", lambda f: (seen.append(blas_threads()), score_features(f))[1])
-    threads = [threading.Thread(target=inspector.inspect, args=(make_part(s),)) for s in range(4)]
-    for t in threads:  # concurrent inspections, as a line and the history's re-inspection
-        t.start()
-    for t in threads:
-        t.join()
-    assert seen == [{1}] * 4 and blas_threads() == before
+def test_blas_threads_sleep_after_work_in_every_process_that_imports_inspector():
+    """OpenBLAS reads its spin timeout when numpy loads it: importing inspector sets it first,
+    and a value the user set is kept."""
+    code = "import os, sys, inspector; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], 'numpy' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    run = [sys.executable, "-c", code]
+    assert subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split() == ["4", "False"]
+    mine = subprocess.run(run, env=env | {"OPENBLAS_THREAD_TIMEOUT": "10"}, capture_output=True, text=True, check=True)
+    assert mine.stdout.split()[0] == "10"
+    cli = subprocess.run([sys.executable, "-c", "import sys, inspector.cli; print('numpy' in sys.modules)"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert cli.stdout.strip() == "True"  # the command line's own import brings numpy after it
 
 
 def test_refit_from_cached_features_changes_only_the_bank(trained):

@@ -7,11 +7,13 @@ backbone or size is exported once from torch (dynamo exporter), checked against 
 cached. Exporting and the CUDA/MPS devices need the `export` extra (torch and friends)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,6 @@ import numpy as np
 from .. import paths
 from ..errors import BackboneError
 from .backbones import FEATURE_VERSION, build_feature_module, get_spec
-from .cores import helper
 
 STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
 EXPORT_TOLERANCE = 1e-3
@@ -42,6 +43,12 @@ def require_export_extra(need: str) -> None:
             f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
             f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU at image sizes "
             f"{', '.join(map(str, SHIPPED_SIZES))}.")
+
+
+@functools.cache
+def _helper() -> ThreadPoolExecutor:
+    """The second core's thread, for the bottom half of a shrink."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector-resize")
 
 
 def graph_name(backbone: str, image_size: int, weights: str | Path | None = None) -> str:
@@ -160,7 +167,7 @@ class FeatureExtractor:
         if h % 2 or h * w < PARALLEL_SHRINK_PIXELS:
             return cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA)
         out = np.empty((s, s) + image.shape[2:], image.dtype)
-        bottom = helper().submit(cv2.resize, image[h // 2:], (s, s // 2), dst=out[s // 2:],
+        bottom = _helper().submit(cv2.resize, image[h // 2:], (s, s // 2), dst=out[s // 2:],
                                   interpolation=cv2.INTER_AREA)
         cv2.resize(image[:h // 2], (s, s // 2), dst=out[:s // 2], interpolation=cv2.INTER_AREA)
         bottom.result()

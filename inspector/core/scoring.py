@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .cores import one_blas_thread
 from .features import FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
 from .model import Model
@@ -111,13 +110,12 @@ class Inspector:
     def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
         """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""
         start = time.perf_counter()
-        with one_blas_thread():
-            if ready is not None and ready.extractor is self.extractor:
-                features = self.extractor.features(ready.batch)
-            else:
-                features = self.extractor([image])
-            score, amap = self.score_features(features[0])
-            return self._result(image, score, amap, start)
+        if ready is not None and ready.extractor is self.extractor:
+            features = self.extractor.features(ready.batch)
+        else:
+            features = self.extractor([image])
+        score, amap = self.score_features(features[0])
+        return self._result(image, score, amap, start)
 
     def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float) -> Result:
         m = self.model
