@@ -60,7 +60,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"fraction of patch features kept in the memory bank (default {d.sampling_ratio})")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=d.sampler)
     p.add_argument("--sigma", type=float, default=d.sigma,
-                   help=f"sensitivity k: threshold = mean + k*std of held-out good scores (default {d.sigma})")
+                   help=f"sensitivity k: threshold = median + k robust spreads of the good images' scores "
+                        f"against banks without them (default {d.sigma})")
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), cuda or mps (torch)")
@@ -492,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", parents=[common, product, device],
                        help="show or set the sensitivity; score a folder of known defects")
-    p.add_argument("--sigma", type=float, help="new sensitivity k: threshold = mean + k*std of the good scores "
+    p.add_argument("--sigma", type=float, help="new sensitivity k: threshold = median + k robust spreads of the good scores "
                                                "(saved as a new model version)")
     p.add_argument("--defects", type=Path, help="folder of known defect images (subfolders too): their scores "
                                                 "and how many would pass at the threshold; nothing is logged (default: "
