@@ -77,6 +77,7 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         "models": ["models", *common],
         "history": ["history", "--csv", str(tmp_path / "log.csv"), *common],
         "events": ["history", "--events", *common],
+        "shift": ["shift", *common],
         "evaluate": ["evaluate", str(tmp_path / "category"), "--plots", str(tmp_path / "plots"),
                      "--models-dir", str(tmp_path / "eval-models")],
         "other backbone": ["train", str(tmp_path / "good"), "--product", "rn", "--backbone", "resnet18", *common],
@@ -87,7 +88,7 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
 
     assert results["self-test"][0] == 0 and "self-test passed" in results["self-test"][1]
     for name in ("train", "train 320", "calibrate", "rebuild", "roi", "teach", "rollback", "versions", "create",
-                 "rename", "delete", "models", "history", "events"):
+                 "rename", "delete", "models", "history", "events", "shift"):
         assert results[name][0] == 0, results[name]
     for name in ("inspect", "inspect again"):
         assert results[name][0] == 1 and results[name][1].count("NG ") == 1, results[name]  # the stain
