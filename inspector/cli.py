@@ -177,7 +177,7 @@ def cmd_roi(args) -> int:
 
 
 def cmd_teach(args) -> int:
-    from .services import add_known_defects, teach
+    from .services import add_known_defects, taught_dir, teach
 
     files = _files(args.paths)
     with _open_store(args) as store:
@@ -195,6 +195,8 @@ def cmd_teach(args) -> int:
     print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
           f"{model.threshold:.4g}, expected false rejects {_rate(before)} -> {_rate(model)} "
           f"({len(model.calibration.image_scores)} good calibration images)")
+    print(f"Taught images kept in {taught_dir(args.models_dir, model.product)}: every later training and "
+          f"rebuild of '{model.product}' uses them (delete one there to leave it out).")
     return EXIT_OK
 
 

@@ -157,9 +157,10 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     the patch features (kept to rebuild the bank without reading the images again)."""
     product = check_product_name(product)
     paths, origin = _images(images)
+    taught = _taught_images(models_dir, product, paths)
     old = _current(Path(models_dir), product)
-    model, good = training.train(product, paths, settings, progress, cancel, device, roi)
-    detail = (f"{len(good.paths)} good image(s) from {origin}"
+    model, good = training.train(product, paths + taught, settings, progress, cancel, device, roi)
+    detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
     saved = save_model(model, models_dir, change=f"trained on {detail}")
     _record(store, product, "train", describe_model(old), describe_model(saved), detail, user)
@@ -191,6 +192,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
     current = load_model(models_dir, product)
     settings = replace(current.settings, sampling_ratio=float(sampling_ratio))
     origin = "the patch features kept from the training"
+    paths = []
     if good is None:
         if images is None:
             raise TrainingError(f"Rebuilding the memory bank of '{product}' needs its good images: "
@@ -198,11 +200,15 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         paths, origin = _images(images)
         if not paths:
             raise TrainingError("No good images given: choose the folder the product was trained from.")
+    taught = _taught_images(models_dir, product, paths if good is None else good.paths)
+    if paths or taught:
         extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
-        good = training.extract_features(paths, extractor, progress, cancel)
+        read = training.extract_features(paths + taught, extractor, progress, cancel)
+        good = read if good is None else GoodFeatures(np.concatenate([good.features, read.features]),
+                                                      good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
-              f"{settings.sampling_ratio:g} from {origin}")
+              f"{settings.sampling_ratio:g} from {origin}{_taught_detail(taught)}")
     saved = save_model(model, models_dir, change=change)
     _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
     return saved, good
@@ -239,7 +245,9 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
           device: str = "cpu", user: str | None = None, extractors: dict | None = None) -> Taught:
     """'This part is good': good parts the line rejected (a folder or files) join the product's
     memory bank and calibration (training.teach), without reading its good images again;
-    saved as its new version. Unreadable files are skipped and listed."""
+    saved as its new version. Unreadable files are skipped and listed. The taught images are
+    kept (taught_dir), and every later training and memory-bank rebuild of the product uses
+    them with its good images, so that a taught part never comes back as a false reject."""
     current = load_model(models_dir, product)
     paths, origin = _images(images)
     extractor = inspector_for(current, device, extractors).extractor
@@ -249,7 +257,13 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
                             + "".join(f"; {p.name}: {why}" for p, why in good.skipped))
     what = ", ".join(p.name for p in good.paths) if len(good.paths) <= 3 else f"{len(good.paths)} good images"
     model, before = training.teach(current, good.features, what)
-    saved = save_model(model, models_dir)
+    copies = _keep_copies(taught_dir(models_dir, product), good.paths, f"the taught good parts of '{product}'")
+    try:
+        saved = save_model(model, models_dir)
+    except BaseException:
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+        raise
     after = Inspector(saved, device, extractor)
     scores_after = [after.score_features(f)[0] for f in good.features]
     _record(store, product, "teach", describe_model(current), describe_model(saved), saved.change, user)
@@ -257,6 +271,41 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
 
 
 KNOWN_DEFECTS = "known_defects"
+TAUGHT = "taught"
+
+
+def taught_dir(models_dir: str | Path, product: str) -> Path:
+    """Where the product's taught good parts are kept (beside its model versions): a file
+    deleted there is left out of the next training or rebuild."""
+    return Path(models_dir) / check_product_name(product) / TAUGHT
+
+
+def _taught_images(models_dir: str | Path, product: str, given: Iterable[Path]) -> list[Path]:
+    """The product's taught images that are not among the `given` good images."""
+    folder = taught_dir(models_dir, product)
+    if not folder.is_dir():
+        return []
+    seen = {Path(p).resolve() for p in given}
+    return [p for p in list_images(folder) if p.resolve() not in seen]
+
+
+def _taught_detail(taught: list[Path]) -> str:
+    return f" and {len(taught)} taught good image(s) kept in {taught[0].parent}" if taught else ""
+
+
+def _keep_copies(folder: Path, paths: list[Path], what: str) -> list[Path]:
+    """Copy the files into `folder` under new names (nothing is overwritten); all or none."""
+    copies = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            copies.append(unique_path(folder, path.stem, path.suffix))
+            shutil.copyfile(path, copies[-1])
+    except OSError as exc:
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+        raise StoreError(f"Cannot copy into {what} ({folder}): {exc}") from exc
+    return copies
 
 
 def known_defects_dir(models_dir: str | Path, product: str) -> Path:
@@ -281,15 +330,7 @@ def add_known_defects(models_dir: str | Path, store: ResultStore, product: str,
     if problems or not paths:
         raise TrainingError(f"Nothing was added to the known defects of '{product}': "
                             + ("; ".join(problems) or f"no image in {origin}") + ".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        copies = []
-        for path in paths:
-            copy = unique_path(folder, path.stem, path.suffix)
-            shutil.copyfile(path, copy)
-            copies.append(copy)
-    except OSError as exc:
-        raise StoreError(f"Cannot copy into the known defects of '{product}' ({folder}): {exc}") from exc
+    copies = _keep_copies(folder, paths, f"the known defects of '{product}'")
     _record(store, product, "defect", None, ", ".join(c.name for c in copies),
             f"{len(copies)} confirmed defect image(s) from {origin}", user)
     return copies

@@ -200,6 +200,41 @@ def test_a_taught_part_and_its_like_pass_and_defects_still_fail(station, tmp_pat
     assert (event.kind, event.user) == ("teach", "engineer") and "drift_60.png" in event.detail
 
 
+def test_a_taught_part_stays_taught_through_rebuilds_and_trainings(station, tmp_path, good):
+    """The taught image is kept with the product: a rebuild of the memory bank (from features
+    kept from the training or from the images) and a new training use it with the good images."""
+    models, store, model = station
+    rejected = save_image(tmp_path / "drift_60.png", drifted(60))
+    services.teach(models, store, "Disc", [rejected])
+    [kept] = services.list_images(services.taught_dir(models, "Disc"))
+    assert kept.name == "drift_60.png" and kept.read_bytes() == rejected.read_bytes()
+    rejected.unlink()  # the operator's file is gone; the product keeps its copy
+    features = train("Disc", good, Settings())[1]  # as the desktop keeps them after its training
+    rebuilt = [services.rebuild_bank(models, store, "Disc", 0.02, good=features)[0],
+               services.rebuild_bank(models, store, "Disc", 0.02, images=good[0].parent)[0],
+               services.train(models, store, "Disc", good[0].parent, Settings())[0]]
+    for new in rebuilt:
+        assert new.counts["good_images"] == len(good) + 1
+        assert Inspector(new).inspect(drifted(60, noise=1)).verdict == "OK"
+    assert "1 taught good image(s)" in store.events("Disc")[0].detail
+    assert "1 taught good image(s)" in rebuilt[0].change
+    kept.unlink()  # deleted there: left out from then on
+    assert services.train(models, store, "Disc", good[0].parent, Settings())[0].counts["good_images"] == len(good)
+
+
+def test_a_taught_part_is_kept_only_when_the_model_is_saved(station, tmp_path, monkeypatch):
+    models, store, model = station
+    rejected = save_image(tmp_path / "drift_60.png", drifted(60))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(services, "save_model", full)
+    with pytest.raises(OSError):
+        services.teach(models, store, "Disc", [rejected])
+    assert services.list_images(services.taught_dir(models, "Disc")) == []
+    assert load_model(models, "Disc").version == 1
+
+
 def test_teaching_keeps_the_region(disc_model):
     extractor = Inspector(disc_model).extractor
     taught, [before] = teach(disc_model, extractor([drifted(60)]))
