@@ -11,8 +11,7 @@ from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 
 from inspector import services
 from inspector.app.window import MainWindow
-from inspector.core.model import Settings, load_model, save_model
-from inspector.core.training import train
+from inspector.core.model import load_model
 from inspector.data.images import save_image
 from inspector.store.results import ResultStore
 from inspector.synthetic import make_part, write_parts
@@ -21,14 +20,6 @@ from inspector.users import Accounts, accounts_path
 PRODUCT = "Disc"
 PIN = "2468"
 WAIT = 30_000  # ms: generous, for a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def trained_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    model, _ = train(PRODUCT, write_parts(root / "good", 12), Settings())
-    save_model(model, root / "models")
-    return root / "models"
 
 
 @pytest.fixture
