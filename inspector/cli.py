@@ -310,8 +310,8 @@ def cmd_rebuild(args) -> int:
     with _open_store(args) as store:
         model, _ = rebuild_bank(args.models_dir, store, args.product, args.sampling_ratio, images=args.good_dir,
                                 progress=ProgressLine(), device=args.device)
-    print(f"'{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches at "
-          f"sampling ratio {model.settings.sampling_ratio:g}, threshold {model.threshold:.4g}")
+    print(f"'{model.product}' version {model.version}: {model.change}; memory bank {len(model.memory_bank)} "
+          f"patches, threshold {model.threshold:.4g}")
     return EXIT_OK
 
 
