@@ -157,7 +157,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     the patch features (kept to rebuild the bank without reading the images again)."""
     product = check_product_name(product)
     paths, origin = _images(images)
-    taught = _taught_images(models_dir, product, paths)
+    taught = taught_images(models_dir, product, paths)
     old = _current(Path(models_dir), product)
     model, good = training.train(product, paths + taught, settings, progress, cancel, device, roi)
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
@@ -200,7 +200,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         paths, origin = _images(images)
         if not paths:
             raise TrainingError("No good images given: choose the folder the product was trained from.")
-    taught = _taught_images(models_dir, product, paths if good is None else good.paths)
+    taught = taught_images(models_dir, product, paths if good is None else good.paths)
     if paths or taught:
         extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
         read = training.extract_features(paths + taught, extractor, progress, cancel)
@@ -280,8 +280,9 @@ def taught_dir(models_dir: str | Path, product: str) -> Path:
     return Path(models_dir) / check_product_name(product) / TAUGHT
 
 
-def _taught_images(models_dir: str | Path, product: str, given: Iterable[Path]) -> list[Path]:
-    """The product's taught images that are not among the `given` good images."""
+def taught_images(models_dir: str | Path, product: str, given: Iterable[Path] = ()) -> list[Path]:
+    """The product's taught images (that are not among the `given` good images), which its
+    next training or rebuild uses with the good images."""
     folder = taught_dir(models_dir, product)
     if not folder.is_dir():
         return []

@@ -115,3 +115,11 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: known.is_dir() and len(list(known.iterdir())) == 1, timeout=WAIT)
     qtbot.waitUntil(lambda: "known defect" in window.statusBar().currentMessage(), timeout=WAIT)
     assert [e.kind for e in session.store.events(PRODUCT)][:2] == ["defect", "teach"]
+
+    # the taught part is kept with the product: the next training says it will use it too
+    assert [p.name for p in services.taught_images(session.models_dir, PRODUCT)] == ["bright.png"]
+    train = window.train
+    window.tabs.setCurrentWidget(train)
+    train.folder.set_path(write_parts(tmp_path / "good", 5)[0].parent)
+    qtbot.waitUntil(lambda: train._scanner is None and train.thumbnails.count() == 5, timeout=WAIT)
+    assert "5 good image(s) will be used, and 1 taught good image(s) kept with the product" in train.count.text()

@@ -183,6 +183,10 @@ class TrainTab(QWidget):
         text = f"{self._readable} good image(s) will be used"
         if self._readable > MAX_THUMBNAILS:
             text += f" (the first {MAX_THUMBNAILS} are shown)"
+        product = self.session.product
+        taught = len(services.taught_images(self.session.models_dir, product)) if product else 0
+        if taught:
+            text += f", and {taught} taught good image(s) kept with the product"
         self.count.setText(text + ".")
         problems = []
         if self._unreadable:
