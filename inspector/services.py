@@ -157,7 +157,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     the patch features (kept to rebuild the bank without reading the images again)."""
     product = check_product_name(product)
     paths, origin = _images(images)
-    taught = _taught_images(models_dir, product, paths)
+    taught = taught_images(models_dir, product, paths)
     old = _current(Path(models_dir), product)
     model, good = training.train(product, paths + taught, settings, progress, cancel, device, roi)
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
@@ -200,15 +200,20 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         paths, origin = _images(images)
         if not paths:
             raise TrainingError("No good images given: choose the folder the product was trained from.")
-    taught = _taught_images(models_dir, product, paths if good is None else good.paths)
+    else:  # a taught image deleted since the features were kept is left out, as it is from a training
+        kept = [i for i, p in enumerate(good.paths) if not (_is_taught(models_dir, product, p) and not p.is_file())]
+        if len(kept) < len(good.paths):
+            good = GoodFeatures(good.features[kept], [good.paths[i] for i in kept], good.skipped)
+    taught = taught_images(models_dir, product, paths if good is None else good.paths)
     if paths or taught:
         extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
         read = training.extract_features(paths + taught, extractor, progress, cancel)
         good = read if good is None else GoodFeatures(np.concatenate([good.features, read.features]),
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
+    used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
-              f"{settings.sampling_ratio:g} from {origin}{_taught_detail(taught)}")
+              f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
     saved = save_model(model, models_dir, change=change)
     _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
     return saved, good
@@ -280,13 +285,18 @@ def taught_dir(models_dir: str | Path, product: str) -> Path:
     return Path(models_dir) / check_product_name(product) / TAUGHT
 
 
-def _taught_images(models_dir: str | Path, product: str, given: Iterable[Path]) -> list[Path]:
-    """The product's taught images that are not among the `given` good images."""
+def taught_images(models_dir: str | Path, product: str, given: Iterable[Path] = ()) -> list[Path]:
+    """The product's taught images that are not among the `given` good images: what a training
+    or a rebuild of the memory bank from them reads in addition."""
     folder = taught_dir(models_dir, product)
     if not folder.is_dir():
         return []
     seen = {Path(p).resolve() for p in given}
     return [p for p in list_images(folder) if p.resolve() not in seen]
+
+
+def _is_taught(models_dir: str | Path, product: str, path: Path) -> bool:
+    return Path(path).resolve().parent == taught_dir(models_dir, product).resolve()
 
 
 def _taught_detail(taught: list[Path]) -> str:
