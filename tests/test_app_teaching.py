@@ -115,3 +115,40 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: known.is_dir() and len(list(known.iterdir())) == 1, timeout=WAIT)
     qtbot.waitUntil(lambda: "known defect" in window.statusBar().currentMessage(), timeout=WAIT)
     assert [e.kind for e in session.store.events(PRODUCT)][:2] == ["defect", "teach"]
+
+
+def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_still_passes(window, qtbot, tmp_path):
+    """Train in the window (its features are kept), teach a false reject from the History, then
+    rebuild the memory bank at another ratio: the Train and Calibrate tabs say that the taught
+    part is used, and it passes after the rebuild."""
+    session, train, calibrate = window.session, window.train, window.calibrate
+    write_parts(tmp_path / "good", 20)  # as the product was trained: the bright part is a false reject
+    train.folder.set_path(tmp_path / "good")
+    qtbot.waitUntil(lambda: train._scanner is None and train.start.isEnabled(), timeout=WAIT)
+    train.start_training()
+    qtbot.waitUntil(lambda: session.model.version == 2 and session.good is not None, timeout=WAIT)
+    assert calibrate.rebuild_note.text().endswith("no image is read again.") and not train.taught.isVisible()
+
+    line = tmp_path / "line"
+    line.mkdir()
+    save_image(line / "bright.png", np.clip(make_part(60).astype(np.float32) * 1.35 + 10, 0, 255).astype(np.uint8))
+    with ResultStore(tmp_path / "inspections.db") as store:
+        services.run_line(session.models_dir, store, PRODUCT, "file", [line / "bright.png"], threading.Event(),
+                          lambda outcome: None)
+    history = window.history
+    window.tabs.setCurrentWidget(history)
+    qtbot.waitUntil(lambda: history.table.rowCount() == 1, timeout=WAIT)
+    assert history.table.records[0].verdict == "NG"
+    history.view_table.selectRow(0)
+    history.part_buttons.good.click()
+    qtbot.waitUntil(lambda: session.model.version == 3, timeout=WAIT)
+    [kept] = services.taught_images(session.models_dir, PRODUCT)
+    assert "1 taught good part(s)" in train.taught.text() and str(kept.parent) in train.taught.text()
+    assert "reads the 1 taught good part(s)" in calibrate.rebuild_note.text()
+
+    calibrate.ratio.setValue(2.5)
+    calibrate.rebuild.click()
+    qtbot.waitUntil(lambda: session.model.version == 4 and calibrate._refitter is None, timeout=WAIT)
+    assert "1 taught good image(s)" in session.model.change and session.model.counts["good_images"] == 21
+    assert calibrate.rebuild_note.text().endswith("no image is read again.")  # its features are kept now
+    assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
