@@ -63,6 +63,13 @@ def _record(store: ResultStore, product: str, kind: str, old: str | None, new: s
         log.warning("the %s event of '%s' is not in the log yet: %s", kind, product, exc)
 
 
+def _save_version(model: Model, models_dir: str | Path, change: str | None = None) -> Model:
+    """Save the model as the product's new version, made now (a sensitivity, a region, a taught
+    part or a roll-back is a version of its own time, not of the training it comes from)."""
+    return save_model(replace(model, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                      models_dir, change)
+
+
 def _current(models_dir: Path, product: str) -> Model | None:
     """The product's model, None when it has none or it cannot be loaded."""
     try:
@@ -162,7 +169,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     model, good = training.train(product, paths + taught, settings, progress, cancel, device, roi)
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
-    saved = save_model(model, models_dir, change=f"trained on {detail}")
+    saved = _save_version(model, models_dir, change=f"trained on {detail}")
     _record(store, product, "train", describe_model(old), describe_model(saved), detail, user)
     return saved, good
 
@@ -177,7 +184,7 @@ def set_sensitivity(models_dir: str | Path, store: ResultStore, product: str, si
     if expected_version is not None and current.version != expected_version:
         raise ModelError(f"The model of '{product}' changed meanwhile (now version {current.version}, "
                          f"not {expected_version}): look at it again before changing its sensitivity.")
-    saved = save_model(with_sigma(current, sigma), models_dir)
+    saved = _save_version(with_sigma(current, sigma), models_dir)
     _record(store, product, "sensitivity", describe_model(current), describe_model(saved), saved.change, user)
     return saved
 
@@ -214,7 +221,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
     used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
               f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
-    saved = save_model(model, models_dir, change=change)
+    saved = _save_version(model, models_dir, change=change)
     _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
     return saved, good
 
@@ -225,7 +232,7 @@ def set_roi(models_dir: str | Path, store: ResultStore, product: str, roi: np.nd
     None: the whole image) and save it as its new version. The calibration follows from the
     model's own calibration patch scores: no good image is read."""
     current = load_model(models_dir, product)
-    saved = save_model(training.with_roi(current, roi), models_dir)
+    saved = _save_version(training.with_roi(current, roi), models_dir)
     _record(store, product, "region", describe_model(current), describe_model(saved), saved.change, user)
     return saved
 
@@ -264,7 +271,7 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
     model, before = training.teach(current, good.features, what)
     copies = _keep_copies(taught_dir(models_dir, product), good.paths, f"the taught good parts of '{product}'")
     try:
-        saved = save_model(model, models_dir)
+        saved = _save_version(model, models_dir)
     except BaseException:
         for copy in copies:
             copy.unlink(missing_ok=True)
@@ -359,7 +366,7 @@ def rollback(models_dir: str | Path, store: ResultStore, product: str, version: 
     versions between stay, and can be rolled back to in turn)."""
     current = load_model(models_dir, product)
     old = load_model(models_dir, product, version=version)
-    saved = save_model(old, models_dir, change=f"rollback to version {version} ({old.change or 'no description'})")
+    saved = _save_version(old, models_dir, change=f"rollback to version {version} ({old.change or 'no description'})")
     _record(store, product, "rollback", describe_model(current), describe_model(saved), saved.change, user)
     return saved
 

@@ -314,3 +314,18 @@ def test_versions_list_what_changed_and_roll_back(station, tmp_path, capsys):
     assert [line.split()[1] for line in lines] == ["4", "3", "2", "1"] and "rollback to version 1" in lines[0]
     assert main(["rollback", "--product", "Disc", "--version", "3"] + common) == 0
     assert load_model(models, "Disc").version == 5 and np.array_equal(load_model(models, "Disc").roi, DISC)
+
+
+def test_every_version_carries_the_time_it_was_made(station, tmp_path):
+    """The versions list shows when each version was made: a sensitivity, a region, a taught
+    part or a roll-back made today is not dated at the training it comes from."""
+    models, store, model = station
+    save_model(dataclasses.replace(model, created="2020-01-02T03:04:05+00:00"), models)  # trained long ago
+    services.set_sensitivity(models, store, "Disc", 2.0)
+    services.set_roi(models, store, "Disc", DISC)
+    services.teach(models, store, "Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
+    services.rollback(models, store, "Disc", 2)
+    kept = services.versions(models, "Disc")
+    assert [v["version"] for v in kept] == [6, 5, 4, 3, 2, 1]
+    assert kept[-2]["created"].startswith("2020-01-02")
+    assert not any(v["created"].startswith("2020") for v in kept[:4])
