@@ -152,3 +152,20 @@ def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_st
     assert "1 taught good image(s)" in session.model.change and session.model.counts["good_images"] == 21
     assert calibrate.rebuild_note.text().endswith("no image is read again.")  # its features are kept now
     assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
+
+
+def test_the_versions_list_is_readable_at_1366x768(window, qtbot):
+    """Every column but the change fits beside the region at 1366x768, and the selected
+    version's change is shown whole below the list."""
+    window.resize(1366, 740)
+    window.tabs.setCurrentWidget(window.teach)
+    versions = window.teach.versions
+    window.session.set_model(services.set_sensitivity(window.session.models_dir, window.session.store,
+                                                      PRODUCT, 4.0))
+    qtbot.waitUntil(lambda: versions.table.rowCount() == 2 and versions.table.viewport().width() > 0, timeout=WAIT)
+    header, table = versions.table.horizontalHeader(), versions.table
+    assert header.sectionViewportPosition(3) + header.sectionSize(3) <= table.viewport().width()
+    assert not table.verticalHeader().isVisible()
+    assert "Select a version" in versions.change.text()
+    table.selectRow(0)
+    assert versions.change.text() == "Version 2: sensitivity 3 -> 4"
