@@ -107,6 +107,7 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: session.model is not None and session.model.version == 2, timeout=WAIT)
     message = window.statusBar().currentMessage()
     assert f"{before.threshold:.4g} → {session.model.threshold:.4g}" in message and "expected false rejects" in message
+    assert f"Kept in {services.taught_dir(session.models_dir, PRODUCT)}: every later training" in message
     assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
     # the part on screen is inspected again with the taught model, not left saying 'NG now' of the old one
     qtbot.waitUntil(lambda: "current model (version 2): OK" in history.details.text(), timeout=WAIT)

@@ -60,7 +60,8 @@ def teach_part(session: Session, record: InspectionRecord, good: bool) -> Worker
         if not good:
             session.info(f"{result[0].name} is now a known defect of '{product}' (Calibrate scores it).")
             return
-        session.info(taught_summary(result))
+        session.info(f"{taught_summary(result)} Kept in {services.taught_dir(session.models_dir, product)}: every "
+                     f"later training and rebuild of the memory bank uses it.")
         if session.product == product:
             session.set_model(result.model, session.good)
 
