@@ -76,7 +76,7 @@ class CalibrateTab(QWidget):
         self.sigma.setRange(-10.0, 100.0)
         self.sigma.setDecimals(2)
         self.sigma.setSingleStep(0.25)
-        self.sigma.setToolTip("Threshold = mean + sigma × spread of the held-out good scores.\n"
+        self.sigma.setToolTip("Threshold = median + sigma × robust spread of the held-out good scores.\n"
                               "Higher sigma: fewer false rejects, more escapes.")
         self.sigma.valueChanged.connect(self._sigma_changed)
         self.threshold = QLabel("–")
