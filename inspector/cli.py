@@ -73,6 +73,31 @@ def _open_store(args):
     return ResultStore(args.db)
 
 
+PIN_VARIABLE = "INSPECTOR_PIN"
+
+
+def _engineer(args, what: str) -> str | None:
+    """Who may `what` (change a model or a product), as in the window: on a station with an
+    engineer PIN (accounts.json beside the result log) only the engineer, whose PIN comes from
+    INSPECTOR_PIN or is asked on the terminal; returns the user the change is recorded under.
+    Without a PIN set: None (the change is recorded under the OS login name)."""
+    import getpass
+    import os
+
+    from .users import AccessDenied, Accounts, accounts_path
+
+    accounts = Accounts(accounts_path(Path(args.db).resolve().parent))
+    if not accounts.is_set_up():
+        return None
+    pin = os.environ.get(PIN_VARIABLE)
+    if pin is None:
+        if not sys.stdin.isatty():
+            raise AccessDenied(f"Only an engineer may {what} on this station: set {PIN_VARIABLE} to the "
+                               f"engineer PIN, or run this on a terminal to be asked for it.")
+        pin = getpass.getpass(f"Engineer PIN to {what}: ")
+    return str(accounts.unlock(pin))
+
+
 def _print_outcome(outcome) -> None:
     r = outcome.record
     if r.verdict == "ERROR":
@@ -139,12 +164,13 @@ def cmd_train(args) -> int:
 
     from .core.roi import roi_from_mask
 
+    user = _engineer(args, "train a product")
     print(f"Training '{args.product}' from {args.good_dir}", file=sys.stderr)
     settings = _settings(args)
     roi = roi_from_mask(args.roi, settings.image_size) if args.roi else None
     with _open_store(args) as store:
         model, good = train(args.models_dir, store, args.product, args.good_dir, settings,
-                            ProgressLine(), None, args.device, roi=roi)
+                            ProgressLine(), None, args.device, user=user, roi=roi)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
     print(f"Saved '{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches from "
@@ -167,10 +193,11 @@ def cmd_roi(args) -> int:
     if (args.mask is None) == (not args.clear):
         print("error: give a mask image (white = inspect) or --clear to inspect the whole image", file=sys.stderr)
         return EXIT_ERROR
+    user = _engineer(args, "change the inspection region")
     before = load_model(args.models_dir, args.product)
     roi = None if args.clear else roi_from_mask(args.mask, before.settings.image_size)
     with _open_store(args) as store:
-        model = set_roi(args.models_dir, store, args.product, roi)
+        model = set_roi(args.models_dir, store, args.product, roi, user=user)
     print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
           f"{model.threshold:.4g}, expected false rejects {_rate(before)} -> {_rate(model)}")
     return EXIT_OK
@@ -186,7 +213,8 @@ def cmd_teach(args) -> int:
             print(f"Added {len(copies)} image(s) to the known defects of '{args.product}' "
                   f"({copies[0].parent}); 'inspector calibrate --product {args.product}' scores them.")
             return EXIT_OK
-        taught = teach(args.models_dir, store, args.product, files, args.device, extractors={})
+        user = _engineer(args, "teach the model a good part")
+        taught = teach(args.models_dir, store, args.product, files, args.device, user=user, extractors={})
     before, model = taught.before, taught.model
     for path, reason in taught.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
@@ -204,9 +232,10 @@ def cmd_rollback(args) -> int:
     from .core.model import load_model
     from .services import rollback
 
+    user = _engineer(args, "roll back the model")
     before = load_model(args.models_dir, args.product)
     with _open_store(args) as store:
-        model = rollback(args.models_dir, store, args.product, args.version)
+        model = rollback(args.models_dir, store, args.product, args.version, user=user)
     print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
           f"{model.threshold:.4g}")
     return EXIT_OK
@@ -266,9 +295,10 @@ def cmd_calibrate(args) -> int:
     from .services import known_defects_dir, score_defects, set_sensitivity
 
     if args.sigma is not None:
+        user = _engineer(args, "change the sensitivity")
         before = load_model(args.models_dir, args.product)
         with _open_store(args) as store:
-            model = set_sensitivity(args.models_dir, store, args.product, args.sigma)
+            model = set_sensitivity(args.models_dir, store, args.product, args.sigma, user=user)
         print(f"'{model.product}' version {model.version}: sensitivity {before.settings.sigma:g} -> "
               f"{model.settings.sigma:g}, threshold {before.threshold:.4g} -> {model.threshold:.4g}")
     else:
@@ -307,9 +337,10 @@ def cmd_calibrate(args) -> int:
 def cmd_rebuild(args) -> int:
     from .services import rebuild_bank
 
+    user = _engineer(args, "rebuild the memory bank")
     with _open_store(args) as store:
         model, _ = rebuild_bank(args.models_dir, store, args.product, args.sampling_ratio, images=args.good_dir,
-                                progress=ProgressLine(), device=args.device)
+                                progress=ProgressLine(), device=args.device, user=user)
     print(f"'{model.product}' version {model.version}: {model.change}; memory bank {len(model.memory_bank)} "
           f"patches, threshold {model.threshold:.4g}")
     return EXIT_OK
@@ -318,19 +349,20 @@ def cmd_rebuild(args) -> int:
 def cmd_products(args) -> int:
     from . import services
 
+    if args.action == "delete" and not args.yes:
+        print(f"Deleting '{args.name}' removes every version of its model (its history stays in "
+              f"the log). Add --yes to delete it.", file=sys.stderr)
+        return EXIT_ERROR
+    user = _engineer(args, f"{args.action} a product")
     with _open_store(args) as store:
         if args.action == "create":
-            services.create_product(args.models_dir, store, args.name)
+            services.create_product(args.models_dir, store, args.name, user=user)
             print(f"Created '{args.name}'; train it with: inspector train GOOD_DIR --product '{args.name}'")
         elif args.action == "rename":
-            new = services.rename_product(args.models_dir, store, args.name, args.new_name)
+            new = services.rename_product(args.models_dir, store, args.name, args.new_name, user=user)
             print(f"Renamed '{args.name}' to '{new}'; its history in the log moved with it.")
         else:
-            if not args.yes:
-                print(f"Deleting '{args.name}' removes every version of its model (its history stays in "
-                      f"the log). Add --yes to delete it.", file=sys.stderr)
-                return EXIT_ERROR
-            services.delete_product(args.models_dir, store, args.name)
+            services.delete_product(args.models_dir, store, args.name, user=user)
             print(f"Deleted '{args.name}'; its history stays in the log.")
     return EXIT_OK
 

@@ -293,8 +293,8 @@ def taught_dir(models_dir: str | Path, product: str) -> Path:
 
 
 def taught_images(models_dir: str | Path, product: str, given: Iterable[Path] = ()) -> list[Path]:
-    """The product's taught images that are not among the `given` good images: what a training
-    or a rebuild of the memory bank from them reads in addition."""
+    """The product's taught images (that are not among the `given` good images), which its
+    next training or rebuild uses with the good images."""
     folder = taught_dir(models_dir, product)
     if not folder.is_dir():
         return []

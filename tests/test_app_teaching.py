@@ -120,6 +120,14 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: "known defect" in window.statusBar().currentMessage(), timeout=WAIT)
     assert [e.kind for e in session.store.events(PRODUCT)][:2] == ["defect", "teach"]
 
+    # the taught part is kept with the product: the next training says it will use it too
+    assert [p.name for p in services.taught_images(session.models_dir, PRODUCT)] == ["bright.png"]
+    train = window.train
+    window.tabs.setCurrentWidget(train)
+    train.folder.set_path(write_parts(tmp_path / "good", 5)[0].parent)
+    qtbot.waitUntil(lambda: train._scanner is None and train.thumbnails.count() == 5, timeout=WAIT)
+    assert "5 good image(s) will be used" in train.count.text()
+    assert "1 taught good image(s) kept with the product" in train.taught.text() and train.taught.isVisible()
 
 def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_still_passes(window, qtbot, tmp_path):
     """Train in the window (its features are kept), teach a false reject from the History, then
@@ -147,8 +155,8 @@ def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_st
     history.part_buttons.good.click()
     qtbot.waitUntil(lambda: session.model.version == 3, timeout=WAIT)
     [kept] = services.taught_images(session.models_dir, PRODUCT)
-    assert "1 taught good part(s)" in train.taught.text() and str(kept.parent) in train.taught.text()
-    assert "reads the 1 taught good part(s)" in calibrate.rebuild_note.text()
+    assert "1 taught good image(s)" in train.taught.text() and str(kept.parent) in train.taught.text()
+    assert "reads the 1 taught good image(s)" in calibrate.rebuild_note.text()
 
     calibrate.ratio.setValue(2.5)
     calibrate.rebuild.click()

@@ -15,6 +15,7 @@ from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
 from inspector.core.model import load_model
 from inspector.store.results import ResultStore, login_name
 from inspector.synthetic import make_part, write_parts
+from inspector.users import Accounts, accounts_path
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,37 @@ def own(station, tmp_path):
     root, _ = station
     shutil.copytree(root / "models", tmp_path / "models")
     return tmp_path, ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
+
+
+def test_with_an_engineer_pin_only_the_engineer_changes_models(own, tmp_path, monkeypatch, capsys):
+    """As in the window: a station whose engineer PIN is set (beside its result log) takes a
+    change of a model or a product from the command line only with that PIN; reading and
+    inspecting need none."""
+    root, common = own
+    Accounts(accounts_path(root)).set_engineer("Eve", "2468")
+    monkeypatch.delenv("INSPECTOR_PIN", raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)  # run by a script: nobody to ask
+    good = str(write_parts(tmp_path / "good", 5, seed=20)[0].parent)
+    changes = [["calibrate", "--product", "Gear 7", "--sigma", "1"], ["rollback", "--product", "Gear 7", "--version", "1"],
+               ["rebuild", good, "--product", "Gear 7", "--sampling-ratio", "0.05"], ["train", good, "--product", "Gear 8"],
+               ["teach", good, "--product", "Gear 7"], ["roi", "--clear", "--product", "Gear 7"],
+               ["products", "create", "Gear 9"],
+               ["products", "delete", "Gear 7", "--yes"]]
+    for change in changes:
+        assert main(change + common) == EXIT_ERROR, change
+        assert "Only an engineer may" in capsys.readouterr().err
+    monkeypatch.setenv("INSPECTOR_PIN", "1111")
+    assert main(changes[0] + common) == EXIT_ERROR and "Wrong PIN" in capsys.readouterr().err
+    assert load_model(root / "models", "Gear 7").version == 1 and not (root / "models" / "Gear 9").exists()
+    with ResultStore(root / "log.db") as store:
+        assert store.events("Gear 7") == []
+    assert main(["calibrate", "--product", "Gear 7"] + common) == EXIT_OK  # looking needs no PIN
+    assert main(["inspect", good, "--product", "Gear 7"] + common) in (EXIT_OK, EXIT_NG)
+    monkeypatch.setenv("INSPECTOR_PIN", "2468")
+    assert main(changes[0] + common) == EXIT_OK
+    with ResultStore(root / "log.db") as store:
+        [event] = store.events("Gear 7")
+    assert (event.kind, event.user) == ("sensitivity", "Eve (engineer)")
 
 
 def test_calibrate_sets_the_sensitivity_as_a_new_version_on_record(own, capsys):

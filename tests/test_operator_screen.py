@@ -13,12 +13,13 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from conftest import PIN, PRODUCT, WAIT
-from inspector.app import main
+from inspector.app import listen_for_instances, main, show_first_instance
 from inspector.cli import main as cli_main
 from inspector.app.monitor import STALE_S
 from inspector.app.window import MainWindow
 from inspector.app.worker import Worker
 from inspector.core.model import current_version
+from inspector.instance import InstanceLock
 from inspector.store.results import STATION
 from inspector.synthetic import write_parts
 from inspector.users import Accounts, accounts_path
@@ -261,6 +262,25 @@ def test_shift_counters_and_ng_parts_survive_a_restart(open_window, trained_mode
     assert third.monitor.counter_labels["inspected"].text() == "0"
     shifts = [e for e in third.session.store.events(STATION) if e.kind == "shift"]
     assert len(shifts) == 2 and shifts[0].user == "Eve (engineer)" and shifts[0].old == shifts[1].new
+
+
+def test_starting_again_brings_the_running_station_to_the_front(open_window, tmp_path, qtbot, monkeypatch):
+    """The operator double-clicks the icon while the station runs minimised: no error, the
+    running window comes up (and a station that no longer runs answers nobody)."""
+    db = tmp_path / "inspections.db"
+    window = open_window(tmp_path / "models")
+    lock = InstanceLock(db).acquire()  # as main() holds it for the running window
+    server = listen_for_instances(lock.path, window)
+    window.showMinimized()
+    qtbot.waitUntil(window.isMinimized, timeout=WAIT)
+    seen: list[str] = []
+    monkeypatch.setattr(QMessageBox, "critical", lambda parent, title, text: seen.append(text))
+    assert main(["--models-dir", str(tmp_path / "models"), "--db", str(db)]) == 0
+    qtbot.waitUntil(lambda: not window.isMinimized() and window.isVisible(), timeout=WAIT)
+    assert seen == [] and [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow)] == [window]
+    server.close()
+    lock.release()
+    assert not show_first_instance(lock.path, timeout_ms=2000)
 
 
 def test_a_second_station_on_the_same_data_is_refused(qapp, tmp_path):

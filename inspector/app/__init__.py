@@ -47,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         window = MainWindow(models_dir, db)
     except StoreError as exc:
         lock.release()
-        QMessageBox.critical(None, "Inspector", str(exc))
-        return 2
+        if not show_first_instance(lock.path):  # started again while running: the first window comes up
+            QMessageBox.critical(None, "Inspector", str(exc))
+            return 2
+        return 0
+    server = listen_for_instances(lock.path, window)
     window.show()
     code = app.exec()
+    server.close()
     lock.release()
     if owns_app and Worker.running:  # left behind in a call that cannot be interrupted: do not wait for it
         logging.shutdown()
@@ -58,3 +62,42 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _server_name(lock_path: Path) -> str:
+    """The local socket of the station holding this lock (one per data folder)."""
+    import hashlib
+
+    return "inspector-" + hashlib.sha256(str(Path(lock_path).resolve()).encode()).hexdigest()[:16]
+
+
+def listen_for_instances(lock_path: Path, window):
+    """Bring `window` to the front when Inspector is started again on the same data folder."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtNetwork import QLocalServer
+
+    name = _server_name(lock_path)
+    server = QLocalServer(window)
+    QLocalServer.removeServer(name)  # a socket file left by a crash; the lock says no one else serves it
+    server.listen(name)
+
+    def come_up():
+        while (connection := server.nextPendingConnection()) is not None:
+            connection.disconnectFromServer()
+            window.setWindowState(window.windowState() & ~Qt.WindowState.WindowMinimized)
+            window.show()
+            window.raise_()
+            window.activateWindow()
+    server.newConnection.connect(come_up)
+    return server
+
+
+def show_first_instance(lock_path: Path, timeout_ms: int = 3000) -> bool:
+    """Ask the running station on this data folder to show its window; False when none answers."""
+    from PySide6.QtNetwork import QLocalSocket
+
+    socket = QLocalSocket()
+    socket.connectToServer(_server_name(lock_path))
+    answered = socket.waitForConnected(timeout_ms)
+    socket.abort()
+    return answered

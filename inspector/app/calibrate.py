@@ -329,7 +329,7 @@ class CalibrateTab(QWidget):
         The note says why not when it cannot be rebuilt."""
         good, product = self.session.good, self.session.product
         taught = len(services.taught_images(self.session.models_dir, product, good.paths if good else []))
-        taught = f"the {taught} taught good part(s) kept with the product" if taught else ""
+        taught = f"the {taught} taught good image(s) kept with the product" if taught else ""
         if good is not None:
             return None, ("Re-uses the patch features kept from this session's training or last rebuild"
                           + (f"; reads {taught}." if taught else ": no image is read again."))

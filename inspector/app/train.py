@@ -284,8 +284,8 @@ class TrainTab(QWidget):
         else:
             self.summary.setText("")
         taught = services.taught_images(session.models_dir, session.product) if session.product else []
-        self.taught.setText(f"With them, {len(taught)} taught good part(s) kept with the product in {taught[0].parent} "
-                            f"(delete a file there to leave it out)." if taught else "")
+        self.taught.setText(f"With them, {len(taught)} taught good image(s) kept with the product, in "
+                            f"{taught[0].parent} (delete one there to leave it out)." if taught else "")
         self.taught.setVisible(bool(taught))
         self._update_buttons()
 
