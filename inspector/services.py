@@ -63,6 +63,13 @@ def _record(store: ResultStore, product: str, kind: str, old: str | None, new: s
         log.warning("the %s event of '%s' is not in the log yet: %s", kind, product, exc)
 
 
+def _save_version(model: Model, models_dir: str | Path, change: str | None = None) -> Model:
+    """Save the model as the product's new version, made now (a sensitivity, a region, a taught
+    part or a roll-back is a version of its own time, not of the training it comes from)."""
+    return save_model(replace(model, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                      models_dir, change)
+
+
 def _current(models_dir: Path, product: str) -> Model | None:
     """The product's model, None when it has none or it cannot be loaded."""
     try:
@@ -162,7 +169,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     model, good = training.train(product, paths + taught, settings, progress, cancel, device, roi)
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
-    saved = save_model(model, models_dir, change=f"trained on {detail}")
+    saved = _save_version(model, models_dir, change=f"trained on {detail}")
     _record(store, product, "train", describe_model(old), describe_model(saved), detail, user)
     return saved, good
 
@@ -177,7 +184,7 @@ def set_sensitivity(models_dir: str | Path, store: ResultStore, product: str, si
     if expected_version is not None and current.version != expected_version:
         raise ModelError(f"The model of '{product}' changed meanwhile (now version {current.version}, "
                          f"not {expected_version}): look at it again before changing its sensitivity.")
-    saved = save_model(with_sigma(current, sigma), models_dir)
+    saved = _save_version(with_sigma(current, sigma), models_dir)
     _record(store, product, "sensitivity", describe_model(current), describe_model(saved), saved.change, user)
     return saved
 
@@ -200,6 +207,10 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         paths, origin = _images(images)
         if not paths:
             raise TrainingError("No good images given: choose the folder the product was trained from.")
+    else:  # a taught image deleted since the features were kept is left out, as it is from a training
+        kept = [i for i, p in enumerate(good.paths) if not (_is_taught(models_dir, product, p) and not p.is_file())]
+        if len(kept) < len(good.paths):
+            good = GoodFeatures(good.features[kept], [good.paths[i] for i in kept], good.skipped)
     taught = taught_images(models_dir, product, paths if good is None else good.paths)
     if paths or taught:
         extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
@@ -207,9 +218,10 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         good = read if good is None else GoodFeatures(np.concatenate([good.features, read.features]),
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
+    used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
-              f"{settings.sampling_ratio:g} from {origin}{_taught_detail(taught)}")
-    saved = save_model(model, models_dir, change=change)
+              f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
+    saved = _save_version(model, models_dir, change=change)
     _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
     return saved, good
 
@@ -220,7 +232,7 @@ def set_roi(models_dir: str | Path, store: ResultStore, product: str, roi: np.nd
     None: the whole image) and save it as its new version. The calibration follows from the
     model's own calibration patch scores: no good image is read."""
     current = load_model(models_dir, product)
-    saved = save_model(training.with_roi(current, roi), models_dir)
+    saved = _save_version(training.with_roi(current, roi), models_dir)
     _record(store, product, "region", describe_model(current), describe_model(saved), saved.change, user)
     return saved
 
@@ -259,7 +271,7 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
     model, before = training.teach(current, good.features, what)
     copies = _keep_copies(taught_dir(models_dir, product), good.paths, f"the taught good parts of '{product}'")
     try:
-        saved = save_model(model, models_dir)
+        saved = _save_version(model, models_dir)
     except BaseException:
         for copy in copies:
             copy.unlink(missing_ok=True)
@@ -288,6 +300,10 @@ def taught_images(models_dir: str | Path, product: str, given: Iterable[Path] = 
         return []
     seen = {Path(p).resolve() for p in given}
     return [p for p in list_images(folder) if p.resolve() not in seen]
+
+
+def _is_taught(models_dir: str | Path, product: str, path: Path) -> bool:
+    return Path(path).resolve().parent == taught_dir(models_dir, product).resolve()
 
 
 def _taught_detail(taught: list[Path]) -> str:
@@ -350,7 +366,7 @@ def rollback(models_dir: str | Path, store: ResultStore, product: str, version: 
     versions between stay, and can be rolled back to in turn)."""
     current = load_model(models_dir, product)
     old = load_model(models_dir, product, version=version)
-    saved = save_model(old, models_dir, change=f"rollback to version {version} ({old.change or 'no description'})")
+    saved = _save_version(old, models_dir, change=f"rollback to version {version} ({old.change or 'no description'})")
     _record(store, product, "rollback", describe_model(current), describe_model(saved), saved.change, user)
     return saved
 

@@ -107,7 +107,11 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     qtbot.waitUntil(lambda: session.model is not None and session.model.version == 2, timeout=WAIT)
     message = window.statusBar().currentMessage()
     assert f"{before.threshold:.4g} → {session.model.threshold:.4g}" in message and "expected false rejects" in message
+    assert f"Kept in {services.taught_dir(session.models_dir, PRODUCT)}: every later training" in message
     assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
+    # the part on screen is inspected again with the taught model, not left saying 'NG now' of the old one
+    qtbot.waitUntil(lambda: "current model (version 2): OK" in history.details.text(), timeout=WAIT)
+    assert not buttons.good.isEnabled()  # still once per part
 
     history.view_table.selectRow(rows["scratch_070.png"])
     buttons.defect.click()
@@ -122,4 +126,58 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     window.tabs.setCurrentWidget(train)
     train.folder.set_path(write_parts(tmp_path / "good", 5)[0].parent)
     qtbot.waitUntil(lambda: train._scanner is None and train.thumbnails.count() == 5, timeout=WAIT)
-    assert "5 good image(s) will be used, and 1 taught good image(s) kept with the product" in train.count.text()
+    assert "5 good image(s) will be used" in train.count.text()
+    assert "1 taught good image(s) kept with the product" in train.taught.text() and train.taught.isVisible()
+
+def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_still_passes(window, qtbot, tmp_path):
+    """Train in the window (its features are kept), teach a false reject from the History, then
+    rebuild the memory bank at another ratio: the Train and Calibrate tabs say that the taught
+    part is used, and it passes after the rebuild."""
+    session, train, calibrate = window.session, window.train, window.calibrate
+    write_parts(tmp_path / "good", 20)  # as the product was trained: the bright part is a false reject
+    train.folder.set_path(tmp_path / "good")
+    qtbot.waitUntil(lambda: train._scanner is None and train.start.isEnabled(), timeout=WAIT)
+    train.start_training()
+    qtbot.waitUntil(lambda: session.model.version == 2 and session.good is not None, timeout=WAIT)
+    assert calibrate.rebuild_note.text().endswith("no image is read again.") and not train.taught.isVisible()
+
+    line = tmp_path / "line"
+    line.mkdir()
+    save_image(line / "bright.png", np.clip(make_part(60).astype(np.float32) * 1.35 + 10, 0, 255).astype(np.uint8))
+    with ResultStore(tmp_path / "inspections.db") as store:
+        services.run_line(session.models_dir, store, PRODUCT, "file", [line / "bright.png"], threading.Event(),
+                          lambda outcome: None)
+    history = window.history
+    window.tabs.setCurrentWidget(history)
+    qtbot.waitUntil(lambda: history.table.rowCount() == 1, timeout=WAIT)
+    assert history.table.records[0].verdict == "NG"
+    history.view_table.selectRow(0)
+    history.part_buttons.good.click()
+    qtbot.waitUntil(lambda: session.model.version == 3, timeout=WAIT)
+    [kept] = services.taught_images(session.models_dir, PRODUCT)
+    assert "1 taught good image(s)" in train.taught.text() and str(kept.parent) in train.taught.text()
+    assert "reads the 1 taught good image(s)" in calibrate.rebuild_note.text()
+
+    calibrate.ratio.setValue(2.5)
+    calibrate.rebuild.click()
+    qtbot.waitUntil(lambda: session.model.version == 4 and calibrate._refitter is None, timeout=WAIT)
+    assert "1 taught good image(s)" in session.model.change and session.model.counts["good_images"] == 21
+    assert calibrate.rebuild_note.text().endswith("no image is read again.")  # its features are kept now
+    assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
+
+
+def test_the_versions_list_is_readable_at_1366x768(window, qtbot):
+    """Every column but the change fits beside the region at 1366x768, and the selected
+    version's change is shown whole below the list."""
+    window.resize(1366, 740)
+    window.tabs.setCurrentWidget(window.teach)
+    versions = window.teach.versions
+    window.session.set_model(services.set_sensitivity(window.session.models_dir, window.session.store,
+                                                      PRODUCT, 4.0))
+    qtbot.waitUntil(lambda: versions.table.rowCount() == 2 and versions.table.viewport().width() > 0, timeout=WAIT)
+    header, table = versions.table.horizontalHeader(), versions.table
+    assert header.sectionViewportPosition(3) + header.sectionSize(3) <= table.viewport().width()
+    assert not table.verticalHeader().isVisible()
+    assert "Select a version" in versions.change.text()
+    table.selectRow(0)
+    assert versions.change.text() == "Version 2: sensitivity 3 -> 4"

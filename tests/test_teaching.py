@@ -222,6 +222,23 @@ def test_a_taught_part_stays_taught_through_rebuilds_and_trainings(station, tmp_
     assert services.train(models, store, "Disc", good[0].parent, Settings())[0].counts["good_images"] == len(good)
 
 
+def test_a_rebuild_from_kept_features_says_the_taught_images_in_them_and_drops_deleted_ones(station, tmp_path, good):
+    """The desktop keeps the features of its last rebuild, the taught image's among them: the
+    next rebuild from them says it uses that image, and leaves it out once it is deleted."""
+    models, store, model = station
+    services.teach(models, store, "Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
+    [kept] = services.list_images(services.taught_dir(models, "Disc"))
+    first, features = services.rebuild_bank(models, store, "Disc", 0.02, images=good[0].parent)
+    assert kept in features.paths and "1 taught good image(s)" in first.change
+    again, features = services.rebuild_bank(models, store, "Disc", 0.03, good=features)
+    assert again.counts["good_images"] == len(good) + 1 and "1 taught good image(s)" in again.change
+    kept.unlink()
+    left_out, features = services.rebuild_bank(models, store, "Disc", 0.02, good=features)
+    assert left_out.counts["good_images"] == len(good) and kept not in features.paths
+    assert "taught" not in left_out.change
+    assert Inspector(left_out).inspect(drifted(60, noise=1)).verdict == "NG"
+
+
 def test_a_taught_part_is_kept_only_when_the_model_is_saved(station, tmp_path, monkeypatch):
     models, store, model = station
     rejected = save_image(tmp_path / "drift_60.png", drifted(60))
@@ -297,3 +314,18 @@ def test_versions_list_what_changed_and_roll_back(station, tmp_path, capsys):
     assert [line.split()[1] for line in lines] == ["4", "3", "2", "1"] and "rollback to version 1" in lines[0]
     assert main(["rollback", "--product", "Disc", "--version", "3"] + common) == 0
     assert load_model(models, "Disc").version == 5 and np.array_equal(load_model(models, "Disc").roi, DISC)
+
+
+def test_every_version_carries_the_time_it_was_made(station, tmp_path):
+    """The versions list shows when each version was made: a sensitivity, a region, a taught
+    part or a roll-back made today is not dated at the training it comes from."""
+    models, store, model = station
+    save_model(dataclasses.replace(model, created="2020-01-02T03:04:05+00:00"), models)  # trained long ago
+    services.set_sensitivity(models, store, "Disc", 2.0)
+    services.set_roi(models, store, "Disc", DISC)
+    services.teach(models, store, "Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
+    services.rollback(models, store, "Disc", 2)
+    kept = services.versions(models, "Disc")
+    assert [v["version"] for v in kept] == [6, 5, 4, 3, 2, 1]
+    assert kept[-2]["created"].startswith("2020-01-02")
+    assert not any(v["created"].startswith("2020") for v in kept[:4])

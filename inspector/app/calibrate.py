@@ -76,7 +76,7 @@ class CalibrateTab(QWidget):
         self.sigma.setRange(-10.0, 100.0)
         self.sigma.setDecimals(2)
         self.sigma.setSingleStep(0.25)
-        self.sigma.setToolTip("Threshold = mean + sigma × spread of the held-out good scores.\n"
+        self.sigma.setToolTip("Threshold = median + sigma × robust spread of the held-out good scores.\n"
                               "Higher sigma: fewer false rejects, more escapes.")
         self.sigma.valueChanged.connect(self._sigma_changed)
         self.threshold = QLabel("–")
@@ -327,15 +327,20 @@ class CalibrateTab(QWidget):
     def _rebuild_source(self) -> tuple[str | None, str]:
         """(the folder to read, or None for the features in memory; what the note says).
         The note says why not when it cannot be rebuilt."""
-        if self.session.good is not None:
-            return None, "Re-uses the patch features of this session's training: no image is read again."
+        good, product = self.session.good, self.session.product
+        taught = len(services.taught_images(self.session.models_dir, product, good.paths if good else []))
+        taught = f"the {taught} taught good image(s) kept with the product" if taught else ""
+        if good is not None:
+            return None, ("Re-uses the patch features kept from this session's training or last rebuild"
+                          + (f"; reads {taught}." if taught else ": no image is read again."))
         folder = self._good_folder()
         if not folder:
-            return "", (f"Cannot rebuild: the folder of good images of '{self.session.product}' is not known here. "
+            return "", (f"Cannot rebuild: the folder of good images of '{product}' is not known here. "
                         f"Choose it on the Train tab.")
         if not Path(folder).is_dir():
             return "", f"Cannot rebuild: the folder of good images {folder} is no longer there."
-        return folder, f"Reads the good images of {folder} again (the Train tab's folder)."
+        also = f" and {taught}" if taught else ""
+        return folder, f"Reads the good images of {folder} again (the Train tab's folder){also}."
 
     def rebuild_bank(self) -> None:
         model, good, session = self._model, self.session.good, self.session

@@ -235,6 +235,7 @@ class HistoryTab(QWidget):
         for column, width in enumerate((150, 120, 70, 70, 85, 90, 70)):
             header.resizeSection(column, width)
         self.view_table.selectionModel().currentRowChanged.connect(lambda index, _: self.look_at(index.row()))
+        session.changed.connect(self._model_changed)
 
         self.image = ResultView()
         self.details = QLabel("Select a row to see its image.")
@@ -349,8 +350,19 @@ class HistoryTab(QWidget):
         if not 0 <= row < len(self.table.records):
             return
         record = self.table.records[row]
-        self._looked_at = record.id
         self.part_buttons.set_record(record)
+        self._inspect_again(record)
+
+    def _model_changed(self) -> None:
+        """A new model of the part's product (taught, a new sensitivity…): the part on screen is
+        inspected again with it, as its note says."""
+        record = next((r for r in self.table.records if r.id == self._looked_at), None)
+        model = self.session.model
+        if record is not None and model is not None and model.product == record.product:
+            self._inspect_again(record)
+
+    def _inspect_again(self, record: InspectionRecord) -> None:
+        self._looked_at = record.id
         self.details.setText(self._describe(record))
         self.image.display(None, caption="Loading…")
         worker = Worker(look, record, self.session, self._extractors)

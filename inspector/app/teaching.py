@@ -60,7 +60,8 @@ def teach_part(session: Session, record: InspectionRecord, good: bool) -> Worker
         if not good:
             session.info(f"{result[0].name} is now a known defect of '{product}' (Calibrate scores it).")
             return
-        session.info(taught_summary(result))
+        session.info(f"{taught_summary(result)} Kept in {services.taught_dir(session.models_dir, product)}: every "
+                     f"later training and rebuild of the memory bank uses it.")
         if session.product == product:
             session.set_model(result.model, session.good)
 
@@ -313,7 +314,7 @@ class RegionEditor(QWidget):
 class VersionsPanel(QWidget):
     """The kept versions of the product's model, newest first, with what changed in each; an
     earlier one can be made the model again (saved as a new version)."""
-    COLUMNS = ("Version", "Created", "Threshold", "Memory bank", "What changed")
+    COLUMNS = ("Version", "Created", "Threshold", "Bank", "Change")
 
     def __init__(self, session: Session):
         super().__init__()
@@ -324,11 +325,17 @@ class VersionsPanel(QWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().hide()  # row numbers beside version numbers only confuse
+        self.table.horizontalHeaderItem(3).setToolTip("Patch features in the memory bank")
+        self.change = QLabel()  # what changed in the selected version, whole (the column is cut short)
+        self.change.setWordWrap(True)
+        self.change.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.rollback = QPushButton(icon("refresh"), "Roll back to this version")
         self.rollback.clicked.connect(self.roll_back)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         layout = QVBoxLayout(self)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.change)
         layout.addWidget(self.rollback)
         session.changed.connect(self.refresh)
         session.user_changed.connect(self.refresh)
@@ -344,8 +351,11 @@ class VersionsPanel(QWidget):
                       f"{meta['threshold']:.4g}" if "threshold" in meta else "–",
                       str(meta.get("counts", {}).get("memory_bank", "–")), meta.get("change") or meta.get("error", ""))
             for c, value in enumerate(values):
-                self.table.setItem(r, c, QTableWidgetItem(value))
-        self.table.resizeColumnsToContents()
+                item = QTableWidgetItem(value)
+                item.setToolTip(values[-1])
+                self.table.setItem(r, c, item)
+        for column in range(len(self.COLUMNS) - 1):  # the last one takes the room left
+            self.table.resizeColumnToContents(column)
         self._selection_changed()
 
     def selected_version(self) -> int | None:
@@ -355,6 +365,9 @@ class VersionsPanel(QWidget):
     def _selection_changed(self) -> None:
         version = self.selected_version()
         model = self.session.model
+        rows = self.table.selectionModel().selectedRows()
+        self.change.setText(f"Version {version}: {self.table.item(rows[0].row(), len(self.COLUMNS) - 1).text()}"
+                            if rows else "Select a version to see what changed in it, or to roll back to it.")
         self.rollback.setEnabled(version is not None and model is not None and version != model.version
                                  and self.session.user.is_engineer)
 
@@ -388,4 +401,4 @@ class TeachTab(QWidget):
         QVBoxLayout(region).addWidget(self.editor)
         QVBoxLayout(versions).addWidget(self.versions)
         layout = QVBoxLayout(self)
-        layout.addWidget(splitter("teach", region, versions, (700, 400), (1, 0)))
+        layout.addWidget(splitter("teach", region, versions, (600, 500), (1, 0)))

@@ -71,6 +71,9 @@ class TrainTab(QWidget):
         self.folder.chosen.connect(self._folder_chosen)
         self.count = QLabel("Choose the folder of good images of this product.")
         self.count.setWordWrap(True)
+        self.taught = QLabel()  # the taught good parts every training uses too
+        self.taught.setWordWrap(True)
+        self.taught.hide()
         self.warning = QLabel()
         self.warning.setObjectName("warning")
         self.warning.setWordWrap(True)
@@ -101,6 +104,7 @@ class TrainTab(QWidget):
         box = QVBoxLayout(images)
         box.addWidget(self.folder)
         box.addWidget(self.count)
+        box.addWidget(self.taught)
         box.addWidget(self.warning)
         options = QGroupBox("Settings")
         form = QFormLayout(options)
@@ -183,10 +187,6 @@ class TrainTab(QWidget):
         text = f"{self._readable} good image(s) will be used"
         if self._readable > MAX_THUMBNAILS:
             text += f" (the first {MAX_THUMBNAILS} are shown)"
-        product = self.session.product
-        taught = len(services.taught_images(self.session.models_dir, product)) if product else 0
-        if taught:
-            text += f", and {taught} taught good image(s) kept with the product"
         self.count.setText(text + ".")
         problems = []
         if self._unreadable:
@@ -283,6 +283,10 @@ class TrainTab(QWidget):
             self.summary.setText(f"'{session.product}' is not trained yet.")
         else:
             self.summary.setText("")
+        taught = services.taught_images(session.models_dir, session.product) if session.product else []
+        self.taught.setText(f"With them, {len(taught)} taught good image(s) kept with the product, in "
+                            f"{taught[0].parent} (delete one there to leave it out)." if taught else "")
+        self.taught.setVisible(bool(taught))
         self._update_buttons()
 
     def _update_buttons(self) -> None:
