@@ -315,7 +315,9 @@ def test_kill_9_while_saving_always_leaves_a_complete_model(tmp_path):
         saver = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), "100000"], stdout=subprocess.PIPE)
         assert saver.stdout.readline().strip() == b"ready"
         start = current_version(tmp_path, "Gear 7")
+        deadline = time.monotonic() + 120  # generous: a loaded 2-core machine
         while current_version(tmp_path, "Gear 7") < start + 2:  # a few saves done, one under way
+            assert saver.poll() is None and time.monotonic() < deadline, "the saver stopped saving"
             time.sleep(0.001)
         saver.send_signal(signal.SIGKILL)
         saver.wait()
