@@ -389,7 +389,9 @@ def test_two_stations_sharing_a_database_lose_no_pending_verdict(db):
                for name in ("a", "b")]
     for writer in writers:
         assert writer.stdout.readline().strip() == b"ready"
+    deadline = time.monotonic() + 300  # generous: a loaded 2-core machine
     while True:
+        assert time.monotonic() < deadline, "the writers did not finish"
         while journal_lines(db) < 5 and any(w.poll() is None for w in writers):
             time.sleep(0.005)  # locked: every verdict goes to the journal
         locker.execute("COMMIT")
