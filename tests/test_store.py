@@ -391,8 +391,8 @@ def test_two_stations_sharing_a_database_lose_no_pending_verdict(db):
         assert writer.stdout.readline().strip() == b"ready"
     deadline = time.monotonic() + 300  # generous: a loaded 2-core machine
     while True:
-        assert time.monotonic() < deadline, "the writers did not finish"
         while journal_lines(db) < 5 and any(w.poll() is None for w in writers):
+            assert time.monotonic() < deadline, "the writers did not finish"
             time.sleep(0.005)  # locked: every verdict goes to the journal
         locker.execute("COMMIT")
         if all(w.poll() is not None for w in writers):
