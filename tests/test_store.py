@@ -391,8 +391,10 @@ def test_two_stations_sharing_a_database_lose_no_pending_verdict(db):
         assert writer.stdout.readline().strip() == b"ready"
     deadline = time.monotonic() + 300  # generous: a loaded 2-core machine
     while True:
-        while journal_lines(db) < 5 and any(w.poll() is None for w in writers):
+        while True:
             assert time.monotonic() < deadline, "the writers did not finish"
+            if journal_lines(db) >= 5 or all(w.poll() is not None for w in writers):
+                break
             time.sleep(0.005)  # locked: every verdict goes to the journal
         locker.execute("COMMIT")
         if all(w.poll() is not None for w in writers):
