@@ -199,11 +199,15 @@ def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys)
     write_parts(tmp_path / "defects" / "scratch", 2, "scratch", seed=70)
     write_parts(tmp_path / "defects" / "stain", 2, "stain", seed=80)
     (tmp_path / "defects" / "stain" / "broken.png").write_bytes(b"junk")
+    write_parts(tmp_path / "defects" / "good", 3, seed=85)  # a test folder's good parts: good, not defects
     assert main(["calibrate", "--product", "Gear 7", "--defects", str(tmp_path / "defects")] + common) == EXIT_OK
     captured = capsys.readouterr()
     assert captured.out.count("scratch_07") == 2 and captured.out.count("stain_08") == 2
-    assert "Escapes: 0 of 4 known defects" in captured.out and "broken.png" in captured.err
-    assert "The threshold that separates them best:" in captured.out and "escapes 0 of 4" in captured.out
+    assert "escapes 0 of 4 known defects" in captured.out and "broken.png" in captured.err
+    assert "Scored 4 known defect(s) of 2 kind(s) and 3 good part(s)" in captured.out
+    assert "good parts of the defects folder" in captured.out
+    assert "Proposed: threshold" in captured.out and "resting on 4 known defect(s) of 2 kind(s)" in captured.out
+    assert "escapes 0 of 4" in captured.out and "WARNING It rests on only 4 known defect(s)" in captured.err
     with ResultStore(root / "log.db") as store:  # scoring known defects logs nothing
         assert not [r for r in store.query() if "defects" in (r.image_path or "")]
 

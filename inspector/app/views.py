@@ -187,6 +187,7 @@ class ProgressPanel(QWidget):
         layout.addWidget(self.bar)
         layout.addWidget(self.label)
         self._stage, self._since, self._started, self._text = None, 0.0, None, ""
+        self._steps, self._seen = 0, []
         self._clock = QTimer(self, interval=1000)
         self._clock.timeout.connect(self._show)
         self.finish("")
@@ -194,9 +195,13 @@ class ProgressPanel(QWidget):
     def elapsed(self) -> float:
         return 0.0 if self._started is None else time.monotonic() - self._started
 
-    def begin(self, text: str) -> None:
-        """Start (or, with the clock running, go on with) work described by `text`."""
+    def begin(self, text: str, steps: int = 0) -> None:
+        """Start (or, with the clock running, go on with) work described by `text`, done in
+        `steps` stages (0: one): the time left is then said of the stage under way, as
+        'step i of n' (a stage's time says nothing of the stages after it)."""
         self._stage = None
+        if steps or not self._clock.isActive():
+            self._steps, self._seen = steps, []
         if not self._clock.isActive():
             self._started = time.monotonic()
             self._clock.start()
@@ -213,12 +218,20 @@ class ProgressPanel(QWidget):
         now = time.monotonic()
         if stage != self._stage:
             self._stage, self._since = stage, now
+            if stage not in self._seen:
+                self._seen.append(stage)
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(done)
+        number = self._seen.index(stage) + 1
+        steps = max(self._steps, number)
         text = f"{stage.capitalize()}: {done} of {total}"
+        if self._steps > 1:
+            text = f"Step {number} of {steps}, {stage}: {done} of {total}"
         elapsed = now - self._since
         if 0 < done < total and elapsed > 0.5:
             text += f", about {duration(elapsed * (total - done) / done)} left"
+            if number < steps:
+                text += " in this step"
         self._show(text)
 
     def finish(self, text: str) -> None:
