@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     window.train.start_training()
     wait(app, lambda: window.session.model is not None and window.train._trainer is None, "training")
     window.calibrate.defect_folder.set_path(work / "defects")
-    wait(app, lambda: window.calibrate._scorer is None and len(window.calibrate._defects) == 12, "defect scores")
+    wait(app, lambda: window.calibrate._scorer is None and len(window.calibrate._defects.scores) == 12, "defect scores")
     window.calibrate.sigma.setValue(4.0)
     window.calibrate.apply_sigma()  # a change, recorded: History shows it
     wait(app, lambda: window.session.model.version == 2, "the new sensitivity")

@@ -638,8 +638,9 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
     frame at most once per `interval_s`, or one per `snap` when given) or 'file' (inspect
     the files of the list `target` once; files already logged are skipped). Every item is
     logged (see Station); the line follows new model versions of the product between items.
-    `on_status` hears the source's state: 'live', or 'lost' with the reason (a folder gone, a
-    camera that cannot be opened or sends no frames). `frames` keeps NG camera frames."""
+    `on_status` hears the source's state: 'live', 'lost' with the reason (a folder gone, a
+    camera that cannot be opened or sends no frames), or 'pending' with the file a watched
+    folder waits for (empty or still being written) and for how long. `frames` keeps NG camera frames."""
     model = model if model is not None else load_model(models_dir, product)
     station = Station(inspector_for(model, device), store, kind, sort_files, archive_dir, models_dir,
                       on_message, device, frames)
@@ -647,14 +648,16 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
         with FolderWatcher(target, settle_s, max_wait_s) as watcher:
             on_message("info", f"Watching {watcher.folder} for new images of '{model.product}' "
                                f"(model version {model.version}).")
-            lost = False
+            lost = waiting = False
 
             def folder_status(state: str, reason: str | None) -> None:
-                nonlocal lost
+                nonlocal lost, waiting
                 if state == "lost" or lost:
                     on_message("warning" if state == "lost" else "info",
                                reason if state == "lost" else f"{watcher.folder} is back: watching it again.")
-                lost = state == "lost"
+                elif state == "pending" and not waiting:  # once per wait; the status says it each second
+                    on_message("info", reason)
+                lost, waiting = state == "lost", state == "pending"
                 on_status(state, reason)
 
             watch_folder(station, watcher, stop, on_outcome, on_status=folder_status)

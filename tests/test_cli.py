@@ -68,9 +68,11 @@ def test_history_and_csv(station, tmp_path, capsys):
 
 
 def test_camera_on_a_video_file(station, tmp_path, capsys):
+    """Two frames, however slow the inspection: the first is taken as soon as the video plays
+    (it lasts 2 s), and the video's last frame is inspected when it ends."""
     _, common = station
     video = tmp_path / "line.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20, (256, 256))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 2, (256, 256))
     for i in range(4):
         writer.write(cv2.cvtColor(make_part(300 + i), cv2.COLOR_RGB2BGR))
     writer.release()

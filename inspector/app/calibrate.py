@@ -19,7 +19,7 @@ from .. import services
 from ..core.model import Model
 from .session import Session, confirm_on_running_line, settings
 from .train import percent_box
-from .views import FolderField, ProgressPanel, duration, icon, splitter
+from .views import FolderField, ProgressPanel, duration, icon, lock_note, show_lock, splitter
 from .worker import Worker
 
 BINS = 30
@@ -84,9 +84,7 @@ class CalibrateTab(QWidget):
         self.apply = QPushButton(icon("check"), "Apply sensitivity")
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
-        self.locked = QLabel("Locked: unlock as engineer (top right) to change the threshold or the memory bank.")
-        self.locked.setObjectName("warning")
-        self.locked.setWordWrap(True)
+        self.locked = lock_note()
 
         self.defect_folder = FolderField("Folder of known defect images (optional)",
                                          "Choose a folder of known defect images")
@@ -389,7 +387,7 @@ class CalibrateTab(QWidget):
     def _update_buttons(self) -> None:
         model, session = self._model, self.session
         engineer = session.user.is_engineer
-        self.locked.setVisible(model is not None and not engineer)
+        show_lock(self.locked, session.locked_reason("change the threshold or the memory bank") if model else "")
         self.apply.setEnabled(engineer and model is not None
                               and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
         self.sigma.setEnabled(engineer and model is not None)

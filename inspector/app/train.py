@@ -15,7 +15,8 @@ from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
 from ..errors import Cancelled, ImageError
 from .session import Session, settings
-from .views import FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, splitter, thumbnail
+from .views import (FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, lock_note, show_lock,
+                    splitter, thumbnail)
 from .worker import Worker
 
 SAMPLERS = {"greedy": "Greedy coreset (best coverage)", "random": "Random (fastest)"}
@@ -102,6 +103,7 @@ class TrainTab(QWidget):
         self.start.clicked.connect(self.start_training)
         self.cancel = QPushButton(icon("stop"), "Cancel")
         self.cancel.clicked.connect(self.cancel_training)
+        self.locked = lock_note()  # why Start is greyed out, in words
         self.progress = ProgressPanel()
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -127,6 +129,7 @@ class TrainTab(QWidget):
         column.addWidget(images)
         column.addWidget(options)
         column.addLayout(buttons)
+        column.addWidget(self.locked)
         column.addWidget(self.progress)
         column.addWidget(self.summary)
         column.addStretch(1)
@@ -307,8 +310,9 @@ class TrainTab(QWidget):
         training, session = self._trainer is not None, self.session
         self.start.setEnabled(not training and bool(session.product) and bool(self.folder.path())
                               and session.user.is_engineer and not session.line_running)
-        self.start.setToolTip("Engineers only: unlock with the engineer PIN" if not session.user.is_engineer
-                              else "Stop the line first" if session.line_running else "Start training")
+        reason = session.locked_reason("train a product", stopped_line=True) if session.product else ""
+        show_lock(self.locked, reason)
+        self.start.setToolTip(reason or "Start training")
         self.cancel.setEnabled(training)
         for widget in (self.folder, self.backbone, self.image_size, self.sampler, self.ratio):
             widget.setEnabled(not training)

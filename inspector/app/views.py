@@ -46,6 +46,20 @@ def splitter(name: str, left: QWidget, right: QWidget, sizes: tuple[int, int],
     return split
 
 
+def lock_note() -> QLabel:
+    """A visible line saying why the controls beside it are locked (hidden when they are not)."""
+    label = QLabel()
+    label.setObjectName("warning")
+    label.setWordWrap(True)
+    label.hide()
+    return label
+
+
+def show_lock(label: QLabel, reason: str) -> None:
+    label.setText(reason)
+    label.setVisible(bool(reason))
+
+
 def icon(name: str) -> QIcon:
     return QIcon(str(RESOURCES / "icons" / f"{name}.svg"))
 
@@ -55,6 +69,20 @@ def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
     h, w = image.shape[:2]
     scale = size / max(h, w)
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
+
+
+def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:
+    """The image made small enough to paint, in a worker, with its boxes (x, y, w, h) scaled
+    with it; a small image as it is."""
+    h, w = image.shape[:2]
+    scale = DISPLAY_SIZE / max(h, w)
+    if scale >= 1.0:
+        return image, list(boxes)
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return small, [tuple(v * scale for v in box) for box in boxes]
 
 
 def display_map(anomaly_map: np.ndarray) -> np.ndarray:
