@@ -334,7 +334,7 @@ def test_known_defects_in_subfolders_what_no_longer_applies_and_a_rebuild_after_
     write_parts(defects / "stain", 2, "stain", seed=60)
     cal.defect_folder.set_path(defects)
     qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects.scores) == 5, timeout=WAIT)
-    assert "5 known defect image(s) scored" in cal.defect_progress.label.text()
+    assert "Scored 5 known defect(s) of 2 kind(s)." == cal.defect_progress.label.text()
     assert "of 5 known defects" in cal.escapes.text() and len(cal.defect_curve.getData()[1]) > 0
 
     empty = tmp_path / "empty"
