@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QSignalBlocker
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtCore import QSignalBlocker, Qt
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                               QScrollArea, QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.model import Model
@@ -125,11 +125,18 @@ class CalibrateTab(QWidget):
         column.addWidget(self.rebuild)
         column.addWidget(self.rebuild_note)
         column.addWidget(self.rebuild_progress)
-        left = QWidget()
-        column = QVBoxLayout(left)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
         for group in (threshold, defects, bank):
             column.addWidget(group)
         column.addStretch(1)
+        left = QScrollArea()  # taller than a 1366x768 screen leaves: it scrolls, nothing is squeezed or clipped
+        left.setObjectName("calibrate_controls")
+        left.setWidget(controls)
+        left.setWidgetResizable(True)
+        left.setFrameShape(QFrame.Shape.NoFrame)
+        left.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left.setMinimumWidth(controls.minimumSizeHint().width() + left.verticalScrollBar().sizeHint().width())
 
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
@@ -145,10 +152,10 @@ class CalibrateTab(QWidget):
         self.line.setZValue(10)
         self.line.sigPositionChanged.connect(self._line_moved)
         self.plot.addItem(self.line)
-        legend = QLabel(f'<span style="color:{GOOD_COLOUR}">■</span> Good images (calibration, and the good/ '
-                        f'subfolder of the known defects)&nbsp;&nbsp;&nbsp;'
+        legend = QLabel(f'<span style="color:{GOOD_COLOUR}">■</span> Good images&nbsp;&nbsp;&nbsp;'
                         f'<span style="color:{DEFECT_COLOUR}">■</span> Known defects&nbsp;&nbsp;&nbsp;'
                         f'<span style="color:{LINE_COLOUR}">┃</span> Threshold')
+        legend.setToolTip("Good images: the calibration's, and the good/ subfolder of a known-defects folder")
         self.hint = QLabel("Drag the blue threshold line, or set the sensitivity, then Apply.")
         self.hint.setObjectName("hint")
         below = QHBoxLayout()
