@@ -90,7 +90,8 @@ def test_locked_controls_say_why_in_visible_text(open_window, trained_models, tm
         window.tabs.setCurrentWidget(tab)
         qtbot.waitUntil(note.isVisible, timeout=WAIT)
         assert note.text().startswith("Locked: only the engineer may") and "Engineer…" in note.text()
-        assert note.height() >= note.sizeHint().height() or note.heightForWidth(note.width()) <= note.height()
+        # whole, not clipped, once laid out
+        qtbot.waitUntil(lambda: note.heightForWidth(note.width()) <= note.height(), timeout=WAIT)
     assert not window.train.start.isEnabled() and "train a product" in window.train.locked.text()
     assert window.history.part_buttons.good.text() == "This part is good (engineer only)"
     window.session.unlock(PIN)
@@ -177,3 +178,8 @@ def test_a_camera_frame_has_one_short_name_kept_or_not():
     kept = f"/data/ng_frames/{frame_file_name('2026-12-04T18:41:53.542+00:00', source)}"
     assert kept.endswith("_parts.avi#13.png") and part_name(kept) == "parts.avi#13"
     assert part_name("/line/part_001.png") == "part_001.png" and part_name(None) == "frame"
+
+
+def test_a_stream_frame_keeps_its_host_in_its_short_name():
+    kept = frame_file_name("2026-12-04T18:41:53.542+00:00", "rtsp://cam/stream#12")
+    assert part_name("rtsp://cam/stream#12") == "cam_stream#12" == part_name(f"/ng_frames/{kept}")
