@@ -119,7 +119,7 @@ def test_a_file_being_waited_for_is_said_with_its_name_and_how_long(line_window,
 
 
 def test_the_colour_scale_is_the_model_in_use_from_the_start(line_window, tmp_path, qtbot):
-    window, monitor, session = line_window, line_window.monitor, line_window.session
+    monitor, session = line_window.monitor, line_window.session
     line = tmp_path / "line"
     [part] = write_parts(tmp_path / "parts", 1, seed=93)
     line.mkdir()

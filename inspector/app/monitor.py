@@ -534,7 +534,7 @@ class MonitorTab(QWidget):
         else:
             self._count(*item[1:])
 
-    def _count(self, outcome: Outcome, heat, thumb) -> None:
+    def _count(self, outcome: Outcome, shown, thumb) -> None:
         record = outcome.record
         self.counts["inspected"] += 1
         self.counts[record.verdict] += 1
@@ -545,7 +545,7 @@ class MonitorTab(QWidget):
         if thumb is not None:
             self._add_ng(record, thumb)
         self._show_counts()
-        self._newest = (outcome, heat)
+        self._newest = (outcome, shown)
         if not self._paint_pending:  # paint once the queued outcomes are counted: only the newest
             self._paint_pending = True
             QTimer.singleShot(0, self._paint)
@@ -575,7 +575,7 @@ class MonitorTab(QWidget):
 
     def _paint(self) -> None:
         self._paint_pending = False
-        outcome, heat = self._newest
+        outcome, shown = self._newest
         record, result = outcome.record, outcome.result
         self.painted += 1
         self._last = record
@@ -585,7 +585,7 @@ class MonitorTab(QWidget):
             self.view.display(None)
             self.scale.set_threshold(None)
         else:
-            image, boxes, heat = heat  # made ready to paint in the worker (_shown)
+            image, boxes, heat = shown  # made ready to paint in the worker (_shown)
             self.view.display(image, heat, heat_range(result.threshold)[1], boxes)
             self.scale.set_threshold(result.threshold)
 
