@@ -50,6 +50,7 @@ def main(argv: list[str]) -> int:
     (work / "good" / "copy_failed.png").write_bytes(b"not an image at all")
     write_parts(work / "defects" / "scratch", 6, "scratch", seed=200)  # a test folder: one subfolder per type
     write_parts(work / "defects" / "stain", 6, "stain", seed=300)
+    write_parts(work / "defects" / "good", 4, seed=350)  # good parts in the test folder: scored as good
     parts = write_parts(work / "incoming", 20, seed=500)
     defects = write_parts(work / "incoming", 10, "stain", seed=400)
     Accounts(accounts_path(work)).set_engineer("Eve", PIN)
@@ -81,8 +82,17 @@ def main(argv: list[str]) -> int:
     wait(app, lambda: window.train._scanner is None and window.train.thumbnails.count() == 30, "the good images")
     window.train.start_training()
     wait(app, lambda: window.session.model is not None and window.train._trainer is None, "training")
+    for size in SIZES:  # what the training predicts, said when it ends
+        window.resize(*size)
+        wait(app, lambda: window.width() == size[0], "the size")
+        shot(window.train, "train_trained", size)
     window.calibrate.defect_folder.set_path(work / "defects")
-    wait(app, lambda: window.calibrate._scorer is None and len(window.calibrate._defects) == 12, "defect scores")
+    wait(app, lambda: window.calibrate._scorer is None and len(window.calibrate._defects.scores) == 12, "defect scores")
+    window.calibrate.separate.click()  # the proposal, with what it rests on
+    window.resize(*SIZES[0])
+    shot(window.calibrate, "calibrate_proposal", SIZES[0])
+    window.resize(*SIZES[1])
+    shot(window.calibrate, "calibrate_proposal", SIZES[1])
     window.calibrate.sigma.setValue(4.0)
     window.calibrate.apply_sigma()  # a change, recorded: History shows it
     wait(app, lambda: window.session.model.version == 2, "the new sensitivity")
@@ -119,7 +129,6 @@ def main(argv: list[str]) -> int:
         if size == SIZES[0]:  # an NG part opened from the strip
             dialog = monitor.open_part(monitor.ng_strip.item(0))
             wait(app, lambda: "Inspected again" in dialog.details.text(), "the NG part")
-            dialog.move(200, 40)
             shot(monitor, "monitor_ng_part", size)
             dialog.accept()
         (line / f"copy_failed_{number}.png").write_bytes(b"not an image at all")
@@ -128,6 +137,10 @@ def main(argv: list[str]) -> int:
         monitor.stale.setValue(1.0)
         wait(app, banner("stale"), "a stale verdict")
         shot(monitor, "monitor_stale", size)
+        (line / f"half_{number}.png").write_bytes(b"")  # a file still being written
+        wait(app, lambda: "Waiting for half_" in monitor.detail.text(), "the waited-for file")
+        wait(app, lambda: "2 s so far" in monitor.detail.text() or "3 s so far" in monitor.detail.text(), "seconds")
+        shot(monitor, "monitor_waiting_file", size)
         monitor.stale.setValue(30.0)
         line.rename(work / "line_unplugged")
         wait(app, banner("lost"), "the source lost")
@@ -150,7 +163,15 @@ def main(argv: list[str]) -> int:
         history.show_what.setCurrentIndex(0)
     window.session.lock()  # the operator's view, and the engineer's PIN asked
     window.resize(*SIZES[0])
-    shot(window.calibrate, "calibrate_operator", SIZES[0])
+    for size in SIZES:
+        window.resize(*size)
+        wait(app, lambda: window.width() == size[0], "the size")
+        shot(window.calibrate, "calibrate_operator", size)
+        shot(window.train, "train_operator", size)
+        shot(window.teach, "region_versions_operator", size)
+        window.tabs.setCurrentWidget(window.history)
+        shot(window.history, "history_operator", size)
+    window.resize(*SIZES[0])
     dialog = window.products.ask_engineer()
     dialog.move(470, 250)
     shot(window.calibrate, "engineer_unlock", SIZES[0])

@@ -46,6 +46,35 @@ class ProgressLine:
         self.stream.flush()
 
 
+def _checked(check):
+    """An argparse type from a service's check (inspector.services): a bad value is an argument
+    error, said before any work."""
+    def convert(text: str) -> float:
+        from . import services
+
+        try:
+            return getattr(services, check)(float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        except InspectorError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = check.removeprefix("check_").replace("_", " ")
+    return convert
+
+
+def _at_least(low: float, kind=float):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not value >= low:  # nan too
+            raise argparse.ArgumentTypeError(f"must be {low:g} or more, not {text}")
+        return value
+    convert.__name__ = "value"
+    return convert
+
+
 def _settings(args) -> Settings:
     values = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name, None) is not None}
     return Settings(**values)
@@ -56,13 +85,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=list(BACKBONES), default=d.backbone)
     p.add_argument("--backbone-weights", dest="weights", type=lambda p: str(Path(p).resolve()),
                    help="path of the backbone's weight file (remembered by the model)")
-    p.add_argument("--sampling-ratio", type=float, default=d.sampling_ratio,
+    p.add_argument("--sampling-ratio", type=_checked("check_sampling_ratio"), default=d.sampling_ratio,
                    help=f"fraction of patch features kept in the memory bank (default {d.sampling_ratio})")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=d.sampler)
-    p.add_argument("--sigma", type=float, default=d.sigma,
+    p.add_argument("--sigma", type=_checked("check_sensitivity"), default=d.sigma,
                    help=f"sensitivity k: threshold = median + k robust spreads of the good images' scores "
                         f"against banks without them (default {d.sigma})")
-    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--image-size", type=_at_least(32, int), default=d.image_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), cuda or mps (torch)")
 
@@ -160,7 +189,7 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
 
 
 def cmd_train(args) -> int:
-    from .services import train
+    from .services import known_defects, score_defects, train, trained_text
 
     from .core.roi import roi_from_mask
 
@@ -174,10 +203,13 @@ def cmd_train(args) -> int:
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
     print(f"Saved '{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches from "
-          f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}: "
-          f"expected false rejects {model.calibration.false_reject_rate(model.threshold):.1%}, from "
-          f"{model.counts['calibration_images']} good images scored against banks without them, "
+          f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, "
+          f"from {model.counts['calibration_images']} good images scored against banks without them, "
           f"{model.calibration.method}); inspecting {describe_roi(model.roi)}")
+    folder = known_defects(args.models_dir, model.product)
+    defects = score_defects(model, folder, device=args.device) if folder else None
+    print(f"On the line: {trained_text(model, defects)} See or change it with: inspector calibrate --product "
+          f"'{model.product}'")
     return EXIT_OK
 
 
@@ -242,12 +274,9 @@ def cmd_rollback(args) -> int:
 
 
 def _files(paths: list[str]) -> list[Path]:
-    from .data.images import list_images
+    from .services import image_files
 
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += list_images(p) if p.is_dir() else [p]
-    return files
+    return image_files(paths)
 
 
 def cmd_inspect(args) -> int:
@@ -290,10 +319,12 @@ def cmd_camera(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .core.model import load_model, separating_threshold
-    from .data.images import list_images
-    from .services import known_defects_dir, score_defects, set_sensitivity
+    from .core.model import load_model
+    from .services import known_defects, propose_threshold, rates, score_defects, set_sensitivity
 
+    if args.defects is not None and not args.defects.is_dir():
+        print(f"error: the folder of known defects {args.defects} does not exist", file=sys.stderr)
+        return EXIT_ERROR
     if args.sigma is not None:
         user = _engineer(args, "change the sensitivity")
         before = load_model(args.models_dir, args.product)
@@ -305,32 +336,32 @@ def cmd_calibrate(args) -> int:
         model = load_model(args.models_dir, args.product)
         print(f"'{model.product}' version {model.version}: threshold {model.threshold:.4g} at sensitivity "
               f"{model.settings.sigma:g}")
-    print(f"Expected false rejects: {100.0 * model.calibration.false_reject_rate(model.threshold):.1f} % of good "
-          f"parts ({len(model.calibration.image_scores)} good calibration images)")
-    defects = args.defects
-    known = known_defects_dir(args.models_dir, args.product)
-    if defects is None and known.is_dir() and list_images(known):
-        defects = known
-        print(f"Known defects of '{model.product}': {defects}")
-    if defects:
-        def report(done, total, path, score, problem):
-            if problem:
-                print(f"SKIPPED {problem}", file=sys.stderr)
-            else:
-                print(f"{score:8.3f}  {text(str(path))}")
+    folder = args.defects or known_defects(args.models_dir, args.product)
+    if folder is None:
+        print(f"Expected false rejects: {rates(model, model.threshold).false_rejects_text()}; escapes unknown "
+              f"(give --defects, or add known defects with teach --defect)")
+        return EXIT_OK
+    if args.defects is None:
+        print(f"Known defects of '{model.product}': {folder}")
 
-        scores = score_defects(model, defects, report, device=args.device)
-        if not scores.scores:
-            print(f"No known defect image could be scored in {defects}.", file=sys.stderr)
-            return EXIT_ERROR
-        escaped = scores.escapes(model.threshold)
-        print(f"Escapes: {escaped} of {len(scores.scores)} known defects ({100.0 * escaped / len(scores.scores):.1f} %)"
-              f" at threshold {model.threshold:.4g}")
-        best = separating_threshold(model.calibration.image_scores, scores.scores)
-        print(f"The threshold that separates them best: {best:.4g} (sensitivity "
-              f"{model.calibration.sigma_for(best):.2f}: expected false rejects "
-              f"{100.0 * model.calibration.false_reject_rate(best):.1f} %, escapes {scores.escapes(best)} of "
-              f"{len(scores.scores)}; calibrate --sigma to use it)")
+    def report(done, total, path, score, problem):
+        if problem:
+            print(f"SKIPPED {problem}", file=sys.stderr)
+        else:
+            print(f"{score:8.3f}  {text(str(path))}")
+
+    scores = score_defects(model, folder, report, device=args.device)
+    print(f"Scored {scores.describe()} in {folder}")
+    now = rates(model, model.threshold, scores)
+    print(f"At threshold {model.threshold:.4g}: expected false rejects {now.false_rejects_text()}; escapes "
+          f"{now.escapes_text()}")
+    if not scores.scores:
+        print(f"No known defect image could be scored in {folder}.", file=sys.stderr)
+        return EXIT_ERROR
+    proposal = propose_threshold(model, scores)
+    print(f"Proposed: {proposal.describe()}; calibrate --sigma {proposal.sigma:.2f} to use it")
+    if proposal.warning:
+        print(f"WARNING {proposal.warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -413,7 +444,9 @@ def cmd_history(args) -> int:
             score = f"{r.score:8.3f}" if r.score is not None else "       -"
             print(f"{r.time}  {r.product}  {r.verdict:5} {score}  {r.image_path or ''}"
                   f"{'  ' + r.error if r.error else ''}")
-        print(store.summary(args.product, args.since), file=sys.stderr)
+        counts = store.summary(args.product, args.since)
+        print(f"{counts['total']} inspected: {counts['OK']} OK, {counts['NG']} NG, {counts['ERROR']} error(s)",
+              file=sys.stderr)
         pending, rejected = store.pending_count(), store.rejected_count()
         if pending or rejected:
             print(f"{pending} row(s) wait in {store.journal_path}; {rejected} could not be written and are "
@@ -503,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rollback", parents=[common, product],
                        help="make an earlier model version the product's model again (as a new version)")
-    p.add_argument("--version", type=int, required=True, help="the version to go back to (see: models --product)")
+    p.add_argument("--version", type=_at_least(1, int), required=True, help="the version to go back to (see: models --product)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("inspect", parents=[common, product, line, sort], help="inspect image files or folders once")
@@ -514,20 +547,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", parents=[common, product, line, sort], help="inspect every new image in a folder")
     p.add_argument("folder", type=Path)
-    p.add_argument("--settle", type=float, default=0.5, help="seconds a new file must stay unchanged")
-    p.add_argument("--max-wait", type=float, default=30.0,
+    p.add_argument("--settle", type=_at_least(0.0), default=0.5, help="seconds a new file must stay unchanged")
+    p.add_argument("--max-wait", type=_at_least(0.0), default=30.0,
                    help="seconds a file that stays empty or incomplete is waited for before it is an ERROR")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("camera", parents=[common, product, line], help="inspect frames of a camera or video")
     p.add_argument("source", help="camera index, stream URL or video file")
-    p.add_argument("--rate", type=float, default=0.0, help="frames inspected per second (default: as fast as possible)")
-    p.add_argument("--count", type=int, default=0, help="stop after this many frames")
+    p.add_argument("--rate", type=_at_least(0.0), default=0.0, help="frames inspected per second (default: as fast as possible)")
+    p.add_argument("--count", type=_at_least(0, int), default=0, help="stop after this many frames")
     p.set_defaults(func=cmd_camera)
 
     p = sub.add_parser("calibrate", parents=[common, product, device],
                        help="show or set the sensitivity; score a folder of known defects")
-    p.add_argument("--sigma", type=float, help="new sensitivity k: threshold = median + k robust spreads of the good scores "
+    p.add_argument("--sigma", type=_checked("check_sensitivity"), help="new sensitivity k: threshold = median + k robust spreads of the good scores "
                                                "(saved as a new model version)")
     p.add_argument("--defects", type=Path, help="folder of known defect images (subfolders too): their scores "
                                                 "and how many would pass at the threshold; nothing is logged (default: "
@@ -537,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rebuild", parents=[common, product, device],
                        help="rebuild the memory bank at another sampling ratio from the good images")
     p.add_argument("good_dir", type=Path, help="the folder of good images the product was trained from")
-    p.add_argument("--sampling-ratio", type=float, required=True)
+    p.add_argument("--sampling-ratio", type=_checked("check_sampling_ratio"), required=True)
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("products", help="create, rename or delete a product")
@@ -562,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verdict", choices=["OK", "NG", "ERROR"])
     p.add_argument("--since", help="ISO time or date")
     p.add_argument("--until", help="ISO time or date")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=_at_least(1, int), default=None)
     p.add_argument("--csv", type=Path, help="write the rows to this CSV file")
     p.add_argument("--events", action="store_true",
                    help="the recorded changes (training, sensitivity, memory bank, region, teaching, "
@@ -593,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv or ["gui"])
+    try:  # every argument is checked here, before any work (a bad one: exit 2, said why)
+        args = parser.parse_args(argv or ["gui"])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     args.models_dir = args.models_dir or paths.default_models_dir()
     args.db = args.db or paths.default_db_path(args.models_dir)
     start_log_file(Path(args.db).parent)

@@ -18,10 +18,33 @@ FOLDER = "ng_frames"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._#-]+")
 
 
+_STAMP = re.compile(r"^\d{8}-\d{6}\.\d{3}_")
+
+
+def short_name(frame: str) -> str:
+    """A camera frame's one short name, 'parts.avi#13' for '/videos/parts.avi#13' (the
+    source's last part and the frame number; a stream's host too: 'cam_stream#12' for
+    'rtsp://cam/stream#12'): on screen, in the kept file's name."""
+    if "://" in frame:
+        host, *path = frame.split("://", 1)[1].split("/")
+        return f"{host}_{path[-1]}" if path and path[-1] else host
+    return Path(frame).name or frame
+
+
 def frame_file_name(time_iso: str, source: str) -> str:
-    """'20240501-101112.345_camera0#37.png' from the record time and the frame's name."""
+    """'20240501-101112.345_parts.avi#37.png' from the record time and the frame's name."""
     stamp = datetime.fromisoformat(time_iso).astimezone().strftime("%Y%m%d-%H%M%S.%f")[:-3]
-    return f"{stamp}_{_UNSAFE.sub('_', source).strip('_')[-80:] or 'frame'}.png"
+    return f"{stamp}_{_UNSAFE.sub('_', short_name(source)).strip('_')[-80:] or 'frame'}.png"
+
+
+def part_name(image_path: str | None) -> str:
+    """What a logged part is called on screen: its file's name, or a camera frame's short name
+    ('parts.avi#13'), whether the frame was kept (as a time-stamped PNG) or not."""
+    if not image_path:
+        return "frame"
+    name = short_name(image_path)
+    stamp = _STAMP.match(name)
+    return name[stamp.end():-len(".png")] if stamp and name.endswith(".png") and "#" in name else name
 
 
 class FrameKeeper:

@@ -25,12 +25,12 @@ from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
 from .core.model import (Model, Settings, check_product_name, delete_model, list_models, list_versions,
-                         load_model, rename_model, save_model, with_sigma)
+                         load_model, rename_model, save_model, separating_threshold, with_sigma)
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
 from .data.images import list_images, load_image, read_ahead
-from .errors import Cancelled, InspectorError, ModelError, StoreError, TrainingError, describe
+from .errors import Cancelled, InspectorError, ModelError, SourceError, StoreError, TrainingError, describe
 from .frames import FrameKeeper
 from .sources.camera import Camera
 from .sources.folder import FolderWatcher
@@ -146,6 +146,42 @@ def delete_product(models_dir: str | Path, store: ResultStore, product: str, use
     _record(store, product, "delete", describe_model(old) or "untrained", None, None, user)
 
 
+# ---- checking what is asked, before any work ------------------------------------------------
+
+def check_sensitivity(sigma) -> float:
+    """The sensitivity k (threshold = median + k robust spreads of the good scores): 0 or more."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+        raise TrainingError(f"The sensitivity must be a number of 0 or more (3 is usual), not {sigma!r}.")
+    if sigma < 0:
+        raise TrainingError(f"The sensitivity must be 0 or more (3 is usual), not {sigma:g}: below 0 the threshold "
+                            f"falls under the typical good part's score and most good parts are rejected.")
+    return float(sigma)
+
+
+def check_sampling_ratio(ratio) -> float:
+    """The share of patch features kept in the memory bank: more than 0, at most 1."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise TrainingError(f"The sampling ratio is a share of the patch features: more than 0 and at most 1 "
+                            f"(0.01 is usual), not {ratio!r}.")
+    return float(ratio)
+
+
+def check_settings(settings: Settings) -> Settings:
+    """The training settings an operator chooses, checked before any image is read."""
+    check_sensitivity(settings.sigma)
+    check_sampling_ratio(settings.sampling_ratio)
+    return settings
+
+
+def _with_skipped(exc: TrainingError, skipped: list[tuple[Path, str]]) -> TrainingError:
+    """The error of a failed training, with the files it skipped and why."""
+    if not skipped:
+        return exc
+    listed = "; ".join(f"{p.name}: {why}" for p, why in skipped[:10])
+    more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return TrainingError(f"{exc} Skipped {len(skipped)} file(s): {listed}{more}.")
+
+
 # ---- teaching ---------------------------------------------------------------------------------
 
 def _images(images: str | Path | Iterable[str | Path]) -> tuple[list[Path], str]:
@@ -156,6 +192,20 @@ def _images(images: str | Path | Iterable[str | Path]) -> tuple[list[Path], str]
     return paths, f"{len(paths)} file(s)"
 
 
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The image files of files and folders given to inspect (a folder: its images). A path
+    that does not exist is refused, all of them named, before anything is inspected: a
+    mistyped name is not a part."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SourceError(f"No such file or folder: {', '.join(missing)}. Check the path(s); nothing was inspected.")
+    files: list[Path] = []
+    for p in paths:
+        files += list_images(p) if p.is_dir() else [p]
+    return files
+
+
 def train(models_dir: str | Path, store: ResultStore, product: str, images: str | Path | Iterable[str | Path],
           settings: Settings, progress: Progress = no_progress, cancel: threading.Event | None = None,
           device: str = "cpu", user: str | None = None, roi: np.ndarray | None = None) -> tuple[Model, GoodFeatures]:
@@ -163,10 +213,18 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     (core.roi; None: the whole image), and save the model as its new version. Returns it and
     the patch features (kept to rebuild the bank without reading the images again)."""
     product = check_product_name(product)
+    check_settings(settings)
     paths, origin = _images(images)
     taught = taught_images(models_dir, product, paths)
     old = _current(Path(models_dir), product)
-    model, good = training.train(product, paths + taught, settings, progress, cancel, device, roi)
+    if not paths + taught:
+        raise TrainingError(f"No good images in {origin}: choose a folder that contains good part images.")
+    extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
+    good = training.extract_features(paths + taught, extractor, progress, cancel)
+    try:
+        model = training.fit(product, good, settings, progress, cancel, roi)
+    except TrainingError as exc:
+        raise _with_skipped(exc, good.skipped) from exc
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
     saved = _save_version(model, models_dir, change=f"trained on {detail}")
@@ -178,8 +236,7 @@ def set_sensitivity(models_dir: str | Path, store: ResultStore, product: str, si
                     user: str | None = None, expected_version: int | None = None) -> Model:
     """Save the product's model at another sensitivity (sigma) as its new version. With
     `expected_version`, refused when the model changed since the caller looked at it."""
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma)):
-        raise ModelError(f"The sensitivity must be a number, not {sigma!r}.")
+    sigma = check_sensitivity(sigma)
     current = load_model(models_dir, product)
     if expected_version is not None and current.version != expected_version:
         raise ModelError(f"The model of '{product}' changed meanwhile (now version {current.version}, "
@@ -196,6 +253,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
     """Rebuild the product's memory bank at another sampling ratio, with its other settings
     as they are, from the patch features of a training (`good`) or, without them, from the
     good images (`images`, read again); saves the new version and returns it with the features."""
+    check_sampling_ratio(sampling_ratio)
     current = load_model(models_dir, product)
     settings = replace(current.settings, sampling_ratio=float(sampling_ratio))
     origin = "the patch features kept from the training"
@@ -373,16 +431,129 @@ def rollback(models_dir: str | Path, store: ResultStore, product: str, version: 
 
 # ---- looking at scores --------------------------------------------------------------------------
 
+GOOD_SUBFOLDER = "good"  # in a folder of known defects (a test folder's usual layout): good parts
+FEW_KINDS, FEW_DEFECTS = 2, 10  # a proposed threshold resting on fewer is said to be shaky
+
+
 @dataclass
 class DefectScores:
-    """Scores of a folder of known defect images (subfolders included)."""
+    """Scores of a folder of known defect images, its subfolders included: each subfolder is a
+    kind of defect (images directly in the folder are one kind), except a subfolder named
+    'good', whose images are good parts (a test folder's usual layout) and scored as such."""
+    root: Path
     paths: list[Path] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # the defects'
+    kinds: list[str] = field(default_factory=list)  # each defect's kind
+    good_paths: list[Path] = field(default_factory=list)
+    good_scores: list[float] = field(default_factory=list)
     problems: list[tuple[Path, str]] = field(default_factory=list)  # files that could not be scored
 
+    def add(self, path: Path, score: float) -> None:
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:  # not below the root as given (a link, another spelling): its folder is its kind
+            parts = (Path(path).parent.name, Path(path).name)
+        if len(parts) > 1 and parts[0].lower() == GOOD_SUBFOLDER:
+            self.good_paths.append(Path(path))
+            self.good_scores.append(score)
+        else:
+            self.paths.append(Path(path))
+            self.scores.append(score)
+            self.kinds.append(parts[0] if len(parts) > 1 else self.root.name)
+
     def escapes(self, threshold: float) -> int:
-        """Known defects that would pass as OK at this threshold."""
+        """Known defects that would pass as OK at this threshold (NG: score >= threshold)."""
         return int((np.asarray(self.scores, float) < threshold).sum())
+
+    def good_rejects(self, threshold: float) -> int:
+        """Good parts of the folder that would be NG at this threshold."""
+        return int((np.asarray(self.good_scores, float) >= threshold).sum())
+
+    def kind_count(self) -> int:
+        return len(set(self.kinds))
+
+    def describe(self) -> str:
+        """What was scored: 'N known defect(s) of T kind(s), M good part(s) (good/)'."""
+        text = f"{len(self.scores)} known defect(s) of {self.kind_count()} kind(s)"
+        if self.good_scores:
+            text += f" and {len(self.good_scores)} good part(s) (its {GOOD_SUBFOLDER}/ subfolder, scored as good)"
+        return text
+
+
+def _share(n: int, total: int, what: str) -> str:
+    return f"{n} of {total} {what}" + (f" ({100.0 * n / total:.1f} %)" if total else "")
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What a threshold does, counted in one place for every screen and command: false rejects
+    among the calibration's good images (and the good parts of a known-defects folder),
+    escapes among the known defects (None when there are none)."""
+    threshold: float
+    false_rejects: int
+    good: int
+    folder_rejects: int = 0
+    folder_good: int = 0
+    escapes: int | None = None
+    defects: int = 0
+
+    @property
+    def false_reject_rate(self) -> float:
+        return self.false_rejects / self.good if self.good else 0.0
+
+    def false_rejects_text(self) -> str:
+        text = _share(self.false_rejects, self.good, "good images")
+        if self.folder_good:
+            text += f"; {_share(self.folder_rejects, self.folder_good, 'good parts of the defects folder')}"
+        return text
+
+    def escapes_text(self) -> str:
+        if self.escapes is None:
+            return "unknown (give a folder of known defects)"
+        return _share(self.escapes, self.defects, "known defects")
+
+
+def rates(model: Model, threshold: float, defects: DefectScores | None = None) -> Rates:
+    """The false rejects and escapes the model would have at `threshold`."""
+    good = np.asarray(model.calibration.image_scores, float)
+    if defects is None:
+        return Rates(threshold, int((good >= threshold).sum()), len(good))
+    return Rates(threshold, int((good >= threshold).sum()), len(good), defects.good_rejects(threshold),
+                 len(defects.good_scores), defects.escapes(threshold) if defects.scores else None,
+                 len(defects.scores))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A threshold proposed from the known defects, with what it rests on."""
+    threshold: float
+    sigma: float
+    rates: Rates
+    defects: int
+    kinds: int
+
+    @property
+    def warning(self) -> str | None:
+        if self.kinds >= FEW_KINDS and self.defects >= FEW_DEFECTS:
+            return None
+        return (f"It rests on only {self.defects} known defect(s) of {self.kinds} kind(s): milder defects of "
+                f"other kinds may score lower and pass. Add known defects of more kinds (at least {FEW_KINDS} "
+                f"kinds, {FEW_DEFECTS} defects) before relying on it.")
+
+    def describe(self) -> str:
+        return (f"threshold {self.threshold:.4g} (sensitivity {self.sigma:.2f}), resting on {self.defects} known "
+                f"defect(s) of {self.kinds} kind(s): expected false rejects {self.rates.false_rejects_text()}, "
+                f"escapes {self.rates.escapes_text()}")
+
+
+def propose_threshold(model: Model, defects: DefectScores) -> Proposal:
+    """The threshold that best separates the good images (the calibration's and the folder's
+    good parts) from the known defects, on the good side of the gap (core.model.separating_threshold)."""
+    if not defects.scores:
+        raise TrainingError("No known defect has been scored: a threshold cannot be proposed from them.")
+    best = separating_threshold(list(model.calibration.image_scores) + defects.good_scores, defects.scores)
+    return Proposal(best, model.calibration.sigma_for(best), rates(model, best, defects), len(defects.scores),
+                    defects.kind_count())
 
 
 ScoreReport = Callable[[int, int, Path, "float | None", "str | None"], None]  # done, total, path, score, problem
@@ -392,11 +563,12 @@ def score_defects(model: Model, folder: str | Path, on_score: ScoreReport | None
                   cancel: threading.Event | None = None, device: str = "cpu",
                   extractors: dict | None = None) -> DefectScores:
     """Score every image of a folder of known defects, its subfolders included (a test
-    folder often holds one per defect type); nothing is logged. Files that cannot be
-    scored are listed with their reason. Raises Cancelled when cancelled."""
+    folder often holds one per defect type, and good/ with good parts: see DefectScores);
+    nothing is logged. Files that cannot be scored are listed with their reason. Raises
+    Cancelled when cancelled."""
     paths = list_images(folder, recursive=True)
     inspector = inspector_for(model, device, {} if extractors is None else extractors)
-    out = DefectScores()
+    out = DefectScores(Path(folder))
     for done, (path, image) in enumerate(read_ahead(paths), 1):
         if cancel is not None and cancel.is_set():
             raise Cancelled("Scoring the known defects was cancelled.")
@@ -404,14 +576,32 @@ def score_defects(model: Model, folder: str | Path, on_score: ScoreReport | None
             if isinstance(image, Exception):
                 raise image
             score, problem = inspector.inspect(image).score, None
-            out.paths.append(path)
-            out.scores.append(score)
+            out.add(path, score)
         except Exception as exc:  # noqa: BLE001 - one file's problem, reported with it
             score, problem = None, describe(exc)
             out.problems.append((path, problem))
         if on_score is not None:
             on_score(done, len(paths), path, score, problem)
     return out
+
+
+def known_defects(models_dir: str | Path, product: str) -> Path | None:
+    """The product's known defects folder when it holds an image, else None."""
+    folder = known_defects_dir(models_dir, product)
+    try:
+        return folder if folder.is_dir() and list_images(folder, recursive=True) else None
+    except InspectorError:
+        return None
+
+
+def trained_text(model: Model, defects: DefectScores | None = None) -> str:
+    """What a training (or any new version) predicts on the line, said when it ends."""
+    r = rates(model, model.threshold, defects)
+    text = (f"at sensitivity {model.settings.sigma:g} (threshold {model.threshold:.4g}) the predicted false rejects "
+            f"are {r.false_rejects_text()}")
+    if defects is not None and defects.scores:
+        text += f", the escapes {r.escapes_text()} ({defects.describe()})"
+    return text + "."
 
 
 def find_image(record: InspectionRecord) -> Path | None:
@@ -448,8 +638,9 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
     frame at most once per `interval_s`, or one per `snap` when given) or 'file' (inspect
     the files of the list `target` once; files already logged are skipped). Every item is
     logged (see Station); the line follows new model versions of the product between items.
-    `on_status` hears the source's state: 'live', or 'lost' with the reason (a folder gone, a
-    camera that cannot be opened or sends no frames). `frames` keeps NG camera frames."""
+    `on_status` hears the source's state: 'live', 'lost' with the reason (a folder gone, a
+    camera that cannot be opened or sends no frames), or 'pending' with the file a watched
+    folder waits for (empty or still being written) and for how long. `frames` keeps NG camera frames."""
     model = model if model is not None else load_model(models_dir, product)
     station = Station(inspector_for(model, device), store, kind, sort_files, archive_dir, models_dir,
                       on_message, device, frames)
@@ -457,14 +648,16 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
         with FolderWatcher(target, settle_s, max_wait_s) as watcher:
             on_message("info", f"Watching {watcher.folder} for new images of '{model.product}' "
                                f"(model version {model.version}).")
-            lost = False
+            lost = waiting = False
 
             def folder_status(state: str, reason: str | None) -> None:
-                nonlocal lost
+                nonlocal lost, waiting
                 if state == "lost" or lost:
                     on_message("warning" if state == "lost" else "info",
                                reason if state == "lost" else f"{watcher.folder} is back: watching it again.")
-                lost = state == "lost"
+                elif state == "pending" and not waiting:  # once per wait; the status says it each second
+                    on_message("info", reason)
+                lost, waiting = state == "lost", state == "pending"
                 on_status(state, reason)
 
             watch_folder(station, watcher, stop, on_outcome, on_status=folder_status)

@@ -331,8 +331,9 @@ def watch_folder(station: Station, watcher, stop: threading.Event,
     being written is handed back to the watcher until it is complete or has waited the
     watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the
     folder disappears (an unplugged drive, a lost share): the watch resumes by itself when
-    the folder is back."""
-    status = None
+    the folder is back; and 'pending' with which file is waited for, and how long, while a
+    file stays empty or incomplete."""
+    status, pending = None, None
     while not stop.is_set():
         if not watcher.folder.is_dir():
             if status != "lost":
@@ -348,7 +349,15 @@ def watch_folder(station: Station, watcher, stop: threading.Event,
             except InspectorError:
                 stop.wait(1.0)
                 continue
-        if status != "live":
+        waited = watcher.waiting(max(1.0, 2 * watcher.settle_s))
+        if waited is not None:  # said each second: which file, and how long until it is an ERROR
+            path, seconds = waited
+            text = (f"Waiting for {path.name} to be completely written: {seconds:.0f} s so far (an empty or "
+                    f"incomplete file is an ERROR after {watcher.max_wait_s:g} s).")
+            if (status, text) != ("pending", pending):
+                status, pending = "pending", text
+                on_status("pending", text)
+        elif status != "live":
             status = "live"
             on_status("live", f"Watching {watcher.folder}.")
         path = watcher.next_ready(poll_s)
@@ -369,7 +378,8 @@ def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Ca
                  interval_s: float = 0.0, on_status: Callable[[str, str | None], None] | None = None,
                  snap: threading.Event | None = None) -> None:
     """Inspect the newest camera frame continuously (at most one per `interval_s`), or only
-    when `snap` is set if a snap event is given, until `stop` is set or a video file ends."""
+    when `snap` is set if a snap event is given, until `stop` is set or a video file ends
+    (its last frame is inspected too, however long the one before took)."""
     status = None
     while not stop.is_set():
         current = camera.status
@@ -377,6 +387,9 @@ def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Ca
             on_status(current, camera.last_error)
         status = current
         if current in ("ended", "stopped"):
+            last = camera.latest(0.0) if current == "ended" and snap is None else None
+            if last is not None:  # a video file's last frame, read while the one before was inspected
+                on_outcome(station.inspect_image(last, f"{camera.source}#{camera.frame_number}", time.perf_counter()))
             return
         if snap is not None:
             if not snap.wait(0.1):

@@ -110,3 +110,24 @@ def line_window(open_window, trained_models, tmp_path, qtbot):
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
     window.tabs.setCurrentWidget(window.monitor)
     return window
+
+
+@pytest.fixture
+def answer_box():
+    """answer(button, seen): answer the next message box with `button` as soon as it is up,
+    keeping its text in `seen` (gives up after WAIT ms)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    def answer(button, seen: list) -> None:
+        def look(left: int = WAIT // 20) -> None:
+            box = QApplication.activeModalWidget()
+            if isinstance(box, QMessageBox):
+                seen.append(box.text())
+                box.button(button).click()
+            elif left:
+                QTimer.singleShot(20, lambda: look(left - 1))
+
+        QTimer.singleShot(0, look)
+
+    return answer

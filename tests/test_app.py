@@ -100,7 +100,7 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
 
     write_parts(tmp_path / "defects", 4, "scratch", seed=50)
     cal.defect_folder.set_path(tmp_path / "defects")
-    qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects) == 4, timeout=WAIT)
+    qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects.scores) == 4, timeout=WAIT)
     assert "0 of 4" in cal.escapes.text()  # every known defect scores above the threshold
     assert len(cal.defect_curve.getData()[1]) > 0
 

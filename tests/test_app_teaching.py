@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+from PySide6.QtWidgets import QMessageBox
 
 from inspector import services
 from inspector.app.window import MainWindow
@@ -43,7 +44,7 @@ def _screen(editor, x: float, y: float) -> QPoint:
     return editor.view.mapFromScene(scene)
 
 
-def test_draw_a_region_save_it_and_roll_it_back(window, qtbot):
+def test_draw_a_region_save_it_and_roll_it_back(window, qtbot, answer_box):
     window.tabs.setCurrentWidget(window.teach)
     editor, versions = window.teach.editor, window.teach.versions
     assert "whole image" in editor.status.text()
@@ -56,6 +57,8 @@ def test_draw_a_region_save_it_and_roll_it_back(window, qtbot):
         qtbot.mouseMove(viewport, _screen(editor, 40 + 18 * step, 40 + 18 * step))
     qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=_screen(editor, 220, 220))
     assert len(editor.shapes) == 1 and editor.shapes[0].include and editor.shapes[0].kind == "rectangle"
+    # the screen says that the drawn region is not saved yet, not that the whole image is inspected
+    assert editor.status.text().startswith("Drawn, not saved: 1 area(s)") and "Save region" in editor.status.text()
     # ... and an exclude polygon clicked corner by corner, closed on its first corner
     editor.tools.button(3).click()
     for x, y in ((60, 60), (110, 60), (60, 110), (61, 61)):
@@ -74,15 +77,27 @@ def test_draw_a_region_save_it_and_roll_it_back(window, qtbot):
 
     qtbot.waitUntil(lambda: versions.table.rowCount() == 2, timeout=WAIT)
     assert versions.table.item(0, 4).text().startswith("inspection region")
+    assert versions.selected_version() == 2 and not versions.rollback.isEnabled()  # the version in use
     versions.table.selectRow(1)  # version 1, the whole image
     assert versions.rollback.isEnabled()
-    versions.roll_back(confirm=False)
+    seen = []
+    answer_box(QMessageBox.StandardButton.No, seen)  # asked first, with the line stopped too
+    versions.rollback.click()
+    qtbot.waitUntil(lambda: len(seen) == 1, timeout=WAIT)
+    assert window.session.model.version == 2 and versions.table.rowCount() == 2  # No: nothing changed
+    assert "Make version 1 the model of 'Disc' again?" in seen[0] and "saved as version 3 (now 2" in seen[0]
+    assert "threshold" in seen[0] and "expected false rejects" in seen[0] and "→ the whole image" in seen[0]
+    answer_box(QMessageBox.StandardButton.Yes, seen)
+    versions.rollback.click()
     qtbot.waitUntil(lambda: window.session.model.version == 3, timeout=WAIT)
     assert window.session.model.roi is None and versions.table.rowCount() == 3
     assert "rollback to version 1" in versions.table.item(0, 4).text()
+    # the selection rests on the version now in use: one more click cannot roll forward
+    assert versions.selected_version() == 3 and not versions.rollback.isEnabled()
+    assert versions.change.text().startswith("Version 3 (in use)")
 
 
-def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path):
+def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path, answer_box):
     session = window.session
     line = tmp_path / "line"
     bright = np.clip(make_part(60).astype(np.float32) * 1.35 + 10, 0, 255).astype(np.uint8)
@@ -102,7 +117,10 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     history.view_table.selectRow(rows["bright.png"])
     assert buttons.good.isEnabled()
     before = session.model
+    seen = []
+    answer_box(QMessageBox.StandardButton.Yes, seen)  # teaching makes a new version: asked first, line stopped too
     buttons.good.click()
+    assert "Teach bright.png as a good part of 'Disc'?" in seen[0] and "now version 1" in seen[0]
     assert not buttons.good.isEnabled()  # once per part
     qtbot.waitUntil(lambda: session.model is not None and session.model.version == 2, timeout=WAIT)
     message = window.statusBar().currentMessage()
@@ -129,7 +147,8 @@ def test_this_part_is_good_or_a_defect_from_the_history(window, qtbot, tmp_path)
     assert "5 good image(s) will be used" in train.count.text()
     assert "1 taught good image(s) kept with the product" in train.taught.text() and train.taught.isVisible()
 
-def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_still_passes(window, qtbot, tmp_path):
+def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_still_passes(window, qtbot, tmp_path,
+                                                                                          answer_box):
     """Train in the window (its features are kept), teach a false reject from the History, then
     rebuild the memory bank at another ratio: the Train and Calibrate tabs say that the taught
     part is used, and it passes after the rebuild."""
@@ -152,6 +171,7 @@ def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_st
     qtbot.waitUntil(lambda: history.table.rowCount() == 1, timeout=WAIT)
     assert history.table.records[0].verdict == "NG"
     history.view_table.selectRow(0)
+    answer_box(QMessageBox.StandardButton.Yes, [])
     history.part_buttons.good.click()
     qtbot.waitUntil(lambda: session.model.version == 3, timeout=WAIT)
     [kept] = services.taught_images(session.models_dir, PRODUCT)
@@ -178,6 +198,4 @@ def test_the_versions_list_is_readable_at_1366x768(window, qtbot):
     header, table = versions.table.horizontalHeader(), versions.table
     assert header.sectionViewportPosition(3) + header.sectionSize(3) <= table.viewport().width()
     assert not table.verticalHeader().isVisible()
-    assert "Select a version" in versions.change.text()
-    table.selectRow(0)
-    assert versions.change.text() == "Version 2: sensitivity 3 -> 4"
+    assert versions.change.text() == "Version 2 (in use): sensitivity 3 -> 4"  # the version in use is selected

@@ -68,9 +68,11 @@ def test_history_and_csv(station, tmp_path, capsys):
 
 
 def test_camera_on_a_video_file(station, tmp_path, capsys):
+    """Two frames, however slow the inspection: the first is taken as soon as the video plays
+    (it lasts 2 s), and the video's last frame is inspected when it ends."""
     _, common = station
     video = tmp_path / "line.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20, (256, 256))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 2, (256, 256))
     for i in range(4):
         writer.write(cv2.cvtColor(make_part(300 + i), cv2.COLOR_RGB2BGR))
     writer.release()
@@ -199,11 +201,15 @@ def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys)
     write_parts(tmp_path / "defects" / "scratch", 2, "scratch", seed=70)
     write_parts(tmp_path / "defects" / "stain", 2, "stain", seed=80)
     (tmp_path / "defects" / "stain" / "broken.png").write_bytes(b"junk")
+    write_parts(tmp_path / "defects" / "good", 3, seed=85)  # a test folder's good parts: good, not defects
     assert main(["calibrate", "--product", "Gear 7", "--defects", str(tmp_path / "defects")] + common) == EXIT_OK
     captured = capsys.readouterr()
     assert captured.out.count("scratch_07") == 2 and captured.out.count("stain_08") == 2
-    assert "Escapes: 0 of 4 known defects" in captured.out and "broken.png" in captured.err
-    assert "The threshold that separates them best:" in captured.out and "escapes 0 of 4" in captured.out
+    assert "escapes 0 of 4 known defects" in captured.out and "broken.png" in captured.err
+    assert "Scored 4 known defect(s) of 2 kind(s) and 3 good part(s)" in captured.out
+    assert "good parts of the defects folder" in captured.out
+    assert "Proposed: threshold" in captured.out and "resting on 4 known defect(s) of 2 kind(s)" in captured.out
+    assert "escapes 0 of 4" in captured.out and "WARNING It rests on only 4 known defect(s)" in captured.err
     with ResultStore(root / "log.db") as store:  # scoring known defects logs nothing
         assert not [r for r in store.query() if "defects" in (r.image_path or "")]
 
@@ -293,3 +299,86 @@ def test_interrupting_inspect_exits_130_and_loses_nothing(station, tmp_path, sig
     assert process.returncode == EXIT_INTERRUPTED, err
     with ResultStore(db) as store:
         assert store.count() == len(printed) < len(files)  # every printed verdict logged, no other
+
+
+@pytest.mark.parametrize("args, said", [
+    (["train", "GOOD", "--product", "New", "--sigma", "-3"], "--sigma: The sensitivity must be 0 or more"),
+    (["train", "GOOD", "--product", "New", "--sampling-ratio", "7"], "--sampling-ratio: The sampling ratio"),
+    (["calibrate", "--product", "Gear 7", "--sigma", "-5"], "--sigma: The sensitivity must be 0 or more"),
+    (["rebuild", "GOOD", "--product", "Gear 7", "--sampling-ratio", "0"], "more than 0 and at most 1"),
+    (["rollback", "--product", "Gear 7", "--version", "0"], "--version: must be 1 or more"),
+    (["camera", "0", "--product", "Gear 7", "--rate", "-1"], "--rate: must be 0 or more"),
+])
+def test_every_argument_is_checked_before_any_work(station, args, said, capsys):
+    root, common = station
+    args = [str(root / "good") if a == "GOOD" else a for a in args]
+    versions = sorted(p.name for p in (root / "models" / "Gear 7").iterdir())
+    assert main(args + common) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert said in err and "Training" not in err and "extracting" not in err  # said at once, nothing read
+    assert sorted(p.name for p in (root / "models" / "Gear 7").iterdir()) == versions
+    assert not (root / "models" / "New").exists()
+
+
+def test_train_says_the_predicted_false_rejects_and_a_failure_says_what_was_skipped(tmp_path, capsys):
+    common = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
+    write_parts(tmp_path / "good", 12)
+    assert main(["train", str(tmp_path / "good"), "--product", "P", "--sampling-ratio", "0.05"] + common) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "On the line: at sensitivity 3 (threshold" in out and "the predicted false rejects are" in out
+    assert "of 12 good images" in out or "good images (" in out
+    assert main(["teach", "--defect", "--product", "P",
+                 *map(str, write_parts(tmp_path / "ng", 2, "stain", seed=5))] + common) == EXIT_OK
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "good"), "--product", "P", "--sampling-ratio", "0.05"] + common) == EXIT_OK
+    assert "the escapes 0 of 2 known defects" in capsys.readouterr().out  # known defects: the escapes too
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "half.png").write_bytes(b"\x89PNG\r\n")
+    assert main(["train", str(tmp_path / "bad"), "--product", "Q"] + common) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "Only 0 usable good image(s)" in err and "Skipped 1 file(s): half.png:" in err
+
+
+def test_rollback_to_a_missing_version_lists_the_kept_ones(station, capsys):
+    _, common = station
+    assert main(["rollback", "--product", "Gear 7", "--version", "99"] + common) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "has no version 99: its kept versions are 1" in err and "train the product first" not in err
+
+
+def test_a_mistyped_path_to_inspect_is_an_argument_error_not_a_logged_part(station, tmp_path, capsys):
+    root, common = station
+    [good] = write_parts(tmp_path / "ok", 1, seed=44)
+    with ResultStore(root / "log.db") as store:
+        before = store.count()
+    assert main(["inspect", str(good), str(tmp_path / "typo.png"), "--product", "Gear 7"] + common) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert "No such file or folder:" in captured.err and "typo.png" in captured.err and "OK " not in captured.out
+    with ResultStore(root / "log.db") as store:
+        assert store.count() == before  # nothing inspected, nothing logged
+
+
+def test_history_prints_its_counts_in_words(station, capsys):
+    _, common = station
+    assert main(["history"] + common) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "inspected:" in err and " OK, " in err and "{" not in err
+
+
+def test_a_camera_that_does_not_exist_is_said_once(station, capsys):
+    """No camera 57: one message of ours (not an OpenCV warning per retry) until it is stopped."""
+    root, common = station
+    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "camera", "57", "--product", "Gear 7"] + common,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stderr:  # bounded: the line says it within the first reconnects, then we stop it
+        lines.append(line)
+        if "Cannot open camera 57" in line:
+            break
+    with pytest.raises(subprocess.TimeoutExpired):  # it retries meanwhile (each second), saying nothing more
+        proc.wait(timeout=2.5)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert text.count("Cannot open camera 57: no such camera, or another program uses it") == 1
+    assert "[ WARN" not in text and "VIDEOIO" not in text  # no OpenCV warning

@@ -184,7 +184,7 @@ def test_a_change_on_a_running_line_shows_its_rates_is_confirmed_and_recorded(li
     write_parts(defects / "scratch", 3, "scratch", seed=50)
     write_parts(defects / "stain", 3, "stain", seed=60)
     cal.defect_folder.set_path(defects)
-    qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects) == 6, timeout=WAIT)
+    qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects.scores) == 6, timeout=WAIT)
     line = tmp_path / "line"
     start_watching(window, line, qtbot)
 
@@ -333,8 +333,8 @@ def test_known_defects_in_subfolders_what_no_longer_applies_and_a_rebuild_after_
     write_parts(defects / "scratch", 3, "scratch", seed=50)
     write_parts(defects / "stain", 2, "stain", seed=60)
     cal.defect_folder.set_path(defects)
-    qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects) == 5, timeout=WAIT)
-    assert "5 known defect image(s) scored" in cal.defect_progress.label.text()
+    qtbot.waitUntil(lambda: cal._scorer is None and len(cal._defects.scores) == 5, timeout=WAIT)
+    assert "Scored 5 known defect(s) of 2 kind(s)." == cal.defect_progress.label.text()
     assert "of 5 known defects" in cal.escapes.text() and len(cal.defect_curve.getData()[1]) > 0
 
     empty = tmp_path / "empty"

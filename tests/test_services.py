@@ -135,3 +135,92 @@ def test_the_line_on_files_skips_what_is_logged_and_says_so(trained, tmp_path):
     assert messages == ["3 file(s) already in the log for 'Disc', skipped (see the history)."]
     with pytest.raises(ValueError):
         services.run_line(models, store, "Disc", "fax", files, threading.Event(), outcomes.append)
+
+
+def test_good_parts_in_a_known_defects_folder_are_scored_as_good(trained, tmp_path):
+    """bottle/test's layout: good/ beside one subfolder per kind of defect."""
+    models, store, model, _ = trained
+    write_parts(tmp_path / "test" / "good", 3, seed=51)
+    write_parts(tmp_path / "test" / "scratch", 2, "scratch", seed=52)
+    write_parts(tmp_path / "test" / "stain", 2, "stain", seed=53)
+    scores = services.score_defects(model, tmp_path / "test")
+    assert len(scores.scores) == 4 and len(scores.good_scores) == 3 and scores.kind_count() == 2
+    assert set(scores.kinds) == {"scratch", "stain"}
+    assert scores.describe() == "4 known defect(s) of 2 kind(s) and 3 good part(s) (its good/ subfolder, scored as good)"
+    rates = services.rates(model, model.threshold, scores)
+    assert (rates.escapes, rates.defects, rates.folder_good) == (0, 4, 3)  # no good part counted as an escape
+    assert rates.folder_rejects == scores.good_rejects(model.threshold)
+    low = services.rates(model, 0.0, scores)  # everything NG: every good part is a false reject
+    assert low.folder_rejects == 3 and low.false_rejects == low.good and low.escapes == 0
+    assert "3 of 3 good parts of the defects folder" in low.false_rejects_text()
+
+
+def test_a_proposed_threshold_stays_on_the_good_side_and_says_what_it_rests_on(trained, tmp_path):
+    models, store, model, _ = trained
+    write_parts(tmp_path / "one" / "stain", 3, "stain", seed=54)
+    one = services.score_defects(model, tmp_path / "one")
+    proposal = services.propose_threshold(model, one)
+    good = model.calibration.image_scores
+    gap_low, gap_high = max(good), min(one.scores)
+    # on the good side of the gap: nearer the good parts than midway, so milder defects do not pass
+    assert gap_low < proposal.threshold <= (gap_low + gap_high) / 2 + 1e-9
+    assert (proposal.defects, proposal.kinds, proposal.rates.escapes) == (3, 1, 0)
+    assert "resting on 3 known defect(s) of 1 kind(s)" in proposal.describe()
+    assert proposal.warning is not None and "only 3 known defect(s) of 1 kind(s)" in proposal.warning
+    many = services.DefectScores(tmp_path)
+    for i in range(12):
+        many.add(tmp_path / ("scratch" if i % 2 else "stain") / f"{i}.png", gap_high + i)
+    assert services.propose_threshold(model, many).warning is None  # 12 defects of 2 kinds
+    with pytest.raises(TrainingError, match="No known defect"):
+        services.propose_threshold(model, services.DefectScores(tmp_path))
+
+
+def test_separating_threshold_leaves_a_margin_from_the_good_spread_not_the_middle_of_the_gap():
+    from inspector.core.model import separating_threshold
+
+    good = [10.0, 11.0, 12.0, 13.0, 14.0]  # robust spread about 1.5
+    assert separating_threshold(good, [40.0, 41.0]) == pytest.approx(14.0 + 1.4826)
+    assert separating_threshold(good, [14.5, 40.0]) == pytest.approx(14.25)  # a narrow gap: midway
+    assert separating_threshold([1.0, 2.0, 3.0, 7.0], [4.0, 5.0, 6.0]) == pytest.approx(3.5)
+
+
+def test_settings_are_checked_before_any_image_is_read(trained, tmp_path):
+    models, store, model, _ = trained
+    missing = [tmp_path / "not_read.png"]  # would fail if it were read
+    for settings, what in ((Settings(sigma=-3.0), "0 or more"), (Settings(sampling_ratio=7.0), "at most 1"),
+                           (Settings(sampling_ratio=0.0), "more than 0")):
+        with pytest.raises(TrainingError, match=what):
+            services.train(models, store, "Disc", missing, settings)
+    with pytest.raises(TrainingError, match="0 or more"):
+        services.set_sensitivity(models, store, "Disc", -5.0)
+    with pytest.raises(TrainingError, match="at most 1"):
+        services.rebuild_bank(models, store, "Disc", 7.0, images=missing)
+    assert current_version(models, "Disc") == 1 and kinds(store, "Disc") == ["train"]
+
+
+def test_a_failed_training_lists_the_files_it_skipped_and_why(trained, tmp_path):
+    models, store, model, _ = trained
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_bytes(b"not an image")
+    with pytest.raises(TrainingError) as caught:
+        services.train(models, store, "Disc", folder, Settings())
+    message = str(caught.value)
+    assert "Only 0 usable good image(s)" in message and "Skipped 2 file(s)" in message
+    assert "empty.png:" in message and "text.png:" in message
+
+
+def test_rolling_back_to_a_version_that_does_not_exist_lists_those_that_do(trained):
+    models, store, model, _ = trained
+    services.set_sensitivity(models, store, "Disc", 2.0)
+    with pytest.raises(ModelError, match=r"'Disc' has no version 99: its kept versions are 1, 2"):
+        services.rollback(models, store, "Disc", 99)
+
+
+def test_a_path_that_does_not_exist_is_refused_before_anything_is_inspected(tmp_path, good):
+    from inspector.errors import SourceError
+
+    with pytest.raises(SourceError, match="No such file or folder: .*typo.png"):
+        services.image_files([good[0], tmp_path / "typo.png"])
+    assert len(services.image_files([good[0].parent])) == 12

@@ -287,7 +287,7 @@ def test_a_confirmed_defect_joins_the_known_defects_that_calibration_scores(stat
     store.close()
     assert main(["calibrate", "--product", "Disc", "--models-dir", str(models), "--db", str(tmp_path / "log.db")]) == 0
     out = capsys.readouterr().out
-    assert "Escapes: 0 of 3 known defects" in out and "separates them best" in out
+    assert "escapes 0 of 3 known defects" in out and "Proposed: threshold" in out
 
 
 # ---- 3. versions -------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_versions_list_what_changed_and_roll_back(station, tmp_path, capsys):
     assert np.array_equal(back.memory_bank, model.memory_bank) and "rollback to version 1" in back.change
     event = store.events("Disc")[0]
     assert (event.kind, event.user) == ("rollback", "engineer") and event.old.startswith("version 3")
-    with pytest.raises(ModelError, match="No version 9"):
+    with pytest.raises(ModelError, match="has no version 9: its kept versions are 1, 2, 3, 4"):
         services.rollback(models, store, "Disc", 9)
     store.close()
     common = ["--models-dir", str(models), "--db", str(tmp_path / "log.db")]

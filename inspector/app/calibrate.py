@@ -11,17 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QSignalBlocker
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtCore import QSignalBlocker, Qt
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                               QScrollArea, QVBoxLayout, QWidget)
 
 from .. import services
-from ..core.model import Model, separating_threshold
-from ..data.images import list_images
-from ..errors import InspectorError
+from ..core.model import Model
 from .session import Session, confirm_on_running_line, settings
 from .train import percent_box
-from .views import FolderField, ProgressPanel, duration, icon, splitter
+from .views import FolderField, ProgressPanel, duration, icon, lock_note, show_lock, splitter
 from .worker import Worker
 
 BINS = 30
@@ -29,9 +27,8 @@ GOOD_COLOUR, DEFECT_COLOUR, LINE_COLOUR = "#2e9e4f", "#d83a3a", "#1f4fd1"
 
 
 def _score_folder(job: Worker, model: Model, folder: str) -> None:
-    """Score every image of the folder and its subfolders; reports (done, total, score or None, problem)."""
-    services.score_defects(model, folder, lambda done, total, path, score, problem:
-                           job.report((done, total, score, problem)), job.cancel)
+    """Score every image of the folder and its subfolders; reports (done, total, path, score or None, problem)."""
+    services.score_defects(model, folder, lambda *item: job.report(item), job.cancel)
 
 
 def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, store, images: str | None,
@@ -40,25 +37,14 @@ def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, stor
                                  progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
 
 
-def rates(model: Model, threshold: float, defects: list[float]) -> tuple[str, str]:
-    """The expected false rejects (the calibration's good images) and the escapes among the
-    known defects at `threshold`, in words (the escapes are unknown without known defects)."""
-    rate, total = model.calibration.false_reject_rate(threshold), len(model.calibration.image_scores)
-    false_rejects = f"{round(rate * total)} of {total} good images ({100.0 * rate:.1f} %)"
-    if not defects:
-        return false_rejects, "unknown (give a folder of known defects)"
-    escaped = int((np.asarray(defects) < threshold).sum())
-    return false_rejects, f"{escaped} of {len(defects)} known defects ({100.0 * escaped / len(defects):.1f} %)"
-
-
-def change_text(model: Model, sigma: float, defects: list[float]) -> str:
+def change_text(model: Model, sigma: float, defects: services.DefectScores | None) -> str:
     """What a new sensitivity does, as the confirmation on a running line says it."""
     old, new = model.threshold, model.calibration.image_threshold(sigma)
-    (fr_old, esc_old), (fr_new, esc_new) = rates(model, old, defects), rates(model, new, defects)
+    before, after = services.rates(model, old, defects), services.rates(model, new, defects)
     return (f"Change the sensitivity of '{model.product}' from {model.settings.sigma:g} to {sigma:g}: threshold "
             f"{old:.4g} → {new:.4g}?\n\n"
-            f"Predicted false rejects: {fr_old} → {fr_new}\n"
-            f"Predicted escapes: {esc_old} → {esc_new}")
+            f"Predicted false rejects: {before.false_rejects_text()} → {after.false_rejects_text()}\n"
+            f"Predicted escapes: {before.escapes_text()} → {after.escapes_text()}")
 
 
 class CalibrateTab(QWidget):
@@ -67,13 +53,13 @@ class CalibrateTab(QWidget):
         self.session = session
         self._model: Model | None = None
         self._product: str | None = None
-        self._defects: list[float] = []
+        self._defects: services.DefectScores | None = None  # of the folder on screen, as scored so far
         self._moving = False
         self._scorer: Worker | None = None
         self._refitter: Worker | None = None
 
         self.sigma = QDoubleSpinBox()
-        self.sigma.setRange(-10.0, 100.0)
+        self.sigma.setRange(0.0, 100.0)  # below 0 most good parts would be rejected (services.check_sensitivity)
         self.sigma.setDecimals(2)
         self.sigma.setSingleStep(0.25)
         self.sigma.setToolTip("Threshold = median + sigma × robust spread of the held-out good scores.\n"
@@ -89,14 +75,16 @@ class CalibrateTab(QWidget):
         self.escapes.setToolTip("Known defect images that would pass as OK at this threshold")
         self.separate = QPushButton("Separating threshold")
         self.separate.setToolTip("Move the threshold to where it best separates the good images from the known "
-                                 "defects (fewest false rejects plus escapes); Apply to use it")
+                                 "defects (fewest false rejects plus escapes), on the good side of the gap; "
+                                 "Apply to use it")
+        self.proposal = QLabel()  # what the proposed threshold rests on, and a warning when that is little
+        self.proposal.setWordWrap(True)
+        self.proposal.hide()
         self.separate.clicked.connect(self.use_separating_threshold)
         self.apply = QPushButton(icon("check"), "Apply sensitivity")
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
-        self.locked = QLabel("Locked: unlock as engineer (top right) to change the threshold or the memory bank.")
-        self.locked.setObjectName("warning")
-        self.locked.setWordWrap(True)
+        self.locked = lock_note()
 
         self.defect_folder = FolderField("Folder of known defect images (optional)",
                                          "Choose a folder of known defect images")
@@ -122,6 +110,7 @@ class CalibrateTab(QWidget):
         buttons.addWidget(self.separate)
         buttons.addWidget(self.apply, 1)
         column.addLayout(buttons)
+        column.addWidget(self.proposal)
         column.addWidget(self.locked)
         defects = QGroupBox("Known defects (subfolders included)")
         column = QVBoxLayout(defects)
@@ -136,11 +125,18 @@ class CalibrateTab(QWidget):
         column.addWidget(self.rebuild)
         column.addWidget(self.rebuild_note)
         column.addWidget(self.rebuild_progress)
-        left = QWidget()
-        column = QVBoxLayout(left)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
         for group in (threshold, defects, bank):
             column.addWidget(group)
         column.addStretch(1)
+        left = QScrollArea()  # taller than a 1366x768 screen leaves: it scrolls, nothing is squeezed or clipped
+        left.setObjectName("calibrate_controls")
+        left.setWidget(controls)
+        left.setWidgetResizable(True)
+        left.setFrameShape(QFrame.Shape.NoFrame)
+        left.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left.setMinimumWidth(controls.minimumSizeHint().width() + left.verticalScrollBar().sizeHint().width())
 
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
@@ -156,9 +152,10 @@ class CalibrateTab(QWidget):
         self.line.setZValue(10)
         self.line.sigPositionChanged.connect(self._line_moved)
         self.plot.addItem(self.line)
-        legend = QLabel(f'<span style="color:{GOOD_COLOUR}">■</span> Good images (calibration)&nbsp;&nbsp;&nbsp;'
+        legend = QLabel(f'<span style="color:{GOOD_COLOUR}">■</span> Good images&nbsp;&nbsp;&nbsp;'
                         f'<span style="color:{DEFECT_COLOUR}">■</span> Known defects&nbsp;&nbsp;&nbsp;'
                         f'<span style="color:{LINE_COLOUR}">┃</span> Threshold')
+        legend.setToolTip("Good images: the calibration's, and the good/ subfolder of a known-defects folder")
         self.hint = QLabel("Drag the blue threshold line, or set the sensitivity, then Apply.")
         self.hint.setObjectName("hint")
         below = QHBoxLayout()
@@ -211,11 +208,13 @@ class CalibrateTab(QWidget):
             self.escapes.setText("")
             self._update_buttons()
             return
-        good = np.asarray(model.calibration.image_scores, float)
+        defects = self._defects
+        good = np.concatenate([model.calibration.image_scores, defects.good_scores if defects else []])
+        bad = np.asarray(defects.scores if defects else [], float)
         threshold = model.calibration.image_threshold(self.sigma.value())
-        bins = np.histogram_bin_edges(np.concatenate([good, self._defects, [threshold]]), BINS)
+        bins = np.histogram_bin_edges(np.concatenate([good, bad, [threshold]]), BINS)
         highest = 1
-        for curve, scores in ((self.good_curve, good), (self.defect_curve, self._defects)):
+        for curve, scores in ((self.good_curve, good), (self.defect_curve, bad)):
             counts = np.histogram(scores, bins)[0] if len(scores) else np.zeros(0)
             curve.setData(bins if len(scores) else [], counts)
             highest = max(highest, int(counts.max()) if len(counts) else 0)
@@ -231,9 +230,9 @@ class CalibrateTab(QWidget):
         self.line.setValue(threshold)
         self._moving = False
         self.threshold.setText(f"{threshold:.4g}")
-        false_rejects, escapes = rates(self._model, threshold, self._defects)
-        self.false_rejects.setText(f"<b>False rejects:</b> {false_rejects}")
-        self.escapes.setText(f"<b>Escapes:</b> {escapes}")
+        rates = services.rates(self._model, threshold, self._defects)
+        self.false_rejects.setText(f"<b>False rejects:</b> {rates.false_rejects_text()}")
+        self.escapes.setText(f"<b>Escapes:</b> {rates.escapes_text()}")
         self._update_buttons()
 
     def _sigma_changed(self, sigma: float) -> None:
@@ -271,42 +270,48 @@ class CalibrateTab(QWidget):
             self.session.set_model(model, self.session.good)
 
     def use_separating_threshold(self) -> None:
-        """The threshold that best separates the good images from the known defects (then Apply)."""
-        if self._model is not None and self._defects:
-            best = separating_threshold(self._model.calibration.image_scores, self._defects)
-            self.sigma.setValue(self._model.calibration.sigma_for(best))
+        """The threshold that best separates the good images from the known defects (then
+        Apply), with what it rests on and a warning when that is little."""
+        if self._model is not None and self._defects is not None and self._defects.scores:
+            proposal = services.propose_threshold(self._model, self._defects)
+            self.sigma.setValue(proposal.sigma)
+            warning = proposal.warning
+            self.proposal.setObjectName("warning" if warning else "")
+            self.proposal.style().unpolish(self.proposal)
+            self.proposal.style().polish(self.proposal)
+            self.proposal.setText(f"Proposed: {proposal.describe()}." + (f"\n{warning}" if warning else ""))
+            self.proposal.show()
 
     # ---- known defects -------------------------------------------------------------------
     def _known_defects(self) -> str:
         """The product's own known defects (parts confirmed as defects), when it has some."""
         if self.session.product is None:
             return ""
-        folder = services.known_defects_dir(self.session.models_dir, self.session.product)
-        try:
-            return str(folder) if folder.is_dir() and list_images(folder, recursive=True) else ""
-        except InspectorError:
-            return ""
+        return str(services.known_defects(self.session.models_dir, self.session.product) or "")
+
     def score_defects(self, folder: str) -> None:
         if self._scorer is not None:
             self._scorer.stop(wait=False)
             self._scorer = None
-        self._defects = []
+        self._defects = None
+        self.proposal.hide()
         self._draw()  # nothing of an earlier folder or model stays on screen
         if not folder or self._model is None:
             return
         self.defect_progress.begin("Scoring the known defects…")
+        self._defects = services.DefectScores(Path(folder))
         self._scorer = worker = Worker(_score_folder, self._model, folder)
         worker.yielded.connect(lambda item: self._scorer is worker and self._scored(*item))
         worker.errored.connect(lambda exc: self._scorer is worker and self._scoring_failed(exc))
         worker.returned.connect(lambda _: self._scorer is worker and self._scored_all(folder))
         worker.start()
 
-    def _scored(self, done: int, total: int, score: float | None, problem: str | None) -> None:
+    def _scored(self, done: int, total: int, path: Path, score: float | None, problem: str | None) -> None:
         self.defect_progress.step("scoring known defects", done, total)
         if score is None:
             self.session.warn(problem)
         else:
-            self._defects.append(score)
+            self._defects.add(path, score)
             self._draw()
 
     def _scoring_failed(self, exc: BaseException) -> None:
@@ -315,8 +320,12 @@ class CalibrateTab(QWidget):
 
     def _scored_all(self, folder: str) -> None:
         self._scorer = None
-        self.defect_progress.finish(f"{len(self._defects)} known defect image(s) scored."
-                                    if self._defects else f"No image found in {folder} or its subfolders.")
+        scored = self._defects
+        if not scored.scores and not scored.good_scores:
+            self.defect_progress.finish(f"No image found in {folder} or its subfolders.")
+        else:
+            self.defect_progress.finish(f"Scored {scored.describe()}.")
+        self._update_buttons()
 
     # ---- memory bank ---------------------------------------------------------------------
     def _good_folder(self) -> str:
@@ -385,11 +394,12 @@ class CalibrateTab(QWidget):
     def _update_buttons(self) -> None:
         model, session = self._model, self.session
         engineer = session.user.is_engineer
-        self.locked.setVisible(model is not None and not engineer)
+        show_lock(self.locked, session.locked_reason("change the threshold or the memory bank") if model else "")
         self.apply.setEnabled(engineer and model is not None
                               and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
         self.sigma.setEnabled(engineer and model is not None)
-        self.separate.setEnabled(engineer and model is not None and bool(self._defects))
+        self.separate.setEnabled(engineer and model is not None and self._defects is not None
+                                 and bool(self._defects.scores) and self._scorer is None)
         self.line.setMovable(engineer and model is not None)
         self.defect_folder.setEnabled(model is not None)
         folder, note = self._rebuild_source() if model is not None else ("", "")

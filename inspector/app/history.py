@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 from datetime import datetime, timezone
-from pathlib import Path
 
 from PySide6.QtCore import QAbstractTableModel, QDateTime, QModelIndex, Qt, Signal
 from PySide6.QtGui import QColor
@@ -15,10 +14,11 @@ from .. import services
 from ..data.images import load_image
 from ..drawing import heat_range
 from ..errors import InspectorError
+from ..frames import part_name
 from ..store.results import STATION, VERDICTS, Event, InspectionRecord
 from .session import Session, describe
 from .teaching import PartButtons
-from .views import ResultView, display_map, icon, local_time, splitter
+from .views import ResultView, display_image, display_map, icon, local_time, splitter
 from .worker import Worker
 
 PAGE = 200
@@ -41,7 +41,7 @@ COLUMNS = (  # title, text of a record
     ("Threshold", lambda r: _number(r.threshold)),
     ("Latency", lambda r: "" if r.latency_ms is None else f"{r.latency_ms:.0f} ms"),
     ("Source", lambda r: r.source),
-    ("Image", lambda r: ": ".join(filter(None, (Path(r.image_path or "").name, r.error)))),
+    ("Image", lambda r: ": ".join(filter(None, (part_name(r.image_path) if r.image_path else "", r.error)))),
 )
 
 
@@ -165,9 +165,9 @@ def look(job: Worker, record: InspectionRecord, session: Session, extractors: di
         image, result, model = services.reinspect(session.models_dir, record.product, path, model,
                                                   extractors=extractors)
     except InspectorError as exc:  # an unreadable image raises again here: shown as the error
-        return (load_image(path), None, 1.0, logged,
-                f"The logged boxes are shown; it cannot be inspected again: {exc}")
-    boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
+        image, logged = display_image(load_image(path), logged)
+        return (image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}")
+    image, boxes = display_image(image, [(r.x, r.y, r.w, r.h) for r in result.regions])
     return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
             f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
             f"score {result.score:.4g}.")
@@ -372,7 +372,7 @@ class HistoryTab(QWidget):
         worker.start()
 
     def _show(self, record: InspectionRecord, image, heat, level, boxes, note: str) -> None:
-        self.image.display(image, heat, level, boxes, Path(record.image_path or "").name)
+        self.image.display(image, heat, level, boxes, part_name(record.image_path) if record.image_path else "")
         self.details.setText(self._describe(record) + "<br>" + html.escape(note))
 
     @staticmethod

@@ -28,15 +28,15 @@ from ..core.model import Model
 from ..data.images import load_image
 from ..drawing import RED, draw_boxes, heat_range
 from ..errors import InspectorError
-from ..frames import DEFAULT_LIMIT_GB, FOLDER as FRAMES_FOLDER, FrameKeeper
+from ..frames import DEFAULT_LIMIT_GB, FOLDER as FRAMES_FOLDER, FrameKeeper, part_name
 from ..sources.camera import list_cameras
 from ..station import Outcome
 from ..store.results import InspectionRecord, ResultStore
 from .history import look
 from .session import Session, settings
 from .teaching import PartButtons
-from .views import (FolderField, HeatScale, ResultView, Thumbnails, display_map, duration, icon, local_time,
-                    splitter, thumbnail)
+from .views import (FolderField, HeatScale, ResultView, Thumbnails, display_image, display_map, duration, icon,
+                    local_time, splitter, thumbnail)
 from .worker import Worker
 
 SOURCES = {"folder": "Watch folder", "camera": "Camera or video", "file": "Files opened by hand"}
@@ -48,29 +48,28 @@ SETTLE_S = 0.5
 
 
 # ---- what the banner says (plain data: the tests read it too) --------------------------------
-def part_name(record: InspectionRecord) -> str:
-    return Path(record.image_path).name if record.image_path else "frame"
-
-
 def banner_text(running: bool, source: str | None, reason: str | None, last: InspectionRecord | None,
                 age_s: float, stale_s: float, idle: str) -> tuple[str, str, str]:
     """(state, big word, detail). States: 'stopped', 'waiting', 'lost', 'stale', or the
     verdict 'OK' / 'NG' / 'ERROR' of a part inspected less than `stale_s` seconds ago.
-    `source` is the source's state while running: None or 'connecting', 'live', 'lost'."""
-    seen = "" if last is None else f"{last.verdict}, {part_name(last)}, {duration(age_s)} ago"
+    `source` is the source's state while running: None or 'connecting', 'live', 'lost', or
+    'pending' (live, and `reason` says which file is being waited for, and how long)."""
+    seen = "" if last is None else f"{last.verdict}, {part_name(last.image_path)}, {duration(age_s)} ago"
     if not running:
         return "stopped", "STOPPED", idle + (f"\nLast part: {seen}." if last else "")
     if source == "lost":
         return "lost", "NO SOURCE", reason or "The source is lost; reconnecting."
-    if source != "live":
+    if source not in ("live", "pending"):
         return "waiting", "WAITING", reason or "Connecting to the source…"
     if last is None:
-        return "waiting", "WAITING", f"Waiting for the first part. {reason or ''}".strip()
+        return "waiting", "WAITING", reason if source == "pending" else f"Waiting for the first part. {reason or ''}".strip()
+    if source == "pending" and age_s > stale_s:
+        return "waiting", "WAITING", f"{reason}\nLast part: {seen}."
     if age_s > stale_s:
         return "stale", "WAITING", f"No new part for {duration(age_s)}.\nLast part: {seen}."
     if last.verdict == "ERROR":
-        return "ERROR", "ERROR", f"{part_name(last)} · {duration(age_s)} ago\n{last.error or ''}"
-    return last.verdict, last.verdict, (f"{part_name(last)} · {duration(age_s)} ago\n"
+        return "ERROR", "ERROR", f"{part_name(last.image_path)} · {duration(age_s)} ago\n{last.error or ''}"
+    return last.verdict, last.verdict, (f"{part_name(last.image_path)} · {duration(age_s)} ago\n"
                                         f"Score {last.score:.4g}   Threshold {last.threshold:.4g}")
 
 
@@ -92,7 +91,8 @@ def _shown(outcome: Outcome) -> tuple:
     if result is None:
         return outcome, None, None
     thumb = ng_thumbnail(outcome.image, outcome.record.regions) if result.verdict == "NG" else None
-    return outcome, display_map(result.anomaly_map), thumb
+    image, boxes = display_image(outcome.image, [(r.x, r.y, r.w, r.h) for r in result.regions])
+    return outcome, (image, boxes, display_map(result.anomaly_map)), thumb
 
 
 def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) -> list:
@@ -123,7 +123,7 @@ class PartDialog(QDialog):
 
     def __init__(self, record: InspectionRecord, session: Session, parent=None):
         super().__init__(parent)
-        self.setWindowTitle(f"{record.verdict} {part_name(record)} · {local_time(record.time)}")
+        self.setWindowTitle(f"{record.verdict} {part_name(record.image_path)} · {local_time(record.time)}")
         self.resize(760, 720)
         self.view = ResultView()
         self.details = QLabel("Loading…")
@@ -460,6 +460,8 @@ class MonitorTab(QWidget):
         self._snap = threading.Event() if kind == "camera" and self.snap_only.isChecked() else None
         self._source_state = (None, "Connecting to the camera…" if kind == "camera" else None)
         self._last = None  # a new run waits for its own first part, and shows no older one
+        self._newest = None
+        self.scale.set_threshold(model.threshold)  # the model it starts with, not the last part's
         self.view.display(None)
         self.part_buttons.set_record(None)
         self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
@@ -532,25 +534,25 @@ class MonitorTab(QWidget):
         else:
             self._count(*item[1:])
 
-    def _count(self, outcome: Outcome, heat, thumb) -> None:
+    def _count(self, outcome: Outcome, shown, thumb) -> None:
         record = outcome.record
         self.counts["inspected"] += 1
         self.counts[record.verdict] += 1
         if record.verdict == "ERROR":
-            self.session.error(f"{part_name(record)}: {record.error}")
+            self.session.error(f"{part_name(record.image_path)}: {record.error}")
         if outcome.log_error:
             self.session.warn(outcome.log_error)
         if thumb is not None:
             self._add_ng(record, thumb)
         self._show_counts()
-        self._newest = (outcome, heat)
+        self._newest = (outcome, shown)
         if not self._paint_pending:  # paint once the queued outcomes are counted: only the newest
             self._paint_pending = True
             QTimer.singleShot(0, self._paint)
 
     def _add_ng(self, record: InspectionRecord, thumb) -> None:
         self.ng_strip.add(thumb, local_time(record.time, "%H:%M:%S"),
-                          f"NG {part_name(record)}, score {record.score:.4g}, {local_time(record.time)}")
+                          f"NG {part_name(record.image_path)}, score {record.score:.4g}, {local_time(record.time)}")
         self.ng_strip.item(0).setData(Qt.ItemDataRole.UserRole, record)
 
     def open_part(self, item: QListWidgetItem) -> PartDialog:
@@ -559,11 +561,21 @@ class MonitorTab(QWidget):
         dialog.finished.connect(lambda _: self.dialogs.remove(dialog))
         self.dialogs.append(dialog)
         dialog.show()
+        self._place(dialog)
         return dialog
+
+    def _place(self, dialog: QDialog) -> None:
+        """Below the live banner, over the left of the tab: the running line stays readable."""
+        top_left = self.mapToGlobal(self.rect().topLeft())
+        below = self.banner.mapToGlobal(self.banner.rect().bottomLeft()).y() + 8
+        bottom = self.mapToGlobal(self.rect().bottomLeft()).y()
+        frame = dialog.frameGeometry().height() - dialog.geometry().height()  # the title bar, when there is one
+        dialog.resize(min(760, max(420, int(self.width() * 0.55))), max(300, min(720, bottom - below - frame)))
+        dialog.move(top_left.x(), below)
 
     def _paint(self) -> None:
         self._paint_pending = False
-        outcome, heat = self._newest
+        outcome, shown = self._newest
         record, result = outcome.record, outcome.result
         self.painted += 1
         self._last = record
@@ -573,8 +585,8 @@ class MonitorTab(QWidget):
             self.view.display(None)
             self.scale.set_threshold(None)
         else:
-            boxes = [(r.x, r.y, r.w, r.h) for r in result.regions]
-            self.view.display(outcome.image, heat, heat_range(result.threshold)[1], boxes)
+            image, boxes, heat = shown  # made ready to paint in the worker (_shown)
+            self.view.display(image, heat, heat_range(result.threshold)[1], boxes)
             self.scale.set_threshold(result.threshold)
 
     def banner_state(self) -> str:

@@ -22,13 +22,16 @@ def settings() -> QSettings:
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "Inspector", "Inspector")
 
 
-def confirm_on_running_line(parent: QWidget, session: "Session", title: str, text: str) -> bool:
-    """True when the line is stopped, or the engineer confirms a change it will use from its
-    next part (`text` says what changes)."""
-    if not session.line_running:
+def confirm_on_running_line(parent: QWidget, session: "Session", title: str, text: str,
+                            always: bool = False) -> bool:
+    """True when the line is stopped (unless `always`: a change that makes a new version on
+    one click, such as a roll-back or a taught part, is asked first either way), or the
+    engineer confirms the change (`text` says what changes)."""
+    if not session.line_running and not always:
         return True
-    answer = QMessageBox.question(parent, title, f"The line is running. {text}\n\nThe line uses the change from "
-                                                 f"its next part; it is recorded in History.")
+    running = ("The line is running. ", "\n\nThe line uses the change from its next part; it is recorded "
+                                        "in History.") if session.line_running else ("", "\n\nIt is recorded in History.")
+    answer = QMessageBox.question(parent, title, f"{running[0]}{text}{running[1]}")
     if answer != QMessageBox.StandardButton.Yes:
         session.info(f"{title}: not changed.")
         return False
@@ -79,6 +82,15 @@ class Session(QObject):
             self.warn(str(exc))
             return False
         return True
+
+    def locked_reason(self, what: str, stopped_line: bool = False) -> str:
+        """Why `what` (e.g. 'train a product') cannot be done now, in words shown beside the
+        control (a touch screen has no hover); '' when it can."""
+        if not self.user.is_engineer:
+            return f"Locked: only the engineer may {what}. Unlock with “Engineer…” at the top right."
+        if stopped_line and self.line_running:
+            return f"Stop the line (Monitor tab) to {what}."
+        return ""
 
     @property
     def who(self) -> str:

@@ -3,23 +3,23 @@
 the model's versions with roll-back. It paints and asks inspector.services, nothing more."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QColor, QPen, QPolygonF
 from PySide6.QtWidgets import (QButtonGroup, QFileDialog, QGraphicsPolygonItem, QGroupBox, QHBoxLayout, QLabel,
-                               QMessageBox, QPushButton, QRadioButton, QTableWidget, QTableWidgetItem,
+                               QPushButton, QRadioButton, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.roi import Shape, describe_roi, roi_from_shapes
 from ..data.images import load_image
 from ..errors import TrainingError
+from ..frames import part_name
 from ..store.results import InspectionRecord
 from .session import Session, confirm_on_running_line
-from .views import icon, local_time, splitter
+from .views import display_image, icon, local_time, lock_note, show_lock, splitter
 from .worker import Worker
 
 INCLUDE_COLOUR, EXCLUDE_COLOUR, REGION_COLOUR = QColor("#2e9e4f"), QColor("#d83a3a"), QColor(46, 158, 79, 60)
@@ -97,17 +97,24 @@ class PartButtons(QWidget):
     def set_record(self, record: InspectionRecord | None) -> None:
         usable = record is not None and record.verdict in ("OK", "NG") and bool(record.image_path)
         self.record = record if usable else None
-        self.good.setEnabled(usable and self.session.user.is_engineer)  # it changes the model
+        engineer = self.session.user.is_engineer
+        self.good.setEnabled(usable and engineer)  # it changes the model
+        self.good.setText("This part is good" if engineer else "This part is good (engineer only)")
         self.defect.setEnabled(usable)  # a known defect only feeds Calibrate: an operator may confirm one
 
     def teach(self, good: bool) -> Worker | None:
         record = self.record
         if record is None or (good and not self.session.allow("teach the model a good part")):
             return None
+        model = self.session.model if self.session.product == record.product else None
+        now = (f" (now version {model.version}, threshold {model.threshold:.4g}; this part scored "
+               f"{record.score:.4g})" if model is not None and record.score is not None else "")
         if good and not confirm_on_running_line(
                 self, self.session, "Teach a good part",
-                f"Teaching {Path(record.image_path).name} makes a new model version of '{record.product}' with a new "
-                f"threshold; its expected false-reject rate before and after is shown once it is done."):
+                f"Teach {part_name(record.image_path)} as a good part of '{record.product}'?\n\nIt makes a new model "
+                f"version{now}: the part's patches join the memory bank and its score the calibration, so the "
+                f"threshold is recalculated. The threshold and the expected false-reject rate before and after are "
+                f"shown once it is done; Roll back undoes it.", always=True):
             return None
         self.set_record(None)  # once per part
         return teach_part(self.session, record, good)
@@ -204,6 +211,7 @@ class RegionEditor(QWidget):
         self.save.clicked.connect(self.save_region)
         self.status = QLabel("Open a good image of the product, then draw where to inspect.")
         self.status.setWordWrap(True)
+        self.locked = lock_note()
 
         buttons = QHBoxLayout()
         for w in (self.open, self.undo, self.clear, self.save):
@@ -213,6 +221,7 @@ class RegionEditor(QWidget):
         layout.addLayout(tool_row)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.status)
+        layout.addWidget(self.locked)
         session.changed.connect(self.refresh)
         session.user_changed.connect(self.refresh)
         self.refresh()
@@ -221,10 +230,24 @@ class RegionEditor(QWidget):
     def refresh(self) -> None:
         model = self.session.model
         self.save.setEnabled(model is not None and self.image is not None and self.session.user.is_engineer)
-        where = describe_roi(model.roi) if model is not None else "–"
-        self.status.setText(f"The model inspects {where}." if model is not None else "Train the product first.")
+        show_lock(self.locked, self.session.locked_reason("change the inspection region") if model else "")
+        self._say_region()
         if self.image is not None and not self.shapes:
             self._paint_region(None if model is None else model.roi)
+
+    def _say_region(self) -> None:
+        """What the model inspects, and what is drawn but not saved yet."""
+        model = self.session.model
+        if model is None:
+            self.status.setText("Train the product first.")
+            return
+        text = f"The model inspects {describe_roi(model.roi)}."
+        if self.shapes:
+            roi = self.current_roi()
+            drawn = "nothing (every area is excluded)" if roi is not None and not roi.any() else describe_roi(roi)
+            text = (f"Drawn, not saved: {len(self.shapes)} area(s), inspecting {drawn}. Save region to use it; "
+                    f"until then {text[0].lower()}{text[1:]}")
+        self.status.setText(text)
 
     def set_image(self, image: np.ndarray) -> None:
         self.image = image
@@ -236,10 +259,14 @@ class RegionEditor(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Open a good image of the product", "",
                                               "Images (*.png *.jpg *.jpeg *.bmp *.tif *.tiff)")
         if path:
-            try:
-                self.set_image(load_image(path))
-            except Exception as exc:  # noqa: BLE001 - shown to the operator
-                self.session.error(exc)
+            self.open_image(path)
+
+    def open_image(self, path) -> Worker:
+        """Read (and make small enough to paint) a good image off the GUI thread, then show it."""
+        worker = Worker(lambda job: display_image(load_image(path))[0])
+        worker.returned.connect(self.set_image)
+        worker.errored.connect(self.session.error)
+        return worker.start()
 
     def _set_tool(self, index: int) -> None:
         self.box.cancel_polygon()
@@ -272,12 +299,14 @@ class RegionEditor(QWidget):
         self.box.addItem(item)
         self._items.append(item)
         self._paint_region(self.current_roi())
+        self._say_region()
 
     def undo_shape(self) -> None:
         if self.shapes:
             self.shapes.pop()
             self.box.removeItem(self._items.pop())
             self._paint_region(self.current_roi())
+            self._say_region()
 
     def clear_shapes(self) -> None:
         while self.shapes:
@@ -311,6 +340,22 @@ class RegionEditor(QWidget):
         self._saver = worker.start()
 
 
+def rollback_text(models_dir, current, version: int) -> str:
+    """What rolling back to `version` changes, as the confirmation says it."""
+    try:
+        old = services.load_model(models_dir, current.product, version=version)
+    except Exception as exc:  # noqa: BLE001 - said in the question; the roll-back itself says it again
+        return f"Make version {version} the model of '{current.product}' again? ({exc})"
+    before = services.rates(current, current.threshold)
+    after = services.rates(old, old.threshold)
+    return (f"Make version {version} the model of '{current.product}' again?\n\nIt is saved as version "
+            f"{current.version + 1} (now {current.version}; the versions between stay):\n"
+            f"threshold {current.threshold:.4g} → {old.threshold:.4g}, sensitivity {current.settings.sigma:g} → "
+            f"{old.settings.sigma:g}\nexpected false rejects {before.false_rejects_text()} → "
+            f"{after.false_rejects_text()}\nmemory bank {len(current.memory_bank)} → {len(old.memory_bank)} patch "
+            f"features; inspecting {describe_roi(current.roi)} → {describe_roi(old.roi)}")
+
+
 class VersionsPanel(QWidget):
     """The kept versions of the product's model, newest first, with what changed in each; an
     earlier one can be made the model again (saved as a new version)."""
@@ -331,12 +376,14 @@ class VersionsPanel(QWidget):
         self.change.setWordWrap(True)
         self.change.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.rollback = QPushButton(icon("refresh"), "Roll back to this version")
-        self.rollback.clicked.connect(self.roll_back)
+        self.rollback.clicked.connect(lambda: self.roll_back())  # not clicked(checked=False) as `confirm`
         self.table.itemSelectionChanged.connect(self._selection_changed)
         layout = QVBoxLayout(self)
         layout.addWidget(self.table, 1)
+        self.locked = lock_note()
         layout.addWidget(self.change)
         layout.addWidget(self.rollback)
+        layout.addWidget(self.locked)
         session.changed.connect(self.refresh)
         session.user_changed.connect(self.refresh)
         self.refresh()
@@ -356,6 +403,12 @@ class VersionsPanel(QWidget):
                 self.table.setItem(r, c, item)
         for column in range(len(self.COLUMNS) - 1):  # the last one takes the room left
             self.table.resizeColumnToContents(column)
+        model = self.session.model  # the selection rests on the version in use, never on a row that moved
+        in_use = [r for r, meta in enumerate(rows) if model is not None and meta["version"] == model.version]
+        if in_use:
+            self.table.selectRow(in_use[0])
+        else:
+            self.table.clearSelection()
         self._selection_changed()
 
     def selected_version(self) -> int | None:
@@ -366,19 +419,20 @@ class VersionsPanel(QWidget):
         version = self.selected_version()
         model = self.session.model
         rows = self.table.selectionModel().selectedRows()
-        self.change.setText(f"Version {version}: {self.table.item(rows[0].row(), len(self.COLUMNS) - 1).text()}"
+        in_use = " (in use)" if model is not None and version == model.version else ""
+        self.change.setText(f"Version {version}{in_use}: {self.table.item(rows[0].row(), len(self.COLUMNS) - 1).text()}"
                             if rows else "Select a version to see what changed in it, or to roll back to it.")
         self.rollback.setEnabled(version is not None and model is not None and version != model.version
                                  and self.session.user.is_engineer)
+        show_lock(self.locked, self.session.locked_reason("roll back the model") if model is not None else "")
 
     def roll_back(self, confirm: bool = True) -> None:
         version, product = self.selected_version(), self.session.product
         if version is None or product is None or not self.session.allow("roll back the model"):
             return
-        if confirm and QMessageBox.question(
-                self, "Roll back", f"Make version {version} the model of '{product}' again? It is saved as a "
-                                   f"new version; a running line switches to it before its next part.") \
-                != QMessageBox.StandardButton.Yes:
+        if confirm and not confirm_on_running_line(self, self.session, "Roll back",
+                                                   rollback_text(self.session.models_dir, self.session.model,
+                                                                 version), always=True):
             return
         try:
             new = services.rollback(self.session.models_dir, self.session.store, product, version,

@@ -15,12 +15,14 @@ from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
 from ..errors import Cancelled, ImageError
 from .session import Session, settings
-from .views import FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, splitter, thumbnail
+from .views import (FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, lock_note, show_lock,
+                    splitter, thumbnail)
 from .worker import Worker
 
 SAMPLERS = {"greedy": "Greedy coreset (best coverage)", "random": "Random (fastest)"}
 MAX_THUMBNAILS = 60
 MAX_LISTED = 5  # unreadable files named in the warning
+TRAINING_STEPS = 3  # extracting features, sampling the memory bank, calibrating (then scoring known defects)
 
 
 def _scan(job: Worker, folder: str) -> None:
@@ -39,9 +41,14 @@ def _scan(job: Worker, folder: str) -> None:
 
 
 def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path, store, user: str):
-    """Train and save; a failed or cancelled training saves nothing."""
-    return services.train(models_dir, store, product, folder, options,
-                          progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
+    """Train and save (a failed or cancelled training saves nothing); then score the product's
+    known defects, if any, so that the end of the training says the escapes too."""
+    model, good = services.train(models_dir, store, product, folder, options,
+                                 progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
+    known = services.known_defects(models_dir, product)
+    defects = None if known is None else services.score_defects(
+        model, known, lambda done, total, *_: job.report(("scoring known defects", done, total)), job.cancel)
+    return model, good, defects
 
 
 def percent_box(value: float = 1.0) -> QDoubleSpinBox:
@@ -66,6 +73,7 @@ class TrainTab(QWidget):
         self._found = self._readable = 0
         self._unreadable: list[str] = []
         self._shown_product: str | None = None
+        self._trained_version: tuple[str, int] | None = None  # what the message after a training is about
 
         self.folder = FolderField("Folder of good images", "Choose the folder of good images")
         self.folder.chosen.connect(self._folder_chosen)
@@ -95,6 +103,7 @@ class TrainTab(QWidget):
         self.start.clicked.connect(self.start_training)
         self.cancel = QPushButton(icon("stop"), "Cancel")
         self.cancel.clicked.connect(self.cancel_training)
+        self.locked = lock_note()  # why Start is greyed out, in words
         self.progress = ProgressPanel()
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -120,6 +129,7 @@ class TrainTab(QWidget):
         column.addWidget(images)
         column.addWidget(options)
         column.addLayout(buttons)
+        column.addWidget(self.locked)
         column.addWidget(self.progress)
         column.addWidget(self.summary)
         column.addStretch(1)
@@ -217,11 +227,12 @@ class TrainTab(QWidget):
         if not self.start.isEnabled():
             return
         product, options = self.session.product, self.options()
+        steps = TRAINING_STEPS + (services.known_defects(self.session.models_dir, product) is not None)
         if find_graph(options.backbone, options.image_size, options.weights) is None:
             self.progress.begin(f"Preparing the backbone: exporting its graph for {options.image_size} px, "
-                                f"once on this machine (about 15 s)…")
+                                f"once on this machine (about 15 s)…", steps)
         else:
-            self.progress.begin("Reading the good images…")
+            self.progress.begin("Reading the good images…", steps)
         self._trainer = worker = Worker(_train, product, self.folder.path(), options,
                                         self.session.models_dir, self.session.store, self.session.who)
         worker.yielded.connect(lambda step: self.progress.step(*step))
@@ -237,14 +248,16 @@ class TrainTab(QWidget):
             self._trainer.stop(wait=False)
             self.progress.begin("Cancelling…")
 
-    def _trained(self, product: str, model, good) -> None:
-        self.progress.finish(f"Trained in {duration(self.progress.elapsed())}: model version {model.version} "
-                             f"saved, threshold {model.threshold:.4g}. Check it on the Calibrate tab.")
+    def _trained(self, product: str, model, good, defects) -> None:
+        said = services.trained_text(model, defects)
+        self._trained_version = (product, model.version)
+        self.progress.finish(f"Trained in {duration(self.progress.elapsed())}: version {model.version} of "
+                             f"'{product}' saved. On the line, {said} Check it on the Calibrate tab.")
         if self.session.product == product:
             self.session.set_model(model, good)
         skipped = f" {len(good.skipped)} unreadable file(s) were skipped." if good.skipped else ""
-        self.session.info(f"Product '{product}' trained on {model.counts['good_images']} good images; "
-                          f"threshold {model.threshold:.4g}.{skipped}")
+        self.session.info(f"Product '{product}' trained on {model.counts['good_images']} good images (version "
+                          f"{model.version}): {said}{skipped}")
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
@@ -267,6 +280,10 @@ class TrainTab(QWidget):
             folder = settings().value(f"good_folder/{session.product}", "") if session.product else ""
             self.folder.set_path(folder)
         model = session.model
+        if self._trained_version is not None and self._trained_version != (
+                session.product, model.version if model else None):  # the message is of another version now
+            self._trained_version = None
+            self.progress.finish("")
         s = model.settings if model else Settings()
         for combo, value in ((self.backbone, s.backbone), (self.image_size, s.image_size),
                              (self.sampler, s.sampler)):
@@ -293,8 +310,9 @@ class TrainTab(QWidget):
         training, session = self._trainer is not None, self.session
         self.start.setEnabled(not training and bool(session.product) and bool(self.folder.path())
                               and session.user.is_engineer and not session.line_running)
-        self.start.setToolTip("Engineers only: unlock with the engineer PIN" if not session.user.is_engineer
-                              else "Stop the line first" if session.line_running else "Start training")
+        reason = session.locked_reason("train a product", stopped_line=True) if session.product else ""
+        show_lock(self.locked, reason)
+        self.start.setToolTip(reason or "Start training")
         self.cancel.setEnabled(training)
         for widget in (self.folder, self.backbone, self.image_size, self.sampler, self.ratio):
             widget.setEnabled(not training)

@@ -46,6 +46,20 @@ def splitter(name: str, left: QWidget, right: QWidget, sizes: tuple[int, int],
     return split
 
 
+def lock_note() -> QLabel:
+    """A visible line saying why the controls beside it are locked (hidden when they are not)."""
+    label = QLabel()
+    label.setObjectName("warning")
+    label.setWordWrap(True)
+    label.hide()
+    return label
+
+
+def show_lock(label: QLabel, reason: str) -> None:
+    label.setText(reason)
+    label.setVisible(bool(reason))
+
+
 def icon(name: str) -> QIcon:
     return QIcon(str(RESOURCES / "icons" / f"{name}.svg"))
 
@@ -55,6 +69,20 @@ def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
     h, w = image.shape[:2]
     scale = size / max(h, w)
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
+
+
+def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:
+    """The image made small enough to paint, in a worker, with its boxes (x, y, w, h) scaled
+    with it; a small image as it is."""
+    h, w = image.shape[:2]
+    scale = DISPLAY_SIZE / max(h, w)
+    if scale >= 1.0:
+        return image, list(boxes)
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return small, [tuple(v * scale for v in box) for box in boxes]
 
 
 def display_map(anomaly_map: np.ndarray) -> np.ndarray:
@@ -187,6 +215,7 @@ class ProgressPanel(QWidget):
         layout.addWidget(self.bar)
         layout.addWidget(self.label)
         self._stage, self._since, self._started, self._text = None, 0.0, None, ""
+        self._steps, self._seen = 0, []
         self._clock = QTimer(self, interval=1000)
         self._clock.timeout.connect(self._show)
         self.finish("")
@@ -194,9 +223,13 @@ class ProgressPanel(QWidget):
     def elapsed(self) -> float:
         return 0.0 if self._started is None else time.monotonic() - self._started
 
-    def begin(self, text: str) -> None:
-        """Start (or, with the clock running, go on with) work described by `text`."""
+    def begin(self, text: str, steps: int = 0) -> None:
+        """Start (or, with the clock running, go on with) work described by `text`, done in
+        `steps` stages (0: one): the time left is then said of the stage under way, as
+        'step i of n' (a stage's time says nothing of the stages after it)."""
         self._stage = None
+        if steps or not self._clock.isActive():
+            self._steps, self._seen = steps, []
         if not self._clock.isActive():
             self._started = time.monotonic()
             self._clock.start()
@@ -213,12 +246,20 @@ class ProgressPanel(QWidget):
         now = time.monotonic()
         if stage != self._stage:
             self._stage, self._since = stage, now
+            if stage not in self._seen:
+                self._seen.append(stage)
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(done)
+        number = self._seen.index(stage) + 1
+        steps = max(self._steps, number)
         text = f"{stage.capitalize()}: {done} of {total}"
+        if self._steps > 1:
+            text = f"Step {number} of {steps}, {stage}: {done} of {total}"
         elapsed = now - self._since
         if 0 < done < total and elapsed > 0.5:
             text += f", about {duration(elapsed * (total - done) / done)} left"
+            if number < steps:
+                text += " in this step"
         self._show(text)
 
     def finish(self, text: str) -> None:

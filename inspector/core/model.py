@@ -87,18 +87,32 @@ def check_product_name(name: str) -> str:
 MAD_TO_STD = 1.4826
 
 
+def robust_centre_spread(scores) -> tuple[float, float]:
+    """The median of the scores and their robust spread (MAD scaled to a normal std; the std
+    when more than half the scores are equal)."""
+    s = np.asarray(scores, np.float64)
+    centre = float(np.median(s))
+    spread = MAD_TO_STD * float(np.median(np.abs(s - centre)))
+    if spread <= 0.0 and len(s) > 1:
+        spread = float(s.std(ddof=1))
+    return centre, max(spread, 1e-12)
+
+
 def separating_threshold(good: list[float], defects: list[float]) -> float:
     """The image threshold that best separates good scores from known defect scores: the
-    fewest false rejects plus escapes, and of those the one in the widest gap, midway."""
+    fewest false rejects plus escapes and, of those, the lowest (a defect milder than the
+    known ones scores lower, and must not pass). It lies on the good side of its gap: one
+    robust spread of the good scores above the score below it, at most midway across."""
     good, defects = np.sort(np.asarray(good, float)), np.sort(np.asarray(defects, float))
     edges = np.unique(np.concatenate([good, defects]))
     if len(edges) < 2:
         return float(edges[0]) if len(edges) else 0.0
     candidates = (edges[:-1] + edges[1:]) / 2
     errors = (len(good) - np.searchsorted(good, candidates)) + np.searchsorted(defects, candidates)
-    gaps = np.diff(edges)
-    best = np.lexsort((-gaps, errors))[0]
-    return float(candidates[best])
+    best = int(np.argmin(errors))  # the first of the fewest: the lowest
+    low, high = edges[best], edges[best + 1]
+    margin = robust_centre_spread(good)[1] if len(good) else (high - low) / 2
+    return float(low + min(margin, (high - low) / 2))
 
 
 @dataclass(frozen=True)
@@ -111,12 +125,7 @@ class Calibration:
     method: str  # "holdout", "N-fold" or "leave-one-out"
 
     def _centre_spread(self) -> tuple[float, float]:
-        s = np.asarray(self.image_scores, np.float64)
-        centre = float(np.median(s))
-        spread = MAD_TO_STD * float(np.median(np.abs(s - centre)))
-        if spread <= 0.0:  # more than half the scores are equal: fall back to the std
-            spread = float(s.std(ddof=1))
-        return centre, max(spread, 1e-12)
+        return robust_centre_spread(self.image_scores)
 
     def image_threshold(self, sigma: float) -> float:
         centre, spread = self._centre_spread()
@@ -566,6 +575,9 @@ def load_model(models_dir: str | Path, product: str, version: int | None = None)
         versions = _version_dirs(folder)
         number = version if version is not None else max(versions, default=None)
         if number is None or number not in versions:
+            if version is not None and versions:
+                raise ModelError(f"'{product}' has no version {version}: its kept versions are "
+                                 f"{', '.join(map(str, sorted(versions)))} (see: models --product).")
             what = f"version {version} of '{product}'" if version is not None else f"model at {folder}"
             raise ModelError(f"No {what}: train the product first.")
         try:

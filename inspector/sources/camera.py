@@ -21,6 +21,12 @@ DEFAULT_FILE_FPS = 25.0  # for video files that do not state a usable frame rate
 STOP_TIMEOUT_S = 2.0  # stop() waits this long for a read that does not return, then leaves it
 
 
+def _quiet_opencv() -> None:
+    """OpenCV's own warnings (one per failed open, every reconnect) off: the camera says what
+    is wrong once, in its status and last_error."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 class Camera:
     """`source`: a camera index (int or a string of digits), a stream URL ("rtsp://...") or a
     video file path. Live sources are reopened every `reconnect_s` seconds after a failure;
@@ -91,6 +97,7 @@ class Camera:
         live sources that cannot be opened are retried in the background."""
         if self.running:
             return
+        _quiet_opencv()
         capture = None
         self._is_file = False
         if isinstance(self.source, Path) or (isinstance(self.source, str) and "://" not in self.source):
@@ -204,7 +211,9 @@ class Camera:
         if not capture.isOpened():
             capture.release()
             self._set_status(stop, "reconnecting",
-                             f"Cannot open {self._describe()}. Retrying every {self.reconnect_s:g} s.")
+                             f"Cannot open {self._describe()}" + (": no such camera, or another program uses it"
+                                                                  if isinstance(self.source, int) else "")
+                             + f". Retrying every {self.reconnect_s:g} s.")
             return None
         if self.fps and not self._is_file:
             capture.set(cv2.CAP_PROP_FPS, self.fps)  # a request; the device may ignore it
@@ -229,6 +238,7 @@ class Camera:
 
 def list_cameras(max_index: int = 5) -> list[int]:
     """The camera indices 0 .. max_index-1 that can be opened."""
+    _quiet_opencv()
     found = []
     for index in range(max_index):
         capture = cv2.VideoCapture(index)

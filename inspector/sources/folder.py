@@ -111,6 +111,14 @@ class FolderWatcher:
                 return None
             time.sleep(min(POLL_S, remaining))
 
+    def waiting(self, after_s: float = 1.0) -> tuple[Path, float] | None:
+        """The file waited for the longest (empty, still being written, not yet settled), with
+        how long in seconds, once that is more than `after_s`; None otherwise."""
+        now = time.monotonic()
+        with self._lock:
+            longest = max(((now - e.first_seen, p) for p, e in self._pending.items()), default=None)
+        return None if longest is None or longest[0] <= after_s else (longest[1], longest[0])
+
     def since(self, path: Path) -> float | None:
         """When a file just handed out was first seen (time.monotonic())."""
         with self._lock:
