@@ -197,6 +197,7 @@ class Shipper:
                  on_message: Message = no_message, user: str | None = None):
         self.store, self.url, self.batch, self.interval_s = store, _checked(url), batch, interval_s
         self.follow, self.models_dir, self.on_message, self.user = tuple(follow), models_dir, on_message, user
+        self.clock = lambda: datetime.now(timezone.utc)  # the station's clock, reported with each batch
         self._con: psycopg.Connection | None = None
         self._status = PlantStatus()
         self._refused: dict[str, int] = {}  # product -> a published version that could not be installed
@@ -206,6 +207,16 @@ class Shipper:
     def status(self) -> PlantStatus:
         s = self._status
         return PlantStatus(s.connected, self.behind(), s.error, s.shipped)
+
+    def check(self) -> PlantStatus:
+        """Connect (when not connected) and say where shipping stands."""
+        try:
+            if self._con is None or self._con.closed:
+                self._con = connect(self.url)
+            self._status.connected, self._status.error = True, None
+        except PlantError as exc:
+            self._status.connected, self._status.error = False, str(exc)
+        return self.status()
 
     def behind(self) -> int:
         """Rows of the log not yet in the plant database."""
@@ -229,13 +240,13 @@ class Shipper:
                     behind = self.behind() - len(rows)
                     with self._con.transaction():
                         self._con.execute(sql, arrays)
-                        self._con.execute(_REPORT, (behind, datetime.now(timezone.utc)))
+                        self._con.execute(_REPORT, (behind, self.clock()))
                     self.store.set_outbox_position(name, rows[-1][0])
                     shipped += len(rows)
                     self._status.shipped += len(rows)
             if not shipped:  # a report that the station is alive and has nothing behind
                 with self._con.transaction():
-                    self._con.execute(_REPORT, (0, datetime.now(timezone.utc)))
+                    self._con.execute(_REPORT, (0, self.clock()))
         except psycopg.Error as exc:
             self._drop()
             self._status.connected, self._status.error = False, str(_lost(self.url, exc))
@@ -296,9 +307,12 @@ class Shipper:
         return self
 
     def stop(self) -> None:
+        """Stop the shipping thread (when started) and close the connection."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            self._thread = None
+        self._drop()
 
     def _drop(self) -> None:
         if self._con is not None:
@@ -352,6 +366,8 @@ def publish(url: str, models_dir: str | Path, store: ResultStore, product: str, 
     with connect(url) as con:
         try:
             with con.transaction():
+                if not con.execute("SELECT has_table_privilege('models', 'INSERT')").fetchone()[0]:
+                    raise errors.InsufficientPrivilege("no INSERT on models")
                 con.execute("SELECT pg_advisory_xact_lock(hashtext('inspector.models'), hashtext(%s))", (product,))
                 newest = con.execute("SELECT version, sha256 FROM models WHERE product = %s "
                                      "ORDER BY version DESC LIMIT 1", (product,)).fetchone()
@@ -448,8 +464,9 @@ class PlantView:
 
 
 def _rates(row: dict) -> dict:
-    total = row["ok"] + row["ng"] + row["error"]
-    return row | {"total": total, "yield": row["ok"] / total if total else None,
+    """Yield: OK of the judged parts (OK + NG), as the shift's; NG rate: NG of all inspected."""
+    judged, total = row["ok"] + row["ng"], row["ok"] + row["ng"] + row["error"]
+    return row | {"total": total, "yield": row["ok"] / judged if judged else None,
                   "ng_rate": row["ng"] / total if total else None}
 
 
