@@ -561,7 +561,8 @@ def cmd_self_test(args) -> int:
 def cmd_gui(args) -> int:
     from .app import main as gui_main
 
-    return gui_main(["--models-dir", str(args.models_dir), "--db", str(args.db)])
+    plant = ["--plant", args.plant] if getattr(args, "plant", None) else []
+    return gui_main(["--models-dir", str(args.models_dir), "--db", str(args.db), *plant])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -710,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("self-test", parents=[common], help="headless check of the whole station on generated parts")
     p.set_defaults(func=cmd_self_test)
 
-    p = sub.add_parser("gui", parents=[common], help="open the desktop application (the default)")
+    p = sub.add_parser("gui", parents=[common, plant], help="open the desktop application (the default)")
     p.set_defaults(func=cmd_gui)
     return parser
 

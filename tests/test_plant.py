@@ -382,3 +382,19 @@ def test_the_line_ships_while_it_inspects(db, trained_models, tmp_path, capsys):
     assert code in (0, 1)
     assert "connected, 0 row(s) behind" in capsys.readouterr().err
     assert sql(db, "SELECT count(*) FROM results") == [(3,)]
+
+
+def test_the_monitor_tab_shows_the_plant_connection_and_the_rows_behind(db, open_window, trained_models, qtbot):
+    window = open_window(trained_models, plant_url=url(db, "line1"))
+    window.tabs.setCurrentWidget(window.monitor)
+    label = window.monitor.plant
+    for i in range(5):
+        window.session.store.record(InspectionRecord(PRODUCT, "file", "OK", f"/parts/{i}.png"))
+    qtbot.waitUntil(lambda: sql(db, "SELECT count(*) FROM results") == [(5,)], timeout=WAIT_S * 1000)
+    qtbot.waitUntil(lambda: label.isVisible() and "connected, 0 row(s) behind" in label.text(), timeout=WAIT_S * 1000)
+    db.stop()
+    window.session.store.record(InspectionRecord(PRODUCT, "file", "NG", "/parts/5.png"))
+    qtbot.waitUntil(lambda: "NOT connected, 1 row(s) waiting" in label.text(), timeout=WAIT_S * 1000)
+    db.start()
+    qtbot.waitUntil(lambda: sql(db, "SELECT count(*) FROM results") == [(6,)], timeout=WAIT_S * 1000)
+    qtbot.waitUntil(lambda: "Plant database: connected, 0 row(s) behind" in label.text(), timeout=WAIT_S * 1000)
