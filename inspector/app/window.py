@@ -376,5 +376,6 @@ class MainWindow(QMainWindow):
             log.warning("closing without waiting for %s", ", ".join(left))
         if self.session.shipper is not None:
             self.session.shipper.stop()
+            self.session.shipper = None  # the Monitor's clock asks it no more
         self.session.store.close()
         super().closeEvent(event)
