@@ -261,13 +261,15 @@ class Shipper:
     def follow_models(self) -> list:
         """Install the newest published version of each followed product, when it is new here."""
         installed = []
+        if self.follow and (self._con is None or self._con.closed):
+            self._con = connect(self.url)
         for product in self.follow:
             try:
                 newest = newest_published(self._con, product)
                 if newest is None or newest <= _installed(self.store, product) or self._refused.get(product) == newest:
                     continue
                 model = install(self.url, self.models_dir, self.store, product, newest, self.user)
-            except (ModelError, PlantError) as exc:
+            except ModelError as exc:  # refused (changed bytes, a damaged model): said once, tried no more
                 self._refused[product] = newest
                 self.on_message("error", f"Published version {newest} of '{product}' is not installed: {exc}")
                 continue
