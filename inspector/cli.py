@@ -174,9 +174,14 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with _open_store(args) as store:
-            run_line(args.models_dir, store, args.product, kind, target, stop, on_outcome, _say,
-                     sort_files=getattr(args, "sort", False), archive_dir=getattr(args, "archive", None),
-                     device=args.device, **options)
+            shipper = _start_shipper(args, store)
+            try:
+                run_line(args.models_dir, store, args.product, kind, target, stop, on_outcome, _say,
+                         sort_files=getattr(args, "sort", False), archive_dir=getattr(args, "archive", None),
+                         device=args.device, **options)
+            finally:
+                if shipper is not None:
+                    _stop_shipper(shipper)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -186,6 +191,102 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return _exit_code(verdicts)
+
+
+def _plant_url(args, required: bool = False) -> str | None:
+    from .plant import URL_VARIABLE, plant_url
+
+    url = plant_url(getattr(args, "plant", None))
+    if url is None and required:
+        raise InspectorError(f"No plant database: give --plant postgresql://USER@HOST/DB or set {URL_VARIABLE}.")
+    return url
+
+
+def _start_shipper(args, store):
+    """While the line runs, ship its log to the plant database (when one is given) and, with
+    --follow, install the product's newly published model versions."""
+    url = _plant_url(args)
+    if url is None:
+        return None
+    from .plant import Shipper
+
+    follow = [args.product] if getattr(args, "follow", False) else []
+    return Shipper(store, url, follow=follow, models_dir=args.models_dir, on_message=_say).start()
+
+
+def _stop_shipper(shipper) -> None:
+    from .plant import PlantError
+
+    shipper.stop()
+    try:
+        shipper.ship()  # what the last items added
+    except PlantError:
+        pass
+    finally:
+        shipper.stop()
+    print(shipper.status().describe(), file=sys.stderr)
+
+
+def _when(value) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def cmd_plant(args) -> int:
+    from . import plant
+
+    action = getattr(args, "action", None) or "view"
+    url = _plant_url(args, required=True)
+    if action == "setup":
+        plant.setup(url)
+        print(f"The plant database {plant.where(url)} has the Inspector schema version {plant.SCHEMA_VERSION}.")
+        return EXIT_OK
+    if action == "models":
+        for p in plant.published(url, args.product):
+            print(f"{p.describe()}, {p.size} bytes: {p.change or '-'}")
+        return EXIT_OK
+    if action in ("ship", "status"):
+        with _open_store(args) as store:
+            shipper = plant.Shipper(store, url)
+            try:
+                if action == "ship":
+                    print(f"{shipper.ship()} row(s) shipped.")
+                status = shipper.check()
+            finally:
+                shipper.stop()
+            print(status.describe())
+        return EXIT_OK if status.connected else EXIT_ERROR
+    if action in ("publish", "install"):
+        user = _engineer(args, f"{action} a model")
+        with _open_store(args) as store:
+            if action == "publish":
+                number = plant.publish(url, args.models_dir, store, args.product, args.version, user)
+                print(f"Published '{args.product}' as plant version {number}.")
+            else:
+                model = plant.install(url, args.models_dir, store, args.product, args.version, user)
+                print(f"Installed as version {model.version} of '{model.product}': {model.change}")
+        return EXIT_OK
+    view = plant.plant_view(url, args.hours, args.silent_after)
+    print(f"Stations ({len(view.stations)}):")
+    for s in view.stations:
+        state = "SILENT" if s["silent"] else ("BEHIND" if s["behind"] else "ok")
+        skew = s["clock_skew_s"]
+        clock = f", clock off by {skew:+.0f} s" if skew is not None and abs(skew) > 60 else ""
+        models = ", ".join(f"{p['product']} v{p['model_version']}" for p in s["products"]) or "-"
+        print(f"  {s['station']:16} {state:6} last report {_when(s['last_seen'])}, {s['behind']} row(s) behind"
+              f"{clock}; runs {models}")
+    print(f"Since {_when(view.since)}, per station and product:")
+    for c in view.counts:
+        print(f"  {c['station']:16} {c['product']:16} {c['total']:8} inspected  {c['ok']:8} OK  {c['ng']:6} NG  "
+              f"{c['error']:5} error(s)  yield {_percent(c['yield'])}  NG rate {_percent(c['ng_rate'])}")
+    print("Per hour, all stations:")
+    for h in view.hours:
+        print(f"  {_when(h['hour'])}  {h['total']:8} inspected  yield {_percent(h['yield'])}  "
+              f"NG rate {_percent(h['ng_rate'])}")
+    return EXIT_OK
 
 
 def cmd_train(args) -> int:
@@ -493,7 +594,8 @@ def cmd_self_test(args) -> int:
 def cmd_gui(args) -> int:
     from .app import main as gui_main
 
-    return gui_main(["--models-dir", str(args.models_dir), "--db", str(args.db)])
+    plant = ["--plant", args.plant] if getattr(args, "plant", None) else []
+    return gui_main(["--models-dir", str(args.models_dir), "--db", str(args.db), *plant])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,8 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     product.add_argument("--product", required=True, help="product (recipe) name")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), cuda or mps (torch)")
-    line = argparse.ArgumentParser(add_help=False, parents=[device])
+    plant = argparse.ArgumentParser(add_help=False)
+    plant.add_argument("--plant", metavar="URL", default=argparse.SUPPRESS,
+                       help="the plant database, postgresql://USER@HOST/DB?sslmode=verify-full (default: "
+                            "$INSPECTOR_PLANT); the password from ~/.pgpass or PGPASSWORD")
+    line = argparse.ArgumentParser(add_help=False, parents=[device, plant])
     line.add_argument("--archive", type=Path, help="save heatmap overlays under this folder")
+    line.add_argument("--follow", action="store_true",
+                      help="with a plant database: install the product's newly published model versions")
     sort = argparse.ArgumentParser(add_help=False)
     sort.add_argument("--sort", action="store_true", help="move files into OK/ NG/ ERROR/ subfolders "
                                                           "(never over another file)")
@@ -608,6 +716,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="start a new shift now (its counts start from zero)")
     p.set_defaults(func=cmd_shift)
 
+    p = sub.add_parser("plant", parents=[common, plant],
+                       help="the plant database: every station's counts, yield, model versions; ship, publish, install")
+    p.add_argument("--hours", type=_at_least(0.0), default=24, help="the counts of the last hours (default 24)")
+    p.add_argument("--silent-after", type=_at_least(0.0), default=600, help="a station not heard from for this many seconds "
+                                                                   "is silent (default 600)")
+    actions = p.add_subparsers(dest="action")
+    actions.add_parser("setup", parents=[common, plant], help="create or upgrade the schema (as the database owner)")
+    actions.add_parser("ship", parents=[common, plant], help="ship what the log has not shipped yet")
+    actions.add_parser("status", parents=[common, plant], help="connected or not, rows behind")
+    a = actions.add_parser("models", parents=[common, plant], help="the published model versions")
+    a.add_argument("--product")
+    for name, what in (("publish", "publish a kept version (an engineer's login)"),
+                       ("install", "install a published version as the product's new version")):
+        a = actions.add_parser(name, parents=[common, plant], help=what)
+        a.add_argument("--product", required=True)
+        a.add_argument("--version", type=_at_least(1, int), help="default: the current (publish) or newest published (install)")
+    p.set_defaults(func=cmd_plant)
+
     p = sub.add_parser("evaluate", parents=[common], help="train and evaluate on an MVTec-AD-layout category")
     p.add_argument("category_dir", type=Path)
     p.add_argument("--json", type=Path, help="write the metrics as JSON")
@@ -618,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("self-test", parents=[common], help="headless check of the whole station on generated parts")
     p.set_defaults(func=cmd_self_test)
 
-    p = sub.add_parser("gui", parents=[common], help="open the desktop application (the default)")
+    p = sub.add_parser("gui", parents=[common, plant], help="open the desktop application (the default)")
     p.set_defaults(func=cmd_gui)
     return parser
 

@@ -38,6 +38,10 @@ class Cancelled(InspectorError):
     """Long work was cancelled by the user."""
 
 
+class PlantError(InspectorError):
+    """The plant database cannot be reached or used (address, password, rights, schema)."""
+
+
 def describe(exc: BaseException) -> str:
     """An error as the operator reads it: typed errors carry their own message; anything
     else is an internal failure, named with its type (its traceback goes to the log file)."""

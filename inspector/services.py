@@ -429,6 +429,22 @@ def rollback(models_dir: str | Path, store: ResultStore, product: str, version: 
     return saved
 
 
+def install_model(models_dir: str | Path, store: ResultStore, model: Model, change: str,
+                  user: str | None = None) -> Model:
+    """A model version made elsewhere (published in the plant database, checked in full)
+    becomes the product's new version here, like a local change; a running line follows it."""
+    current = _current(Path(models_dir), model.product)
+    saved = _save_version(model, models_dir, change=change)
+    _record(store, model.product, "install", describe_model(current), describe_model(saved), change, user)
+    return saved
+
+
+def record_published(store: ResultStore, model: Model, where: str, user: str | None = None) -> None:
+    """Record that a version of the product's model was published (`where`: e.g. 'plant version 3')."""
+    _record(store, model.product, "publish", describe_model(model), where, f"version {model.version} published as "
+            f"{where}", user)
+
+
 # ---- looking at scores --------------------------------------------------------------------------
 
 GOOD_SUBFOLDER = "good"  # in a folder of known defects (a test folder's usual layout): good parts

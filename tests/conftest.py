@@ -87,8 +87,8 @@ def open_window(qtbot, tmp_path):
         accounts.set_engineer("Eve", PIN)
     windows = []
 
-    def open_(models_dir, engineer: bool = True):
-        window = MainWindow(models_dir, tmp_path / "inspections.db")
+    def open_(models_dir, engineer: bool = True, plant_url: str | None = None):
+        window = MainWindow(models_dir, tmp_path / "inspections.db", plant_url)
         qtbot.addWidget(window)
         windows.append(window)
         window.show()

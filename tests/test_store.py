@@ -74,7 +74,7 @@ def test_numpy_like_values_are_stored_as_plain_numbers(store):
 def test_wal_mode_and_schema_version(store, db):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     indexes = {row[1] for row in con.execute("PRAGMA index_list(inspections)")}
     assert {"inspections_product_time", "inspections_verdict_time", "inspections_time",
             "inspections_file_key"} <= indexes
@@ -449,3 +449,28 @@ def test_names_that_are_not_utf8_are_stored(store):
     assert store.is_logged("bolt", name + "|1|2")
     [back] = store.query()
     assert back.image_path == "/line/caf\\xe9.png" and back.error == "cannot read /line/caf\\xe9.png"
+
+
+def test_outbox_positions_are_kept_per_shipper_and_a_log_of_schema_2_gets_the_table(db):
+    from inspector.store.results import MIGRATIONS
+
+    db.parent.mkdir()
+    con = sqlite3.connect(db)  # a log written before outboxes existed: schema version 2
+    for statements in MIGRATIONS[:2]:
+        for sql in statements:
+            con.execute(sql)
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    store = ResultStore(db)
+    for i in range(5):
+        store.record(rec(image_path=f"/p/{i}.png"))
+    assert store.outbox_position("plant.inspections") == 0
+    store.set_outbox_position("plant.inspections", 3)
+    store.set_outbox_position("mqtt", 1)
+    assert [i for i, _ in store.rows_after("inspections", 3, 10)] == [4, 5]
+    assert store.rows_after("inspections", 3, 1)[0][1]["image_path"] == "/p/3.png"
+    assert store.rows_behind("inspections", store.outbox_position("plant.inspections")) == 2
+    store.close()
+    with ResultStore(db) as again:  # kept across restarts
+        assert again.outbox_position("plant.inspections") == 3 and again.outbox_position("mqtt") == 1

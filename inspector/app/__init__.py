@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"folder of the products' models (default: {default_models_dir()})")
     parser.add_argument("--db", type=Path, default=None,
                         help="the result log (default: inspections.db beside the models folder)")
+    parser.add_argument("--plant", metavar="URL", default=None,
+                        help="ship the log to this plant database (default: $INSPECTOR_PLANT)")
     args = parser.parse_args(argv)
     models_dir = args.models_dir or default_models_dir()
     db = args.db or default_db_path(models_dir)
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from ..errors import StoreError
+    from ..errors import PlantError, StoreError
+    from ..plant import plant_url
     from ..instance import InstanceLock
     from .window import MainWindow, apply_style
     from .worker import Worker
@@ -44,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     lock = InstanceLock(db)
     try:
         lock.acquire()
-        window = MainWindow(models_dir, db)
+        window = MainWindow(models_dir, db, plant_url(args.plant))
+    except PlantError as exc:  # an address that cannot be used (a password in it)
+        lock.release()
+        QMessageBox.critical(None, "Inspector", str(exc))
+        return 2
     except StoreError as exc:
         lock.release()
         if not show_first_instance(lock.path):  # started again while running: the first window comes up

@@ -293,6 +293,11 @@ class MonitorTab(QWidget):
         column.addLayout(toggle_row)
         column.addLayout(buttons)
         column.addWidget(self.shift)
+        self.plant = QLabel()  # connected to the plant database, rows behind (when one is given)
+        self.plant.setObjectName("hint")
+        self.plant.setWordWrap(True)
+        self.plant.setVisible(session.shipper is not None)
+        column.addWidget(self.plant)
         column.addWidget(ng_title)
         column.addWidget(self.ng_strip, 1)
 
@@ -612,6 +617,9 @@ class MonitorTab(QWidget):
                 label.style().polish(label)
         self.verdict.setText(word)
         self.detail.setText(detail)
+        if session.shipper is not None:
+            self.plant.setVisible(True)
+            self.plant.setText(session.shipper.status().describe())
 
     # ---- the shift --------------------------------------------------------------------------
     def _model_changed(self) -> None:

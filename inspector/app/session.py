@@ -54,6 +54,7 @@ class Session(QObject):
         self.model: Model | None = None
         self.good: GoodFeatures | None = None  # features of the last training, kept to re-fit
         self._busy: set[str] = set()
+        self.shipper = None  # ships the log to the plant database (inspector.plant.Shipper), when one is given
         self._shift = services.shift_start(store) or services.new_shift(store, str(self.user))
 
     # ---- who is at the station, and the shift ---------------------------------------

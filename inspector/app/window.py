@@ -277,13 +277,18 @@ class IdleLock(QObject):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, models_dir: str | Path, db_path: str | Path):
+    def __init__(self, models_dir: str | Path, db_path: str | Path, plant_url: str | None = None):
         super().__init__()
         self.setWindowTitle("Inspector")
         self.setMinimumSize(1000, 640)
         store = ResultStore(db_path)
         accounts = Accounts(accounts_path(Path(db_path).resolve().parent))
         self.session = session = Session(Path(models_dir), store, accounts)
+        if plant_url:  # the log is shipped to the plant database while the window is open
+            from ..plant import Shipper
+
+            session.shipper = Shipper(store, plant_url, models_dir=models_dir,
+                                      on_message=lambda level, text: session.message.emit(level, text)).start()
         self.idle_lock = IdleLock(session)
         self.products = ProductBar(session)
         self.train = TrainTab(session)
@@ -369,5 +374,8 @@ class MainWindow(QMainWindow):
         left = Worker.stop_all()
         if left:
             log.warning("closing without waiting for %s", ", ".join(left))
+        if self.session.shipper is not None:
+            self.session.shipper.stop()
+            self.session.shipper = None  # the Monitor's clock asks it no more
         self.session.store.close()
         super().closeEvent(event)

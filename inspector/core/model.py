@@ -373,6 +373,14 @@ def current_version(models_dir: str | Path, product: str) -> int | None:
     return max(versions) if versions else None
 
 
+def version_folder(models_dir: str | Path, product: str, version: int) -> Path:
+    """The folder holding the files (META_FILE, BANK_FILE) of a kept version of the product."""
+    versions = _version_dirs(_product_folder(Path(models_dir), product))
+    if version not in versions:
+        raise ModelError(f"No version {version} of '{product}' in {models_dir}.")
+    return versions[version]
+
+
 def save_model(model: Model, models_dir: str | Path, change: str | None = None) -> Model:
     """Save the model as the product's next version; returns it as saved (with its version
     and model_id). Raises ModelError, leaving the earlier versions as they were, when the

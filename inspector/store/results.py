@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
-               "shift", "engineer")
+               "shift", "engineer", "publish", "install")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
@@ -123,6 +123,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             uid         TEXT UNIQUE
         )""",
         "CREATE INDEX events_product_time ON events (product, time)",
+    ),
+    (  # 3: outboxes: how far each shipper (plant database, MQTT, ...) has read each table
+        "CREATE TABLE outbox (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL DEFAULT 0)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -538,6 +541,37 @@ class ResultStore:
                 raise StoreError(f"The history of '{old}' cannot be renamed: the result database "
                                  f"{self.path} {_reason(e)}.") from e
         return event
+
+    # ---- outboxes: the log read in order by the shippers (plant database, MQTT) ------
+
+    def outbox_position(self, name: str) -> int:
+        """The last row id the shipper `name` has shipped (0: none yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT last_id FROM outbox WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def set_outbox_position(self, name: str, last_id: int) -> None:
+        """Remember that the shipper `name` has shipped every row up to `last_id`."""
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO outbox (name, last_id) VALUES (?, ?) "
+                                 "ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id", (name, int(last_id)))
+            except sqlite3.Error as e:
+                raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
+
+    def rows_after(self, table: str, last_id: int, limit: int) -> list[tuple[int, dict]]:
+        """Up to `limit` rows of `table` ("inspections" or "events") after the id `last_id`,
+        in log order, as (id, {column: value}); regions as they are stored (JSON text)."""
+        columns = TABLES[table][1]
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, {', '.join(columns)} FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
+                                    (last_id, limit)).fetchall()
+        return [(row[0], dict(zip(columns, row[1:]))) for row in rows]
+
+    def rows_behind(self, table: str, last_id: int) -> int:
+        """How many rows of `table` come after the id `last_id`."""
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE id > ?", (last_id,)).fetchone()[0]
 
     # ---- reading -------------------------------------------------------------------
 
