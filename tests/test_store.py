@@ -74,7 +74,7 @@ def test_numpy_like_values_are_stored_as_plain_numbers(store):
 def test_wal_mode_and_schema_version(store, db):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     indexes = {row[1] for row in con.execute("PRAGMA index_list(inspections)")}
     assert {"inspections_product_time", "inspections_verdict_time", "inspections_time",
             "inspections_file_key"} <= indexes

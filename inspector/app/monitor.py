@@ -12,7 +12,6 @@ frame. The GUI paints only the newest outcome: when outcomes arrive faster than 
 the older ones are counted but not drawn."""
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..drawing import RED, draw_boxes, heat_range
 from ..errors import InspectorError
 from ..frames import DEFAULT_LIMIT_GB, FOLDER as FRAMES_FOLDER, FrameKeeper
 from ..sources.camera import list_cameras
+from ..sources.trigger import Trigger
 from ..station import Outcome
 from ..store.results import InspectionRecord, ResultStore
 from .history import look
@@ -111,10 +111,10 @@ def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) 
 
 
 def _run_line(job: Worker, models_dir: Path, model: Model, store: ResultStore, kind: str, target,
-              options: dict, snap: threading.Event | None) -> None:
+              options: dict, snap: Trigger | None) -> None:
     services.run_line(models_dir, store, model.product, kind, target, job.cancel,
                       lambda outcome: job.report(("outcome", *_shown(outcome))),
-                      lambda level, text: job.report((level, text)), snap=snap, model=model,
+                      lambda level, text: job.report((level, text)), trigger=snap, model=model,
                       on_status=lambda state, reason: job.report(("status", state, reason)), **options)
 
 
@@ -151,7 +151,7 @@ class MonitorTab(QWidget):
         super().__init__()
         self.session = session
         self._line: Worker | None = None
-        self._snap: threading.Event | None = None
+        self._snap: Trigger | None = None
         self._newest: tuple | None = None
         self._paint_pending = False
         self._cameras_listed = False
@@ -457,7 +457,7 @@ class MonitorTab(QWidget):
             if self.archive.isChecked() else None,
             "frames": FrameKeeper(self.frames_dir(), int(self.frames_limit.value() * 1e9))
             if self.keep_frames.isChecked() else None}
-        self._snap = threading.Event() if kind == "camera" and self.snap_only.isChecked() else None
+        self._snap = Trigger() if kind == "camera" and self.snap_only.isChecked() else None
         self._source_state = (None, "Connecting to the camera…" if kind == "camera" else None)
         self._last = None  # a new run waits for its own first part, and shows no older one
         self.view.display(None)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
-               "shift", "engineer")
+               "shift", "engineer", "product")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
@@ -60,6 +60,7 @@ class InspectionRecord:
     time: str = ""              # ISO-8601 UTC with milliseconds, filled on record() when empty
     file_key: str | None = None # identity of a file (path|size|mtime_ns) for exactly-once logging; None = always log
     model_version: int | None = None  # version number of the product's model that decided it
+    part_id: int | None = None  # the part's number from its trigger (a PLC's, or the station's count)
     id: int | None = None
 
 
@@ -123,6 +124,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
             uid         TEXT UNIQUE
         )""",
         "CREATE INDEX events_product_time ON events (product, time)",
+    ),
+    (  # 3: the part number of a triggered inspection; how far each shipper (MQTT) has sent the log
+        "ALTER TABLE inspections ADD COLUMN part_id INTEGER",
+        "CREATE TABLE outbox (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -614,6 +619,41 @@ class ResultStore:
         counts = dict.fromkeys(VERDICTS, 0) | dict(rows)
         counts["total"] = sum(counts.values())
         return counts
+
+    # ---- the outbox: shippers send the log in order, from a bookmark ---------------------
+
+    def rows_after(self, last_id: int, limit: int = 100) -> list[tuple[InspectionRecord, str]]:
+        """Logged records with an id above ``last_id``, oldest first, each with its unique id
+        (the identity a consumer de-duplicates on)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)}, id, COALESCE(uid, 'row-' || id) FROM inspections WHERE id > ? "
+                f"ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+        out = []
+        for row in rows:
+            rec = InspectionRecord(**dict(zip(COLUMNS + ("id",), row[:-1])))
+            rec.regions = json.loads(rec.regions)
+            out.append((rec, row[-1]))
+        return out
+
+    def outbox_position(self, name: str) -> int:
+        """The id of the last row the shipper ``name`` has delivered. A new shipper starts at
+        the end of the log: it sends what is logged from its first start on."""
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO outbox (name, last_id) SELECT ?, COALESCE(MAX(id), 0) FROM inspections "
+                                 "ON CONFLICT DO NOTHING", (name,))
+                return self._db.execute("SELECT last_id FROM outbox WHERE name = ?", (name,)).fetchone()[0]
+            except sqlite3.Error as e:
+                raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
+
+    def set_outbox_position(self, name: str, last_id: int) -> None:
+        """Remember that the shipper ``name`` has delivered every row up to ``last_id``."""
+        with self._lock:
+            try:
+                self._db.execute("UPDATE outbox SET last_id = ? WHERE name = ?", (last_id, name))
+            except sqlite3.Error as e:
+                raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
 
     def products(self) -> list[str]:
         with self._lock:
