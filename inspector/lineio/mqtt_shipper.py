@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 BATCH = 100  # rows sent before the bookmark moves
 POLL_S = 0.5  # how often the log is read when nothing woke the shipper
 RETRY_S = 2.0  # after the log could not be read
+STOP_GRACE_S = 2.0  # how long a stop waits for the broker's acknowledgements under way
 OUTBOX = "mqtt"
 _TOPIC_LEVEL = re.compile(r"^[^/+#\x00]{1,64}$")
 
@@ -163,4 +164,6 @@ class MqttShipper:
                 for record, uid in rows}
         with self._cond:
             self._cond.wait_for(lambda: mids <= self._acked or self._stop.is_set())
+            if self._connected:  # stopping: the acknowledgements under way still count
+                self._cond.wait_for(lambda: mids <= self._acked, STOP_GRACE_S)
             return mids <= self._acked

@@ -30,7 +30,7 @@ from .link import LineIOError, LineLink, LineResult
 from .loop import LoopThread
 
 log = logging.getLogger(__name__)
-logging.getLogger("asyncua").setLevel(logging.WARNING)  # it reports every call at INFO
+logging.getLogger("asyncua").setLevel(logging.ERROR)  # it reports every call, and the plain endpoint, as warnings
 
 NAMESPACE = "urn:inspector:line"
 POLL_S = 0.01

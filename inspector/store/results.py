@@ -641,8 +641,8 @@ class ResultStore:
         the end of the log: it sends what is logged from its first start on."""
         with self._lock:
             try:
-                self._db.execute("INSERT INTO outbox (name, last_id) SELECT ?, COALESCE(MAX(id), 0) FROM inspections "
-                                 "ON CONFLICT DO NOTHING", (name,))
+                self._db.execute("INSERT OR IGNORE INTO outbox (name, last_id) SELECT ?, COALESCE(MAX(id), 0) "
+                                 "FROM inspections", (name,))
                 return self._db.execute("SELECT last_id FROM outbox WHERE name = ?", (name,)).fetchone()[0]
             except sqlite3.Error as e:
                 raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
