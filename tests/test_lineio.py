@@ -425,3 +425,31 @@ def test_opcua_trigger_result_product_select_and_flood(line, product_select):
     assert ln.store.count() == 2 and [r.part_id for r in ln.store.query()] == [2, 42]
     events = [e for e in ln.store.events() if e.kind == "product"]
     assert [(e.new, e.user) for e in events] == ([(OTHER, "PLC over OPC UA")] if product_select else [])
+
+
+def test_the_window_runs_the_line_for_a_plc_and_shows_the_connection(line_window, tmp_path, qtbot):
+    from conftest import WAIT
+
+    window, monitor = line_window, line_window.monitor
+    port = free_port()
+    monitor.line_io["modbus"].setText(str(port))
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    monitor.source.setCurrentIndex(monitor.source.findData("folder"))
+    monitor.folder.set_path(str(folder))
+    monitor.start_stop()
+    qtbot.waitUntil(lambda: monitor.io is not None and monitor.io.link.state == "ready", timeout=WAIT)
+    qtbot.waitUntil(lambda: f"PLC (Modbus 127.0.0.1:{port}): not connected" in monitor.line_io_status.text(),
+                    timeout=WAIT)
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    assert plc.connect()
+    qtbot.waitUntil(lambda: "1 connected" in monitor.line_io_status.text(), timeout=WAIT)
+    write_parts(folder, 2, seed=70)
+    assert pulse(plc)
+    result = read_result(plc)
+    assert result["result_counter"] == 1 and result["result_part_id"] == 1
+    qtbot.waitUntil(lambda: monitor.painted >= 1, timeout=WAIT)
+    assert window.session.store.count() == 1  # one trigger, one part: the second file waits
+    plc.close()
+    monitor.start_stop()
+    qtbot.waitUntil(lambda: monitor.io is None and not monitor.line_io_status.isVisible(), timeout=WAIT)

@@ -23,7 +23,19 @@ class LoopThread:
             self.loop.call_soon_threadsafe(fn, *args)
 
     def close(self) -> None:
+        """Cancel what still runs on the loop (a server's reconnection tasks), then stop it."""
+        try:
+            self.run(_cancel_tasks())
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(START_TIMEOUT_S)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
