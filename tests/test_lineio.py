@@ -49,12 +49,15 @@ def wait_until(condition, what: str, timeout: float = WAIT_S):
 # ---- a real broker ---------------------------------------------------------------------------
 
 class Broker:
-    """Debian's mosquitto on a free local port, with a generated config; killed and restarted at will."""
+    """Debian's mosquitto on a free local port, with a generated config; killed and restarted at will.
+    It saves its sessions on every change, so that a subscriber's session (its subscription and
+    the verdicts queued for it) outlives a kill, as on a plant's broker."""
 
     def __init__(self, folder: Path):
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                               f"persistence_location {folder}/\nautosave_interval 1\nautosave_on_changes true\n"
                                + ("user root\n" if os.geteuid() == 0 else ""))
         self.process = None
 
@@ -87,11 +90,13 @@ def broker(tmp_path):
 
 
 class Subscriber:
-    """Every message on inspector/#, in order of arrival."""
+    """Every message on inspector/#, in order of arrival; a persistent session (QoS 1): what is
+    published while it is away waits for it at the broker."""
 
     def __init__(self, port: int):
         self.messages: list[tuple[str, bytes, bool]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{time.monotonic_ns()}")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{time.monotonic_ns()}",
+                                  clean_session=False)
         self.client.on_connect = lambda c, *_: c.subscribe("inspector/#", qos=1)
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
         self.client.reconnect_delay_set(1, 2)

@@ -168,7 +168,7 @@ def test_csv_export(store, tmp_path):
     with open(dest, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["product", "source", "verdict", "image_path", "score", "threshold",
-                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "model_version", "id"]
+                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "model_version", "part_id", "id"]
     assert [r["time"] for r in rows] == [at(1), at(0)]
     assert rows[0]["verdict"] == "NG" and float(rows[0]["score"]) == 3.5
     assert rows[0]["regions"] == '[{"x": 1, "y": 2, "w": 3, "h": 4, "area": 12, "peak": 3.5}]'
