@@ -378,7 +378,8 @@ async def _opcua_session(ln: Line, product_select: bool):
                 assert time.monotonic() < deadline, f"timed out waiting for {what}"
                 await asyncio.sleep(0.02)
 
-        assert await value("State") == "ready" and await value("Product") == PRODUCT
+        await until(lambda: _is(value("State"), "ready"), "the line ready")  # the variables follow the line
+        await until(lambda: _is(value("Product"), PRODUCT), "the product shown")
         assert await station.call_method(f"{idx}:Trigger", ua.Variant(42, ua.VariantType.UInt32)) == 42
         with pytest.raises(ua.UaStatusCodeError) as missed:  # a part is under way: missed, and said so
             await station.call_method(f"{idx}:Trigger", ua.Variant(0, ua.VariantType.UInt32))
