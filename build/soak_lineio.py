@@ -80,6 +80,14 @@ def soak(root: Path, parts: int, size: int) -> int:
 
     broker = Broker(root)
     broker.start()
+    try:
+        return _run(root, parts, folder, broker, frame_ms)
+    finally:
+        if broker.process.poll() is None:
+            broker.kill()
+
+
+def _run(root: Path, parts: int, folder: Path, broker: Broker, frame_ms: list[float]) -> int:
     sub = Subscriber(broker.port)
     store = ResultStore(root / "inspections.db")
     modbus = free_port()
@@ -132,7 +140,6 @@ def soak(root: Path, parts: int, size: int) -> int:
     io.stop()
     plc.close()
     sub.close()
-    broker.kill()
 
     messages = sub.results()
     ids = {uid for _, uid in rows}
