@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -152,7 +153,7 @@ def _exit_code(verdicts: list[str]) -> int:
 def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     """Run the line until its source ends, `limit` frames are done, or Ctrl-C / SIGTERM
     (then the exit code is EXIT_INTERRUPTED); else the exit code follows the verdicts."""
-    from .services import run_line
+    from .services import no_status, run_line
 
     verdicts: list[str] = []
     stop = threading.Event()
@@ -173,7 +174,10 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _open_store(args) as store:
+        with _open_store(args) as store, _line_io(args, store) as io:
+            if io is not None:
+                options |= io.line_options() | {"on_status": io.on_status(no_status)}
+                on_outcome = io.on_outcome(on_outcome)
             shipper = _start_shipper(args, store)
             try:
                 run_line(args.models_dir, store, args.product, kind, target, stop, on_outcome, _say,
@@ -287,6 +291,24 @@ def cmd_plant(args) -> int:
         print(f"  {_when(h['hour'])}  {h['total']:8} inspected  yield {_percent(h['yield'])}  "
               f"NG rate {_percent(h['ng_rate'])}")
     return EXIT_OK
+
+
+@contextmanager
+def _line_io(args, store):
+    """The line's OPC UA / Modbus servers and MQTT shipper, as `watch` / `camera` ask; None without."""
+    from .lineio.line_io import LineIO, LineSettings
+
+    settings = LineSettings(*(getattr(args, name, None) for name in ("opcua", "modbus", "mqtt")),
+                            getattr(args, "station", None) or "", getattr(args, "plc_product_select", False))
+    if not (settings.plc or settings.mqtt):
+        yield None
+        return
+    with LineIO(settings, args.models_dir, store) as io:
+        for line in io.status():
+            _say("info", f"Line I/O: {line}")
+        if settings.plc:
+            _say("info", f"The line inspects a part per PLC trigger. {io.products_line}")
+        yield io
 
 
 def cmd_train(args) -> int:
@@ -614,6 +636,16 @@ def build_parser() -> argparse.ArgumentParser:
     line.add_argument("--archive", type=Path, help="save heatmap overlays under this folder")
     line.add_argument("--follow", action="store_true",
                       help="with a plant database: install the product's newly published model versions")
+    lineio = argparse.ArgumentParser(add_help=False)
+    g = lineio.add_argument_group("line I/O (off unless given; an address is PORT, on 127.0.0.1, or HOST:PORT)")
+    g.add_argument("--opcua", metavar="[HOST:]PORT", help="serve the line over OPC UA (4840 is usual): "
+                                                          "a PLC then triggers each part")
+    g.add_argument("--modbus", metavar="[HOST:]PORT", help="serve the line over Modbus TCP (502 is usual): "
+                                                           "a PLC then triggers each part")
+    g.add_argument("--mqtt", metavar="HOST[:PORT]", help="publish every verdict to this MQTT broker (port 1883)")
+    g.add_argument("--station", help="the station's name in MQTT topics (default: the computer's name)")
+    g.add_argument("--plc-product-select", action="store_true",
+                   help="let the PLC select the product (recorded as an event); refused otherwise")
     sort = argparse.ArgumentParser(add_help=False)
     sort.add_argument("--sort", action="store_true", help="move files into OK/ NG/ ERROR/ subfolders "
                                                           "(never over another file)")
@@ -653,14 +685,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inspect again with the current model, files already logged too, and log nothing")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("watch", parents=[common, product, line, sort], help="inspect every new image in a folder")
+    p = sub.add_parser("watch", parents=[common, product, line, sort, lineio], help="inspect every new image in a folder")
     p.add_argument("folder", type=Path)
     p.add_argument("--settle", type=_at_least(0.0), default=0.5, help="seconds a new file must stay unchanged")
     p.add_argument("--max-wait", type=_at_least(0.0), default=30.0,
                    help="seconds a file that stays empty or incomplete is waited for before it is an ERROR")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("camera", parents=[common, product, line], help="inspect frames of a camera or video")
+    p = sub.add_parser("camera", parents=[common, product, line, lineio], help="inspect frames of a camera or video")
     p.add_argument("source", help="camera index, stream URL or video file")
     p.add_argument("--rate", type=_at_least(0.0), default=0.0, help="frames inspected per second (default: as fast as possible)")
     p.add_argument("--count", type=_at_least(0, int), default=0, help="stop after this many frames")

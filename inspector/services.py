@@ -34,6 +34,7 @@ from .errors import Cancelled, InspectorError, ModelError, SourceError, StoreErr
 from .frames import FrameKeeper
 from .sources.camera import Camera
 from .sources.folder import FolderWatcher
+from .sources.trigger import Trigger
 from .station import (Message, Outcome, SourceStatus, Station, inspector_for, no_message, no_status, unique_path,
                       watch_camera, watch_folder)
 from .store.results import STATION, InspectionRecord, ResultStore, utc_time
@@ -643,23 +644,52 @@ def reinspect(models_dir: str | Path, product: str, path: str | Path, model: Mod
 
 # ---- the line ---------------------------------------------------------------------------------
 
+def select_product(models_dir: str | Path, store: ResultStore, station: Station, product: str,
+                   user: str | None = None) -> Model:
+    """Make the running line inspect `product` from its next part (a PLC's product select):
+    its current model is loaded and checked first (ModelError: unknown, untrained or damaged,
+    and nothing changes); recorded as an event (old product -> new). Returns the model."""
+    old = station.product
+    model = load_model(models_dir, product)
+    station.select(model)
+    _record(store, model.product, "product", old, model.product, f"model version {model.version}", user)
+    return model
+
+
 def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str, target,
              stop: threading.Event, on_outcome: Callable[[Outcome], None], on_message: Message = no_message,
-             sort_files: bool = False, archive_dir: str | Path | None = None, snap: threading.Event | None = None,
+             sort_files: bool = False, archive_dir: str | Path | None = None, trigger: Trigger | None = None,
              settle_s: float = 0.5, max_wait_s: float = 30.0, interval_s: float = 0.0, device: str = "cpu",
              model: Model | None = None, on_status: SourceStatus = no_status,
-             frames: FrameKeeper | None = None) -> None:
+             frames: FrameKeeper | None = None,
+             on_station: Callable[[Station | None], None] | None = None) -> None:
     """Run the line until `stop` is set or its source ends. `kind` is the source: 'folder'
     (watch the folder `target`), 'camera' (a camera index, stream URL or video file; every
-    frame at most once per `interval_s`, or one per `snap` when given) or 'file' (inspect
-    the files of the list `target` once; files already logged are skipped). Every item is
+    frame at most once per `interval_s`) or 'file' (inspect the files of the list `target`
+    once; files already logged are skipped). With a `trigger` (a PLC's, or the operator's
+    Snap) a folder gives its next file, a camera its next frame, per trigger. Every item is
     logged (see Station); the line follows new model versions of the product between items.
     `on_status` hears the source's state: 'live', 'lost' with the reason (a folder gone, a
     camera that cannot be opened or sends no frames), or 'pending' with the file a watched
-    folder waits for (empty or still being written) and for how long. `frames` keeps NG camera frames."""
+    folder waits for (empty or still being written) and for how long. `frames` keeps NG camera frames.
+    `on_station` hears the running Station (to select another product: select_product), and
+    None once the line has stopped."""
     model = model if model is not None else load_model(models_dir, product)
     station = Station(inspector_for(model, device), store, kind, sort_files, archive_dir, models_dir,
                       on_message, device, frames)
+    if on_station is not None:
+        on_station(station)
+    try:
+        _run_source(station, model, kind, target, stop, on_outcome, on_message, trigger, settle_s,
+                    max_wait_s, interval_s, on_status)
+    finally:
+        if on_station is not None:
+            on_station(None)
+
+
+def _run_source(station: Station, model: Model, kind: str, target, stop: threading.Event, on_outcome,
+                on_message: Message, trigger: Trigger | None, settle_s: float, max_wait_s: float,
+                interval_s: float, on_status: SourceStatus) -> None:
     if kind == "folder":
         with FolderWatcher(target, settle_s, max_wait_s) as watcher:
             on_message("info", f"Watching {watcher.folder} for new images of '{model.product}' "
@@ -676,7 +706,7 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
                 lost, waiting = state == "lost", state == "pending"
                 on_status(state, reason)
 
-            watch_folder(station, watcher, stop, on_outcome, on_status=folder_status)
+            watch_folder(station, watcher, stop, on_outcome, on_status=folder_status, trigger=trigger)
     elif kind == "camera":
         def status(state: str, error: str | None) -> None:
             lost = state in ("reconnecting", "no frames")
@@ -685,7 +715,7 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
                 on_status("lost" if lost else "live", error if lost else f"{target} is live.")
 
         with Camera(target) as camera:
-            watch_camera(station, camera, stop, on_outcome, interval_s, status, snap)
+            watch_camera(station, camera, stop, on_outcome, interval_s, status, trigger)
     elif kind == "file":
         on_status("live", None)
         files = list(target)

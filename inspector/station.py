@@ -26,8 +26,9 @@ from .core.model import Model, current_version, load_model
 from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image
 from .drawing import overlay
-from .errors import IncompleteImage, InspectorError, StoreError, describe
+from .errors import IncompleteImage, InspectorError, SourceError, StoreError, describe
 from .frames import FrameKeeper, frame_file_name
+from .sources.trigger import Trigger
 from .store.results import InspectionRecord, NotLogged, ResultStore, text, utc_time
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,29 @@ class Station:
         self._gone = False  # the product's model is no longer on disk
         self._retry_at: float | None = None  # when to try again to log what could not be logged
         self._to_sort: dict[Path, str] = {}  # files to sort once their verdict is logged
+        self._selected: Model | None = None  # another product's model, to use from the next item
+        self.part_id: int | None = None  # the number of the triggered part under way
 
     @property
     def product(self) -> str:
         return self.inspector.model.product
 
     # ---- the model -----------------------------------------------------------------------
+    def select(self, model: Model) -> None:
+        """Inspect another product (its model loaded and checked by the caller, the change
+        recorded: services.select_product) from the next item on. Thread-safe."""
+        self._selected = model
+
     def follow(self) -> None:
-        """Between items: switch to the product's newest saved model version, if it changed."""
+        """Between items: switch to the product selected, or to the product's newest saved
+        model version, if it changed."""
+        selected, self._selected = self._selected, None
+        if selected is not None:
+            old = self.inspector.model
+            self.inspector = inspector_for(selected, self.device, self._extractors)
+            self._refused, self._gone = None, False
+            self.on_message("info", f"The line now inspects '{selected.product}' (model version {selected.version}, "
+                                    f"threshold {selected.threshold:.4g}); it inspected '{old.product}'.")
         if self.models_dir is None:
             return
         model = self.inspector.model
@@ -151,7 +167,7 @@ class Station:
             threshold=result.threshold if result else None, model_id=model.model_id,
             model_version=model.version, error=text(error) if error else None,
             regions=[r.as_dict() for r in result.regions] if result else [],
-            latency_ms=latency_ms, file_key=key)
+            latency_ms=latency_ms, file_key=key, part_id=self.part_id)
 
     def _error(self, model: Model, path: str | None, key: str | None, exc: BaseException) -> Outcome:
         if not isinstance(exc, InspectorError):  # not the input's fault: keep the trace
@@ -192,6 +208,12 @@ class Station:
             error = self._sort(path, verdict)
             if error:
                 self.on_message("warning", error)
+
+    def no_part(self, name: str, reason: str) -> Outcome:
+        """A triggered part that could not be taken (no camera frame): logged as its ERROR."""
+        self.retry_pending()
+        self.follow()
+        return self._error(self.inspector.model, name, None, SourceError(reason))
 
     def inspect_image(self, image: np.ndarray, name: str | None = None, started: float | None = None,
                       key: str | None = None) -> Outcome:
@@ -326,13 +348,23 @@ class Station:
 
 def watch_folder(station: Station, watcher, stop: threading.Event,
                  on_outcome: Callable[[Outcome], None], poll_s: float = 0.2,
-                 on_status: SourceStatus = no_status) -> None:
-    """Inspect each new file from a started FolderWatcher until `stop` is set. A file still
+                 on_status: SourceStatus = no_status, trigger: Trigger | None = None) -> None:
+    """Inspect each new file from a started FolderWatcher until `stop` is set; with a
+    `trigger`, one file per trigger (the next one ready, waited for). A file still
     being written is handed back to the watcher until it is complete or has waited the
     watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the
     folder disappears (an unplugged drive, a lost share): the watch resumes by itself when
     the folder is back; and 'pending' with which file is waited for, and how long, while a
     file stays empty or incomplete."""
+    try:
+        _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger)
+    finally:
+        if trigger is not None and station.part_id is not None:
+            station.part_id = None
+            trigger.done()
+
+
+def _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger) -> None:
     status, pending = None, None
     while not stop.is_set():
         if not watcher.folder.is_dir():
@@ -360,6 +392,11 @@ def watch_folder(station: Station, watcher, stop: threading.Event,
         elif status != "live":
             status = "live"
             on_status("live", f"Watching {watcher.folder}.")
+        if trigger is not None and station.part_id is None:
+            station.part_id = trigger.take(poll_s)
+            if station.part_id is None:
+                station.retry_pending()
+                continue
         path = watcher.next_ready(poll_s)
         if path is None:
             station.retry_pending()
@@ -372,14 +409,20 @@ def watch_folder(station: Station, watcher, stop: threading.Event,
             continue
         if outcome is not None:
             on_outcome(outcome)
+            if trigger is not None:
+                station.part_id = None
+                trigger.done()
+
+
+SNAP_TIMEOUT_S = 2.0  # a triggered camera part without a frame by then is logged as an ERROR
 
 
 def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Callable[[Outcome], None],
                  interval_s: float = 0.0, on_status: Callable[[str, str | None], None] | None = None,
-                 snap: threading.Event | None = None) -> None:
-    """Inspect the newest camera frame continuously (at most one per `interval_s`), or only
-    when `snap` is set if a snap event is given, until `stop` is set or a video file ends
-    (its last frame is inspected too, however long the one before took)."""
+                 snap: Trigger | None = None) -> None:
+    """Inspect the newest camera frame continuously (at most one per `interval_s`), or one
+    frame per trigger of `snap` if given, until `stop` is set or a video file ends (its last
+    frame is inspected too, however long the one before took)."""
     status = None
     while not stop.is_set():
         current = camera.status
@@ -392,13 +435,24 @@ def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Ca
                 on_outcome(station.inspect_image(last, f"{camera.source}#{camera.frame_number}", time.perf_counter()))
             return
         if snap is not None:
-            if not snap.wait(0.1):
+            part = snap.take(0.1)
+            if part is None:
                 station.retry_pending()
                 continue
-            snap.clear()
-            frame = camera.snap(2.0)
-        else:
-            frame = camera.latest(0.2)
+            station.part_id = part
+            try:
+                frame = camera.snap(SNAP_TIMEOUT_S)
+                if frame is None:
+                    on_outcome(station.no_part(f"{camera.source}#trigger{part}",
+                                               f"No frame from {camera.source} within {SNAP_TIMEOUT_S:g} s of the "
+                                               f"trigger: check the camera."))
+                    continue
+                on_outcome(station.inspect_image(frame, f"{camera.source}#{camera.frame_number}"))
+            finally:
+                station.part_id = None
+                snap.done()
+            continue
+        frame = camera.latest(0.2)
         if frame is None:
             station.retry_pending()
             continue

@@ -168,7 +168,7 @@ def test_csv_export(store, tmp_path):
     with open(dest, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["product", "source", "verdict", "image_path", "score", "threshold",
-                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "model_version", "id"]
+                             "model_id", "error", "regions", "latency_ms", "time", "file_key", "model_version", "part_id", "id"]
     assert [r["time"] for r in rows] == [at(1), at(0)]
     assert rows[0]["verdict"] == "NG" and float(rows[0]["score"]) == 3.5
     assert rows[0]["regions"] == '[{"x": 1, "y": 2, "w": 3, "h": 4, "area": 12, "peak": 3.5}]'
@@ -471,6 +471,11 @@ def test_outbox_positions_are_kept_per_shipper_and_a_log_of_schema_2_gets_the_ta
     assert [i for i, _ in store.rows_after("inspections", 3, 10)] == [4, 5]
     assert store.rows_after("inspections", 3, 1)[0][1]["image_path"] == "/p/3.png"
     assert store.rows_behind("inspections", store.outbox_position("plant.inspections")) == 2
+    assert store.outbox_position("mqtt.new", new_at_end=True) == 5  # a new shipper from the end on, remembered
+    store.record(rec(image_path="/p/5.png", part_id=77))  # schema 2 got the part number too
+    assert store.outbox_position("mqtt.new", new_at_end=True) == 5
+    [(row_id, row)] = store.rows_after("inspections", 5, 10)
+    assert row_id == 6 and row["part_id"] == 77 and len(row["uid"]) == 32  # the identity consumers de-duplicate on
     store.close()
     with ResultStore(db) as again:  # kept across restarts
         assert again.outbox_position("plant.inspections") == 3 and again.outbox_position("mqtt") == 1

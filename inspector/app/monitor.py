@@ -12,14 +12,13 @@ frame. The GUI paints only the newest outcome: when outcomes arrive faster than 
 the older ones are counted but not drawn."""
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
                                QGridLayout, QGroupBox, QHBoxLayout, QLabel, QListWidgetItem, QMessageBox,
                                QPushButton, QSlider, QStackedWidget, QVBoxLayout, QWidget)
 
@@ -29,7 +28,9 @@ from ..data.images import load_image
 from ..drawing import RED, draw_boxes, heat_range
 from ..errors import InspectorError
 from ..frames import DEFAULT_LIMIT_GB, FOLDER as FRAMES_FOLDER, FrameKeeper, part_name
+from ..lineio.line_io import LineIO, LineSettings
 from ..sources.camera import list_cameras
+from ..sources.trigger import Trigger
 from ..station import Outcome
 from ..store.results import InspectionRecord, ResultStore
 from .history import look
@@ -111,11 +112,20 @@ def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) 
 
 
 def _run_line(job: Worker, models_dir: Path, model: Model, store: ResultStore, kind: str, target,
-              options: dict, snap: threading.Event | None) -> None:
-    services.run_line(models_dir, store, model.product, kind, target, job.cancel,
-                      lambda outcome: job.report(("outcome", *_shown(outcome))),
-                      lambda level, text: job.report((level, text)), snap=snap, model=model,
-                      on_status=lambda state, reason: job.report(("status", state, reason)), **options)
+              options: dict, snap: Trigger | None, io: LineIO | None) -> None:
+    def on_outcome(outcome):
+        job.report(("outcome", *_shown(outcome)))
+
+    def on_status(state, reason):
+        job.report(("status", state, reason))
+
+    if io is not None:  # the PLC and the broker hear each part first; a PLC triggers the line
+        on_outcome, on_status = io.on_outcome(on_outcome), io.on_status(on_status)
+        options = options | io.line_options()
+        snap = options.pop("trigger") or snap
+    services.run_line(models_dir, store, model.product, kind, target, job.cancel, on_outcome,
+                      lambda level, text: job.report((level, text)), trigger=snap, model=model,
+                      on_status=on_status, **options)
 
 
 class PartDialog(QDialog):
@@ -151,7 +161,7 @@ class MonitorTab(QWidget):
         super().__init__()
         self.session = session
         self._line: Worker | None = None
-        self._snap: threading.Event | None = None
+        self._snap: Trigger | None = None
         self._newest: tuple | None = None
         self._paint_pending = False
         self._cameras_listed = False
@@ -215,6 +225,15 @@ class MonitorTab(QWidget):
         self.archive_dir.edit.setPlaceholderText(str(self._data_dir() / "archive"))
         self.stale = self._seconds_box(1.0, 3600.0, "The banner shows a verdict older than this as stale: "
                                                     "the line expects a part at least this often.")
+        self.line_io = {name: QLineEdit() for name in ("opcua", "modbus", "mqtt", "station")}
+        for name, hint in (("opcua", "off; e.g. 4840 (this computer) or 0.0.0.0:4840"),
+                           ("modbus", "off; e.g. 502 (this computer) or 0.0.0.0:502"),
+                           ("mqtt", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"), ("station", "this computer's name")):
+            self.line_io[name].setPlaceholderText(hint)
+        self.plc_select = QCheckBox("The PLC may select the product")
+        self.line_io_status = QLabel()
+        self.line_io_status.setObjectName("hint")
+        self.io: LineIO | None = None
         frames_row = QHBoxLayout()
         frames_row.addWidget(self.keep_frames)
         frames_row.addWidget(self.frames_limit)
@@ -229,6 +248,13 @@ class MonitorTab(QWidget):
         form.addRow(self.archive)
         form.addRow(self.archive_dir)
         form.addRow("Part expected every", self.stale)
+        line_io = QGroupBox("Line I/O (a PLC server triggers the line: one part per trigger)")
+        io_form = QFormLayout(line_io)
+        for name, label in (("opcua", "OPC UA server"), ("modbus", "Modbus TCP server"), ("mqtt", "MQTT broker"),
+                            ("station", "Station name")):
+            io_form.addRow(label, self.line_io[name])
+        io_form.addRow(self.plc_select)
+        form.addRow(line_io)
         close = QPushButton("Close")
         close.clicked.connect(self.options.accept)
         form.addRow(close)
@@ -292,6 +318,7 @@ class MonitorTab(QWidget):
         toggle_row.addWidget(self.options_summary, 1)
         column.addLayout(toggle_row)
         column.addLayout(buttons)
+        column.addWidget(self.line_io_status)
         column.addWidget(self.shift)
         self.plant = QLabel()  # connected to the plant database, rows behind (when one is given)
         self.plant.setObjectName("hint")
@@ -348,8 +375,10 @@ class MonitorTab(QWidget):
 
         self._clock = QTimer(self, interval=1000)  # the banner's age and staleness
         self._clock.timeout.connect(self._show_banner)
+        self._clock.timeout.connect(self._show_line_io)
         self._clock.start()
         self._restore()
+        self._show_line_io()
         self._heat_changed()
         for box in (self.keep_frames, self.frames_limit, self.sort_files, self.archive, self.settle,
                     self.stale):
@@ -383,6 +412,9 @@ class MonitorTab(QWidget):
         self.frames_limit.setValue(float(s.value("monitor/frames_limit_gb", DEFAULT_LIMIT_GB)))
         self.settle.setValue(float(s.value("monitor/settle_s", SETTLE_S)))
         self.stale.setValue(float(s.value("monitor/stale_s", STALE_S)))
+        for name, edit in self.line_io.items():
+            edit.setText(s.value(f"monitor/lineio_{name}", ""))
+        self.plc_select.setChecked(int(s.value("monitor/lineio_product_select", 0)) == 1)
         self._source_changed()
 
     def _remember(self) -> None:
@@ -392,7 +424,9 @@ class MonitorTab(QWidget):
                            ("archive", int(self.archive.isChecked())), ("archive_dir", self.archive_dir.path()),
                            ("keep_frames", int(self.keep_frames.isChecked())),
                            ("frames_limit_gb", self.frames_limit.value()), ("settle_s", self.settle.value()),
-                           ("stale_s", self.stale.value())):
+                           ("stale_s", self.stale.value()),
+                           ("lineio_product_select", int(self.plc_select.isChecked())),
+                           *((f"lineio_{name}", edit.text().strip()) for name, edit in self.line_io.items())):
             s.setValue(f"monitor/{key}", value)
 
     def _data_dir(self) -> Path:
@@ -462,7 +496,19 @@ class MonitorTab(QWidget):
             if self.archive.isChecked() else None,
             "frames": FrameKeeper(self.frames_dir(), int(self.frames_limit.value() * 1e9))
             if self.keep_frames.isChecked() else None}
-        self._snap = threading.Event() if kind == "camera" and self.snap_only.isChecked() else None
+        self._snap = Trigger() if kind == "camera" and self.snap_only.isChecked() else None
+        text = {name: edit.text().strip() or None for name, edit in self.line_io.items()}
+        line_settings = LineSettings(text["opcua"], text["modbus"], text["mqtt"], text["station"] or "",
+                                     self.plc_select.isChecked())
+        if (line_settings.plc or line_settings.mqtt) and kind != "file":
+            try:
+                self.io = LineIO(line_settings, self.session.models_dir, self.session.store)
+                self.io.start()
+            except InspectorError as exc:
+                self.io = None
+                self.session.error(exc)
+                return
+            self.session.info(" · ".join(self.io.status()) + (f". {self.io.products_line}" if line_settings.plc else ""))
         self._source_state = (None, "Connecting to the camera…" if kind == "camera" else None)
         self._last = None  # a new run waits for its own first part, and shows no older one
         self._newest = None
@@ -470,7 +516,7 @@ class MonitorTab(QWidget):
         self.view.display(None)
         self.part_buttons.set_record(None)
         self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
-                                     options, self._snap)
+                                     options, self._snap, self.io)
         worker.yielded.connect(self._reported)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._stopped)
@@ -495,6 +541,9 @@ class MonitorTab(QWidget):
 
     def _stopped(self) -> None:
         self._line, self._snap = None, None
+        if self.io is not None:
+            self.io.stop()
+            self.io = None
         self._source_state = (None, None)
         self.session.set_busy("monitoring", False)
         self.session.info("Line stopped.")
@@ -674,6 +723,12 @@ class MonitorTab(QWidget):
         self.session.new_shift()
         self.session.info(f"New shift started at {local_time(self.session.shift_start(), '%H:%M:%S')}.")
         self.load_shift()
+
+    def _show_line_io(self) -> None:
+        """Whether the PLC and the broker are connected (shown while the line runs with them)."""
+        self.line_io_status.setVisible(self.io is not None)
+        if self.io is not None:
+            self.line_io_status.setText(" · ".join(self.io.status()))
 
     def _update_buttons(self) -> None:
         running = self._line is not None

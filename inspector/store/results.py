@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
-               "shift", "engineer", "publish", "install")
+               "shift", "engineer", "publish", "install", "product")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
@@ -60,6 +60,7 @@ class InspectionRecord:
     time: str = ""              # ISO-8601 UTC with milliseconds, filled on record() when empty
     file_key: str | None = None # identity of a file (path|size|mtime_ns) for exactly-once logging; None = always log
     model_version: int | None = None  # version number of the product's model that decided it
+    part_id: int | None = None  # the part's number from its trigger (a PLC's, or the station's count)
     id: int | None = None
 
 
@@ -124,7 +125,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX events_product_time ON events (product, time)",
     ),
-    (  # 3: outboxes: how far each shipper (plant database, MQTT, ...) has read each table
+    (  # 3: the part number of a triggered inspection (a PLC's); outboxes: how far each shipper
+        # (plant database, MQTT) has read each table
+        "ALTER TABLE inspections ADD COLUMN part_id INTEGER",
         "CREATE TABLE outbox (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL DEFAULT 0)",
     ),
 ]
@@ -544,10 +547,18 @@ class ResultStore:
 
     # ---- outboxes: the log read in order by the shippers (plant database, MQTT) ------
 
-    def outbox_position(self, name: str) -> int:
-        """The last row id the shipper `name` has shipped (0: none yet)."""
+    def outbox_position(self, name: str, new_at_end: bool = False) -> int:
+        """The last row id the shipper `name` has shipped. A shipper not seen before starts at
+        0 (it ships the whole log), or, with `new_at_end`, at the end of the inspections (it
+        ships what is logged from its first start on; remembered at once)."""
         with self._lock:
-            row = self._db.execute("SELECT last_id FROM outbox WHERE name = ?", (name,)).fetchone()
+            try:
+                if new_at_end:
+                    self._db.execute("INSERT OR IGNORE INTO outbox (name, last_id) "
+                                     "SELECT ?, COALESCE(MAX(id), 0) FROM inspections", (name,))
+                row = self._db.execute("SELECT last_id FROM outbox WHERE name = ?", (name,)).fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
         return 0 if row is None else row[0]
 
     def set_outbox_position(self, name: str, last_id: int) -> None:
@@ -561,12 +572,16 @@ class ResultStore:
 
     def rows_after(self, table: str, last_id: int, limit: int) -> list[tuple[int, dict]]:
         """Up to `limit` rows of `table` ("inspections" or "events") after the id `last_id`,
-        in log order, as (id, {column: value}); regions as they are stored (JSON text)."""
+        in log order, as (id, {column: value, "uid": the row's unique id}): the uid is the
+        identity a consumer de-duplicates on; regions as they are stored (JSON text)."""
         columns = TABLES[table][1]
         with self._lock:
-            rows = self._db.execute(f"SELECT id, {', '.join(columns)} FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
-                                    (last_id, limit)).fetchall()
-        return [(row[0], dict(zip(columns, row[1:]))) for row in rows]
+            try:
+                rows = self._db.execute(f"SELECT id, COALESCE(uid, 'row-' || id), {', '.join(columns)} FROM {table} "
+                                        f"WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
+        return [(row[0], {"uid": row[1]} | dict(zip(columns, row[2:]))) for row in rows]
 
     def rows_behind(self, table: str, last_id: int) -> int:
         """How many rows of `table` come after the id `last_id`."""
