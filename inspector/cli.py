@@ -370,6 +370,8 @@ def cmd_products(args) -> int:
 def cmd_models(args) -> int:
     from .core.model import list_models, list_versions
 
+    if args.resign:
+        return _resign(args)
     if args.product:
         kept = list_versions(args.models_dir, args.product)
         if not kept:
@@ -394,6 +396,20 @@ def cmd_models(args) -> int:
               f"{s['backbone']} {s['image_size']} px, {s['sampler']} {s['sampling_ratio']}, memory bank "
               f"{m['counts'].get('memory_bank')}, {m['counts'].get('good_images')} good images, "
               f"created {m['created']}, id {m['model_id']}")
+    return EXIT_OK
+
+
+def _resign(args) -> int:
+    from .services import describe_model, resign
+
+    if not args.product:
+        print("error: --resign needs --product (and --version, else the newest)", file=sys.stderr)
+        return EXIT_ERROR
+    user = _engineer(args, "sign a model")
+    with _open_store(args) as store:
+        old, saved = resign(args.models_dir, store, args.product, args.version, user=user)
+    print(f"Signed '{saved.product}' {describe_model(old)}\n  as version {saved.version} (id {saved.model_id}); "
+          f"the line uses it from its next part.")
     return EXIT_OK
 
 
@@ -555,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", parents=[common], help="list trained products, or one product's versions")
     p.add_argument("--product", help="list this product's kept model versions and what changed in each")
+    p.add_argument("--resign", action="store_true",
+                   help="sign a version this station refuses as unsigned (older format, another station, edited), "
+                        "after checking it: saved as the next version (engineer PIN; recorded as an event)")
+    p.add_argument("--version", type=int, help="with --resign: the version to sign (default: the newest)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")

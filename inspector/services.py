@@ -371,6 +371,19 @@ def rollback(models_dir: str | Path, store: ResultStore, product: str, version: 
     return saved
 
 
+def resign(models_dir: str | Path, store: ResultStore, product: str, version: int | None = None,
+           user: str | None = None) -> tuple[Model, Model]:
+    """Sign a version of the product's model that this station refuses as unsigned (written
+    before models were signed, by another station, or edited), after an engineer has checked
+    it: saved, in the current format and signed, as the product's next version. Everything
+    else is checked as on loading. Returns the version as found and the signed one."""
+    old = load_model(models_dir, product, version, signed=False)
+    saved = _save_version(old, models_dir, change=f"version {old.version} (id {old.model_id}) signed by an engineer "
+                                                  f"({old.change or 'no description'})")
+    _record(store, product, "resign", describe_model(old), describe_model(saved), saved.change, user)
+    return old, saved
+
+
 # ---- looking at scores --------------------------------------------------------------------------
 
 @dataclass

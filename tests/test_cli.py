@@ -10,6 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import copy_models
 
 from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
 from inspector.core.model import load_model
@@ -142,7 +143,7 @@ def test_evaluate_reports_a_missing_mask_instead_of_scoring_an_empty_one(tmp_pat
 def own(station, tmp_path):
     """A copy of the trained station to change: (root, common arguments)."""
     root, _ = station
-    shutil.copytree(root / "models", tmp_path / "models")
+    copy_models(root / "models", tmp_path / "models")
     return tmp_path, ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
 
 

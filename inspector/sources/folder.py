@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict, deque
@@ -29,7 +30,8 @@ REMEMBERED = 10_000  # files handed out that are remembered (the result log keep
 
 @dataclass
 class _Pending:
-    signature: tuple | None  # (size, mtime_ns), or ("link", mtime_ns) for a link that leads nowhere
+    signature: tuple | None  # (size, mtime_ns); ("link", mtime_ns) for a link that leads nowhere,
+    # ("special", mtime_ns) for what is not a regular file (a named pipe, a device): never opened here
     stable_since: float  # monotonic time the signature was first seen
     first_seen: float  # monotonic time the file was first seen, kept across re-checks
     not_before: float = 0.0
@@ -44,6 +46,8 @@ def _signature(path: Path) -> tuple | None:
             return ("link", os.lstat(path).st_mtime_ns)
         except OSError:
             return None
+    if not stat.S_ISREG(st.st_mode):
+        return "special", st.st_mtime_ns
     return st.st_size, st.st_mtime_ns
 
 
@@ -161,7 +165,7 @@ class FolderWatcher:
                 if not waited_out:
                     continue
             if not waited_out and (now - entry.stable_since < self.settle_s or not (
-                    signature[0] == "link" or (signature[0] > 0 and _can_open(path)))):
+                    isinstance(signature[0], str) or (signature[0] > 0 and _can_open(path)))):
                 continue
             del self._pending[path]
             if self._returned.get(path) != signature:
@@ -188,9 +192,15 @@ class _Handler(FileSystemEventHandler):
 
 
 def _can_open(path: Path) -> bool:
+    """Whether the file can be opened and read (non-blocking: a named pipe swapped in for it
+    cannot stop the watch)."""
     try:
-        with open(path, "rb") as f:
-            f.read(1)
-        return True
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and bool(os.read(fd, 1))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
-               "shift", "engineer")
+               "shift", "engineer", "resign")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
