@@ -294,3 +294,40 @@ def test_interrupting_inspect_exits_130_and_loses_nothing(station, tmp_path, sig
     assert process.returncode == EXIT_INTERRUPTED, err
     with ResultStore(db) as store:
         assert store.count() == len(printed) < len(files)  # every printed verdict logged, no other
+
+
+def test_an_edited_model_is_refused_until_the_engineer_signs_it(own, tmp_path, monkeypatch, capsys):
+    """The edit of issue 19 (format 1 claimed, thresholds deleted, sigma 50): a defect would
+    pass. The line refuses it; only the engineer signs it, knowingly, as a new version on record."""
+    import json
+
+    root, common = own
+    Accounts(accounts_path(root)).set_engineer("Eve", "2468")
+    monkeypatch.delenv("INSPECTOR_PIN", raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    path = root / "models" / "Gear 7" / "v0001" / "model.json"
+    meta = json.loads(path.read_text())
+    bank = meta.pop("bank")
+    for name in ("checksum", "signature", "threshold", "pixel_threshold"):
+        meta.pop(name)
+    meta |= {"format_version": 1, "bank_sha256": bank["sha256"]}
+    meta["settings"]["sigma"] = 50.0
+    path.write_text(json.dumps(meta))
+    bad = write_parts(tmp_path / "ng", 1, "stain", seed=41)
+    args = ["--product", "Gear 7"] + common
+    assert main(["inspect", str(bad[0])] + args) == EXIT_ERROR
+    assert "not signed by this station" in capsys.readouterr().err
+    assert main(["models"] + common) == EXIT_OK and "not signed" in capsys.readouterr().out
+    assert main(["models", "--resign", "--version", "1"] + args) == EXIT_ERROR
+    assert "Only an engineer may sign a model" in capsys.readouterr().err
+    monkeypatch.setenv("INSPECTOR_PIN", "2468")
+    assert main(["models", "--resign", "--version", "1"] + args) == EXIT_OK
+    assert "as version 2" in capsys.readouterr().out
+    signed = load_model(root / "models", "Gear 7")
+    assert (signed.version, signed.settings.sigma) == (2, 50.0)
+    assert main(["inspect", str(bad[0])] + args) in (EXIT_OK, EXIT_NG)  # what the engineer signed decides
+    with ResultStore(root / "log.db") as store:
+        [event] = store.events("Gear 7")
+        [row] = store.query()
+    assert (event.kind, event.user) == ("resign", "Eve (engineer)") and "version 1" in event.old
+    assert (row.model_id, row.model_version, row.threshold) == (signed.model_id, 2, pytest.approx(signed.threshold))
