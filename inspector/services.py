@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field, replace
@@ -492,7 +493,7 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
             watch_camera(station, camera, stop, on_outcome, interval_s, status, snap)
     elif kind == "file":
         on_status("live", None)
-        files = list(target)
+        files = list(dict.fromkeys(Path(os.path.abspath(p)) for p in target))  # a file named twice: once
         done = 0
         for outcome in station.inspect_files(files, stop):
             on_outcome(outcome)

@@ -331,3 +331,15 @@ def test_an_edited_model_is_refused_until_the_engineer_signs_it(own, tmp_path, m
         [row] = store.query()
     assert (event.kind, event.user) == ("resign", "Eve (engineer)") and "version 1" in event.old
     assert (row.model_id, row.model_version, row.threshold) == (signed.model_id, 2, pytest.approx(signed.threshold))
+
+
+def test_a_file_named_twice_is_inspected_and_sorted_once(station, tmp_path, capsys):
+    root, common = station
+    [part] = write_parts(tmp_path / "line", 1, seed=70)
+    db = ["--db", str(tmp_path / "log.db")]
+    assert main(["inspect", str(part), str(part), str(tmp_path / "line"), "--sort", "--product", "Gear 7",
+                 "--models-dir", common[1]] + db) == EXIT_OK
+    assert capsys.readouterr().out.count("OK ") == 1
+    assert [p.name for p in (tmp_path / "line" / "OK").iterdir()] == [part.name]
+    with ResultStore(tmp_path / "log.db") as store:
+        assert store.summary()["total"] == 1

@@ -6,7 +6,7 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ class FolderWatcher:
         self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
         self._pending: dict[Path, _Pending] = {}
-        self._ready: deque[tuple[Path, float]] = deque()
+        self._ready: OrderedDict[Path, float] = OrderedDict()  # path -> first seen; each path queued once
         self._since: dict[Path, float] = {}  # first-seen times of the files handed out, for since()
         self._returned: OrderedDict[Path, tuple] = OrderedDict()  # path -> signature handed out
         self._observer: Observer | None = None
@@ -106,8 +106,10 @@ class FolderWatcher:
         while True:
             with self._lock:
                 self._check_pending()
-                if self._ready:
-                    path, first_seen = self._ready.popleft()
+                while self._ready:
+                    path, first_seen = self._ready.popitem(last=False)
+                    if _signature(path) is None:  # gone meanwhile (moved by the line): nothing to hand out
+                        continue
                     self._since[path] = first_seen
                     return path
             remaining = deadline - time.monotonic()
@@ -147,6 +149,7 @@ class FolderWatcher:
     def _forget(self, path: Path) -> None:
         with self._lock:
             self._pending.pop(path, None)
+            self._ready.pop(path, None)
             self._returned.pop(path, None)
 
     def _check_pending(self) -> None:
@@ -173,7 +176,8 @@ class FolderWatcher:
                 self._returned.move_to_end(path)
                 while len(self._returned) > REMEMBERED:
                     self._returned.popitem(last=False)
-                self._ready.append((path, entry.first_seen))
+                if path not in self._ready:  # queued already: handed out once, as it is then
+                    self._ready[path] = entry.first_seen
 
 
 class _Handler(FileSystemEventHandler):
