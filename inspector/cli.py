@@ -105,7 +105,7 @@ def _print_outcome(outcome) -> None:
     else:
         line = (f"{r.verdict:5} score {r.score:8.3f}  threshold {r.threshold:8.3f}  "
                 f"{len(r.regions)} region(s)  {r.latency_ms:6.1f} ms  {r.image_path}")
-    print(line, flush=True)
+    print(line + ("" if outcome.safe else "  (NOT LOGGED yet)"), flush=True)
     if outcome.log_error:
         print(f"WARNING {outcome.log_error}", file=sys.stderr, flush=True)
 
@@ -153,6 +153,12 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
             signal.signal(sig, handler)
     print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
+    lost = store.unsaved_count()  # after closing: the last try to write them failed too
+    if lost:
+        print(f"error: {lost} verdict(s) could NOT be logged: neither the result log {store.path} nor "
+              f"{store.journal_path} could be written (a full disk?). They are not recorded; their files "
+              f"were left where they were. Free space there and inspect them again.", file=sys.stderr)
+        return EXIT_ERROR
     if interrupted.is_set():
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

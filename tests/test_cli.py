@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -343,3 +344,53 @@ def test_a_file_named_twice_is_inspected_and_sorted_once(station, tmp_path, caps
     assert [p.name for p in (tmp_path / "line" / "OK").iterdir()] == [part.name]
     with ResultStore(tmp_path / "log.db") as store:
         assert store.summary()["total"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 256 KB (tmpfs) to fill up: mounting needs root, which CI runs as."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here (mount -t tmpfs: {done.stderr.strip()})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder: Path) -> None:
+    """Fill the disk of `folder` to the last byte."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while f.write(b"x" * size):
+                    pass
+            except OSError:
+                pass
+
+
+def test_a_verdict_that_could_not_be_logged_is_never_reported_done(station, tmp_path, small_disk):
+    """Disk full under inspect, the log file on the same disk: exit 2 and a clear message, no
+    Python traceback, and every file whose verdict is not logged left where it was."""
+    root, common = station
+    files = write_parts(tmp_path / "line", 6, seed=80)
+    db = small_disk / "log.db"
+    holder = ResultStore(db)  # another program keeps the log open (its -wal and -shm stay)
+    fill(small_disk)
+    out = subprocess.run([sys.executable, "-m", "inspector.cli", "inspect", str(tmp_path / "line"), "--sort",
+                          "--product", "Gear 7", "--models-dir", common[1], "--db", str(db)],
+                         capture_output=True, text=True, timeout=300)
+    (small_disk / "filler").unlink()
+    holder.close()
+    printed = [line for line in out.stdout.splitlines() if line.strip()]
+    not_logged = [line for line in printed if line.endswith("(NOT LOGGED yet)")]
+    assert len(printed) == len(files) and not_logged, out.stdout + out.stderr
+    assert out.returncode == EXIT_ERROR, out.stderr
+    assert f"error: {len(not_logged)} verdict(s) could NOT be logged" in out.stderr
+    assert "Traceback" not in out.stderr and "Logging error" not in out.stderr, out.stderr
+    with ResultStore(db) as store:
+        logged = {Path(r.image_path).name for r in store.query()}
+    assert len(logged) == len(files) - len(not_logged)
+    left = {p.name for p in (tmp_path / "line").iterdir() if p.is_file()}
+    assert left == {f.name for f in files} - logged  # only what is logged was moved

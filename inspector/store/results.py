@@ -502,6 +502,12 @@ class ResultStore:
         with self._lock:
             return self._pending()
 
+    def unsaved_count(self) -> int:
+        """Rows neither in the database nor in the journal, kept in memory only (after
+        ``close``: the rows lost)."""
+        with self._lock:
+            return len(self._unsaved)
+
     def rejected_count(self) -> int:
         """Journal lines that could not be written and were set aside in ``rejected_path``."""
         try:
