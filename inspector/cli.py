@@ -437,9 +437,11 @@ def cmd_history(args) -> int:
                   f"{'  ' + r.error if r.error else ''}")
         print(store.summary(args.product, args.since), file=sys.stderr)
         pending, rejected = store.pending_count(), store.rejected_count()
-        if pending or rejected:
-            print(f"{pending} row(s) wait in {store.journal_path}; {rejected} could not be written and are "
-                  f"kept in {store.rejected_path}", file=sys.stderr)
+        if pending:
+            print(f"{pending} row(s) wait in {', '.join(map(str, store.pending_files())) or 'memory'}",
+                  file=sys.stderr)
+        if rejected:
+            print(f"{rejected} row(s) could not be written and are kept in {store.rejected_path}", file=sys.stderr)
     return EXIT_OK
 
 
