@@ -120,6 +120,18 @@ def _exit_code(verdicts: list[str]) -> int:
     return EXIT_NG if "NG" in verdicts else EXIT_OK
 
 
+def _stop_now() -> None:
+    """A second Ctrl-C: stop at once, with the exit code of an interruption (every verdict
+    printed so far is logged, or was printed as not logged)."""
+    import os
+
+    try:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
 def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     """Run the line until its source ends, `limit` frames are done, or Ctrl-C / SIGTERM
     (then the exit code is EXIT_INTERRUPTED); else the exit code follows the verdicts."""
@@ -138,7 +150,7 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     def interrupt(*_):
         """The item under way is finished, logged and printed; a second Ctrl-C stops at once."""
         if interrupted.is_set():
-            raise KeyboardInterrupt
+            _stop_now()
         interrupted.set()
         stop.set()
 
@@ -149,8 +161,8 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
                      sort_files=getattr(args, "sort", False), archive_dir=getattr(args, "archive", None),
                      device=args.device, **options)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # once interrupted, another Ctrl-C until the end stops at once
+            signal.signal(sig, (lambda *_: _stop_now()) if interrupted.is_set() else handler)
     print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
     lost = store.unsaved_count()  # after closing: the last try to write them failed too

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -394,3 +395,26 @@ def test_a_verdict_that_could_not_be_logged_is_never_reported_done(station, tmp_
     assert len(logged) == len(files) - len(not_logged)
     left = {p.name for p in (tmp_path / "line").iterdir() if p.is_file()}
     assert left == {f.name for f in files} - logged  # only what is logged was moved
+
+
+def test_ctrl_c_again_and_again_always_exits_130(station, tmp_path):
+    """A second Ctrl-C stops at once, whenever it comes (it ended the process by the signal)."""
+    root, common = station
+    write_parts(tmp_path / "many", 60, seed=2000, size=128)
+    db = tmp_path / "log.db"
+    process = subprocess.Popen([sys.executable, "-m", "inspector.cli", "inspect", str(tmp_path / "many"),
+                                "--product", "Gear 7", "--models-dir", common[1], "--db", str(db)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    printed = [process.stdout.readline()]  # the line runs
+    process.send_signal(signal.SIGINT)
+    for _ in range(20_000):  # Ctrl-C held down until it ends (bounded)
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.001)
+    out, _ = process.communicate(timeout=300)
+    printed += [line for line in out.splitlines() if line.strip()]
+    assert process.returncode == EXIT_INTERRUPTED
+    logged = len([p for p in printed if "NOT LOGGED" not in p])
+    with ResultStore(db) as store:
+        assert logged <= store.count() <= logged + 1  # every printed verdict; the one under way, if logged
