@@ -16,12 +16,13 @@ a new version holding an old one's content). The product's name is its folder's 
 
 `model.json` carries a SHA-256 checksum over everything that decides a verdict (settings,
 calibration, thresholds and the memory bank's own SHA-256), and every field is validated on
-load. The checksum stops accidents and casual edits; it is not a signature: whoever can
-write the models folder can also write a new model with a matching checksum.
+load. The checksum stops accidents; the signature (see "signing" below) stops edits: a
+model not signed with the station's key for its product is refused until an engineer
+re-signs it, which saves it as a new version.
 
-Older formats still load: format 1 (`model.json` and the bank directly in the product's
-folder, loaded as version 1) checksummed only the bank, and its settings lack the fields
-added since, which take the values of OLDER_FORMAT_VALUES or their defaults."""
+Older formats are read for re-signing: format 1 (`model.json` and the bank directly in the
+product's folder, read as version 1) checksummed only the bank, and its settings lack the
+fields added since, which take the values of OLDER_FORMAT_VALUES or their defaults."""
 from __future__ import annotations
 
 import hashlib
