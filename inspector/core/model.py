@@ -334,7 +334,7 @@ def _checksum(meta: dict) -> str:
 # version number and the memory bank's digest, whatever fields a format adds. A model that
 # is not signed with this station's key for this product (edited, copied from another
 # product or station, or written before models were signed) is refused until an engineer
-# re-signs it (resign_model), which saves it as a new version.
+# re-signs it (services.resign: load_model(signed=False), saved as a new version).
 
 def _signed_bytes(meta: dict) -> bytes:
     return _canonical({k: v for k, v in meta.items() if k not in ("checksum", "signature")})
