@@ -135,7 +135,7 @@ def _print_outcome(outcome) -> None:
     else:
         line = (f"{r.verdict:5} score {r.score:8.3f}  threshold {r.threshold:8.3f}  "
                 f"{len(r.regions)} region(s)  {r.latency_ms:6.1f} ms  {r.image_path}")
-    print(line, flush=True)
+    print(line + ("" if outcome.safe else "  (NOT LOGGED yet)"), flush=True)
     if outcome.log_error:
         print(f"WARNING {outcome.log_error}", file=sys.stderr, flush=True)
 
@@ -148,6 +148,18 @@ def _exit_code(verdicts: list[str]) -> int:
     if "ERROR" in verdicts:
         return EXIT_ERROR
     return EXIT_NG if "NG" in verdicts else EXIT_OK
+
+
+def _stop_now() -> None:
+    """A second Ctrl-C: stop at once, with the exit code of an interruption (every verdict
+    printed so far is logged, or was printed as not logged)."""
+    import os
+
+    try:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+    finally:
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
@@ -168,7 +180,7 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     def interrupt(*_):
         """The item under way is finished, logged and printed; a second Ctrl-C stops at once."""
         if interrupted.is_set():
-            raise KeyboardInterrupt
+            _stop_now()
         interrupted.set()
         stop.set()
 
@@ -187,10 +199,16 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
                 if shipper is not None:
                     _stop_shipper(shipper)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # once interrupted, another Ctrl-C until the end stops at once
+            signal.signal(sig, (lambda *_: _stop_now()) if interrupted.is_set() else handler)
     print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
+    lost = store.unsaved_count()  # after closing: the last try to write them failed too
+    if lost:
+        print(f"error: {lost} verdict(s) could NOT be logged: neither the result log {store.path} nor "
+              f"{store.journal_path} could be written (a full disk?). They are not recorded; their files "
+              f"were left where they were. Free space there and inspect them again.", file=sys.stderr)
+        return EXIT_ERROR
     if interrupted.is_set():
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -524,6 +542,8 @@ def cmd_products(args) -> int:
 def cmd_models(args) -> int:
     from .core.model import list_models, list_versions
 
+    if args.resign:
+        return _resign(args)
     if args.product:
         kept = list_versions(args.models_dir, args.product)
         if not kept:
@@ -551,6 +571,20 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def _resign(args) -> int:
+    from .services import describe_model, resign
+
+    if not args.product:
+        print("error: --resign needs --product (and --version, else the newest)", file=sys.stderr)
+        return EXIT_ERROR
+    user = _engineer(args, "sign a model")
+    with _open_store(args) as store:
+        old, saved = resign(args.models_dir, store, args.product, args.version, user=user)
+    print(f"Signed '{saved.product}' {describe_model(old)}\n  as version {saved.version} (id {saved.model_id}); "
+          f"the line uses it from its next part.")
+    return EXIT_OK
+
+
 def cmd_history(args) -> int:
     with _open_store(args) as store:
         if args.events:
@@ -571,9 +605,11 @@ def cmd_history(args) -> int:
         print(f"{counts['total']} inspected: {counts['OK']} OK, {counts['NG']} NG, {counts['ERROR']} error(s)",
               file=sys.stderr)
         pending, rejected = store.pending_count(), store.rejected_count()
-        if pending or rejected:
-            print(f"{pending} row(s) wait in {store.journal_path}; {rejected} could not be written and are "
-                  f"kept in {store.rejected_path}", file=sys.stderr)
+        if pending:
+            print(f"{pending} row(s) wait in {', '.join(map(str, store.pending_files())) or 'memory'}",
+                  file=sys.stderr)
+        if rejected:
+            print(f"{rejected} row(s) could not be written and are kept in {store.rejected_path}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -728,6 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", parents=[common], help="list trained products, or one product's versions")
     p.add_argument("--product", help="list this product's kept model versions and what changed in each")
+    p.add_argument("--resign", action="store_true",
+                   help="sign a version this station refuses as unsigned (older format, another station, edited), "
+                        "after checking it: saved as the next version (engineer PIN; recorded as an event)")
+    p.add_argument("--version", type=int, help="with --resign: the version to sign (default: the newest)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")

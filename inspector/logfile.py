@@ -16,6 +16,22 @@ BACKUPS = 5
 _handler: logging.Handler | None = None
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """A log file that cannot be written (a full disk, a lost share) is said once on stderr,
+    in one line, instead of a traceback for every record; the station runs on."""
+    _said = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._said:
+            self._said = True
+            exc = sys.exc_info()[1]
+            try:
+                sys.stderr.write(f"WARNING the log file {self.baseFilename} cannot be written ({exc}); "
+                                 f"warnings and failures are not kept in it.\n")
+            except Exception:  # noqa: BLE001 - nowhere left to say it
+                pass
+
+
 def start_log_file(folder: str | Path) -> Path | None:
     """Log INFO and above of every thread into `folder`/inspector.log (rotated at 2 MB, 5
     old files kept), uncaught exceptions included. Returns the path; None (said on stderr)
@@ -26,7 +42,7 @@ def start_log_file(folder: str | Path) -> Path | None:
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS,
+        handler = _LogFile(path, maxBytes=MAX_BYTES, backupCount=BACKUPS,
                                                        encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         print(f"WARNING cannot write the log file {path}: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field, replace
@@ -446,6 +447,19 @@ def record_published(store: ResultStore, model: Model, where: str, user: str | N
             f"{where}", user)
 
 
+def resign(models_dir: str | Path, store: ResultStore, product: str, version: int | None = None,
+           user: str | None = None) -> tuple[Model, Model]:
+    """Sign a version of the product's model that this station refuses as unsigned (written
+    before models were signed, by another station, or edited), after an engineer has checked
+    it: saved, in the current format and signed, as the product's next version. Everything
+    else is checked as on loading. Returns the version as found and the signed one."""
+    old = load_model(models_dir, product, version, signed=False)
+    saved = _save_version(old, models_dir, change=f"version {old.version} (id {old.model_id}) signed by an engineer "
+                                                  f"({old.change or 'no description'})")
+    _record(store, product, "resign", describe_model(old), describe_model(saved), saved.change, user)
+    return old, saved
+
+
 # ---- looking at scores --------------------------------------------------------------------------
 
 GOOD_SUBFOLDER = "good"  # in a folder of known defects (a test folder's usual layout): good parts
@@ -718,7 +732,7 @@ def _run_source(station: Station, model: Model, kind: str, target, stop: threadi
             watch_camera(station, camera, stop, on_outcome, interval_s, status, trigger)
     elif kind == "file":
         on_status("live", None)
-        files = list(target)
+        files = list(dict.fromkeys(Path(os.path.abspath(p)) for p in target))  # a file named twice: once
         done = 0
         for outcome in station.inspect_files(files, stop):
             on_outcome(outcome)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InspectorError
+from .files import read_regular
 
 OPERATOR, ENGINEER = "operator", "engineer"
 ACCOUNTS_FILE = "accounts.json"
@@ -69,7 +70,7 @@ class Accounts:
 
     def _read(self) -> dict | None:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular(self.path, 1 << 20).decode("utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

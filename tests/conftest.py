@@ -58,6 +58,16 @@ def as_unprivileged(check, *args) -> None:
         pytest.fail(f"as user nobody:\n{report}", pytrace=False)
 
 
+def copy_models(source: Path, dest: Path) -> Path:
+    """Copy a models folder to another station folder, with the key that signed its models
+    (without it the copy is another station's, whose models this one refuses)."""
+    shutil.copytree(source, dest)
+    key = Path(os.path.abspath(source)).parent / "station.key"  # inspector.signing.key_path
+    if key.exists():
+        shutil.copy2(key, Path(os.path.abspath(dest)).parent / key.name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory):
     """A models folder with PRODUCT trained (by the engine) on 20 generated good parts."""
@@ -105,7 +115,7 @@ def open_window(qtbot, tmp_path):
 def line_window(open_window, trained_models, tmp_path, qtbot):
     """A window on a copy of the trained product, its model loaded, on the Monitor tab."""
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     window = open_window(models)
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
     window.tabs.setCurrentWidget(window.monitor)

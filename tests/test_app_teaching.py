@@ -2,11 +2,11 @@
 mouse and saved, 'this part is good' / 'is a defect' from the History, versions and roll-back."""
 from __future__ import annotations
 
-import shutil
 import threading
 
 import numpy as np
 import pytest
+from conftest import copy_models
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
@@ -27,7 +27,7 @@ WAIT = 30_000  # ms: generous, for a loaded 2-core machine
 def window(qtbot, tmp_path, trained_models):
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     Accounts(accounts_path(tmp_path)).set_engineer("Eve", PIN)
     window = MainWindow(models, tmp_path / "inspections.db")
     qtbot.addWidget(window)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 from PySide6.QtCore import QRect
 
-from conftest import PIN, PRODUCT, WAIT
+from conftest import PIN, PRODUCT, WAIT, copy_models
 from inspector import services
 from inspector.app.views import DISPLAY_SIZE, ProgressPanel
 from inspector.data.images import save_image
@@ -43,7 +43,7 @@ def test_known_defects_with_good_parts_and_a_proposal_that_says_what_it_rests_on
 def test_training_ends_with_the_predicted_false_rejects_and_the_true_version(open_window, trained_models, tmp_path,
                                                                              qtbot):
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     window = open_window(models)
     session = window.session
     qtbot.waitUntil(lambda: session.model is not None, timeout=WAIT)
@@ -81,7 +81,7 @@ def test_the_time_left_is_said_of_the_step_under_way(qtbot):
 
 def test_locked_controls_say_why_in_visible_text(open_window, trained_models, tmp_path, qtbot):
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     window = open_window(models, engineer=False)
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
     window.resize(1366, 740)

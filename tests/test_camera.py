@@ -162,3 +162,39 @@ def test_a_camera_that_stops_delivering_is_noticed_and_stop_does_not_hang(tmp_pa
         stopped_in = time.monotonic() - start
         release.set()
     assert stopped_in < STOP_TIMEOUT_S + 5 and camera.status == "stopped"
+
+
+def test_a_stream_that_stalls_with_its_connection_open_is_reported_as_no_frames():
+    """A server that accepts the connection and sends nothing: 'no frames' after the stall
+    time (5 s), as promised, not only 'connecting' and 'reconnecting'."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.5)
+    held, done = [], threading.Event()
+
+    def accept():
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    camera = Camera(f"http://127.0.0.1:{server.getsockname()[1]}/stream.mjpg")
+    seen = []
+    try:
+        camera.start()
+        assert wait_until(lambda: seen.append(camera.status) or seen[-1] == "no frames", 60), set(seen)
+        assert "No frame from stream" in camera.last_error
+        assert held  # the connection was open
+    finally:
+        camera.stop()
+        done.set()
+        acceptor.join()
+        for connection in held:
+            connection.close()
+        server.close()

@@ -6,10 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import copy_models
 
 from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
 from inspector.core.model import load_model
@@ -144,7 +147,7 @@ def test_evaluate_reports_a_missing_mask_instead_of_scoring_an_empty_one(tmp_pat
 def own(station, tmp_path):
     """A copy of the trained station to change: (root, common arguments)."""
     root, _ = station
-    shutil.copytree(root / "models", tmp_path / "models")
+    copy_models(root / "models", tmp_path / "models")
     return tmp_path, ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
 
 
@@ -382,3 +385,125 @@ def test_a_camera_that_does_not_exist_is_said_once(station, capsys):
     text = "".join(lines) + rest
     assert text.count("Cannot open camera 57: no such camera, or another program uses it") == 1
     assert "[ WARN" not in text and "VIDEOIO" not in text  # no OpenCV warning
+
+
+def test_an_edited_model_is_refused_until_the_engineer_signs_it(own, tmp_path, monkeypatch, capsys):
+    """The edit of issue 19 (format 1 claimed, thresholds deleted, sigma 50): a defect would
+    pass. The line refuses it; only the engineer signs it, knowingly, as a new version on record."""
+    import json
+
+    root, common = own
+    Accounts(accounts_path(root)).set_engineer("Eve", "2468")
+    monkeypatch.delenv("INSPECTOR_PIN", raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    path = root / "models" / "Gear 7" / "v0001" / "model.json"
+    meta = json.loads(path.read_text())
+    bank = meta.pop("bank")
+    for name in ("checksum", "signature", "threshold", "pixel_threshold"):
+        meta.pop(name)
+    meta |= {"format_version": 1, "bank_sha256": bank["sha256"]}
+    meta["settings"]["sigma"] = 50.0
+    path.write_text(json.dumps(meta))
+    bad = write_parts(tmp_path / "ng", 1, "stain", seed=41)
+    args = ["--product", "Gear 7"] + common
+    assert main(["inspect", str(bad[0])] + args) == EXIT_ERROR
+    assert "not signed by this station" in capsys.readouterr().err
+    assert main(["models"] + common) == EXIT_OK and "not signed" in capsys.readouterr().out
+    assert main(["models", "--resign", "--version", "1"] + args) == EXIT_ERROR
+    assert "Only an engineer may sign a model" in capsys.readouterr().err
+    monkeypatch.setenv("INSPECTOR_PIN", "2468")
+    assert main(["models", "--resign", "--version", "1"] + args) == EXIT_OK
+    assert "as version 2" in capsys.readouterr().out
+    signed = load_model(root / "models", "Gear 7")
+    assert (signed.version, signed.settings.sigma) == (2, 50.0)
+    assert main(["inspect", str(bad[0])] + args) in (EXIT_OK, EXIT_NG)  # what the engineer signed decides
+    with ResultStore(root / "log.db") as store:
+        [event] = store.events("Gear 7")
+        [row] = store.query()
+    assert (event.kind, event.user) == ("resign", "Eve (engineer)") and "version 1" in event.old
+    assert (row.model_id, row.model_version, row.threshold) == (signed.model_id, 2, pytest.approx(signed.threshold))
+
+
+def test_a_file_named_twice_is_inspected_and_sorted_once(station, tmp_path, capsys):
+    root, common = station
+    [part] = write_parts(tmp_path / "line", 1, seed=70)
+    db = ["--db", str(tmp_path / "log.db")]
+    assert main(["inspect", str(part), str(part), str(tmp_path / "line"), "--sort", "--product", "Gear 7",
+                 "--models-dir", common[1]] + db) == EXIT_OK
+    assert capsys.readouterr().out.count("OK ") == 1
+    assert [p.name for p in (tmp_path / "line" / "OK").iterdir()] == [part.name]
+    with ResultStore(tmp_path / "log.db") as store:
+        assert store.summary()["total"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 256 KB (tmpfs) to fill up: mounting needs root, which CI runs as."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here (mount -t tmpfs: {done.stderr.strip()})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder: Path) -> None:
+    """Fill the disk of `folder` to the last byte."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while f.write(b"x" * size):
+                    pass
+            except OSError:
+                pass
+
+
+def test_a_verdict_that_could_not_be_logged_is_never_reported_done(station, tmp_path, small_disk):
+    """Disk full under inspect, the log file on the same disk: exit 2 and a clear message, no
+    Python traceback, and every file whose verdict is not logged left where it was."""
+    root, common = station
+    files = write_parts(tmp_path / "line", 6, seed=80)
+    db = small_disk / "log.db"
+    holder = ResultStore(db)  # another program keeps the log open (its -wal and -shm stay)
+    fill(small_disk)
+    out = subprocess.run([sys.executable, "-m", "inspector.cli", "inspect", str(tmp_path / "line"), "--sort",
+                          "--product", "Gear 7", "--models-dir", common[1], "--db", str(db)],
+                         capture_output=True, text=True, timeout=300)
+    (small_disk / "filler").unlink()
+    holder.close()
+    printed = [line for line in out.stdout.splitlines() if line.strip()]
+    not_logged = [line for line in printed if line.endswith("(NOT LOGGED yet)")]
+    assert len(printed) == len(files) and not_logged, out.stdout + out.stderr
+    assert out.returncode == EXIT_ERROR, out.stderr
+    assert f"error: {len(not_logged)} verdict(s) could NOT be logged" in out.stderr
+    assert "Traceback" not in out.stderr and "Logging error" not in out.stderr, out.stderr
+    with ResultStore(db) as store:
+        logged = {Path(r.image_path).name for r in store.query()}
+    assert len(logged) == len(files) - len(not_logged)
+    left = {p.name for p in (tmp_path / "line").iterdir() if p.is_file()}
+    assert left == {f.name for f in files} - logged  # only what is logged was moved
+
+
+def test_ctrl_c_again_and_again_always_exits_130(station, tmp_path):
+    """A second Ctrl-C stops at once, whenever it comes (it ended the process by the signal)."""
+    root, common = station
+    write_parts(tmp_path / "many", 60, seed=2000, size=128)
+    db = tmp_path / "log.db"
+    process = subprocess.Popen([sys.executable, "-m", "inspector.cli", "inspect", str(tmp_path / "many"),
+                                "--product", "Gear 7", "--models-dir", common[1], "--db", str(db)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    printed = [process.stdout.readline()]  # the line runs
+    process.send_signal(signal.SIGINT)
+    for _ in range(20_000):  # Ctrl-C held down until it ends (bounded)
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.001)
+    out, _ = process.communicate(timeout=300)
+    printed += [line for line in out.splitlines() if line.strip()]
+    assert process.returncode == EXIT_INTERRUPTED
+    logged = len([p for p in printed if "NOT LOGGED" not in p])
+    with ResultStore(db) as store:
+        assert logged <= store.count() <= logged + 1  # every printed verdict; the one under way, if logged

@@ -181,3 +181,30 @@ def test_files_arriving_while_stopped_are_picked_up_on_restart(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         FolderWatcher(tmp_path / "nowhere").start()
+
+
+def test_a_file_changing_while_queued_is_handed_out_once(tmp_path):
+    """A backlog (a restart) with a slow writer: a file that changes while it waits its turn
+    is handed out once, as it is when its turn comes (twice, the line found it moved the
+    second time and logged an error)."""
+    for name in ("a.png", "b.png", "c.png"):
+        png(tmp_path / name)
+    with FolderWatcher(tmp_path, settle_s=SETTLE_S) as watcher:
+        assert watcher.next_ready(5).name == "a.png"  # b and c wait their turn
+        png(tmp_path / "c.png", value=200, size=40)  # c changes meanwhile
+        watcher._add((tmp_path / "c.png").resolve())  # what its events do
+        assert watcher.next_ready(5).name == "b.png"  # c's change is seen: it settles while c waits
+        changed = time.monotonic()
+        while time.monotonic() - changed < 2 * SETTLE_S:  # the settle time passes (no machine speed in it)
+            time.sleep(SETTLE_S / 4)
+        assert drain(watcher) == ["c.png"]
+
+
+def test_a_file_moved_away_while_queued_is_not_handed_out(tmp_path):
+    for name in ("a.png", "b.png"):
+        png(tmp_path / name)
+    with FolderWatcher(tmp_path, settle_s=SETTLE_S) as watcher:
+        assert watcher.next_ready(5).name == "a.png"
+        (tmp_path / "OK").mkdir()
+        os.replace(tmp_path / "b.png", tmp_path / "OK" / "b.png")
+        assert drain(watcher) == []

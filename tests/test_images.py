@@ -239,3 +239,68 @@ def test_png_loads_the_same_without_pyspng(tmp_path, monkeypatch):
     assert np.array_equal(fast, slow) and np.array_equal(slow, image[:, :, ::-1])
     with pytest.raises(ImageError, match="truncated"):
         load_image(tmp_path / "cut.png")
+
+
+# ---- what a shared folder may hold (issue 19) -----------------------------------------------
+
+@pytest.mark.skipif(os.name == "nt", reason="named pipes and /dev/zero are POSIX")
+def test_only_regular_files_are_read(tmp_path):
+    """A named pipe never blocks (no writer ever comes); a link to /dev/zero is not read."""
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(ImageError, match="named pipe"):
+        load_image(tmp_path / "x.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(ImageError, match="a device"):
+        load_image(tmp_path / "zero.png")
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "big.png"
+    with open(path, "wb") as f:  # sparse: no disk space, but reading it would take a gigabyte
+        f.write(encoded(".png"))
+        f.truncate(images.MAX_FILE_BYTES + 1)
+    with pytest.raises(ImageError, match="more than the limit"):
+        load_image(path)
+
+
+def test_a_jpeg_with_a_long_trailer_after_its_end_is_complete(tmp_path):
+    path = tmp_path / "trailer.jpg"
+    path.write_bytes(cv2.imencode(".jpg", color_bgr())[1].tobytes() + b"camera vendor data " * 20)  # 380 bytes
+    check_rgb(load_image(path), tolerance=6)
+    cut = encoded(".jpg")
+    path.write_bytes(cut[: len(cut) - 40])
+    with pytest.raises(IncompleteImage, match="truncated"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".tif"])
+def test_a_bmp_or_tiff_cut_short_is_incomplete(tmp_path, suffix):
+    data = cv2.imencode(suffix, np.random.default_rng(0).integers(0, 255, (64, 80, 3), np.uint8))[1].tobytes()
+    path = tmp_path / f"half{suffix}"
+    for cut in (len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(IncompleteImage, match="truncated"):
+            load_image(path)
+    path.write_bytes(data)
+    assert load_image(path).shape == (64, 80, 3)
+
+
+def tiff_claiming(width, height):
+    """A real small TIFF whose directory claims another size."""
+    data = bytearray(encoded(".tif"))
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    for at in range(ifd + 2, ifd + 2 + 12 * struct.unpack(order + "H", data[ifd:ifd + 2])[0], 12):
+        tag, kind = struct.unpack(order + "HH", data[at:at + 4])
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            data[at + 8:at + 12] = struct.pack(order + ("HH" if kind == 3 else "I"), *(
+                (value, 0) if kind == 3 else (value,)))
+    return bytes(data)
+
+
+def test_a_huge_tiff_is_refused_from_its_header_before_decoding(tmp_path):
+    path = tmp_path / "huge.tif"
+    path.write_bytes(tiff_claiming(30000, 30000))
+    with pytest.raises(ImageError, match="30000x30000 pixels, larger than the limit"):
+        load_image(path)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -17,8 +18,9 @@ import pytest
 from asyncua import Client, ua
 from pymodbus.client import ModbusTcpClient
 
-from conftest import PRODUCT
+from conftest import PRODUCT, copy_models
 from inspector import services
+from inspector.core.model import load_model, save_model
 from inspector.lineio.line_io import LineIO, LineSettings
 from inspector.lineio.modbus_server import COILS, DISCRETE, ERRORS, INPUT
 from inspector.lineio.mqtt_shipper import MqttShipper
@@ -214,8 +216,8 @@ class Line:
 @pytest.fixture
 def models(trained_models, tmp_path):
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
-    shutil.copytree(models / PRODUCT, models / OTHER)  # a second product (folders are products)
+    copy_models(trained_models, models)
+    save_model(replace(load_model(models, PRODUCT), product=OTHER), models)  # a second product, signed as its own
     return models
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def rewrite(folder, change, checksum=False):
     text = change(meta)
     if checksum:
         meta = json.loads(text, parse_constant=float)
-        meta["checksum"] = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"},
+        meta["checksum"] = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k not in ("checksum", "signature")},
                                                      sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         text = json.dumps(meta)
     (folder / META_FILE).write_text(text)
@@ -258,16 +259,20 @@ def save_format_1(model: Model, models_dir, added: tuple[str, ...] = ("weights",
     return digest[:12]
 
 
-def test_format_1_models_load_and_get_new_versions(tmp_path):
+def test_format_1_models_are_refused_until_an_engineer_signs_them(tmp_path):
+    """Models written before models were signed are refused; re-signing reads them checked in
+    full but for the signature, and saves them signed as a new version."""
     model = make_model()
-    model_id = save_format_1(model, tmp_path)
-    loaded = load_model(tmp_path, "Gear 7")
-    assert (loaded.version, loaded.model_id, loaded.settings) == (1, model_id, model.settings)
-    assert loaded.threshold == pytest.approx(model.threshold)
-    assert [(m["product"], m["version"]) for m in list_models(tmp_path)] == [("Gear 7", 1)]
-    changed = save_model(with_sigma(loaded, 2.0), tmp_path)
-    assert changed.version == 2 and load_model(tmp_path, "Gear 7").settings.sigma == 2.0
-    assert load_model(tmp_path, "Gear 7", version=1).model_id == model_id
+    save_format_1(model, tmp_path)
+    with pytest.raises(ModelError, match="not signed by this station.*before models were signed.*--resign"):
+        load_model(tmp_path, "Gear 7")
+    assert "not signed" in list_models(tmp_path)[0]["error"]
+    found = load_model(tmp_path, "Gear 7", signed=False)
+    assert (found.version, found.settings) == (1, model.settings)
+    assert found.threshold == pytest.approx(model.threshold)
+    signed = save_model(found, tmp_path)
+    assert signed.version == 2 and load_model(tmp_path, "Gear 7").model_id == signed.model_id
+    assert [(m["product"], m["version"]) for m in list_models(tmp_path)] == [("Gear 7", 2)]
 
 
 @pytest.mark.parametrize("added", [(), ("weights",)])
@@ -292,7 +297,7 @@ def test_format_1_edits_of_the_thresholds_are_refused(tmp_path):
 def test_a_model_left_in_old_by_a_crash_of_format_1_saving_is_recovered(tmp_path):
     save_format_1(make_model(), tmp_path)
     os.replace(tmp_path / "Gear 7", tmp_path / ".Gear 7.old")  # the crash window of the old save
-    assert load_model(tmp_path, "Gear 7").version == 1
+    assert load_model(tmp_path, "Gear 7", signed=False).version == 1
     assert (tmp_path / "Gear 7" / META_FILE).is_file() and not (tmp_path / ".Gear 7.old").exists()
 
 
@@ -371,3 +376,153 @@ def test_rename_and_delete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Gear 7"]
     with pytest.raises(ModelError, match="no product"):
         delete_model(tmp_path, "Gear 8")
+
+
+# ---- a models folder that others can write (issue 19) -----------------------------------------
+
+def _resum(meta: dict) -> dict:
+    """The checksum an editor can always recompute (it is no secret)."""
+    meta["checksum"] = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k not in ("checksum", "signature")},
+                                                 sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return meta
+
+
+def test_a_model_edited_to_claim_the_first_format_is_refused(tmp_path):
+    """The edit of the issue: format 1 (no checksum), the bank's digest kept, the thresholds
+    deleted, sigma 50: the station must not load it, nor log a model id it chose."""
+    saved = save_model(make_model(), tmp_path)
+    path = tmp_path / "Gear 7" / "v0001" / META_FILE
+    meta = json.loads(path.read_text())
+    bank = meta.pop("bank")
+    for name in ("checksum", "signature", "threshold", "pixel_threshold"):
+        meta.pop(name)
+    meta |= {"format_version": 1, "bank_sha256": bank["sha256"], "model_id": saved.model_id}
+    meta["settings"]["sigma"] = 50.0
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="not signed by this station"):
+        load_model(tmp_path, "Gear 7")
+    found = load_model(tmp_path, "Gear 7", signed=False)  # what an engineer would re-sign
+    assert found.settings.sigma == 50.0 and found.model_id != saved.model_id  # the id of what is there
+
+
+@pytest.mark.parametrize("edit_", ["scores x10", "sigma 50", "another key"])
+def test_a_model_edited_with_a_matching_checksum_is_refused(tmp_path, edit_):
+    save_model(make_model(), tmp_path)
+    path = tmp_path / "Gear 7" / "v0001" / META_FILE
+    meta = json.loads(path.read_text())
+    if edit_ == "scores x10":  # every part passes; the stored threshold deleted, as format 2 allows
+        meta["calibration"]["image_scores"] = [10 * s for s in meta["calibration"]["image_scores"]]
+        del meta["threshold"], meta["pixel_threshold"]
+    elif edit_ == "sigma 50":
+        meta["settings"]["sigma"] = 50.0
+        meta["threshold"] = model_module.Calibration(**meta["calibration"]).image_threshold(50.0)
+        meta["pixel_threshold"] = model_module.Calibration(**meta["calibration"]).pixel_threshold(50.0)
+    else:  # signed with another key: another station's model
+        meta["signature"] = "0" * 64
+    path.write_text(json.dumps(_resum(meta)))
+    with pytest.raises(ModelError, match="not signed by this station.*edited"):
+        load_model(tmp_path, "Gear 7")
+    assert "not signed" in list_models(tmp_path)[0]["error"]
+
+
+def test_the_station_key_is_created_once_readable_by_its_owner_only(tmp_path):
+    from inspector.signing import key_path
+
+    models = tmp_path / "models"
+    save_model(make_model(), models)
+    key = key_path(models)
+    assert key == tmp_path / "station.key" and key.stat().st_mode & 0o777 == 0o600
+    before = key.read_bytes()
+    save_model(make_model(), models)
+    assert key.read_bytes() == before and load_model(models, "Gear 7").version == 2
+    key.unlink()  # a new key: every model is another station's
+    with pytest.raises(ModelError, match="not signed by this station"):
+        load_model(models, "Gear 7")
+
+
+def test_a_version_folder_copied_from_another_product_or_version_is_refused(tmp_path):
+    import shutil
+
+    save_model(make_model("Gear 7"), tmp_path)
+    save_model(make_model("Gear 8", seed=1), tmp_path)
+    save_model(with_sigma(load_model(tmp_path, "Gear 8"), 2.0), tmp_path)
+    shutil.copytree(tmp_path / "Gear 8" / "v0001", tmp_path / "Gear 7" / "v0003")  # another product's
+    meta = json.loads((tmp_path / "Gear 7" / "v0003" / META_FILE).read_text())
+    (tmp_path / "Gear 7" / "v0003" / META_FILE).write_text(json.dumps(_resum(meta | {"version": 3})))
+    with pytest.raises(ModelError, match="not signed by this station.*another product"):
+        load_model(tmp_path, "Gear 7")
+    shutil.copytree(tmp_path / "Gear 8" / "v0001", tmp_path / "Gear 8" / "v0004")  # an old version as the newest
+    with pytest.raises(ModelError, match="version 4 of 'Gear 8' holds version 1"):
+        load_model(tmp_path, "Gear 8")
+    rename_model(tmp_path, "Gear 8", "Gear 9")  # a rename keeps the signed versions signed
+    assert load_model(tmp_path, "Gear 9", version=2).settings.sigma == 2.0
+
+
+def _healthy_and(tmp_path, damage) -> str:
+    """Gear 7 healthy, Gear 8 damaged by `damage(folder)`; the error loading Gear 8."""
+    save_model(make_model("Gear 7"), tmp_path)
+    save_model(make_model("Gear 8"), tmp_path)
+    damage(tmp_path / "Gear 8" / "v0001")
+    listed = {m["product"]: m for m in list_models(tmp_path)}
+    assert "error" not in listed["Gear 7"] and listed["Gear 7"]["version"] == 1, "a bad product hid a good one"
+    with pytest.raises(ModelError) as caught:
+        load_model(tmp_path, "Gear 8")
+    return str(caught.value)
+
+
+def _edit_text(change):
+    def damage(folder):
+        path = folder / META_FILE
+        path.write_text(change(path.read_text()))
+    return damage
+
+
+def _fifo(name):
+    def damage(folder):
+        (folder / name).unlink()
+        os.mkfifo(folder / name)
+    return damage
+
+
+def _dev_zero(folder):
+    (folder / BANK_FILE).unlink()
+    (folder / BANK_FILE).symlink_to("/dev/zero")
+
+
+def _checksummed(section, **values):
+    def damage(folder):
+        meta = json.loads((folder / META_FILE).read_text())
+        meta[section] |= values
+        (folder / META_FILE).write_text(json.dumps(_resum(meta)))
+    return damage
+
+
+MODEL_DAMAGE = {  # name: (damage, what the message says)
+    "sigma 1e999": (_edit_text(lambda t: t.replace('"sigma": 3.0', '"sigma": 1e999')), "damaged.*1e999"),
+    "threshold 1e999": (_edit_text(lambda t: t.replace('"threshold": ', '"threshold": 1e999, "x": ', 1)), "1e999"),
+    "nested 200000 deep": (_edit_text(lambda t: t.replace('"counts": {', '"counts": {"x": ' + "[" * 200_000
+                                                          + "]" * 200_000 + ", ", 1)), "damaged"),
+    "model.json a named pipe": (_fifo(META_FILE), "named pipe"),
+    "bank a named pipe": (_fifo(BANK_FILE), "named pipe"),
+    "bank linked to /dev/zero": (_dev_zero, "a device"),
+    "min_region_area 1e9": (_checksummed("settings", min_region_area=10 ** 9), "min_region_area"),
+}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="named pipes and /dev/zero are POSIX")
+@pytest.mark.parametrize("name", list(MODEL_DAMAGE))
+def test_damaged_models_are_a_clear_error_and_never_hide_the_others(tmp_path, name):
+    damage, message = MODEL_DAMAGE[name]
+    error = _healthy_and(tmp_path, damage)
+    assert re.search(message, error), error
+    if BANK_FILE not in name and "bank" not in name:  # the list reads model.json, not the bank
+        assert "error" in {m["product"]: m for m in list_models(tmp_path)}["Gear 8"]
+
+
+def test_the_models_command_lists_every_product_when_one_is_damaged(tmp_path, capsys):
+    from inspector.cli import main
+
+    _healthy_and(tmp_path / "models", _edit_text(lambda t: t.replace('"sigma": 3.0', '"sigma": 1e999')))
+    assert main(["models", "--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "x.db")]) == 0
+    out = capsys.readouterr().out
+    assert "Gear 7: version 1" in out and "Gear 8: " in out and "damaged" in out

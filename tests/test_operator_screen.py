@@ -4,7 +4,6 @@ and scores known defects from subfolders: driven through the real window (offscr
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ import threading
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from conftest import PIN, PRODUCT, WAIT
+from conftest import PIN, PRODUCT, WAIT, copy_models
 from inspector.app import listen_for_instances, main, show_first_instance
 from inspector.cli import main as cli_main
 from inspector.app.monitor import STALE_S
@@ -115,7 +114,7 @@ def test_a_camera_that_cannot_be_opened_is_a_lost_source_not_the_last_verdict(li
 def test_an_operator_cannot_change_the_threshold_an_engineer_unlocks_with_the_pin(
         open_window, trained_models, tmp_path, qtbot):
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     window = open_window(models, engineer=False)
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
     cal, version = window.calibrate, window.session.model.version
@@ -222,7 +221,7 @@ def test_a_change_on_a_running_line_shows_its_rates_is_confirmed_and_recorded(li
 
 def test_shift_counters_and_ng_parts_survive_a_restart(open_window, trained_models, tmp_path, qtbot, capsys):
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     window = open_window(models)
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
     line = tmp_path / "line"
@@ -322,7 +321,7 @@ def test_a_second_station_on_the_same_data_is_refused(qapp, tmp_path):
 def test_known_defects_in_subfolders_what_no_longer_applies_and_a_rebuild_after_restart(
         open_window, trained_models, tmp_path, qtbot):
     models = tmp_path / "models"
-    shutil.copytree(trained_models, models)
+    copy_models(trained_models, models)
     good = tmp_path / "good"
     write_parts(good, 20)
     window = open_window(models)

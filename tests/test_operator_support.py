@@ -2,6 +2,7 @@
 folder, kept NG frames, shifts, and the check of the system libraries the window needs."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -141,3 +142,12 @@ def test_the_readme_lists_every_system_package_the_window_needs(xcb_plugin):
     assert needed and needed <= set(display.PACKAGES), needed - set(display.PACKAGES)
     readme = README.read_text(encoding="utf-8")
     assert all(package in readme for package in set(display.PACKAGES.values()))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_accounts_file_that_is_a_named_pipe_is_refused_not_waited_for(tmp_path):
+    from inspector.users import AccessDenied, Accounts
+
+    os.mkfifo(tmp_path / "accounts.json")
+    with pytest.raises(AccessDenied, match="named pipe"):
+        Accounts(tmp_path / "accounts.json").is_set_up()

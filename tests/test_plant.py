@@ -14,9 +14,10 @@ from inspector import plant
 from inspector.cli import main
 from inspector.core.model import list_versions, load_model, save_model, with_sigma
 from inspector.errors import ModelError, PlantError
+from inspector.signing import station_key
 from inspector.store.results import InspectionRecord, ResultStore
 
-from conftest import PRODUCT
+from conftest import PRODUCT, copy_models
 from postgres import Server
 
 WAIT_S = 120  # generous, for a loaded 2-core machine
@@ -254,12 +255,8 @@ def test_the_plant_view_shows_stations_models_counts_and_silent_ones(db, tmp_pat
 
 @pytest.fixture
 def station_models(trained_models, tmp_path):
-    """A station's own models folder with the trained product (a copy)."""
-    import shutil
-
-    folder = tmp_path / "models"
-    shutil.copytree(trained_models, folder)
-    return folder
+    """A station's own models folder with the trained product (a copy, with the key that signed it)."""
+    return copy_models(trained_models, tmp_path / "models")
 
 
 def test_an_engineer_publishes_and_another_station_installs_a_checked_version(db, station_models, tmp_path):
@@ -274,8 +271,10 @@ def test_an_engineer_publishes_and_another_station_installs_a_checked_version(db
     with pytest.raises(PlantError, match="only an engineer's login"):
         plant.publish(url(db, "line2"), station_models, here, PRODUCT)
 
-    there, there_models = ResultStore(tmp_path / "there.db"), tmp_path / "there_models"
+    # another station: its own data folder, so its own signing key (inspector.signing)
+    there, there_models = ResultStore(tmp_path / "line2" / "there.db"), tmp_path / "line2" / "models"
     model = plant.install(url(db, "line2"), there_models, there, PRODUCT)
+    assert station_key(there_models) != station_key(station_models)  # signed with its own key on install
     original = load_model(station_models, PRODUCT)
     assert model.version == 1 and model.threshold == original.threshold
     assert (model.memory_bank == original.memory_bank).all()

@@ -435,3 +435,24 @@ def test_a_failure_while_reading_ahead_is_that_files_error(inspector, tmp_path, 
         outcomes = list(Station(inspector, store, "folder").inspect_files(files))
     assert [(o.record.verdict, o.record.error) for o in outcomes] == [("OK", None), ("ERROR", "MemoryError"),
                                                                     ("OK", None)]
+
+
+# ---- what a factory network share throws at the line (issue 19) ---------------------------------
+
+@pytest.mark.skipif(os.name == "nt", reason="named pipes and /dev/zero are POSIX")
+def test_a_named_pipe_or_a_device_link_never_stops_the_watched_line(inspector, tmp_path):
+    folder = tmp_path / "watch"
+    folder.mkdir()
+
+    def arrive():
+        os.mkfifo(folder / "a_pipe.png")
+        (folder / "b_zero.png").symlink_to("/dev/zero")
+        write_parts(folder, 2, seed=4)
+
+    with ResultStore(tmp_path / "log.db") as store, FolderWatcher(folder, settle_s=0.2, max_wait_s=1.0) as watcher:
+        watch_until(Station(inspector, store, "folder", sort_files=True), watcher, 4, arrive)
+        rows = logged(store)
+    assert {n: r.verdict for n, r in rows.items()} == {"a_pipe.png": "ERROR", "b_zero.png": "ERROR",
+                                                       "good_004.png": "OK", "good_005.png": "OK"}
+    assert "named pipe" in rows["a_pipe.png"].error and "a device" in rows["b_zero.png"].error
+    assert sorted(p.name for p in (folder / "ERROR").iterdir()) == ["a_pipe.png", "b_zero.png"]

@@ -479,3 +479,56 @@ def test_outbox_positions_are_kept_per_shipper_and_a_log_of_schema_2_gets_the_ta
     store.close()
     with ResultStore(db) as again:  # kept across restarts
         assert again.outbox_position("plant.inspections") == 3 and again.outbox_position("mqtt") == 1
+
+
+def test_a_read_only_database_is_written_again_while_running_with_one_journal(open_tmp):
+    """Read-only when the line starts, writable later: the running line writes what waits
+    (a connection opened read-only stays so: it is opened again), and all that waited was
+    in one journal, appended to, which `history` names."""
+    import contextlib
+
+    from inspector.cli import main
+
+    db = open_tmp / "results.db"
+
+    def check():
+        ResultStore(db).close()
+        db.chmod(0o444)
+        with ResultStore(db) as store:
+            for i in range(5):
+                with pytest.raises(StoreError, match="read-only"):
+                    store.record(rec(image_path=f"{i}.png"))
+            journals = sorted(p.name for p in open_tmp.glob("results.db.pending*.jsonl"))
+            assert journals == ["results.db.pending.jsonl"] and store.pending_count() == 5
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                main(["history", "--db", str(db), "--models-dir", str(open_tmp / "models")])
+            named = err.getvalue().split("wait in ")[1].split()[0]
+            assert os.path.exists(named), err.getvalue()
+            db.chmod(0o644)
+            assert store.retry_pending() == 0
+            assert store.count() == 5 and not list(open_tmp.glob("results.db.pending*.jsonl"))
+            store.record(rec(image_path="after.png"))
+            assert store.count() == 6
+
+    as_unprivileged(check)
+
+
+def test_a_database_made_read_only_then_writable_again_works_after_a_restart(open_tmp):
+    """SQLite gives the -wal and -shm files it creates the database's permissions: after a
+    run on a read-only database they stay read-only when the database is writable again."""
+    db = open_tmp / "results.db"
+
+    def check():
+        ResultStore(db).close()
+        db.chmod(0o444)
+        with ResultStore(db) as store:
+            with pytest.raises(StoreError, match="read-only"):
+                store.record(rec(image_path="while-read-only.png"))
+        db.chmod(0o644)  # the operator fixes what the message names
+        with ResultStore(db) as store:
+            store.record(rec(image_path="after.png"))
+            assert sorted(r.image_path for r in store.query()) == ["after.png", "while-read-only.png"]
+            assert store.pending_count() == 0
+
+    as_unprivileged(check)

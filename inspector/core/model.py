@@ -16,15 +16,17 @@ a new version holding an old one's content). The product's name is its folder's 
 
 `model.json` carries a SHA-256 checksum over everything that decides a verdict (settings,
 calibration, thresholds and the memory bank's own SHA-256), and every field is validated on
-load. The checksum stops accidents and casual edits; it is not a signature: whoever can
-write the models folder can also write a new model with a matching checksum.
+load. The checksum stops accidents; the signature (see "signing" below) stops edits: a
+model not signed with the station's key for its product is refused until an engineer
+re-signs it, which saves it as a new version.
 
-Older formats still load: format 1 (`model.json` and the bank directly in the product's
-folder, loaded as version 1) checksummed only the bank, and its settings lack the fields
-added since, which take the values of OLDER_FORMAT_VALUES or their defaults."""
+Older formats are read for re-signing: format 1 (`model.json` and the bank directly in the
+product's folder, read as version 1) checksummed only the bank, and its settings lack the
+fields added since, which take the values of OLDER_FORMAT_VALUES or their defaults."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -41,6 +43,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ModelError
+from ..files import read_regular
+from ..signing import station_key
 from .backbones import BACKBONES, FEATURE_VERSION
 from .features import STRIDE
 from .memory_bank import SAMPLERS
@@ -66,6 +70,8 @@ OLDER_FORMAT_VALUES: dict[int, dict[str, dict]] = {1: {"settings": {"weights": N
 META_FILE = "model.json"
 BANK_FILE = "memory_bank.safetensors"
 KEEP_VERSIONS = 10
+MAX_META_BYTES = 64 << 20  # larger model.json or memory bank files are refused before reading
+MAX_BANK_BYTES = 4 << 30
 STALE_STAGING_S = 3600.0  # a staging folder this old is left over from a crash
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 _PRODUCT_NAME = re.compile(r"^[^\\/:*?\"<>|\x00-\x1f.][^\\/:*?\"<>|\x00-\x1f]{0,63}$")
@@ -246,7 +252,7 @@ _RULES = {
     "sigma": (lambda v: abs(v) <= 1000, "-1000 to 1000"),
     "sampling_ratio": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
     "holdout": (lambda v: 0 < v < 1, "between 0 and 1"),
-    "min_region_area": (lambda v: v >= 0, "0 or more"),
+    "min_region_area": (lambda v: 0 <= v <= 4096 ** 2, "0 to 4096x4096 pixels"),
     "pixel_std": (lambda v: v >= 0, "0 or more"),
     "image_scores": (lambda v: len(v) >= 2, "at least 2 scores"),
 }
@@ -327,7 +333,50 @@ def _canonical(meta: dict) -> bytes:
 
 
 def _checksum(meta: dict) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in meta.items() if k != "checksum"})).hexdigest()
+    return hashlib.sha256(_signed_bytes(meta)).hexdigest()
+
+
+# ---- signing -----------------------------------------------------------------------------
+# The checksum stops accidents; the signature stops edits. It is an HMAC-SHA256, with the
+# station's key (inspector.signing), of the product's name and everything model.json holds
+# but the checksum and the signature themselves: settings, calibration, thresholds, format,
+# version number and the memory bank's digest, whatever fields a format adds. A model that
+# is not signed with this station's key for this product (edited, copied from another
+# product or station, or written before models were signed) is refused until an engineer
+# re-signs it (services.resign: load_model(signed=False), saved as a new version).
+
+def _signed_bytes(meta: dict) -> bytes:
+    return _canonical({k: v for k, v in meta.items() if k not in ("checksum", "signature")})
+
+
+def _signature(meta: dict, product: str, key: bytes) -> str:
+    message = product.casefold().encode("utf-8", "surrogateescape") + b"\0" + _signed_bytes(meta)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _check_signature(meta: dict, product: str, version: int, key: bytes) -> None:
+    signature = meta.get("signature")
+    if not (isinstance(signature, str) and hmac.compare_digest(signature, _signature(meta, product, key))):
+        why = ("it was written before models were signed" if signature is None else
+               "it was edited, or copied from another product or another station")
+        raise ModelError(f"Version {version} of the model of '{product}' is not signed by this station ({why}): "
+                         f"it is not used. An engineer who has checked it can sign it as a new version: "
+                         f"inspector models --resign --product '{product}' --version {version}.")
+
+
+def _rebind(folder: Path, old: str, new: str, key: bytes) -> None:
+    """Sign each version of a renamed product, that was signed for its old name, for the new
+    one (model.json replaced in one rename; nothing else in it changes, nor its model id)."""
+    for number, path in _version_dirs(folder).items():
+        try:
+            meta = _read_meta(path / META_FILE)
+            _check_signature(meta, old, number, key)
+        except (ModelError, OSError):
+            continue  # not signed for the old name: it stays refused under the new one
+        meta["signature"] = _signature(meta, new, key)
+        tmp = path / f".{META_FILE}.{os.getpid()}.tmp"
+        _write_durably(tmp, json.dumps(meta, indent=2, allow_nan=False).encode("utf-8"))
+        os.replace(tmp, path / META_FILE)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -390,6 +439,7 @@ def save_model(model: Model, models_dir: str | Path, change: str | None = None) 
     folder = models_dir / check_product_name(model.product)
     bank = _bank_bytes(model.memory_bank, model.roi, model.calibration_patch_scores)
     model = replace(model, change=model.change if change is None else change)
+    key = station_key(models_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(folder)
@@ -405,6 +455,7 @@ def save_model(model: Model, models_dir: str | Path, change: str | None = None) 
                 "bank": {"file": BANK_FILE, "sha256": hashlib.sha256(bank).hexdigest(),
                          "shape": list(model.memory_bank.shape)}}
             meta["checksum"] = _checksum(meta)
+            meta["signature"] = _signature(meta, folder.name, key)
             _write_durably(staging / META_FILE, json.dumps(meta, indent=2, allow_nan=False).encode("utf-8"))
             _fsync_dir(staging)
             target = folder / f"v{version:04d}"
@@ -453,12 +504,22 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 def _read_meta(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        meta = json.loads(read_regular(path, MAX_META_BYTES).decode("utf-8"), parse_constant=_no_constant,
+                          parse_float=_finite_float)
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except RecursionError as exc:
+        raise ModelError(f"The model file {path} is damaged (nested too deeply); train the product again.") from exc
+    except (OSError, UnicodeDecodeError, ValueError, MemoryError) as exc:
         raise ModelError(f"The model file {path} is damaged ({exc}); train the product again.") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{path} is not an Inspector model file.")
@@ -510,11 +571,15 @@ def _checked_meta(folder: Path, product: str, version: int) -> tuple[dict, str, 
         if meta.get("checksum") != _checksum(meta) or not isinstance(bank_meta, dict):
             raise ModelError(f"The model of '{product}' (version {version}) does not match its checksum: "
                              f"it was modified or damaged. Train the product again.")
-        bank_file, digest, model_id = bank_meta.get("file"), bank_meta.get("sha256"), meta["checksum"][:12]
+        bank_file, digest = bank_meta.get("file"), bank_meta.get("sha256")
         if bank_file != BANK_FILE:
             raise ModelError(f"The model of '{product}' names an unexpected bank file {bank_file!r}.")
+        if meta.get("version") != version:
+            raise ModelError(f"The folder of version {version} of '{product}' holds version "
+                             f"{meta.get('version')!r} (copied?): it is not used.")
     else:
-        digest, model_id = meta.get("bank_sha256"), str(meta.get("model_id", ""))
+        digest = meta.get("bank_sha256")
+    model_id = _checksum(meta)[:12]  # of what is loaded: never a stored claim
     settings = _section(meta, "settings", Settings, product)
     calibration = _section(meta, "calibration", Calibration, product)
     if settings.feature_version != FEATURE_VERSION:
@@ -524,9 +589,10 @@ def _checked_meta(folder: Path, product: str, version: int) -> tuple[dict, str, 
     return meta, digest, model_id, settings, calibration
 
 
-def _load_version(folder: Path, product: str, version: int) -> Model:
+def _load_version(folder: Path, product: str, version: int, key: bytes | None) -> Model:
+    """The version, checked in full; its signature too, unless `key` is None (re-signing)."""
     meta, digest, model_id, settings, calibration = _checked_meta(folder, product, version)
-    data = (folder / BANK_FILE).read_bytes()
+    data = read_regular(folder / BANK_FILE, MAX_BANK_BYTES)
     if hashlib.sha256(data).hexdigest() != digest:
         raise ModelError(f"The memory bank of '{product}' does not match its checksum: the model "
                          f"was modified or damaged. Train the product again.")
@@ -560,6 +626,8 @@ def _load_version(folder: Path, product: str, version: int) -> Model:
             raise ModelError(f"The model of '{product}' stores the {name.replace('_', ' ')} {stored!r}, but its "
                              f"calibration gives {now!r}: it was modified, or made by another method. "
                              f"Train the product again.")
+    if key is not None:
+        _check_signature(meta, product, version, key)
     return model
 
 
@@ -576,9 +644,11 @@ def _product_folder(models_dir: Path, product: str) -> Path:
     return folder
 
 
-def load_model(models_dir: str | Path, product: str, version: int | None = None) -> Model:
-    """The product's newest model version (or the given one), checked in full."""
+def load_model(models_dir: str | Path, product: str, version: int | None = None, signed: bool = True) -> Model:
+    """The product's newest model version (or the given one), checked in full; with `signed`
+    False its signature is not checked (only to re-sign it: resign_model)."""
     folder = _product_folder(Path(models_dir), product)
+    key = station_key(models_dir) if signed else None
     for attempt in range(3):
         versions = _version_dirs(folder)
         number = version if version is not None else max(versions, default=None)
@@ -589,7 +659,7 @@ def load_model(models_dir: str | Path, product: str, version: int | None = None)
             what = f"version {version} of '{product}'" if version is not None else f"model at {folder}"
             raise ModelError(f"No {what}: train the product first.")
         try:
-            return _load_version(versions[number], folder.name, number)
+            return _load_version(versions[number], folder.name, number, key)
         except FileNotFoundError:  # removed meanwhile (pruned, renamed, deleted): look again
             continue
         except OSError as exc:
@@ -608,32 +678,46 @@ def list_models(models_dir: str | Path) -> list[dict]:
     for old in root.glob(".*.old"):  # left by a crash of an older Inspector mid-save
         if _PRODUCT_NAME.match(old.name[1:-4]):
             _product_folder(root, old.name[1:-4])
+    key = station_key(root)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             versions = _version_dirs(folder)
             if not versions:
                 raise ModelError(f"'{folder.name}' is not trained yet.")
             number = max(versions)
-            meta, _, model_id, _, _ = _checked_meta(versions[number], folder.name, number)
-        except (ModelError, OSError) as exc:
-            out.append({"product": folder.name, "error": str(exc)})
-        else:
-            out.append(meta | {"product": folder.name, "version": number, "model_id": model_id})
+            out.append(_listed(versions[number], folder.name, number, key) | {"product": folder.name})
+        except Exception as exc:  # noqa: BLE001 - one bad product never hides the others
+            out.append({"product": folder.name, "error": _damage(exc)})
     return out
+
+
+def _listed(folder: Path, product: str, number: int, key: bytes) -> dict:
+    """A version's model.json, checked (but not its memory bank) and signed, with its
+    'version', 'model_id' and the thresholds it gives (a format 1 file lacks them)."""
+    meta, _, model_id, settings, calibration = _checked_meta(folder, product, number)
+    _check_signature(meta, product, number, key)
+    return meta | {"version": number, "model_id": model_id, "threshold": calibration.image_threshold(settings.sigma),
+                   "pixel_threshold": calibration.pixel_threshold(settings.sigma)}
+
+
+def _damage(exc: BaseException) -> str:
+    """Why a model cannot be listed, in words."""
+    if isinstance(exc, ModelError):
+        return str(exc)
+    return f"The model cannot be read ({type(exc).__name__}: {exc}); train the product again."
 
 
 def list_versions(models_dir: str | Path, product: str) -> list[dict]:
     """The model.json of every kept version of the product (checked, but not its memory bank),
     newest first, with 'version' and 'model_id'; a damaged one carries an 'error'."""
     out = []
-    versions = _version_dirs(_product_folder(Path(models_dir), product))
+    folder = _product_folder(Path(models_dir), product)
+    versions, key = _version_dirs(folder), station_key(models_dir)
     for number in sorted(versions, reverse=True):
         try:
-            meta, _, model_id, _, _ = _checked_meta(versions[number], product, number)
-        except (ModelError, OSError) as exc:
-            out.append({"version": number, "error": str(exc)})
-        else:
-            out.append(meta | {"version": number, "model_id": model_id})
+            out.append(_listed(versions[number], folder.name, number, key))
+        except Exception as exc:  # noqa: BLE001 - one bad version never hides the others
+            out.append({"version": number, "error": _damage(exc)})
     return out
 
 
@@ -662,6 +746,7 @@ def rename_model(models_dir: str | Path, product: str, new_name: str) -> str:
         raise ModelError(f"A product named '{new_name}' already exists.")
     try:
         os.rename(source, root / new_name)
+        _rebind(root / new_name, source.name, new_name, station_key(root))
     except OSError as exc:
         raise ModelError(f"Cannot rename the product '{product}' to '{new_name}': {exc}") from exc
     return new_name

@@ -7,6 +7,7 @@ on every OS (`cv2.imread` cannot open non-ASCII paths on Windows).
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,14 @@ except ImportError:
     pyspng = None
 
 from inspector.errors import ImageError, IncompleteImage, SourceError
+from inspector.files import NotReadable, read_regular
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 # Larger images are refused before decoding (where the header is cheap to read) or after.
 MAX_SIDE = 20_000
 MAX_PIXELS = 100_000_000
+MAX_FILE_BYTES = 1 << 30  # larger files are refused before reading (16-bit RGBA at MAX_PIXELS: 800 MB)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8"
@@ -51,13 +54,11 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)
-    if data.startswith(_JPEG_SIGNATURE):
-        size = _jpeg_size(data)
-        if size is not None:
-            _check_size(path, *size)
+    size = _header_size(data)
+    if size is not None:
+        _check_size(path, *size)
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 26:
-        width, height, depth, color = struct.unpack(">IIBB", data[16:26])  # IHDR, the first chunk
-        _check_size(path, width, height)
+        depth, color = data[24], data[25]  # IHDR, the first chunk
         if depth == 8 and color == 2 and pyspng is not None:  # 8-bit RGB, what cameras write
             try:
                 return np.ascontiguousarray(pyspng.load(data))
@@ -164,10 +165,11 @@ def save_image(path: str | Path, image: np.ndarray) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image file.")
+    """The file's bytes; only a regular file is read, and only up to MAX_FILE_BYTES."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_FILE_BYTES)
+    except NotReadable as exc:
+        raise ImageError(f"Cannot use {exc}: only image files are inspected.") from exc
     except FileNotFoundError as exc:
         raise ImageError(f"Image file {path} does not exist (moved or deleted?).") from exc
     except PermissionError as exc:
@@ -193,19 +195,109 @@ def _png_complete(data: bytes) -> bool:
 
 
 def _jpeg_complete(data: bytes) -> bool:
-    """The EOI marker ends the JPEG, before any zero padding a writer added."""
-    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:]
+    """The EOI marker ends the JPEG: at its end, before any zero padding a writer added, or
+    where its segments and scans end, before a trailer of any length."""
+    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:] or _jpeg_walk_to_end(data)
+
+
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not a stuffed 0xFF)
+
+
+def _jpeg_walk_to_end(data: bytes) -> bool:
+    """Whether the JPEG's segments and scans lead to its EOI marker."""
+    at = 2
+    while at + 2 <= len(data):
+        if data[at] != 0xFF:
+            return False
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0xD9:
+            return True
+        elif marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            at += 2
+        else:
+            if at + 4 > len(data):
+                return False
+            at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+            if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+                found = _SCAN_END.search(data, at)
+                if found is None:
+                    return False
+                at = found.start()
+    return False
+
+
+def _bmp_layout(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, file size) from a BMP's headers; None when it is not a BMP."""
+    if not data.startswith(b"BM") or len(data) < 26:
+        return None
+    size, header = struct.unpack("<I", data[2:6])[0], struct.unpack("<I", data[14:18])[0]
+    if header == 12:  # OS/2 core header: 16-bit sides
+        width, height = struct.unpack("<HH", data[18:22])
+    else:
+        width, height = map(abs, struct.unpack("<ii", data[18:26]))
+    return width, height, size
+
+
+_TIFF_ORDER = {b"II*\x00": "<", b"MM\x00*": ">"}
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 6: 1, 7: 1, 3: 2, 8: 2, 4: 4, 9: 4, 11: 4, 5: 8, 10: 8, 12: 8}
+
+
+def _tiff_layout(data: bytes) -> tuple[int | None, int | None, int] | None:
+    """(width, height, bytes needed) from a TIFF's first directory, read without decoding:
+    the bytes needed reach the end of its directory and of its last strip or tile (more
+    than the file holds: it is cut short). None when it is not a (classic) TIFF."""
+    order = _TIFF_ORDER.get(data[:4])
+    if order is None or len(data) < 8:
+        return None
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    if ifd + 2 > len(data):
+        return None, None, ifd + 2
+    count = struct.unpack(order + "H", data[ifd:ifd + 2])[0]
+    if ifd + 2 + 12 * count > len(data):
+        return None, None, ifd + 2 + 12 * count
+    values, needed = {}, ifd + 2 + 12 * count + 4  # the directory and the next one's offset
+    for at in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        tag, kind, n = struct.unpack(order + "HHI", data[at:at + 8])
+        size = _TIFF_TYPE_SIZE.get(kind)
+        if size is None:
+            continue
+        start = at + 8 if n * size <= 4 else struct.unpack(order + "I", data[at + 8:at + 12])[0]
+        needed = max(needed, start + n * size)
+        if start + n * size > len(data):
+            return None, None, needed
+        if tag in (256, 257, 273, 279, 324, 325) and kind in (1, 3, 4):  # sizes, strip and tile offsets
+            code = order + {1: "B", 2: "H", 4: "I"}[size] * n
+            values[tag] = struct.unpack(code, data[start:start + n * size])
+    offsets, counts = values.get(273) or values.get(324) or (), values.get(279) or values.get(325) or ()
+    needed = max([needed] + [o + c for o, c in zip(offsets, counts)])
+    return (values.get(256) or (None,))[0], (values.get(257) or (None,))[0], needed
 
 
 def _check_complete(path: Path, data: bytes) -> None:
-    """A PNG must hold its IEND chunk, a JPEG end with its EOI marker; otherwise it was cut off."""
-    if (data.startswith(_PNG_SIGNATURE) and not _png_complete(data)) or (
-        data.startswith(_JPEG_SIGNATURE) and not _jpeg_complete(data)
-    ):
+    """A PNG must hold its IEND chunk, a JPEG its EOI marker, a BMP the size its header
+    states, a TIFF its directory and every strip or tile; otherwise it was cut off."""
+    bmp, tiff = _bmp_layout(data), _tiff_layout(data)
+    if ((data.startswith(_PNG_SIGNATURE) and not _png_complete(data))
+            or (data.startswith(_JPEG_SIGNATURE) and not _jpeg_complete(data))
+            or (bmp is not None and bmp[2] > len(data)) or (tiff is not None and tiff[2] > len(data))):
         raise IncompleteImage(
-            f"Image file {path} is truncated ({len(data)} bytes, end marker missing): "
+            f"Image file {path} is truncated ({len(data)} bytes, its end is missing): "
             "half-written or a failed copy. Copy it again."
         )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file's header, read before decoding (PNG, JPEG, BMP, TIFF)."""
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])  # IHDR, the first chunk
+    if data.startswith(_JPEG_SIGNATURE):
+        return _jpeg_size(data)
+    layout = _bmp_layout(data) or _tiff_layout(data)
+    if layout is not None and layout[0] is not None and layout[1] is not None:
+        return layout[0], layout[1]
+    return None
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -33,7 +33,8 @@ class Camera:
     a video file is read at its own frame rate (or `fps`) and ends with status 'ended'.
 
     `status` is 'connecting', 'live', 'no frames' (a live source that has delivered no frame
-    for `stall_s` seconds: its reader is replaced by a new one, which reconnects),
+    for `stall_s` seconds, whether its reads hang, its stream stalls with the connection open,
+    or it cannot be opened: its reader is replaced by a new one, which reconnects),
     'reconnecting', 'ended' or 'stopped'; `last_error` keeps the most recent failure (it is
     not cleared when the source comes back). `stop` returns within STOP_TIMEOUT_S even when
     a read never returns.
@@ -67,7 +68,7 @@ class Camera:
     def status(self) -> str:
         """The source's state; reading it notices a live source that stopped delivering frames."""
         with self._cond:
-            if (not self._is_file and self._status in ("connecting", "live")
+            if (not self._is_file and self._status in ("connecting", "live", "reconnecting")
                     and time.monotonic() - self._last_frame > self.stall_s):
                 self._stalled()
             return self._status
@@ -84,7 +85,7 @@ class Camera:
         self._stop.set()  # the stuck reader ends, releasing its capture, if its read ever returns
         self._abandoned = self._thread
         self._last_frame = time.monotonic()
-        self._start_reader(None)
+        self._start_reader(None, "no frames")  # said until the new reader delivers a frame or fails
 
     @property
     def frame_number(self) -> int:
@@ -115,8 +116,8 @@ class Camera:
             self._last_frame = time.monotonic()
             self._start_reader(capture)
 
-    def _start_reader(self, capture) -> None:
-        self._status = "connecting"
+    def _start_reader(self, capture, status: str = "connecting") -> None:
+        self._status = status
         self._stop = stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(capture, stop), name=f"Camera({self.source})", daemon=True
@@ -223,9 +224,7 @@ class Camera:
         with self._cond:
             if stop.is_set():
                 return  # stop() (or the reader that replaced this one) owns the status
-            self._status = status
-            if status == "reconnecting":
-                self._last_frame = time.monotonic()  # not a stall: the failure is reported
+            self._status = status  # a source that keeps failing delivers no frame: 'no frames' after stall_s
             if error:
                 self.last_error = error
             self._cond.notify_all()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ REMEMBERED = 10_000  # files handed out that are remembered (the result log keep
 
 @dataclass
 class _Pending:
-    signature: tuple | None  # (size, mtime_ns), or ("link", mtime_ns) for a link that leads nowhere
+    signature: tuple | None  # (size, mtime_ns); ("link", mtime_ns) for a link that leads nowhere,
+    # ("special", mtime_ns) for what is not a regular file (a named pipe, a device): never opened here
     stable_since: float  # monotonic time the signature was first seen
     first_seen: float  # monotonic time the file was first seen, kept across re-checks
     not_before: float = 0.0
@@ -44,6 +46,8 @@ def _signature(path: Path) -> tuple | None:
             return ("link", os.lstat(path).st_mtime_ns)
         except OSError:
             return None
+    if not stat.S_ISREG(st.st_mode):
+        return "special", st.st_mtime_ns
     return st.st_size, st.st_mtime_ns
 
 
@@ -65,7 +69,7 @@ class FolderWatcher:
         self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
         self._pending: dict[Path, _Pending] = {}
-        self._ready: deque[tuple[Path, float]] = deque()
+        self._ready: OrderedDict[Path, float] = OrderedDict()  # path -> first seen; each path queued once
         self._since: dict[Path, float] = {}  # first-seen times of the files handed out, for since()
         self._returned: OrderedDict[Path, tuple] = OrderedDict()  # path -> signature handed out
         self._observer: Observer | None = None
@@ -102,8 +106,10 @@ class FolderWatcher:
         while True:
             with self._lock:
                 self._check_pending()
-                if self._ready:
-                    path, first_seen = self._ready.popleft()
+                while self._ready:
+                    path, first_seen = self._ready.popitem(last=False)
+                    if _signature(path) is None:  # gone meanwhile (moved by the line): nothing to hand out
+                        continue
                     self._since[path] = first_seen
                     return path
             remaining = deadline - time.monotonic()
@@ -151,6 +157,7 @@ class FolderWatcher:
     def _forget(self, path: Path) -> None:
         with self._lock:
             self._pending.pop(path, None)
+            self._ready.pop(path, None)
             self._returned.pop(path, None)
 
     def _check_pending(self) -> None:
@@ -169,7 +176,7 @@ class FolderWatcher:
                 if not waited_out:
                     continue
             if not waited_out and (now - entry.stable_since < self.settle_s or not (
-                    signature[0] == "link" or (signature[0] > 0 and _can_open(path)))):
+                    isinstance(signature[0], str) or (signature[0] > 0 and _can_open(path)))):
                 continue
             del self._pending[path]
             if self._returned.get(path) != signature:
@@ -177,7 +184,8 @@ class FolderWatcher:
                 self._returned.move_to_end(path)
                 while len(self._returned) > REMEMBERED:
                     self._returned.popitem(last=False)
-                self._ready.append((path, entry.first_seen))
+                if path not in self._ready:  # queued already: handed out once, as it is then
+                    self._ready[path] = entry.first_seen
 
 
 class _Handler(FileSystemEventHandler):
@@ -196,9 +204,15 @@ class _Handler(FileSystemEventHandler):
 
 
 def _can_open(path: Path) -> bool:
+    """Whether the file can be opened and read (non-blocking: a named pipe swapped in for it
+    cannot stop the watch)."""
     try:
-        with open(path, "rb") as f:
-            f.read(1)
-        return True
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and bool(os.read(fd, 1))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

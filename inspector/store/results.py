@@ -11,9 +11,10 @@ program, read-only, damaged, disk full) the row goes to a journal beside it
 (``<db name>.pending.jsonl``, appended and fsynced under a file lock shared by every
 process) and ``record`` raises StoreError; when even the journal cannot be written, the row
 is kept in memory and ``record`` raises NotLogged. ``retry_pending`` (called on every
-``record`` and on open) writes them into the database: the journal is first claimed by
-renaming it under the lock (so no process can append to a file being replayed), then
-replayed row by row. Every row carries a unique id, so a replay repeated after a crash
+``record`` once the database works again, and on open) writes them into the database,
+row by row, holding the lock until the journal is removed after the commit (so no process
+appends to a journal being replayed). A connection that failed (opened while the file was
+read-only) is opened again by ``retry_pending``. Every row carries a unique id, so a replay repeated after a crash
 writes nothing twice. A row that cannot be replayed is set aside, not lost, in
 ``<db name>.rejected.jsonl`` and reported in the log.
 """
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import uuid
 from contextlib import contextmanager
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
-               "shift", "engineer", "publish", "install", "product")
+               "shift", "engineer", "publish", "install", "product", "resign")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
@@ -261,29 +263,60 @@ class ResultStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"Cannot create the folder for the result database {self.path}: {e}") from e
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as e:
-            raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-        except sqlite3.Error as e:
-            self._db.close()
-            raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
-        except StoreError:
-            self._db.close()
-            raise
+        self._timeout_s = timeout_s
+        self._db = self._connect()
         try:
             self.retry_pending()  # replay a journal left by an earlier run
         except StoreError as e:
             log.warning("%s", e)
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    def _connect(self) -> sqlite3.Connection:
+        """A connection in WAL mode, the schema migrated. A database whose -wal or -shm file
+        SQLite left read-only (it gives them the database's permissions, so after a chmod
+        444 they stay read-only once the database is writable again) is made writable first."""
+        self._writable_again()
+        try:
+            db = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._migrate(db)
+        except sqlite3.Error as e:
+            db.close()
+            raise StoreError(f"The result database {self.path} {_reason(e)}.") from e
+        except StoreError:
+            db.close()
+            raise
+        return db
+
+    def _writable_again(self) -> None:
+        if os.name == "nt" or not os.access(self.path, os.W_OK):
+            return
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            try:
+                if side.exists() and not os.access(side, os.W_OK) and side.stat().st_uid == os.geteuid():
+                    os.chmod(side, mode)
+                    log.warning("%s was read-only while %s is writable: made it writable again", side, self.path)
+            except OSError as e:
+                log.warning("cannot make %s writable: %s", side, e)
+
+    def _reconnect(self) -> None:
+        """Open the database again: a connection opened while the file was read-only stays
+        read-only after the file is writable again."""
+        try:
+            db = self._connect()
+        except StoreError as e:
+            log.info("%s", e)
+            return
+        self._db.close()
+        self._db = db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"The result database {self.path} was written by a newer version of Inspector "
@@ -292,18 +325,18 @@ class ResultStore:
             )
         if version == SCHEMA_VERSION:
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
             # Read again under the write lock: another process may have migrated meanwhile.
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             for statements in MIGRATIONS[version:]:
                 for sql in statements:
-                    self._db.execute(sql)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._db.execute("COMMIT")
+                    db.execute(sql)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     # ---- writing -------------------------------------------------------------------
@@ -340,10 +373,6 @@ class ResultStore:
         row = self._row(table, item)
         with self._lock:
             try:
-                try:
-                    self._replay()
-                except OSError as e:  # the pending rows stay where they are; the new one goes on
-                    log.warning("pending rows of %s not written: %s", self.path, e)
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     cur = self._db.execute(_INSERT[table], self._values(table, row, uid))
@@ -354,11 +383,15 @@ class ResultStore:
                     raise
             except sqlite3.Error as e:  # locked, read-only, damaged, disk full ...
                 reason = _reason(e)
-                self._keep(table, uid, row, reason, what)
+                self._keep(table, uid, row, reason, what)  # appended; nothing pending is read again
                 raise StoreError(
                     f"The result database {self.path} {reason}; the {what} was kept in "
                     f"{self.journal_path} and will be written when the database is available."
                 ) from e
+            try:  # the database works: what waits goes in now
+                self._replay()
+            except (sqlite3.Error, OSError) as e:  # the pending rows stay where they are
+                log.warning("pending rows of %s not written: %s", self.path, e)
         inserted = cur.rowcount == 1
         item.id = cur.lastrowid if inserted else None
         return inserted
@@ -405,7 +438,11 @@ class ResultStore:
         rows are still pending; raises StoreError when the database cannot be written."""
         with self._lock:
             try:
-                self._replay()
+                try:
+                    self._replay()
+                except sqlite3.Error:  # e.g. opened read-only: a new connection may write now
+                    self._reconnect()
+                    self._replay()
             except sqlite3.Error as e:
                 raise StoreError(f"{self._pending()} row(s) stay pending: the result database "
                                  f"{self.path} {_reason(e)}.") from e
@@ -419,54 +456,49 @@ class ResultStore:
     def _replay(self) -> None:
         """Write the journal and the rows kept in memory, row by row, in one transaction; a
         row that cannot be written is set aside. The database's write lock is taken first,
-        so nothing is claimed while it is unavailable; then the journal is claimed (renamed
-        under the file lock, so no process appends to it any more) and read."""
+        so nothing is read while it is unavailable; then the journal's file lock, held until
+        the journal is removed after the commit, so that no process appends to it meanwhile
+        (one journal, appended to, never one file per verdict). Journals claimed by older
+        versions (`<db>.pending-<id>.jsonl`) are replayed too."""
         if not (self._unsaved or self.journal_path.is_file() or self._claimed()):
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if self.journal_path.is_file():
-                with _file_lock(self._lock_path):
-                    if self.journal_path.is_file():
-                        claim = self.journal_path.with_name(f"{self.path.name}.pending-{uuid.uuid4().hex}.jsonl")
-                        try:
-                            os.replace(self.journal_path, claim)
-                        except OSError as e:
-                            log.warning("cannot claim the journal %s: %s", self.journal_path, e)
-            done, lines = [], []
-            for claim in self._claimed():
-                try:
-                    content = claim.read_text(encoding="utf-8", errors="surrogateescape")
-                except FileNotFoundError:  # replayed meanwhile by another process
-                    continue
-                except OSError as e:
-                    log.warning("cannot read the pending rows in %s: %s", claim, e)
-                    continue
-                done.append(claim)
-                lines += [(line, claim) for line in content.splitlines() if line.strip()]
-            lines += [(json.dumps({"table": t, "uid": u, "row": r}), None) for t, u, r in self._unsaved]
-            rejected = []
-            for line, source in lines:
-                self._db.execute("SAVEPOINT line")
-                try:
-                    table, uid, row = self._parse(line)
-                    self._db.execute(_INSERT[table], self._values(table, row, uid))
-                    self._db.execute("RELEASE line")
-                except (ValueError, TypeError, KeyError, sqlite3.IntegrityError, sqlite3.InterfaceError) as e:
-                    self._db.execute("ROLLBACK TO line")
-                    self._db.execute("RELEASE line")
-                    rejected.append(json.dumps({"line": text(line), "reason": f"{type(e).__name__}: {e}",
-                                                "from": str(source) if source else "memory"}))
-            if rejected:
-                _append_lines(self.rejected_path, rejected)  # durable before the journal goes
-            self._db.execute("COMMIT")
+            with _file_lock(self._lock_path):
+                done, lines = [], []
+                for source in [self.journal_path] + self._claimed():
+                    try:
+                        content = source.read_text(encoding="utf-8", errors="surrogateescape")
+                    except FileNotFoundError:  # replayed meanwhile by another process
+                        continue
+                    except OSError as e:
+                        log.warning("cannot read the pending rows in %s: %s", source, e)
+                        continue
+                    done.append(source)
+                    lines += [(line, source) for line in content.splitlines() if line.strip()]
+                lines += [(json.dumps({"table": t, "uid": u, "row": r}), None) for t, u, r in self._unsaved]
+                rejected = []
+                for line, source in lines:
+                    self._db.execute("SAVEPOINT line")
+                    try:
+                        table, uid, row = self._parse(line)
+                        self._db.execute(_INSERT[table], self._values(table, row, uid))
+                        self._db.execute("RELEASE line")
+                    except (ValueError, TypeError, KeyError, sqlite3.IntegrityError, sqlite3.InterfaceError) as e:
+                        self._db.execute("ROLLBACK TO line")
+                        self._db.execute("RELEASE line")
+                        rejected.append(json.dumps({"line": text(line), "reason": f"{type(e).__name__}: {e}",
+                                                    "from": str(source) if source else "memory"}))
+                if rejected:
+                    _append_lines(self.rejected_path, rejected)  # durable before the journal goes
+                self._db.execute("COMMIT")
+                self._unsaved = []
+                for source in done:  # a crash before this replays them again: their ids make it harmless
+                    source.unlink(missing_ok=True)
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        self._unsaved = []
-        for claim in done:
-            claim.unlink(missing_ok=True)
         if rejected:
             log.warning("%d pending row(s) could not be written into %s; they are kept in %s",
                         len(rejected), self.path, self.rejected_path)
@@ -503,10 +535,20 @@ class ResultStore:
                 log.warning("cannot count the pending rows in %s: %s", path, e)
         return count
 
+    def pending_files(self) -> list[Path]:
+        """The journal files that exist and hold rows not yet in the database."""
+        return [p for p in [self.journal_path] + self._claimed() if p.is_file()]
+
     def pending_count(self) -> int:
         """Rows kept in the journal or in memory, not yet in the database."""
         with self._lock:
             return self._pending()
+
+    def unsaved_count(self) -> int:
+        """Rows neither in the database nor in the journal, kept in memory only (after
+        ``close``: the rows lost)."""
+        with self._lock:
+            return len(self._unsaved)
 
     def rejected_count(self) -> int:
         """Journal lines that could not be written and were set aside in ``rejected_path``."""

@@ -1,0 +1,56 @@
+"""Reading a file that anyone with access to a shared folder may have put there: only a
+regular file is read (never a named pipe, a device such as /dev/zero, a socket or a folder,
+also not through a link), and only up to a size limit that is checked before reading."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+_CHUNK = 1 << 24
+
+
+class NotReadable(OSError):
+    """The file is not a regular file, or larger than the limit: refused before reading."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_regular(st: os.stat_result, path: str | Path, max_bytes: int) -> None:
+    """Raise NotReadable unless `st` (of `path`) is a regular file of at most max_bytes."""
+    if not stat.S_ISREG(st.st_mode):
+        raise NotReadable(f"{path} is {_kind(st.st_mode)}, not a regular file")
+    if st.st_size > max_bytes:
+        raise NotReadable(f"{path} holds {st.st_size:,} bytes, more than the limit of {max_bytes:,}")
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file `path` (a link is followed), at most `max_bytes`.
+    Raises NotReadable (an OSError) for anything else, before opening it; the file is opened
+    non-blocking, so a named pipe swapped in between the check and the opening cannot block,
+    and checked again once open. Other OSErrors (missing, no permission) pass through."""
+    check_regular(os.stat(path), path, max_bytes)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        check_regular(st, path, max_bytes)
+        chunks, size = [], 0
+        while size <= max_bytes:  # a network share may return short reads: read to the end
+            chunk = f.read(max(min(st.st_size + 1 - size, _CHUNK), 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    if size > max_bytes:
+        raise NotReadable(f"{path} grew beyond the limit of {max_bytes:,} bytes while it was read")
+    return b"".join(chunks)
