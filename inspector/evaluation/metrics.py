@@ -48,11 +48,18 @@ def _labels_and_scores(labels, scores):
 
 
 def _masks_and_maps(masks, maps):
-    masks = np.asarray(masks, dtype=bool)
-    maps = np.asarray(maps)
-    if masks.shape != maps.shape or masks.ndim != 3:
-        raise ValueError(f"masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
+    """Pairs of (H, W) mask and map, each pair of one size (images may differ in size)."""
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    maps = [np.asarray(m) for m in maps]
+    if len(masks) != len(maps) or not masks or any(
+            a.ndim != 2 or a.shape != b.shape for a, b in zip(masks, maps)):
+        raise ValueError(f"masks {[a.shape for a in masks[:3]]}... and maps {[b.shape for b in maps[:3]]}... "
+                         f"must pair (H, W) arrays of equal sizes")
     return masks, maps
+
+
+def _flat(arrays) -> np.ndarray:
+    return np.concatenate([a.ravel() for a in arrays])
 
 
 def roc(labels, scores) -> tuple[np.ndarray, np.ndarray, float]:
@@ -72,9 +79,9 @@ def image_auroc(labels, scores) -> float:
 
 
 def pixel_auroc(masks, maps) -> float:
-    """Area under the ROC curve of every pixel: masks (N, H, W) bool, maps (N, H, W)."""
+    """Area under the ROC curve of every pixel: masks and maps, (H, W) each (N, H, W arrays or lists)."""
     masks, maps = _masks_and_maps(masks, maps)
-    return roc(masks.ravel(), maps.ravel())[2]
+    return roc(_flat(masks), _flat(maps))[2]
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
@@ -84,19 +91,18 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     masks, maps = _masks_and_maps(masks, maps)
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    region_weight = np.zeros(masks.shape, np.float64)  # 1 / area of the pixel's region
+    region_weight = []  # 1 / area of the pixel's region
     n_regions = 0
-    for weight, mask in zip(region_weight, masks):
+    for mask in masks:
         count, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         inverse_area = 1.0 / np.bincount(regions.ravel(), minlength=count)
         inverse_area[0] = 0.0  # label 0 is the background
-        weight[:] = inverse_area[regions]
+        region_weight.append(inverse_area[regions])
         n_regions += count - 1
-    normal = ~masks
+    normal = ~_flat(masks)
     if n_regions == 0 or not normal.any():
         raise ValueError("AUPRO needs defect regions and normal pixels")
-    _, (false_pos, overlap) = _cumulative_at_thresholds(
-        maps.ravel(), normal.ravel(), region_weight.ravel())
+    _, (false_pos, overlap) = _cumulative_at_thresholds(_flat(maps), normal, _flat(region_weight))
     fpr = np.append(0.0, false_pos / false_pos[-1])
     pro = np.append(0.0, overlap / n_regions)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
@@ -161,3 +167,23 @@ def per_type_auroc(types, labels, scores) -> dict[str, float]:
         keep = ~labels | (types == defect_type)
         result[str(defect_type)] = image_auroc(labels[keep], scores[keep])
     return result
+
+
+def binomial_interval(rate: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of the share of n parts that a rate predicts: the binomial
+    quantiles (lo, hi) / n of Binomial(n, rate), exact. A measured share of n parts outside it
+    says the prediction did not come true (at that level)."""
+    import math
+
+    if n <= 0:
+        raise ValueError("the interval needs at least one part")
+    rate = min(max(float(rate), 0.0), 1.0)
+    if rate in (0.0, 1.0):
+        return rate, rate
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+               + k * math.log(rate) + (n - k) * math.log1p(-rate) for k in range(n + 1)]
+    cdf = np.cumsum(np.exp(log_pmf))
+    tail = (1.0 - level) / 2
+    lo = int(np.searchsorted(cdf, tail))
+    hi = int(np.searchsorted(cdf, 1.0 - tail))
+    return lo / n, min(hi, n) / n
