@@ -23,16 +23,17 @@ import cv2
 import numpy as np
 
 from .. import paths
-from ..errors import BackboneError
+from ..errors import BackboneError, ImageError
 from .backbones import FEATURE_VERSION, build_feature_module, get_spec
 
 STRIDE = 8  # the patch grid is the input downscaled by the stride-8 stage
 SIDE_MULTIPLE = 16  # working sides are multiples of the coarser stage's stride
 MIN_SIDE = 32
 REFERENCE_SIDE = 256  # the default scale puts the median image's shorter side at this many pixels
-TILE = 512  # working pixels: a longer side is run in overlapping tiles of this length
-TILE_MARGIN = 32  # the context each tile has beyond what it keeps (the tiles overlap by twice this)
-TILE_BATCH = 4  # tiles per backbone run (bounds its memory at about 1 MP)
+TILE = 640  # working pixels: a longer side is run in overlapping tiles of at most this length
+TILE_MARGIN = 64  # the context each tile has beyond what it keeps (the tiles overlap by twice this)
+TILE_BATCH = 2  # tiles per backbone run (bounds its memory at under 1 MP)
+MAX_WORKING_PIXELS = 40_000_000  # an image the product would see larger is refused (memory)
 PLANNED_SHAPES = 16  # input shapes that get a session planned for them; others share a general one
 EXPORT_TOLERANCE = 1e-3
 PARALLEL_SHRINK_PIXELS = 512 * 512  # from this image size on, two threads shrink it
@@ -138,7 +139,12 @@ def working_shape(height: int, width: int, defect_size: float | None, square: in
     if defect_size is None:
         return square, square
     scale = STRIDE / defect_size
-    return tuple(max(MIN_SIDE, SIDE_MULTIPLE * int(round(side * scale / SIDE_MULTIPLE))) for side in (height, width))
+    shape = tuple(max(MIN_SIDE, SIDE_MULTIPLE * int(round(side * scale / SIDE_MULTIPLE))) for side in (height, width))
+    if shape[0] * shape[1] > MAX_WORKING_PIXELS:
+        raise ImageError(f"A {width} x {height} image would be inspected at {shape[1]} x {shape[0]} working pixels "
+                         f"(smallest defect {defect_size:g} px), more than {MAX_WORKING_PIXELS / 1e6:.0f} MP: "
+                         f"give the product a larger smallest defect, or smaller images.")
+    return shape
 
 
 def default_defect_size(shapes: list[tuple[int, int]], shorter_side: int = REFERENCE_SIDE) -> float:
@@ -148,18 +154,21 @@ def default_defect_size(shapes: list[tuple[int, int]], shorter_side: int = REFER
     return round(shorter * STRIDE / shorter_side, 2)
 
 
-def tile_spans(length: int) -> list[tuple[int, int, int]]:
-    """Overlapping tiles along one side of a working image: (start, keep_from, keep_to) in working
-    pixels. A side of at most TILE is one tile. Longer sides get tiles of TILE pixels whose starts
-    are multiples of 16 (the coarser stage's grid, so the tiles' features line up with the whole
-    image's); each keeps the part of the overlap nearer its own centre, so every kept patch has at
-    least TILE_MARGIN - 8 pixels of the image around it inside its tile."""
+def tile_spans(length: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """Overlapping tiles along one side of a working image: (tile length, [(start, keep_from,
+    keep_to)]) in working pixels. A side of at most TILE is one tile. A longer side gets the fewest
+    tiles of at most TILE pixels that overlap by 2 * TILE_MARGIN, all of one length (a multiple of
+    16, as short as that allows), starting at multiples of 16 (the coarser stage's grid, so the
+    tiles' features line up with the whole image's); each keeps the part of the overlap nearer its
+    own centre, so every kept patch has at least TILE_MARGIN - 8 pixels of the image around it in
+    its tile."""
     if length <= TILE:
-        return [(0, 0, length)]
-    n = -(-(length - TILE) // (TILE - 2 * TILE_MARGIN)) + 1
-    starts = [SIDE_MULTIPLE * int(round(i * (length - TILE) / (n - 1) / SIDE_MULTIPLE)) for i in range(n)]
-    cuts = [0] + [STRIDE * int(round((a + b + TILE) / (2 * STRIDE))) for a, b in zip(starts, starts[1:])] + [length]
-    return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
+        return length, [(0, 0, length)]
+    n = -(-(length - 2 * TILE_MARGIN) // (TILE - 2 * TILE_MARGIN))
+    size = min(length, SIDE_MULTIPLE * -(-(length + (n - 1) * 2 * TILE_MARGIN) // (n * SIDE_MULTIPLE)))
+    starts = [SIDE_MULTIPLE * int(round(i * (length - size) / (n - 1) / SIDE_MULTIPLE)) for i in range(n)]
+    cuts = [0] + [STRIDE * int(round((a + b + size) / (2 * STRIDE))) for a, b in zip(starts, starts[1:])] + [length]
+    return size, [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
 
 
 class FeatureExtractor:
@@ -255,11 +264,10 @@ class FeatureExtractor:
         """Preprocessed images (B, 3, h, w) -> patch features (B, h/8, w/8, C); an image larger
         than TILE on a side is run as overlapping tiles (see `tile_spans`) and stitched."""
         b, _, h, w = batch.shape
-        rows, cols = tile_spans(h), tile_spans(w)
+        (th, rows), (tw, cols) = tile_spans(h), tile_spans(w)
         if len(rows) == len(cols) == 1:
             return self._run(batch)
         out = np.empty((b, h // STRIDE, w // STRIDE, self.feature_dim), np.float32)
-        th, tw = min(h, TILE), min(w, TILE)
         tiles = [(r, c) for r in rows for c in cols]
         for image, x in zip(out, batch):
             for start in range(0, len(tiles), TILE_BATCH):

@@ -81,13 +81,14 @@ def sample(features: np.ndarray, sampler: str, ratio: float, seed: int,
 
 # A memory bank of many good images is built in two steps, so that its cost grows with the pixel
 # count and not with its square: each image offers candidates (its own coreset, POOL_FACTOR times
-# its share of the bank), and the bank is the coreset of the candidates of the images it is made
-# of. An image adds at most BANK_PATCHES_PER_IMAGE patches' worth to the bank (a 512 x 512 working
+# its share of the bank, fewer when that would make more than POOL_LIMIT candidates in all), and
+# the bank is the coreset of the candidates of the images it is made of. An image adds at most BANK_PATCHES_PER_IMAGE patches' worth to the bank (a 512 x 512 working
 # image): the variety of good patches grows with the parts seen, not with their pixels, and every
 # patch of an inspected image is searched against the bank, so a bank that grew with the image
 # would make the work grow with the square of its pixels.
 BANK_PATCHES_PER_IMAGE = 4096
 POOL_FACTOR = 10
+POOL_LIMIT = 50_000
 
 
 def bank_entries(patch_counts, ratio: float) -> int:
@@ -95,9 +96,10 @@ def bank_entries(patch_counts, ratio: float) -> int:
     return bank_size(int(sum(min(int(p), BANK_PATCHES_PER_IMAGE) for p in patch_counts)), ratio)
 
 
-def candidates(features: np.ndarray, sampler: str, ratio: float, seed: int) -> np.ndarray:
-    """One image's candidates for the memory bank: rows of its patch features (P, C)."""
-    k = min(len(features), bank_entries([len(features)], ratio) * POOL_FACTOR)
+def candidates(features: np.ndarray, sampler: str, ratio: float, seed: int, images: int = 1) -> np.ndarray:
+    """One image's candidates for a memory bank of `images` images: rows of its patch features (P, C)."""
+    share = bank_entries([len(features)], ratio)
+    k = min(len(features), max(share, min(share * POOL_FACTOR, POOL_LIMIT // images)))
     return np.ascontiguousarray(features[sample_indices(features, sampler, k, seed)], dtype=np.float32)
 
 

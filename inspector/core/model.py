@@ -66,7 +66,8 @@ FORMAT_FIELDS[3] = FORMAT_FIELDS[2]
 # image is calibrated (k-fold: no held-out fraction), images of a product may differ in size (the
 # calibration's patch scores are stored flat with each image's grid shape) and the region is a
 # mask of its own size, stretched over each image.
-FORMAT_FIELDS[4] = {"settings": tuple(f for f in FORMAT_FIELDS[3]["settings"] if f != "holdout") + ("defect_size",),
+FORMAT_FIELDS[4] = {"settings": ("backbone", "defect_size", "image_size", "sampler", "sampling_ratio", "sigma", "seed",
+                                 "min_region_area", "weights", "feature_version"),
                     "calibration": FORMAT_FIELDS[3]["calibration"]}
 # Fields older formats stored that no longer decide anything (read and dropped).
 RETIRED_FIELDS = {"settings": ("holdout",)}

@@ -125,7 +125,7 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
     for i, f in enumerate(feats):
         _check_cancel(cancel)
         pools.append(candidates(f.reshape(-1, c).astype(np.float32), settings.sampler, settings.sampling_ratio,
-                                settings.seed + i))
+                                settings.seed + i, n))
         progress("sampling", i + 1, n)
 
     def bank_of(images: np.ndarray) -> np.ndarray:
