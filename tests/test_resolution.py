@@ -49,14 +49,14 @@ TILE_CONTEXT = 56  # pixels: each kept patch sees at least this much of the imag
 
 def test_tiled_features_equal_the_whole_image_features():
     """A 1024 x 1024 image goes through the backbone as 2 x 2 overlapping tiles, stitched; its
-    patch features are those of the whole image run at once, to 2 % on average and a fifth of a
+    patch features are those of the whole image run at once, to 3 % on average and a fifth of a
     typical patch's length at the worst seam (the tiles' own borders are zero-padded)."""
     extractor = FeatureExtractor("efficientnet_lite0")
     batch = extractor.preprocess(make_mesh(3, 1024, 1024), (1024, 1024))[None]
     tiled, whole = extractor.features(batch)[0], extractor._run(batch)[0]
     assert tiled.shape == whole.shape == (128, 128, extractor.feature_dim)
     error = np.linalg.norm(tiled - whole, axis=-1) / np.linalg.norm(whole, axis=-1).mean()
-    assert error.mean() < 0.02 and error.max() < 0.2
+    assert error.mean() < 0.03 and error.max() < 0.2
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def elongated(tmp_path_factory):
 
 
 def test_a_thin_scratch_in_an_elongated_image_is_found_and_boxed_at_its_place(elongated):
-    """A 400 x 1600 image is seen at 256 x 1024 (not squashed into a square), in 2 tiles; a scratch
+    """A 400 x 1600 image is seen at 256 x 1024 (not squashed into a square), in tiles; a scratch
     2 px wide shows as one NG box around it, and the good parts pass."""
     model = elongated
     assert model.settings.working_shape(400, 1600) == (256, 1024)
