@@ -19,7 +19,7 @@ from . import __version__, paths
 from .logfile import start_log_file
 from .core.backbones import BACKBONES
 from .core.memory_bank import SAMPLERS
-from .core.model import Settings
+from .core.model import Settings, describe_scale
 from .core.roi import describe_roi
 from .errors import InspectorError
 from .store.results import text
@@ -76,9 +76,20 @@ def _at_least(low: float, kind=float):
     return convert
 
 
-def _settings(args) -> Settings:
-    values = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name, None) is not None}
-    return Settings(**values)
+def _settings(args, good_dir) -> Settings:
+    """The training settings the arguments give; `--image-size N` (an older option) becomes the
+    defect size that puts the good images' median shorter side at N pixels, and says so."""
+    from .core.training import with_defect_size
+    from .data.images import list_images
+
+    values = {f.name: getattr(args, f.name) for f in fields(Settings)
+              if f.name != "image_size" and getattr(args, f.name, None) is not None}
+    settings = Settings(**values)
+    if args.image_size is not None and settings.defect_size is None:
+        settings = with_defect_size(settings, list_images(good_dir), args.image_size)
+        print(f"--image-size {args.image_size} is now --defect-size {settings.defect_size:g} (the images keep "
+              f"their aspect ratio; their median shorter side is inspected at {args.image_size} px)", file=sys.stderr)
+    return settings
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -92,7 +103,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=_checked("check_sensitivity"), default=d.sigma,
                    help=f"sensitivity k: threshold = median + k robust spreads of the good images' scores "
                         f"against banks without them (default {d.sigma})")
-    p.add_argument("--image-size", type=_at_least(32, int), default=d.image_size)
+    p.add_argument("--defect-size", type=_at_least(0.5), default=d.defect_size, metavar="PX",
+                   help="the smallest defect to find, in the images' pixels: it decides the scale at which "
+                        "the images are inspected (aspect ratio kept; large images in tiles). Default: "
+                        "from the good images, their median shorter side / 32")
+    p.add_argument("--image-size", type=_at_least(32, int), default=None, metavar="PX",
+                   help="older name: the images' median shorter side at PX pixels (converted to --defect-size)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), cuda or mps (torch)")
 
@@ -336,16 +352,18 @@ def cmd_train(args) -> int:
 
     user = _engineer(args, "train a product")
     print(f"Training '{args.product}' from {args.good_dir}", file=sys.stderr)
-    settings = _settings(args)
-    roi = roi_from_mask(args.roi, settings.image_size) if args.roi else None
+    settings = _settings(args, args.good_dir)
+    roi = roi_from_mask(args.roi) if args.roi else None
     with _open_store(args) as store:
         model, good = train(args.models_dir, store, args.product, args.good_dir, settings,
                             ProgressLine(), None, args.device, user=user, roi=roi)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
+    s = model.settings
+    print(f"Inspecting at {describe_scale(s.defect_size, s.image_size)}", file=sys.stderr)
     print(f"Saved '{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches from "
           f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, "
-          f"from {model.counts['calibration_images']} good images scored against banks without them, "
+          f"from every one of {model.counts['calibration_images']} good images scored against a bank without it, "
           f"{model.calibration.method}); inspecting {describe_roi(model.roi)}")
     folder = known_defects(args.models_dir, model.product)
     defects = score_defects(model, folder, device=args.device) if folder else None
@@ -368,7 +386,7 @@ def cmd_roi(args) -> int:
         return EXIT_ERROR
     user = _engineer(args, "change the inspection region")
     before = load_model(args.models_dir, args.product)
-    roi = None if args.clear else roi_from_mask(args.mask, before.settings.image_size)
+    roi = None if args.clear else roi_from_mask(args.mask)
     with _open_store(args) as store:
         model = set_roi(args.models_dir, store, args.product, roi, user=user)
     print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
@@ -565,7 +583,8 @@ def cmd_models(args) -> int:
             continue
         s = m["settings"]
         print(f"{m['product']}: version {m['version']}, threshold {m['threshold']:.3f} (sigma {s['sigma']}), "
-              f"{s['backbone']} {s['image_size']} px, {s['sampler']} {s['sampling_ratio']}, memory bank "
+              f"{s['backbone']}, {describe_scale(s.get('defect_size'), s.get('image_size'))}, "
+              f"{s['sampler']} {s['sampling_ratio']}, memory bank "
               f"{m['counts'].get('memory_bank')}, {m['counts'].get('good_images')} good images, "
               f"created {m['created']}, id {m['model_id']}")
     return EXIT_OK
@@ -636,7 +655,8 @@ def cmd_shift(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation.report import evaluate, summary
 
-    report, _ = evaluate(args.category_dir, _settings(args), args.plots, ProgressLine(), None, args.device)
+    settings = _settings(args, Path(args.category_dir) / "train" / "good")
+    report, _ = evaluate(args.category_dir, settings, args.plots, ProgressLine(), None, args.device)
     print(summary(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")

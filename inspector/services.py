@@ -25,8 +25,8 @@ import numpy as np
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
-from .core.model import (Model, Settings, check_product_name, delete_model, list_models, list_versions,
-                         load_model, rename_model, save_model, separating_threshold, with_sigma)
+from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
+                         list_versions, load_model, rename_model, save_model, separating_threshold, with_sigma)
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
@@ -53,7 +53,7 @@ def describe_model(model: Model | None) -> str | None:
     s = model.settings
     return (f"version {model.version} (id {model.model_id}): threshold {model.threshold:.6g} at sensitivity "
             f"{s.sigma:g}; memory bank {len(model.memory_bank)} patches ({s.sampler}, ratio {s.sampling_ratio:g}); "
-            f"{s.backbone} {s.image_size} px; inspecting {describe_roi(model.roi)}")
+            f"{s.backbone}, {describe_scale(s.defect_size, s.image_size)}; inspecting {describe_roi(model.roi)}")
 
 
 def _record(store: ResultStore, product: str, kind: str, old: str | None, new: str | None,
@@ -221,8 +221,9 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
     old = _current(Path(models_dir), product)
     if not paths + taught:
         raise TrainingError(f"No good images in {origin}: choose a folder that contains good part images.")
-    extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
-    good = training.extract_features(paths + taught, extractor, progress, cancel)
+    settings = training.with_defect_size(settings, paths + taught)
+    extractor = FeatureExtractor(settings.backbone, device, settings.weights)
+    good = training.extract_features(paths + taught, extractor, settings, progress, cancel)
     try:
         model = training.fit(product, good, settings, progress, cancel, roi)
     except TrainingError as exc:
@@ -270,12 +271,12 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
     else:  # a taught image deleted since the features were kept is left out, as it is from a training
         kept = [i for i, p in enumerate(good.paths) if not (_is_taught(models_dir, product, p) and not p.is_file())]
         if len(kept) < len(good.paths):
-            good = GoodFeatures(good.features[kept], [good.paths[i] for i in kept], good.skipped)
+            good = GoodFeatures([good.features[i] for i in kept], [good.paths[i] for i in kept], good.skipped)
     taught = taught_images(models_dir, product, paths if good is None else good.paths)
     if paths or taught:
-        extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
-        read = training.extract_features(paths + taught, extractor, progress, cancel)
-        good = read if good is None else GoodFeatures(np.concatenate([good.features, read.features]),
+        extractor = FeatureExtractor(settings.backbone, device, settings.weights)
+        read = training.extract_features(paths + taught, extractor, settings, progress, cancel)
+        good = read if good is None else GoodFeatures(good.features + read.features,
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
     used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
@@ -288,7 +289,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
 
 def set_roi(models_dir: str | Path, store: ResultStore, product: str, roi: np.ndarray | None,
             user: str | None = None) -> Model:
-    """Inspect the product in another region (a mask at the model's input size, core.roi;
+    """Inspect the product in another region (a mask stretched over each image, core.roi;
     None: the whole image) and save it as its new version. The calibration follows from the
     model's own calibration patch scores: no good image is read."""
     current = load_model(models_dir, product)
@@ -323,7 +324,7 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
     current = load_model(models_dir, product)
     paths, origin = _images(images)
     extractor = inspector_for(current, device, extractors).extractor
-    good = training.extract_features(paths, extractor)
+    good = training.extract_features(paths, extractor, current.settings)
     if not good.paths:
         raise TrainingError(f"No good image to teach from {origin}"
                             + "".join(f"; {p.name}: {why}" for p, why in good.skipped))
@@ -337,7 +338,7 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
             copy.unlink(missing_ok=True)
         raise
     after = Inspector(saved, device, extractor)
-    scores_after = [after.score_features(f)[0] for f in good.features]
+    scores_after = [after.score_features(f.astype(np.float32))[0] for f in good.features]
     _record(store, product, "teach", describe_model(current), describe_model(saved), saved.change, user)
     return Taught(current, saved, good.paths, before, scores_after, good.skipped)
 

@@ -65,7 +65,7 @@ def inspector_for(model: Model, device: str = "cpu", extractors: dict | None = N
     if extractors is None:
         return Inspector(model, device)
     s = model.settings
-    key = (s.backbone, s.image_size, device, s.weights)  # FeatureExtractor's arguments
+    key = (s.backbone, device, s.weights)  # FeatureExtractor's arguments
     if key not in extractors:
         extractors[key] = FeatureExtractor(*key)
     return Inspector(model, device, extractors[key])
@@ -100,7 +100,7 @@ class Station:
         self.device = device
         self.frames = frames  # keeps NG camera frames (a file is its own evidence)
         m = inspector.model.settings
-        self._extractors = {(m.backbone, m.image_size, device, m.weights): inspector.extractor}
+        self._extractors = {(m.backbone, device, m.weights): inspector.extractor}
         self._refused: int | None = None  # a newer version that could not be loaded
         self._gone = False  # the product's model is no longer on disk
         self._retry_at: float | None = None  # when to try again to log what could not be logged
@@ -312,7 +312,7 @@ class Station:
                 yield outcome
 
     def _prepare(self, image: np.ndarray) -> Prepared:
-        return self.inspector.extractor.prepare(image)  # the model now; a newer one prepares again
+        return self.inspector.prepare(image)  # the model now; a newer one prepares again
 
     def _sort(self, path: Path, verdict: str) -> str | None:
         """Move the file into an OK/, NG/ or ERROR/ subfolder beside it, never over another

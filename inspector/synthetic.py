@@ -39,11 +39,12 @@ def make_part(seed: int, size: int = 256, defect: str | None = None) -> np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_mesh(seed: int, size: int = 256) -> np.ndarray:
-    """One RGB uint8 image of a woven mesh (a texture): its lines' phase and angle change from
-    image to image, so what a border patch sees differs from part to part, as on real textures."""
+def make_mesh(seed: int, size: int = 256, width: int | None = None) -> np.ndarray:
+    """One RGB uint8 image of a woven mesh (a texture), size x size or size high and `width`
+    wide: its lines' phase and angle change from image to image, so what a border patch sees
+    differs from part to part, as on real textures."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:width or size].astype(np.float32)
     a = rng.uniform(-0.05, 0.05)
     ox, oy = rng.uniform(0, 12, 2)
     u = np.cos(a) * xx + np.sin(a) * yy + ox

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from inspector.core import backbones
-from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, SHIPPED_SIZES, FeatureExtractor,
-                                     Prepared, export_graph, find_graph, graph_name)
-from inspector.core.memory_bank import (bank_size, greedy_coreset, nearest_distance, random_sample, sample,
-                                        sample_indices, squared_norms)
+from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, FeatureExtractor, Prepared, export_graph,
+                                     find_graph, graph_name)
+from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample, squared_norms
 from inspector.core.model import Calibration, Settings, separating_threshold
 from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_scores
 from inspector.core.training import extract_features, fit, train
@@ -52,31 +51,31 @@ def test_wrong_weight_file_is_refused(tmp_path):
         backbones.build_feature_module("resnet18", bad)
 
 
-def test_shipped_graphs_equal_the_feature_module(tmp_path):
-    """Each image size the app offers has its graph inside the package, and each computes what
-    the feature module computes from the weights now, within the export tolerance; a fresh
-    export agrees with it too. So the shipped graphs cannot drift from the code: after a change
-    of the feature module, run build/export_graphs.py and commit its graphs."""
+def test_shipped_graph_equals_the_feature_module(tmp_path):
+    """The embedded backbone's graph ships inside the package, takes any size (multiples of 16),
+    and computes what the feature module computes from the weights now, within the export
+    tolerance, at square and elongated sizes; a fresh export agrees with it too. So the shipped
+    graph cannot drift from the code: after a change of the feature module, run
+    build/export_graphs.py and commit its graph."""
     import onnxruntime as ort
     import torch
 
-    expected = {graph_name(EMBEDDED_BACKBONE, size) for size in SHIPPED_SIZES}
-    assert {p.name for p in SHIPPED_GRAPHS.glob("*.onnx")} == expected
+    assert [p.name for p in SHIPPED_GRAPHS.glob("*.onnx")] == [graph_name(EMBEDDED_BACKBONE)]
+    assert find_graph(EMBEDDED_BACKBONE) == SHIPPED_GRAPHS / graph_name(EMBEDDED_BACKBONE)
     module = backbones.build_feature_module(EMBEDDED_BACKBONE)
+    extractor = FeatureExtractor(EMBEDDED_BACKBONE)
     noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), np.uint8)
-    for size in SHIPPED_SIZES:
-        extractor = FeatureExtractor(EMBEDDED_BACKBONE, size)
-        assert find_graph(EMBEDDED_BACKBONE, size) == SHIPPED_GRAPHS / graph_name(EMBEDDED_BACKBONE, size)
-        batch = np.stack([extractor.preprocess(im) for im in (make_part(1), make_part(2, defect="stain"), noise)])
-        got = extractor._session.run(None, {"image": batch})[0]
+    fresh = ort.InferenceSession(str(export_graph(EMBEDDED_BACKBONE, dest_dir=tmp_path)),
+                                 providers=["CPUExecutionProvider"])
+    for shape in ((256, 256), (96, 400), (224, 160)):
+        batch = np.stack([extractor.preprocess(im, shape) for im in (make_part(1), make_part(2, defect="stain"), noise)])
+        got = extractor._run(batch)
         with torch.no_grad():
-            want = module(torch.from_numpy(batch)).numpy()
-        assert got.shape == (3, backbones.get_spec(EMBEDDED_BACKBONE).feature_dim, size // 8, size // 8)
-        assert np.abs(got - want).max() <= EXPORT_TOLERANCE, size
-        if size == SHIPPED_SIZES[0]:
-            fresh = export_graph(EMBEDDED_BACKBONE, size, dest_dir=tmp_path)
-            again = ort.InferenceSession(str(fresh), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
-            assert np.abs(got - again).max() <= EXPORT_TOLERANCE
+            want = module(torch.from_numpy(batch)).numpy().transpose(0, 2, 3, 1)
+        assert got.shape == (3, shape[0] // 8, shape[1] // 8, backbones.get_spec(EMBEDDED_BACKBONE).feature_dim)
+        assert np.abs(got - want).max() <= EXPORT_TOLERANCE, shape
+        again = fresh.run(None, {"image": batch})[0].transpose(0, 2, 3, 1)
+        assert np.abs(got - again).max() <= EXPORT_TOLERANCE
 
 
 def test_inspecting_a_saved_model_does_not_import_torch(trained, tmp_path):
@@ -107,13 +106,13 @@ def test_greedy_coreset_covers_every_cluster_and_is_deterministic():
     rng = np.random.default_rng(0)
     centers = np.array([[0, 0], [100, 0], [0, 100], [100, 100], [50, 50]], np.float32)
     points = np.concatenate([c + rng.normal(0, 1, (200, 2)) for c in centers]).astype(np.float32)
-    picked = greedy_coreset(points, 5 / 1000, seed=3)
+    picked = greedy_coreset(points, 5, seed=3)
     clusters = {int(np.argmin(((centers - points[i]) ** 2).sum(1))) for i in picked}
     assert clusters == {0, 1, 2, 3, 4}
-    assert np.array_equal(picked, greedy_coreset(points, 5 / 1000, seed=3))
+    assert np.array_equal(picked, greedy_coreset(points, 5, seed=3))
     # a random sample of 5 out of 1000 almost never covers all 5 clusters; greedy always does
-    assert np.array_equal(random_sample(points, 0.1, 7), random_sample(points, 0.1, 7))
-    assert len(random_sample(points, 0.1, 7)) == 100
+    assert np.array_equal(random_sample(points, 100, 7), random_sample(points, 100, 7))
+    assert len(set(random_sample(points, 100, 7))) == 100
 
 
 def test_sampling_reports_progress_and_cancels():
@@ -127,18 +126,6 @@ def test_sampling_reports_progress_and_cancels():
         sample(feats, "greedy", 0.05, 0, cancel=cancel)
     with pytest.raises(TrainingError, match="Unknown sampler"):
         sample(feats, "kmeans", 0.05, 0)
-
-
-@pytest.mark.parametrize("sampler", ["greedy", "random"])
-def test_a_bank_of_some_rows_extends_to_a_bank_of_all(sampler):
-    """With `first`, the first picks are a bank of those rows alone (the calibration bank), the
-    rest extend it to the bank of all rows, each row once."""
-    feats = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
-    first = np.arange(0, 2000, 2)
-    picked = sample_indices(feats, sampler, 0.05, 0, first=first)
-    assert len(picked) == 100 and len(set(picked)) == 100
-    assert np.isin(picked[:50], first).all()
-    assert not np.isin(picked[50:], first).all()  # the other rows join the final bank
 
 
 def test_nearest_distance_is_exact():
@@ -162,8 +149,9 @@ def test_regions_are_boxes_in_original_coordinates():
 def test_anomaly_map_is_smooth_and_sized():
     scores = np.zeros((32, 32), np.float32)
     scores[16, 16] = 1.0
-    amap = anomaly_map(scores, 256)
+    amap = anomaly_map(scores)
     assert amap.shape == (256, 256)
+    assert anomaly_map(np.zeros((8, 40), np.float32)).shape == (64, 320)  # 8 px a patch, any shape
     assert 0 < amap.max() < 1.0 and np.unravel_index(amap.argmax(), amap.shape) in {(130, 130), (131, 131), (130, 131), (131, 130)}
 
 
@@ -215,22 +203,20 @@ def test_trained_model_separates_good_and_defective_parts(trained):
     assert top.x <= x < top.x + top.w and top.y <= y < top.y + top.h
 
 
-def test_the_map_stays_at_the_model_size_and_is_stretched_only_where_drawn(trained):
-    """A 768x1024 image (shrunk on two threads): its result's map is the model's 256x256, equal
-    to the map of the same part given at 256 px; boxes are in the image's pixels, and the
-    drawn overlay covers the whole image with the hot spot under the box."""
+def test_the_map_is_at_the_working_size_and_is_stretched_only_where_drawn(trained):
+    """The map is at the working size (here the parts' own 256 px), boxes are in the image's
+    pixels around the map's hot spot, and the drawn overlay covers the image with the hot spot
+    under the box (tests/test_resolution.py: elongated and differently sized images)."""
     model, _ = trained
     inspector = Inspector(model)
-    small = make_part(201, defect="stain")
-    big = cv2.resize(small, (768, 1024), interpolation=cv2.INTER_NEAREST)  # 3x wide, 4x high
-    result = inspector.inspect(big)
-    assert result.verdict == "NG" and result.anomaly_map.shape == (256, 256)
-    assert np.allclose(result.anomaly_map, inspector.inspect(small).anomaly_map, atol=1e-4)
+    image = make_part(201, defect="stain")
+    result = inspector.inspect(image)
+    assert result.verdict == "NG" and result.anomaly_map.shape == model.settings.working_shape(256, 256) == (256, 256)
     top = result.regions[0]
     y, x = np.unravel_index(result.anomaly_map.argmax(), result.anomaly_map.shape)
-    assert top.x <= 3 * x < top.x + top.w and top.y <= 4 * y < top.y + top.h
-    shown = overlay(big, result)
-    assert shown.shape == big.shape
+    assert top.x <= x < top.x + top.w and top.y <= y < top.y + top.h
+    shown = overlay(image, result)
+    assert shown.shape == image.shape
     hot = shown[top.y + top.h // 2, top.x + top.w // 2]
     assert hot[0] > hot[2]  # red over blue where the defect is
 
@@ -240,10 +226,12 @@ def test_an_image_prepared_ahead_is_used_only_by_the_extractor_that_made_it(trai
     inspector = Inspector(model)
     image = make_part(201, defect="stain")
     plain = inspector.inspect(image).score
-    assert inspector.inspect(image, inspector.extractor.prepare(image)).score == pytest.approx(plain, abs=1e-5)
-    blank = np.zeros((1, 3, 256, 256), np.float32)
+    assert inspector.inspect(image, inspector.prepare(image)).score == pytest.approx(plain, abs=1e-5)
+    blank = np.zeros((1, 3) + inspector.working_shape(image), np.float32)
     assert inspector.inspect(image, Prepared(image, inspector.extractor, blank)).score != pytest.approx(plain)
-    other = FeatureExtractor(EMBEDDED_BACKBONE, 256)  # e.g. a newer model's: it prepares again
+    wrong_size = np.zeros((1, 3, 128, 128), np.float32)  # prepared for another scale: prepared again
+    assert inspector.inspect(image, Prepared(image, inspector.extractor, wrong_size)).score == pytest.approx(plain, abs=1e-5)
+    other = FeatureExtractor(EMBEDDED_BACKBONE)  # e.g. a newer model's: it prepares again
     assert inspector.inspect(image, Prepared(image, other, blank)).score == pytest.approx(plain, abs=1e-5)
 
 
@@ -270,37 +258,41 @@ def test_refit_from_cached_features_changes_only_the_bank(trained):
 def test_calibration_method_follows_the_number_of_good_images(trained):
     _, features = trained
     few = type(features)(features.features[:5], features.paths[:5])
-    model = fit("part", few, Settings())
+    model = fit("part", few, Settings(defect_size=8.0))
     assert model.calibration.method == "leave-one-out" and len(model.calibration.image_scores) == 5
-    many = type(features)(np.concatenate([features.features] * 3), features.paths * 3)
-    model = fit("part", many, Settings(holdout=0.2))
-    assert model.calibration.method == "holdout" and model.counts["calibration_images"] == 12
+    many = type(features)(features.features * 3, features.paths * 3)
+    model = fit("part", many, Settings(defect_size=8.0))
+    assert model.calibration.method == "5-fold" and model.counts["calibration_images"] == 60
     assert model.counts["bank_images"] == 60
     with pytest.raises(TrainingError, match="at least 5"):
-        fit("part", type(features)(features.features[:3], features.paths[:3]), Settings())
+        fit("part", type(features)(features.features[:3], features.paths[:3]), Settings(defect_size=8.0))
 
 
-@pytest.mark.parametrize("copies", [1, 3])  # 20 images: 5-fold; 60 images: a held-out fifth
-def test_every_good_image_reaches_the_memory_bank(trained, copies):
-    """Calibration scores images against banks without them, but the final bank holds every
-    good image: give each image one patch unlike any other and find all of them in the bank."""
+@pytest.mark.parametrize("copies", [1, 3])  # 20 and 60 images: 5-fold either way
+def test_every_good_image_is_calibrated_once_and_reaches_the_memory_bank(trained, copies):
+    """Every good image is scored once, against a bank built without its fold, and the final
+    bank holds every good image: give each image one patch unlike any other, find all of them
+    in the bank, and find each one far from its own calibration bank (it was not in it)."""
     _, features = trained
-    feats = np.concatenate([features.features] * copies)
-    for i in range(len(feats)):
-        feats[i, 5, 5] = 50.0 + 10.0 * i
-    model = fit("part", type(features)(feats, features.paths * copies), Settings())
+    feats = [f.astype(np.float32) for f in features.features * copies]
+    for i, f in enumerate(feats):
+        f[5, 5] = 50.0 + 10.0 * i
+    model = fit("part", type(features)(feats, features.paths * copies), Settings(defect_size=8.0))
     bank = model.memory_bank
-    for i in range(len(feats)):
-        assert np.abs(bank - feats[i, 5, 5]).max(axis=1).min() == 0.0, f"image {i} is not in the bank"
-    calibration = sorted(model.calibration.image_scores)
-    assert len(calibration) == (20 if copies == 1 else 12) and calibration[-1] > 0
+    for i, f in enumerate(feats):
+        assert np.abs(bank - f[5, 5].astype(np.float16).astype(np.float32)).max(axis=1).min() < 0.05, \
+            f"image {i} is not in the bank"
+    grids = model.calibration_patch_scores
+    assert len(grids) == len(model.calibration.image_scores) == len(feats)
+    for i, grid in enumerate(grids):  # its own odd patch was not in the bank it was scored against
+        assert grid[5, 5] == grid.max() and grid[5, 5] > 30.0, i
 
 
 def test_unreadable_good_images_are_skipped_and_listed(tmp_path):
     paths = write_parts(tmp_path, 3)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
-    extractor = FeatureExtractor("efficientnet_lite0", 256)
-    good = extract_features(paths + [tmp_path / "broken.png"], extractor)
+    extractor = FeatureExtractor("efficientnet_lite0")
+    good = extract_features(paths + [tmp_path / "broken.png"], extractor, Settings(defect_size=8.0))
     assert len(good.features) == 3 and good.paths == paths
     assert good.skipped[0][0].name == "broken.png" and "truncated" in good.skipped[0][1]
 
@@ -314,15 +306,15 @@ def test_a_torchvision_backbone_runs_from_an_explicit_weight_file(tmp_path, monk
     monkeypatch.setenv("INSPECTOR_CACHE_DIR", str(tmp_path / "cache"))
     weights = tmp_path / "my-resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    settings = Settings(backbone="resnet18", image_size=64, weights=str(weights))
+    settings = Settings(backbone="resnet18", weights=str(weights))
     model, _ = train("rn", write_parts(tmp_path / "good", 5, size=64), settings)
     graphs = [p.name for p in (tmp_path / "cache" / "backbones").iterdir()]
-    assert len(graphs) == 1 and graphs[0].startswith("resnet18-64-") and model.memory_bank.shape[1] == 384
+    assert len(graphs) == 1 and graphs[0].startswith("resnet18-f2-") and model.memory_bank.shape[1] == 384
     assert Inspector(model).inspect(make_part(9, size=64)).verdict in ("OK", "NG")
 
 
-def _border(grid: int, width: int = 1) -> np.ndarray:
-    ring = np.zeros((grid, grid), bool)
+def _border(grid: tuple[int, int], width: int = 1) -> np.ndarray:
+    ring = np.zeros(grid, bool)
     ring[:width] = ring[-width:] = True
     ring[:, :width] = ring[:, -width:] = True
     return ring
@@ -340,9 +332,9 @@ def test_a_good_textures_border_patches_score_like_its_interior(mesh):
     outer ring of patches lies no farther from the memory bank than the rest and never decides
     the image score. (Averaged over fewer neighbours, the ring lay 20 % farther and did.)"""
     inspector = Inspector(mesh)
-    ring = _border(inspector.extractor.grid)
+    ring = _border(tuple(s // 8 for s in inspector.working_shape(make_mesh(0))))
     for seed in (100, 101, 102):
-        scores = patch_scores(inspector.extractor([make_mesh(seed)])[0], mesh.memory_bank,
+        scores = patch_scores(inspector.features(make_mesh(seed)), mesh.memory_bank,
                               squared_norms(mesh.memory_bank))
         assert scores[ring].mean() < 1.05 * scores[~ring].mean()
         assert not ring.ravel()[scores.argmax()]

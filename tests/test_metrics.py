@@ -165,3 +165,17 @@ def test_aupro_equals_brute_force(seed, fpr_limit):
 def test_aupro_needs_regions():
     with pytest.raises(ValueError):
         aupro(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4), np.float32))
+
+
+def test_curves_of_many_pixels_are_binned_to_within_1e_4_of_the_exact_area(monkeypatch):
+    """Beyond EXACT_LIMIT samples (a test set's maps at their working sizes) the curve is made
+    from evenly spaced score levels: the same area to 1e-4, in a few bytes a sample."""
+    from inspector.evaluation import metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(300_000) < 0.05
+    scores = (rng.normal(0, 1, labels.size) + 1.2 * labels).astype(np.float32)
+    exact = metrics.image_auroc(labels, scores)
+    monkeypatch.setattr(metrics, "EXACT_LIMIT", 1000)
+    monkeypatch.setattr(metrics, "_CHUNK", 70_000)  # several chunks
+    assert metrics.image_auroc(labels, scores) == pytest.approx(exact, abs=1e-4)

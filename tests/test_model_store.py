@@ -22,7 +22,7 @@ from inspector.errors import ModelError
 
 def make_model(product="Gear 7", seed=0) -> Model:
     bank = np.random.default_rng(seed).normal(size=(40, 152)).astype(np.float32)
-    return Model(product, Settings(), bank, Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "holdout"),
+    return Model(product, Settings(defect_size=8.0), bank, Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "5-fold"),
                  {"good_images": 20}, created="2026-01-01T00:00:00+00:00", versions={"inspector": "t"})
 
 
@@ -115,7 +115,7 @@ DAMAGE = {  # name: (edit of model.json, message)
         "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}), "checksum"),
     "scores NaN": (lambda m: json.dumps(m).replace('"image_scores": [1.0', '"image_scores": [NaN'), "NaN"),
     "sigma Infinity": (lambda m: json.dumps(m).replace('"sigma": 3.0', '"sigma": Infinity'), "Infinity"),
-    "image_size changed": (edit("settings", image_size=320), "checksum"),
+    "defect size changed": (edit("settings", defect_size=4.0), "checksum"),
     "string for a number": (edit("settings", sampling_ratio="0.01"), "checksum"),
     "threshold edited": (lambda m: json.dumps(m | {"threshold": 99.0}), "checksum"),
     "no calibration": (lambda m: json.dumps({k: v for k, v in m.items() if k != "calibration"}), "checksum"),
@@ -128,7 +128,7 @@ DAMAGE = {  # name: (edit of model.json, message)
 DAMAGE_WITH_CHECKSUM = {
     "sigma huge": (edit("settings", sigma=1e308), "sigma is 1e"),
     "string for a number": (edit("settings", sampling_ratio="0.01"), "sampling_ratio"),
-    "bool for a number": (edit("settings", image_size=True), "image_size"),
+    "bool for a number": (edit("settings", defect_size=True), "defect_size"),
     "negative std": (edit("calibration", pixel_std=-1.0), "pixel_std"),
     "one score": (edit("calibration", image_scores=[1.0]), "image_scores"),
     "scores x10": (lambda m: json.dumps(m | {"calibration": m["calibration"] | {
@@ -309,7 +309,8 @@ from inspector.core.model import Calibration, Model, Settings, save_model
 bank = np.random.default_rng(0).normal(size=(2000, 152)).astype(np.float32)
 print("ready", flush=True)
 for i in range(int(sys.argv[2])):
-    model = Model("Gear 7", Settings(sigma=1.0 + i % 7), bank, Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "holdout"))
+    model = Model("Gear 7", Settings(defect_size=8.0, sigma=1.0 + i % 7), bank,
+                  Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "5-fold"))
     save_model(model, sys.argv[1])
 """
 

@@ -243,10 +243,10 @@ class Failing:
     def __init__(self, extractor, failure):
         self.extractor, self.failure = extractor, failure
 
-    def __call__(self, images):
+    def __call__(self, images, shape):
         if images[0].size and images[0][0, 0, 0] == MARK:
             raise self.failure
-        return self.extractor(images)
+        return self.extractor(images, shape)
 
 
 @pytest.mark.parametrize("failure, name", [

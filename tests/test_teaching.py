@@ -95,25 +95,27 @@ def test_an_exclude_area_over_a_changing_label_stops_its_false_rejects(tmp_path)
     before = [Inspector(model).inspect(p).verdict for p in parts]
     assert before.count("NG") >= 4, before  # the new date codes make false rejects
     label = Shape(((140, 190), (256, 256)), include=False, kind="rectangle")
-    excluded = with_roi(model, roi_from_shapes([label], (SIZE, SIZE), SIZE))
+    excluded = with_roi(model, roi_from_shapes([label], (SIZE, SIZE)))
     assert [Inspector(excluded).inspect(p).verdict for p in parts] == ["OK"] * 8
 
 
 def test_shapes_and_mask_files_make_the_same_region(tmp_path):
     square = Shape(((0, 0), (100, 100)), kind="rectangle")
     hole = Shape(((20, 20), (80, 20), (50, 70)), include=False)  # a triangle, 2x on a 512 px image
-    roi = roi_from_shapes([square, hole], (512, 512), SIZE)
-    assert roi[5, 5] and not roi[15, 25] and not roi[60, 60]  # in the square, in the hole, outside
-    assert roi.sum() == pytest.approx(50 * 50 - 0.5 * 30 * 25, rel=0.15)
-    assert roi_from_shapes([], (512, 512), SIZE) is None
-    assert roi_from_shapes([hole], (512, 512), SIZE).mean() > 0.9  # only an exclude area: the rest
+    roi = roi_from_shapes([square, hole], (512, 512))
+    assert roi.shape == (512, 512)  # kept at the image's size (at most 1024 px): stretched over each image
+    assert roi[10, 10] and not roi[30, 50] and not roi[120, 120]  # in the square, in the hole, outside
+    assert roi.sum() == pytest.approx(100 * 100 - 0.5 * 60 * 50, rel=0.15)
+    assert roi_from_shapes([], (512, 512)) is None
+    assert roi_from_shapes([hole], (512, 512)).mean() > 0.9  # only an exclude area: the rest
+    assert roi_from_shapes([square], (4000, 2000)).shape == (512, 1024)
     mask = np.zeros((600, 400), np.uint8)  # any size and depth: stretched like the images
     mask[:300] = 255
     save_image(tmp_path / "mask.png", np.dstack([mask] * 3))
-    from_file = roi_from_mask(tmp_path / "mask.png", SIZE)
-    assert from_file[:128].all() and not from_file[128:].any()
+    from_file = roi_from_mask(tmp_path / "mask.png")
+    assert from_file.shape == (600, 400) and from_file[:300].all() and not from_file[300:].any()
     with pytest.raises(ModelError, match="covers no patch"):
-        check_roi(np.zeros((SIZE, SIZE), bool), SIZE, SIZE // 8)
+        check_roi(np.zeros((SIZE, SIZE), bool))
 
 
 def test_a_new_region_needs_no_good_image_and_calibrates_as_training_with_it(tmp_path, disc_model):
@@ -253,10 +255,11 @@ def test_a_taught_part_is_kept_only_when_the_model_is_saved(station, tmp_path, m
 
 
 def test_teaching_keeps_the_region(disc_model):
-    extractor = Inspector(disc_model).extractor
-    taught, [before] = teach(disc_model, extractor([drifted(60)]))
+    inspector = Inspector(disc_model)
+    brighter = np.clip(drifted(60).astype(np.float32) * 1.2, 0, 255).astype(np.uint8)
+    taught, [before] = teach(disc_model, [inspector.features(brighter)])
     assert np.array_equal(taught.roi, disc_model.roi) and before >= disc_model.threshold
-    assert Inspector(taught, extractor=extractor).inspect(drifted(60)).verdict == "OK"
+    assert Inspector(taught, extractor=inspector.extractor).inspect(brighter).verdict == "OK"
 
 
 def test_cli_teach_shows_the_threshold_and_the_false_reject_rate(station, tmp_path, capsys):

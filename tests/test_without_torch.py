@@ -87,7 +87,7 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
     results = dict(zip(commands, run_commands(list(commands.values()), tmp_path / "cache")))
 
     assert results["self-test"][0] == 0 and "self-test passed" in results["self-test"][1]
-    for name in ("train", "train 320", "calibrate", "rebuild", "roi", "teach", "rollback", "versions", "create",
+    for name in ("train", "train 320", "other size", "calibrate", "rebuild", "roi", "teach", "rollback", "versions", "create",
                  "rename", "delete", "models", "history", "events", "shift"):
         assert results[name][0] == 0, results[name]
     for name in ("inspect", "inspect again"):
@@ -96,8 +96,8 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
     assert "part: version 6" in results["models"][1] and "spare" not in results["models"][1]
     assert (tmp_path / "log.csv").is_file()
     assert results["evaluate"][0] == 0 and (tmp_path / "plots" / "roc.png").is_file()
-    for name, needs in (("other backbone", "Backbone 'resnet18'"), ("other size", "image size 288"),
-                        ("gpu", "Device 'cuda'")):
+    assert "now --defect-size" in results["other size"][2]  # any scale runs on the shipped graph
+    for name, needs in (("other backbone", "Backbone 'resnet18'"), ("gpu", "Device 'cuda'")):
         code, _, err = results[name]
         assert code == 2 and needs in err and f"pip install '{EXPORT_EXTRA}'" in err and "torch" in err, err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx"))

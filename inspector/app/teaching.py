@@ -288,7 +288,7 @@ class RegionEditor(QWidget):
         if model is None or self.image is None:
             return None
         h, w = self.image.shape[:2]
-        return roi_from_shapes(self.shapes, (w, h), model.settings.image_size)
+        return roi_from_shapes(self.shapes, (w, h))
 
     # ---- editing ------------------------------------------------------------------------
     def add_shape(self, shape: Shape) -> None:

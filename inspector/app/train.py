@@ -9,8 +9,8 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
 
 from .. import services
 from ..core.backbones import BACKBONES
-from ..core.features import SHIPPED_SIZES as IMAGE_SIZES, find_graph
-from ..core.model import Settings
+from ..core.features import REFERENCE_SIDE, default_defect_size, find_graph
+from ..core.model import Settings, describe_scale
 from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
 from ..errors import Cancelled, ImageError
@@ -37,7 +37,7 @@ def _scan(job: Worker, folder: str) -> None:
         except ImageError as exc:
             job.report(("unreadable", path, str(exc)))
         else:
-            job.report(("readable", path, thumbnail(image) if i < MAX_THUMBNAILS else None))
+            job.report(("readable", path, thumbnail(image) if i < MAX_THUMBNAILS else None, image.shape[:2]))
 
 
 def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path, store, user: str):
@@ -72,6 +72,7 @@ class TrainTab(QWidget):
         self._trainer: Worker | None = None
         self._found = self._readable = 0
         self._unreadable: list[str] = []
+        self._shapes: list[tuple[int, int]] = []
         self._shown_product: str | None = None
         self._trained_version: tuple[str, int] | None = None  # what the message after a training is about
 
@@ -90,9 +91,17 @@ class TrainTab(QWidget):
         self.backbone = QComboBox()
         for name, spec in BACKBONES.items():
             self.backbone.addItem(spec.description, name)
-        self.image_size = QComboBox()
-        for size in IMAGE_SIZES:
-            self.image_size.addItem(f"{size} × {size} px", size)
+        self.defect_size = QDoubleSpinBox()
+        self.defect_size.setRange(0.0, 10_000.0)
+        self.defect_size.setDecimals(1)
+        self.defect_size.setSuffix(" px")
+        self.defect_size.setSpecialValueText("Automatic")
+        self.defect_size.setToolTip("The smallest defect to find, in the images' pixels. It decides the scale at "
+                                    "which the images are inspected (their aspect ratio is kept; large images "
+                                    "in tiles). Smaller finds smaller defects and takes longer.")
+        self.defect_size.valueChanged.connect(lambda _: self._show_scale())
+        self.scale = QLabel()
+        self.scale.setWordWrap(True)
         self.sampler = QComboBox()
         for name, text in SAMPLERS.items():
             self.sampler.addItem(text, name)
@@ -118,7 +127,8 @@ class TrainTab(QWidget):
         options = QGroupBox("Settings")
         form = QFormLayout(options)
         form.addRow("Backbone", self.backbone)
-        form.addRow("Image size", self.image_size)
+        form.addRow("Smallest defect", self.defect_size)
+        form.addRow("", self.scale)
         form.addRow("Sampler", self.sampler)
         form.addRow("Sampling ratio", self.ratio)
         buttons = QHBoxLayout()
@@ -160,6 +170,8 @@ class TrainTab(QWidget):
         self.warning.hide()
         self._found = self._readable = 0
         self._unreadable = []
+        self._shapes = []
+        self._show_scale()
         if self.session.product and folder:
             settings().setValue(f"good_folder/{self.session.product}", folder)
         if not folder:
@@ -181,8 +193,9 @@ class TrainTab(QWidget):
             path, reason = rest
             self._unreadable.append(f"{Path(path).name}: {reason}")
         else:
-            path, small = rest
+            path, small, shape = rest
             self._readable += 1
+            self._shapes.append(shape)
             if small is not None:
                 self.thumbnails.add(small, Path(path).name, str(path))
         checked = self._readable + len(self._unreadable)
@@ -198,6 +211,7 @@ class TrainTab(QWidget):
         if self._readable > MAX_THUMBNAILS:
             text += f" (the first {MAX_THUMBNAILS} are shown)"
         self.count.setText(text + ".")
+        self._show_scale()
         problems = []
         if self._unreadable:
             problems.append(f"{len(self._unreadable)} file(s) cannot be read and will be skipped:\n"
@@ -214,8 +228,23 @@ class TrainTab(QWidget):
     def options(self) -> Settings:
         model = self.session.model
         base = model.settings if model else Settings()
-        return replace(base, backbone=self.backbone.currentData(), image_size=self.image_size.currentData(),
-                       sampler=self.sampler.currentData(), sampling_ratio=self.ratio.value() / 100.0)
+        return replace(base, backbone=self.backbone.currentData(), defect_size=self.defect_size.value() or None,
+                       image_size=None, sampler=self.sampler.currentData(),
+                       sampling_ratio=self.ratio.value() / 100.0)
+
+    def _show_scale(self) -> None:
+        """What the smallest defect means for these images: the automatic value and the scale."""
+        chosen = self.defect_size.value() or None
+        if not self._shapes:
+            self.scale.setText("Automatic: chosen from the good images' sizes." if chosen is None else "")
+            return
+        auto = default_defect_size(self._shapes)
+        size = chosen or auto
+        shorter = sorted(min(s) for s in self._shapes)[len(self._shapes) // 2]
+        self.scale.setText((f"Automatic: {auto:g} px, " if chosen is None else "")
+                           + f"the images' median shorter side of {shorter} px is inspected at "
+                           f"{shorter * 8 / size:.0f} px (automatic: {REFERENCE_SIDE} px). "
+                           f"A smaller defect size finds smaller defects and takes longer.")
 
     def start_training(self) -> None:
         if not self.session.allow("train a product"):
@@ -228,9 +257,9 @@ class TrainTab(QWidget):
             return
         product, options = self.session.product, self.options()
         steps = TRAINING_STEPS + (services.known_defects(self.session.models_dir, product) is not None)
-        if find_graph(options.backbone, options.image_size, options.weights) is None:
-            self.progress.begin(f"Preparing the backbone: exporting its graph for {options.image_size} px, "
-                                f"once on this machine (about 15 s)…", steps)
+        if find_graph(options.backbone, options.weights) is None:
+            self.progress.begin("Preparing the backbone: exporting its graph, once on this machine (about 2 min)…",
+                                steps)
         else:
             self.progress.begin("Reading the good images…", steps)
         self._trainer = worker = Worker(_train, product, self.folder.path(), options,
@@ -285,9 +314,9 @@ class TrainTab(QWidget):
             self._trained_version = None
             self.progress.finish("")
         s = model.settings if model else Settings()
-        for combo, value in ((self.backbone, s.backbone), (self.image_size, s.image_size),
-                             (self.sampler, s.sampler)):
+        for combo, value in ((self.backbone, s.backbone), (self.sampler, s.sampler)):
             combo.setCurrentIndex(max(0, combo.findData(value)))
+        self.defect_size.setValue(s.defect_size or 0.0)
         self.ratio.setValue(s.sampling_ratio * 100.0)
         if model is not None:
             c = model.counts
@@ -295,7 +324,7 @@ class TrainTab(QWidget):
                 f"Current model: version {model.version} of {local_time(model.created, '%Y-%m-%d %H:%M')}, "
                 f"{c.get('good_images')} good images; memory bank of {c.get('memory_bank')} patch features; threshold "
                 f"{model.threshold:.4g} at sensitivity {s.sigma:g}, set from {c.get('calibration_images')} "
-                f"good-image scores ({model.calibration.method}).")
+                f"good-image scores ({model.calibration.method}); {describe_scale(s.defect_size, s.image_size)}.")
         elif session.product:
             self.summary.setText(f"'{session.product}' is not trained yet.")
         else:
@@ -314,5 +343,5 @@ class TrainTab(QWidget):
         show_lock(self.locked, reason)
         self.start.setToolTip(reason or "Start training")
         self.cancel.setEnabled(training)
-        for widget in (self.folder, self.backbone, self.image_size, self.sampler, self.ratio):
+        for widget in (self.folder, self.backbone, self.defect_size, self.sampler, self.ratio):
             widget.setEnabled(not training)

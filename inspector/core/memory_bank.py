@@ -1,7 +1,7 @@
 """Memory-bank sampling and nearest-neighbour search (PatchCore, numpy only).
 
-A sampler picks which training patch features go into the memory bank. Both samplers are
-seeded and deterministic, report progress and honour cancellation."""
+A sampler picks which training patch features go into the memory bank (k of them). Both
+samplers are seeded and deterministic, report progress and honour cancellation."""
 from __future__ import annotations
 
 from typing import Callable
@@ -25,31 +25,18 @@ def bank_size(n: int, ratio: float) -> int:
     return max(1, min(n, int(round(n * ratio))))
 
 
-def _targets(n: int, ratio: float, first: np.ndarray | None) -> tuple[np.ndarray, int, int]:
-    """`first` as an index array, how many picks come from it, and how many in all."""
-    first = np.arange(n) if first is None else np.asarray(first, np.int64)
-    return first, bank_size(len(first), ratio), bank_size(n, ratio)
-
-
-def random_sample(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
-                  cancel=None, first: np.ndarray | None = None) -> np.ndarray:
-    """Indices of a uniform random subset of the patch features, in pick order (see `sample_indices`)."""
-    n = len(features)
-    first, k_first, k = _targets(n, ratio, first)
-    rng = np.random.default_rng(seed)
-    head = rng.choice(first, size=k_first, replace=False)
-    tail = rng.choice(np.setdiff1d(np.arange(n), head), size=k - k_first, replace=False)
+def random_sample(features: np.ndarray, k: int, seed: int, progress: Progress = no_progress,
+                  cancel=None) -> np.ndarray:
+    """Indices of k uniformly drawn patch features, in pick order."""
     progress("sampling", 1, 1)
-    return np.concatenate([head, tail])
+    return np.random.default_rng(seed).choice(len(features), size=k, replace=False)
 
 
-def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Progress = no_progress,
-                   cancel=None, first: np.ndarray | None = None) -> np.ndarray:
-    """Indices of a k-center greedy coreset, in pick order: each step adds the patch farthest
-    from every patch chosen so far, measured on a seeded random projection of the features
-    (see `sample_indices` for `first`)."""
+def greedy_coreset(features: np.ndarray, k: int, seed: int, progress: Progress = no_progress,
+                   cancel=None) -> np.ndarray:
+    """Indices of a k-center greedy coreset of k patch features, in pick order: each step adds
+    the patch farthest from every patch chosen so far, measured on a seeded random projection."""
     n = len(features)
-    first, k_first, k = _targets(n, ratio, first)
     rng = np.random.default_rng(seed)
     dim = min(PROJECTION_DIM, features.shape[1])
     projection = rng.standard_normal((features.shape[1], dim)).astype(np.float32)
@@ -59,13 +46,7 @@ def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Prog
     chosen = np.empty(k, dtype=np.int64)
     step = max(1, k // 100)
     for i in range(k):
-        if i == 0:
-            chosen[i] = first[rng.integers(len(first))]
-        elif i < k_first:
-            chosen[i] = first[int(np.argmax(min_dist[first]))]
-        else:
-            chosen[i] = int(np.argmax(min_dist))
-        c = chosen[i]
+        c = chosen[i] = int(rng.integers(n)) if i == 0 else int(np.argmax(min_dist))
         dist = projected @ projected[c]
         dist *= -2.0
         dist += sq
@@ -81,23 +62,45 @@ def greedy_coreset(features: np.ndarray, ratio: float, seed: int, progress: Prog
 SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"greedy": greedy_coreset, "random": random_sample}
 
 
-def sample_indices(features: np.ndarray, sampler: str, ratio: float, seed: int,
-                   progress: Progress = no_progress, cancel=None, first: np.ndarray | None = None) -> np.ndarray:
-    """Which rows of `features` (N, C) form the memory bank, in pick order. With `first` (row
-    indices), the first picks are a bank of those rows alone, as large as the ratio gives them,
-    which the later picks extend to a bank of all rows: one pass yields a calibration bank
-    without some images and the final bank with them."""
+def sample_indices(features: np.ndarray, sampler: str, k: int, seed: int,
+                   progress: Progress = no_progress, cancel=None) -> np.ndarray:
+    """Which k rows of `features` (N, C) form the memory bank, in pick order."""
     try:
         pick = SAMPLERS[sampler]
     except KeyError:
         raise TrainingError(f"Unknown sampler '{sampler}'. Choose one of: {', '.join(SAMPLERS)}.") from None
-    return pick(features, ratio, seed, progress, cancel, first)
+    return pick(features, min(k, len(features)), seed, progress, cancel)
 
 
 def sample(features: np.ndarray, sampler: str, ratio: float, seed: int,
            progress: Progress = no_progress, cancel=None) -> np.ndarray:
-    """The memory bank: the sampled rows of `features` (N, C)."""
-    return np.ascontiguousarray(features[sample_indices(features, sampler, ratio, seed, progress, cancel)])
+    """The memory bank: `ratio` of the rows of `features` (N, C), sampled."""
+    k = bank_size(len(features), ratio)
+    return np.ascontiguousarray(features[sample_indices(features, sampler, k, seed, progress, cancel)])
+
+
+# A memory bank of many good images is built in two steps, so that its cost grows with the pixel
+# count and not with its square: each image offers candidates (its own coreset, POOL_FACTOR times
+# its share of the bank, fewer when that would make more than POOL_LIMIT candidates in all), and
+# the bank is the coreset of the candidates of the images it is made of. An image adds at most BANK_PATCHES_PER_IMAGE patches' worth to the bank (a 512 x 512 working
+# image): the variety of good patches grows with the parts seen, not with their pixels, and every
+# patch of an inspected image is searched against the bank, so a bank that grew with the image
+# would make the work grow with the square of its pixels.
+BANK_PATCHES_PER_IMAGE = 4096
+POOL_FACTOR = 10
+POOL_LIMIT = 50_000
+
+
+def bank_entries(patch_counts, ratio: float) -> int:
+    """The memory bank's size for images of these patch counts at the sampling ratio."""
+    return bank_size(int(sum(min(int(p), BANK_PATCHES_PER_IMAGE) for p in patch_counts)), ratio)
+
+
+def candidates(features: np.ndarray, sampler: str, ratio: float, seed: int, images: int = 1) -> np.ndarray:
+    """One image's candidates for a memory bank of `images` images: rows of its patch features (P, C)."""
+    share = bank_entries([len(features)], ratio)
+    k = min(len(features), max(share, min(share * POOL_FACTOR, POOL_LIMIT // images)))
+    return np.ascontiguousarray(features[sample_indices(features, sampler, k, seed)], dtype=np.float32)
 
 
 def squared_norms(rows: np.ndarray) -> np.ndarray:

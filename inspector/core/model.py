@@ -5,6 +5,7 @@ One folder per product under the models directory, one subfolder per version:
     <product>/v0001/model.json               metadata, settings, calibration, thresholds,
     <product>/v0001/memory_bank.safetensors  the memory bank, and from format 3 the inspection
                                              region and the calibration images' patch scores
+                                             (format 4: flat, with each image's grid shape)
                                              (data only, never unpickled)
     <product>/v0002/...                      the next change (training, sensitivity, bank)
 
@@ -46,12 +47,12 @@ from ..errors import ModelError
 from ..files import read_regular
 from ..signing import station_key
 from .backbones import BACKBONES, FEATURE_VERSION
-from .features import STRIDE
+from .features import working_shape
 from .memory_bank import SAMPLERS
 from .roi import check_roi
 
 FORMAT = "inspector-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # The fields each format version stores. Changing the fields of Settings or Calibration
 # changes the format: give it the next version, list its fields here, and say in
 # OLDER_FORMAT_VALUES what the new fields mean for older files (default: the field's default).
@@ -64,6 +65,16 @@ FORMAT_FIELDS = {
 # older Inspector would ignore (so it must refuse the file), and the calibration images' patch
 # scores (format 2 has neither: no region, and a region or teaching needs a retraining).
 FORMAT_FIELDS[3] = FORMAT_FIELDS[2]
+# Format 4 keeps the aspect ratio: images are scaled by the smallest defect to find
+# (`defect_size`) instead of squashed into image_size x image_size (None in format 4), every good
+# image is calibrated (k-fold: no held-out fraction), images of a product may differ in size (the
+# calibration's patch scores are stored flat with each image's grid shape) and the region is a
+# mask of its own size, stretched over each image.
+FORMAT_FIELDS[4] = {"settings": ("backbone", "defect_size", "image_size", "sampler", "sampling_ratio", "sigma", "seed",
+                                 "min_region_area", "weights", "feature_version"),
+                    "calibration": FORMAT_FIELDS[3]["calibration"]}
+# Fields older formats stored that no longer decide anything (read and dropped).
+RETIRED_FIELDS = {"settings": ("holdout",)}
 # Format 1 files without a weight file or a feature version predate them: no explicit weight
 # file, and the patch features of version 1 (which this Inspector refuses: retrain).
 OLDER_FORMAT_VALUES: dict[int, dict[str, dict]] = {1: {"settings": {"weights": None, "feature_version": 1}}}
@@ -154,15 +165,29 @@ class Calibration:
 @dataclass(frozen=True)
 class Settings:
     backbone: str = "efficientnet_lite0"
-    image_size: int = 256
+    # The smallest defect to find, in the camera image's pixels: it spans one patch at the working
+    # size (features.working_shape). None before training: chosen from the good images.
+    defect_size: float | None = None
+    # Models of format 3 and older squashed every image into image_size x image_size (None since).
+    image_size: int | None = None
     sampler: str = "greedy"
     sampling_ratio: float = 0.01
     sigma: float = 3.0
     seed: int = 0
-    holdout: float = 0.2
-    min_region_area: int = 16  # pixels on the model's input-size map
+    min_region_area: int = 16  # pixels on the working-size map
     weights: str | None = None  # an explicit backbone weight file; None: embedded or torch hub cache
     feature_version: int = FEATURE_VERSION  # the patch features the bank holds (see backbones)
+
+    def working_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) at which the backbone sees an image of this size."""
+        return working_shape(height, width, self.defect_size, self.image_size)
+
+
+def describe_scale(defect_size: float | None, image_size: int | None) -> str:
+    """How a model sees its images, in words (settings as stored)."""
+    if defect_size is None:
+        return f"images squashed to {image_size} x {image_size} px (an older model: train again to keep their shape)"
+    return f"smallest defect {defect_size:g} px (images scaled x{8 / defect_size:.3g}, aspect kept)"
 
 
 @dataclass(frozen=True)
@@ -248,10 +273,10 @@ def _type_ok(value, hint) -> bool:
 _RULES = {
     "backbone": (lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
     "sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
-    "image_size": (lambda v: 32 <= v <= 4096 and v % 32 == 0, "a multiple of 32 from 32 to 4096 pixels"),
+    "image_size": (lambda v: v is None or (32 <= v <= 4096 and v % 32 == 0), "a multiple of 32 from 32 to 4096 pixels"),
+    "defect_size": (lambda v: v is None or 0.5 <= v <= 10_000, "0.5 to 10000 pixels"),
     "sigma": (lambda v: abs(v) <= 1000, "-1000 to 1000"),
     "sampling_ratio": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
-    "holdout": (lambda v: 0 < v < 1, "between 0 and 1"),
     "min_region_area": (lambda v: 0 <= v <= 4096 ** 2, "0 to 4096x4096 pixels"),
     "pixel_std": (lambda v: v >= 0, "0 or more"),
     "image_scores": (lambda v: len(v) >= 2, "at least 2 scores"),
@@ -274,6 +299,8 @@ def _problems(obj) -> list[str]:
 def validate(model: Model) -> None:
     """Raise ModelError naming every field of the model that cannot decide a verdict."""
     problems = _problems(model.settings) + _problems(model.calibration)
+    if (model.settings.defect_size is None) == (model.settings.image_size is None):
+        problems.append("exactly one of defect_size and image_size must be set")
     bank = model.memory_bank
     spec = BACKBONES.get(model.settings.backbone)
     if not isinstance(bank, np.ndarray) or bank.dtype != np.float32 or bank.ndim != 2 or len(bank) < 1:
@@ -297,20 +324,18 @@ def validate(model: Model) -> None:
 def _array_problems(model: Model) -> list[str]:
     """What is wrong with the inspection region and the calibration's patch scores."""
     problems = []
-    size = model.settings.image_size
-    if isinstance(size, int) and model.roi is not None:
+    if model.roi is not None:
         try:
-            check_roi(model.roi, size, size // STRIDE)
+            check_roi(model.roi)
         except ModelError as exc:
             problems.append(str(exc).rstrip("."))
     grids = model.calibration_patch_scores
-    if grids is not None and isinstance(size, int):
+    if grids is not None:
         n = len(model.calibration.image_scores) if isinstance(model.calibration.image_scores, list) else -1
-        expected = (n, size // STRIDE, size // STRIDE)
-        if not isinstance(grids, np.ndarray) or grids.dtype != np.float32 or grids.shape != expected:
-            problems.append(f"the calibration's patch scores are of shape {getattr(grids, 'shape', '?')}, "
-                            f"expected {expected} float32")
-        elif not np.isfinite(grids).all():
+        if not isinstance(grids, list) or len(grids) != n or not all(
+                isinstance(g, np.ndarray) and g.dtype == np.float32 and g.ndim == 2 and g.size for g in grids):
+            problems.append(f"the calibration's patch scores are not {n} float32 grids")
+        elif not all(np.isfinite(g).all() for g in grids):
             problems.append("the calibration's patch scores hold values that are not finite")
     return problems
 
@@ -324,7 +349,8 @@ def _bank_bytes(bank: np.ndarray, roi: np.ndarray | None = None, patch_scores: n
     if roi is not None:
         arrays["roi"] = np.ascontiguousarray(roi, dtype=np.uint8)
     if patch_scores is not None:
-        arrays["calibration_patch_scores"] = np.ascontiguousarray(patch_scores)
+        arrays["calibration_patch_scores"] = np.concatenate([g.ravel() for g in patch_scores]).astype(np.float32)
+        arrays["calibration_patch_shapes"] = np.array([g.shape for g in patch_scores], np.int64)
     return save(arrays)
 
 
@@ -537,11 +563,14 @@ def _section(meta: dict, name: str, cls, product: str):
     if not isinstance(values, dict):
         raise ModelError(f"The model of '{product}' has no {name}: it is incomplete or damaged.")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(set(values) - set(known) - (set(RETIRED_FIELDS.get(name, ()))
+                                                 if meta["format_version"] < FORMAT_VERSION else set()))
     if unknown:
         raise ModelError(f"The model of '{product}' has unknown {name} {', '.join(unknown)}: it was "
                          f"written by a newer Inspector, or damaged.")
     fmt = meta["format_version"]
+    if fmt < FORMAT_VERSION:
+        values = {k: v for k, v in values.items() if k not in RETIRED_FIELDS.get(name, ())}
     missing = [n for n in known if n not in values]
     if fmt < FORMAT_VERSION:
         older = OLDER_FORMAT_VALUES.get(fmt, {}).get(name, {})
@@ -589,6 +618,19 @@ def _checked_meta(folder: Path, product: str, version: int) -> tuple[dict, str, 
     return meta, digest, model_id, settings, calibration
 
 
+def _grids(flat: np.ndarray | None, shapes: np.ndarray | None) -> list[np.ndarray] | None:
+    """The calibration images' patch scores, one grid each: format 3 stored them as one (n, h, w)
+    array, format 4 flat with each grid's shape."""
+    if flat is None:
+        return None
+    if shapes is None:
+        return list(flat) if flat.ndim == 3 else None
+    if shapes.ndim != 2 or shapes.shape[1] != 2 or (shapes < 1).any() or int(shapes.prod(axis=1).sum()) != flat.size:
+        raise ValueError("the calibration's patch scores do not match their shapes")
+    ends = np.cumsum(shapes.prod(axis=1))
+    return [part.reshape(shape) for part, shape in zip(np.split(flat, ends[:-1]), shapes.tolist())]
+
+
 def _load_version(folder: Path, product: str, version: int, key: bytes | None) -> Model:
     """The version, checked in full; its signature too, unless `key` is None (re-signing)."""
     meta, digest, model_id, settings, calibration = _checked_meta(folder, product, version)
@@ -602,7 +644,7 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
         arrays = load(data)
         bank = arrays.pop("memory_bank")
         roi = arrays.pop("roi", None)
-        grids = arrays.pop("calibration_patch_scores", None)
+        grids = _grids(arrays.pop("calibration_patch_scores", None), arrays.pop("calibration_patch_shapes", None))
         if arrays:
             raise ValueError(f"unknown arrays {', '.join(sorted(arrays))}")
         if roi is not None:

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .features import FeatureExtractor, Prepared
+from .features import STRIDE, FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
 from .model import Model
-from .roi import patch_mask
+from .roi import patch_mask, region_on
 
-SMOOTHING_SIGMA = 4.0  # pixels on the model's input-size map, as in PatchCore
+SMOOTHING_SIGMA = 4.0  # pixels on the working-size map, as in PatchCore
 MAX_REGIONS = 32
 
 
@@ -35,7 +35,7 @@ class Result:
     score: float
     threshold: float
     verdict: str  # "OK" or "NG"
-    anomaly_map: np.ndarray  # float32, the model's input size: stretched over the image where drawn
+    anomaly_map: np.ndarray  # float32, at the image's working size: stretched over the image where drawn
     regions: list[Region]
     latency_ms: float
 
@@ -46,29 +46,30 @@ def patch_scores(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) ->
     return nearest_distance(features.reshape(-1, c), bank, bank_sq).reshape(h, w)
 
 
-def anomaly_map(scores: np.ndarray, size: int) -> np.ndarray:
-    """Patch scores upsampled to the model's input size and smoothed (Gaussian, sigma 4 px)."""
-    up = cv2.resize(scores, (size, size), interpolation=cv2.INTER_LINEAR)
+def anomaly_map(scores: np.ndarray) -> np.ndarray:
+    """(h, w) patch scores upsampled to the working size (8h, 8w) and smoothed (Gaussian, sigma 4 px)."""
+    h, w = scores.shape
+    up = cv2.resize(scores, (w * STRIDE, h * STRIDE), interpolation=cv2.INTER_LINEAR)
     return cv2.GaussianBlur(up, (0, 0), SMOOTHING_SIGMA)
 
 
-def score(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, size: int,
+def score(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray,
           roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """The one scoring path (calibration, inspection, evaluation): (h, w, C) patch features ->
-    (image score, anomaly map at the model's input size). See `score_patches`."""
-    return score_patches(patch_scores(features, bank, bank_sq), size, roi)
+    (image score, anomaly map at the working size). See `score_patches`."""
+    return score_patches(patch_scores(features, bank, bank_sq), roi)
 
 
-def score_patches(scores: np.ndarray, size: int, roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def score_patches(scores: np.ndarray, roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """(h, w) patch distances -> (image score, anomaly map). Every patch in the inspection
     region counts, the border ones too; the image score is the largest. Patches outside the
     region (see core.roi) count as 0, and the map is 0 outside it, so they never raise the
     score nor make a box. Calibration calls this too: a new region needs no features."""
-    inside = patch_mask(roi, scores.shape[0])
-    if inside is None:
-        return float(scores.max()), anomaly_map(scores, size)
-    scores = np.where(inside, scores, np.float32(0.0))
-    return float(scores.max()), anomaly_map(scores, size) * roi
+    if roi is None:
+        return float(scores.max()), anomaly_map(scores)
+    scores = np.where(patch_mask(roi, scores.shape), scores, np.float32(0.0))
+    amap = anomaly_map(scores)
+    return float(scores.max()), amap * region_on(roi, amap.shape)
 
 
 def find_regions(amap: np.ndarray, threshold: float, min_area: int, out_size: tuple[int, int]) -> list[Region]:
@@ -99,22 +100,34 @@ class Inspector:
     def __init__(self, model: Model, device: str = "cpu", extractor: FeatureExtractor | None = None):
         s = model.settings
         self.model = model
-        self.extractor = extractor or FeatureExtractor(s.backbone, s.image_size, device, s.weights)
+        self.extractor = extractor or FeatureExtractor(s.backbone, device, s.weights)
         self._bank_sq = squared_norms(model.memory_bank)
 
+    def working_shape(self, image: np.ndarray) -> tuple[int, int]:
+        return self.model.settings.working_shape(*image.shape[:2])
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """The image with its backbone input, made now (by a reader thread, ahead of the backbone)."""
+        return self.extractor.prepare(image, self.working_shape(image))
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image -> its (h, w, C) patch features at its working size."""
+        return self.extractor([image], self.working_shape(image))[0]
+
     def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:
-        """(h, w, C) features -> (image score, anomaly map at the model's input size)."""
+        """(h, w, C) features -> (image score, anomaly map at the working size)."""
         m = self.model
-        return score(features, m.memory_bank, self._bank_sq, m.settings.image_size, m.roi)
+        return score(features, m.memory_bank, self._bank_sq, m.roi)
 
     def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
         """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""
         start = time.perf_counter()
-        if ready is not None and ready.extractor is self.extractor:
-            features = self.extractor.features(ready.batch)
+        if (ready is not None and ready.extractor is self.extractor
+                and ready.batch.shape[2:] == self.working_shape(image)):
+            features = self.extractor.features(ready.batch)[0]
         else:
-            features = self.extractor([image])
-        score, amap = self.score_features(features[0])
+            features = self.features(image)
+        score, amap = self.score_features(features)
         return self._result(image, score, amap, start)
 
     def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float) -> Result:

@@ -1,6 +1,8 @@
 """Teaching a product: good images -> patch features -> memory bank -> calibration -> Model.
 
-`extract_features` is the slow part; `fit` works from its output, so a new sampling ratio
+Every image keeps its aspect ratio and is seen at the scale the product's smallest defect needs
+(`Settings.defect_size`; features.working_shape). `extract_features` is the slow part; `fit`
+works from its output, so a new sampling ratio
 rebuilds the bank from cached features without reading the images again. The model keeps the
 calibration images' patch scores, so a new inspection region (`with_roi`) and a good image the
 line rejected (`teach`) recalibrate without any good image or its features."""
@@ -13,24 +15,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import read_ahead
+from ..data.images import image_shape, read_ahead
 from ..errors import Cancelled, TrainingError, describe
-from .features import FeatureExtractor
-from .memory_bank import Progress, bank_size, no_progress, sample_indices, squared_norms
+from .features import REFERENCE_SIDE, FeatureExtractor, default_defect_size
+from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, squared_norms
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
-from .roi import check_roi, describe_roi, patch_mask
+from .roi import check_roi, describe_roi, patch_mask, region_on
 from .scoring import patch_scores, score_patches
 
 MIN_GOOD_IMAGES = 5  # fewer cannot give a meaningful threshold
-HOLDOUT_FROM = 50  # from this many good images on, hold out a fraction; below, cross-validate
 FOLDS = 5
 BATCH = 8
 
 
 @dataclass
 class GoodFeatures:
-    """Patch features of the readable good images, and the files that could not be used."""
-    features: np.ndarray  # (n, h, w, C) float32
+    """Patch features of the readable good images, one (h, w, C) float16 array each (images of a
+    product may differ in size; half precision halves what training holds), and the files that
+    could not be used."""
+    features: list[np.ndarray]
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -40,112 +43,119 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled("Training cancelled; the previous model is unchanged.")
 
 
-def extract_features(paths: list[Path], extractor: FeatureExtractor, progress: Progress = no_progress,
-                     cancel: threading.Event | None = None) -> GoodFeatures:
-    """Load (in a background thread, ahead of the backbone) and extract every image.
-    Unreadable files are skipped and listed, never fatal on their own."""
+def with_defect_size(settings: Settings, paths: list[Path], shorter_side: int = REFERENCE_SIDE) -> Settings:
+    """The settings with the smallest defect to find: as given, or the one that puts the good
+    images' median shorter side at `shorter_side` working pixels (sizes read from the files'
+    headers; see features.default_defect_size)."""
+    if settings.defect_size is not None or settings.image_size is not None:
+        return settings
+    shapes = [shape for shape in map(image_shape, paths) if shape is not None]
+    if not shapes:
+        raise TrainingError("None of the good images can be read: choose a folder that contains good part images.")
+    return replace(settings, defect_size=default_defect_size(shapes, shorter_side))
+
+
+def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: Settings,
+                     progress: Progress = no_progress, cancel: threading.Event | None = None) -> GoodFeatures:
+    """Load (in a background thread, ahead of the backbone) and extract every image at its
+    working size (`settings.working_shape`); consecutive images of one working size go through
+    the backbone together. Unreadable files are skipped and listed, never fatal on their own."""
     paths = [Path(p) for p in paths]
-    feats = np.empty((len(paths), extractor.grid, extractor.grid, extractor.feature_dim), np.float32)
-    used, skipped = [], []
+    feats, used, skipped = [], [], []
     batch: list = []
+
+    def run() -> None:
+        shape = settings.working_shape(*batch[0][1].shape[:2])
+        feats.extend(f.astype(np.float16) for f in extractor([im for _, im in batch], shape))
+        used.extend(p for p, _ in batch)
+        batch.clear()
+
     for i, (path, image) in enumerate(read_ahead(paths, depth=BATCH)):
         _check_cancel(cancel)
         if isinstance(image, Exception):
             skipped.append((path, describe(image)))
         else:
+            if batch and (len(batch) == BATCH or settings.working_shape(*image.shape[:2])
+                          != settings.working_shape(*batch[0][1].shape[:2])):
+                run()
             batch.append((path, image))
-        if len(batch) == BATCH or (i == len(paths) - 1 and batch):
-            feats[len(used):len(used) + len(batch)] = extractor([im for _, im in batch])
-            used += [p for p, _ in batch]
-            batch = []
         progress("extracting features", i + 1, len(paths))
-    return GoodFeatures(feats[:len(used)], used, skipped)
+    if batch:
+        run()
+    return GoodFeatures(feats, used, skipped)
 
 
-def _held_out_patch_scores(held_out: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """(n, h, w) patch distances of good images to a bank built without them."""
-    bank_sq = squared_norms(bank)
-    return np.stack([patch_scores(feats, bank, bank_sq) for feats in held_out])
-
-
-def calibrate(grids: np.ndarray, image_size: int, roi: np.ndarray | None, method: str) -> Calibration:
+def calibrate(grids: list[np.ndarray], roi: np.ndarray | None, method: str) -> Calibration:
     """The calibration from good images' patch distances to banks without them, scored through
     the inspection path (scoring.score_patches) in the inspection region; the pixel statistics
     are those of the anomaly maps inside the region."""
     scores, total, total_sq, count = [], 0.0, 0.0, 0
-    inside = None if roi is None else roi.ravel()
     for grid in grids:
-        image_score, amap = score_patches(grid, image_size, roi)
-        pixels = amap.ravel().astype(np.float64) if inside is None else amap.ravel()[inside].astype(np.float64)
+        image_score, amap = score_patches(grid, roi)
+        pixels = amap.ravel() if roi is None else amap[region_on(roi, amap.shape)]
+        pixels = pixels.astype(np.float64)
         scores.append(image_score)
         total, total_sq, count = total + pixels.sum(), total_sq + (pixels * pixels).sum(), count + len(pixels)
     mean = total / count
     return Calibration(scores, float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), method)
 
 
+def folds_of(n: int, seed: int) -> list[np.ndarray]:
+    """The calibration's folds: a seeded split of n images into FOLDS groups (leave-one-out
+    below FOLDS images); every image is in exactly one."""
+    return [np.sort(f) for f in np.array_split(np.random.default_rng(seed).permutation(n), min(n, FOLDS))]
+
+
 def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress = no_progress,
         cancel: threading.Event | None = None, roi: np.ndarray | None = None) -> Model:
     """Build the memory bank from every good image (the whole image: the region decides what
-    is scored, not what is known) and calibrate the thresholds from good images scored, in
-    the inspection region `roi` (core.roi), against banks built without them."""
+    is scored, not what is known) and calibrate the thresholds from every good image, scored in
+    the inspection region `roi` (core.roi) against a bank built the same way without its fold."""
     product = check_product_name(product)
     feats = good.features
     n = len(feats)
     if roi is not None:
-        roi = check_roi(roi, settings.image_size, feats.shape[1])
+        roi = check_roi(roi)
     if n < MIN_GOOD_IMAGES:
         raise TrainingError(f"Only {n} usable good image(s); at least {MIN_GOOD_IMAGES} are needed "
                             f"to train and calibrate a threshold.")
-    if not 0.0 < settings.holdout < 1.0:
-        raise TrainingError(f"The held-out fraction must be in (0, 1), got {settings.holdout}.")
-    patches = feats.reshape(-1, feats.shape[-1])
-    per_image = feats.shape[1] * feats.shape[2]
-    rng = np.random.default_rng(settings.seed)
-
-    def rows(images: np.ndarray) -> np.ndarray:
-        return (images[:, None] * per_image + np.arange(per_image)).ravel()
-
-    def choose(subset: np.ndarray, first: np.ndarray | None = None, report: Progress = no_progress) -> np.ndarray:
-        return sample_indices(subset, settings.sampler, settings.sampling_ratio, settings.seed, report, cancel, first)
-
-    if n >= HOLDOUT_FROM:
-        # A held-out fraction is scored against a bank of the others; that bank is then
-        # extended by the held-out images' patches, so every good image ends in the final bank.
-        method = "holdout"
-        order = rng.permutation(n)
-        n_out = int(round(n * settings.holdout))
-        held, kept = np.sort(order[:n_out]), np.sort(order[n_out:])
-        bank_rows = choose(patches, rows(kept), progress)
+    c = feats[0].shape[-1]
+    patch_counts = np.array([f.shape[0] * f.shape[1] for f in feats])
+    pools = []
+    for i, f in enumerate(feats):
         _check_cancel(cancel)
-        progress("calibrating", 0, 1)
-        calibration_bank = patches[bank_rows[:bank_size(len(kept) * per_image, settings.sampling_ratio)]]
-        grids = _held_out_patch_scores(feats[held], calibration_bank)
-    else:
-        # Too few images to spare a held-out set: every image is scored against a bank built
-        # from the other folds, and the final bank uses all of them.
-        folds = np.array_split(rng.permutation(n), min(n, FOLDS))
-        method = "leave-one-out" if len(folds) == n else f"{len(folds)}-fold"
-        grids = []
-        for i, fold in enumerate(folds):
-            _check_cancel(cancel)
-            progress("calibrating", i, len(folds))
-            others = np.setdiff1d(np.arange(n), fold)
-            subset = patches[rows(others)]
-            grids.append(_held_out_patch_scores(feats[fold], subset[choose(subset)]))
-        grids = np.concatenate(grids)
-        bank_rows = choose(patches, report=progress)
+        pools.append(candidates(f.reshape(-1, c).astype(np.float32), settings.sampler, settings.sampling_ratio,
+                                settings.seed + i, n))
+        progress("sampling", i + 1, n)
+
+    def bank_of(images: np.ndarray) -> np.ndarray:
+        pool = np.concatenate([pools[j] for j in images])
+        k = bank_entries(patch_counts[images], settings.sampling_ratio)
+        return np.ascontiguousarray(pool[sample_indices(pool, settings.sampler, k, settings.seed, cancel=cancel)])
+
+    # Every image is scored against a bank built from the other folds; the final bank uses all.
+    folds = folds_of(n, settings.seed)
+    method = "leave-one-out" if len(folds) == n else f"{len(folds)}-fold"
+    grids: list = [None] * n
+    for i, fold in enumerate(folds):
+        _check_cancel(cancel)
+        progress("calibrating", i, len(folds) + 1)
+        bank = bank_of(np.setdiff1d(np.arange(n), fold))
+        bank_sq = squared_norms(bank)
+        for j in fold:
+            grids[j] = patch_scores(feats[j].astype(np.float32), bank, bank_sq)
+    bank = bank_of(np.arange(n))
     progress("calibrating", 1, 1)
-    bank = np.ascontiguousarray(patches[bank_rows])
-    calibration = calibrate(grids, settings.image_size, roi, method)
-    counts = {"good_images": n, "bank_images": n, "calibration_images": len(grids),
-              "skipped_images": len(good.skipped), "patches": int(n * per_image),
+    calibration = calibrate(grids, roi, method)
+    counts = {"good_images": n, "bank_images": n, "calibration_images": n,
+              "skipped_images": len(good.skipped), "patches": int(patch_counts.sum()),
               "memory_bank": int(len(bank))}
     return Model(product, settings, bank, calibration, counts,
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  versions=runtime_versions(), roi=roi, calibration_patch_scores=grids)
 
 
-def _needs_patch_scores(model: Model, what: str) -> np.ndarray:
+def _needs_patch_scores(model: Model, what: str) -> list[np.ndarray]:
     if model.calibration_patch_scores is None:
         raise TrainingError(f"The model of '{model.product}' (version {model.version}) was made by an older "
                             f"Inspector and lacks what {what} needs: train the product again once.")
@@ -156,16 +166,15 @@ def with_roi(model: Model, roi: np.ndarray | None) -> Model:
     """The model with another inspection region (None: the whole image), recalibrated from its
     calibration images' patch scores: no good image is read. Unsaved: save_model makes it a version."""
     grids = _needs_patch_scores(model, "a new inspection region")
-    size = model.settings.image_size
     if roi is not None:
-        roi = check_roi(roi, size, grids.shape[1])
-    calibration = calibrate(grids, size, roi, model.calibration.method)
+        roi = check_roi(roi)
+    calibration = calibrate(grids, roi, model.calibration.method)
     return replace(model, roi=roi, calibration=calibration,
                    change=f"inspection region {describe_roi(model.roi)} -> {describe_roi(roi)}")
 
 
-def teach(model: Model, features: np.ndarray, what: str = "") -> tuple[Model, list[float]]:
-    """Good parts the line rejected, as patch features (n, h, w, C), join the model without
+def teach(model: Model, features: list[np.ndarray], what: str = "") -> tuple[Model, list[float]]:
+    """Good parts the line rejected, as patch features (one (h, w, C) array each), join the model without
     reading any other image. Each is scored against the current bank (a bank without it, as
     a calibration image is) and joins the calibration with that score. Its patches in the
     region that lie farther from the bank than the typical good image's score (the median of
@@ -173,13 +182,14 @@ def teach(model: Model, features: np.ndarray, what: str = "") -> tuple[Model, li
     greedy coreset extension), so that afterwards it scores at most that much. Returns the
     unsaved model and the images' scores before teaching."""
     grids = _needs_patch_scores(model, "teaching")
-    s, bank = model.settings, model.memory_bank
-    new_grids = np.stack([patch_scores(f, bank, squared_norms(bank)) for f in features])
-    inside = patch_mask(model.roi, new_grids.shape[1])
-    inside = np.ones(new_grids.shape[1:], bool) if inside is None else inside
+    bank = model.memory_bank
+    features = [np.asarray(f, np.float32) for f in features]
+    bank_sq = squared_norms(bank)
+    new_grids = [patch_scores(f, bank, bank_sq) for f in features]
+    insides = [np.ones(g.shape, bool) if model.roi is None else patch_mask(model.roi, g.shape) for g in new_grids]
     radius = float(np.median(model.calibration.image_scores))
-    candidates = features[:, inside].reshape(-1, features.shape[-1])
-    distance = new_grids[:, inside].ravel()
+    candidates = np.concatenate([f[inside] for f, inside in zip(features, insides)])
+    distance = np.concatenate([g[inside] for g, inside in zip(new_grids, insides)])
     far = distance > radius
     candidates, distance = np.ascontiguousarray(candidates[far]), distance[far]
     sq = squared_norms(candidates)
@@ -189,8 +199,8 @@ def teach(model: Model, features: np.ndarray, what: str = "") -> tuple[Model, li
         added.append(pick)
         d = sq - 2.0 * (candidates @ candidates[pick]) + sq[pick]
         np.minimum(distance, np.sqrt(np.maximum(d, 0.0)), out=distance)
-    all_grids = np.concatenate([grids, new_grids])
-    calibration = calibrate(all_grids, s.image_size, model.roi, model.calibration.method)
+    all_grids = list(grids) + new_grids
+    calibration = calibrate(all_grids, model.roi, model.calibration.method)
     n = len(features)
     counts = model.counts | {
         "bank_images": model.counts.get("bank_images", 0) + n, "taught_images": model.counts.get("taught_images", 0) + n,
@@ -198,7 +208,7 @@ def teach(model: Model, features: np.ndarray, what: str = "") -> tuple[Model, li
     taught = replace(model, memory_bank=np.concatenate([bank, candidates[added]]), calibration=calibration,
                      counts=counts, calibration_patch_scores=all_grids,
                      change=f"taught {what or f'{n} good image(s)'}: {len(added)} patch(es) joined the memory bank")
-    return taught, [score_patches(g, s.image_size, model.roi)[0] for g in new_grids]
+    return taught, [score_patches(g, model.roi)[0] for g in new_grids]
 
 
 def train(product: str, paths: list[Path], settings: Settings, progress: Progress = no_progress,
@@ -208,6 +218,7 @@ def train(product: str, paths: list[Path], settings: Settings, progress: Progres
     check_product_name(product)
     if not paths:
         raise TrainingError("No good images given: choose a folder that contains good part images.")
-    extractor = FeatureExtractor(settings.backbone, settings.image_size, device, settings.weights)
-    good = extract_features(paths, extractor, progress, cancel)
+    settings = with_defect_size(settings, paths)
+    extractor = FeatureExtractor(settings.backbone, device, settings.weights)
+    good = extract_features(paths, extractor, settings, progress, cancel)
     return fit(product, good, settings, progress, cancel, roi), good

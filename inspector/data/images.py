@@ -327,3 +327,16 @@ def _check_size(path: Path, width: int, height: int) -> None:
             f"Image {path} is {width}x{height} pixels, larger than the limit "
             f"({MAX_SIDE} px per side, {MAX_PIXELS:.0e} pixels). Use a smaller image."
         )
+
+
+def image_shape(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header, without decoding it; None when the
+    header cannot be read (loading the file then says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - any unreadable header: the loader reports the file
+        return None
+    return height, width

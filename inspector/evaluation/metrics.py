@@ -12,14 +12,33 @@ import cv2
 import numpy as np
 
 
+EXACT_LIMIT = 1 << 22  # up to this many samples every distinct score is a threshold
+LEVELS = 1 << 16  # beyond, this many evenly spaced score levels are (pixels of many large maps)
+_CHUNK = 1 << 22
+
+
 def _cumulative_at_thresholds(scores, *weights):
     """For every distinct score t, highest first: t and, for each weight array, the sum
-    of the weights over the samples with score >= t."""
-    order = np.argsort(scores)[::-1]
-    ranked = scores[order]
-    last_of_group = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
-    sums = [np.cumsum(w[order])[last_of_group] for w in weights]
-    return ranked[last_of_group], sums
+    of the weights over the samples with score >= t. Beyond EXACT_LIMIT samples (the pixels of
+    a test set's maps at their working sizes) the thresholds are LEVELS evenly spaced levels
+    between the lowest and the highest score, summed in chunks: memory stays a few bytes a
+    sample, and an area under such a curve differs from the exact one by the pairs of samples
+    that share a level (below 1e-4 on real maps)."""
+    if scores.size <= EXACT_LIMIT:
+        order = np.argsort(scores)[::-1]
+        ranked = scores[order]
+        last_of_group = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
+        sums = [np.cumsum(w[order])[last_of_group] for w in weights]
+        return ranked[last_of_group], sums
+    low, high = float(scores.min()), float(scores.max())
+    step = (high - low) / (LEVELS - 1) or 1.0
+    totals = [np.zeros(LEVELS) for _ in weights]
+    for start in range(0, scores.size, _CHUNK):
+        level = ((scores[start:start + _CHUNK] - low) / step).astype(np.int64)
+        for total, w in zip(totals, weights):
+            total += np.bincount(level, weights=w[start:start + _CHUNK], minlength=LEVELS)[:LEVELS]
+    used = np.flatnonzero(sum(t != 0 for t in totals))[::-1]  # highest level first, empty ones left out
+    return low + used * step, [np.cumsum(t[::-1])[::-1][used] for t in totals]
 
 
 def _area_up_to(x, y, limit):
@@ -48,11 +67,18 @@ def _labels_and_scores(labels, scores):
 
 
 def _masks_and_maps(masks, maps):
-    masks = np.asarray(masks, dtype=bool)
-    maps = np.asarray(maps)
-    if masks.shape != maps.shape or masks.ndim != 3:
-        raise ValueError(f"masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
+    """Pairs of (H, W) mask and map, each pair of one size (images may differ in size)."""
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    maps = [np.asarray(m) for m in maps]
+    if len(masks) != len(maps) or not masks or any(
+            a.ndim != 2 or a.shape != b.shape for a, b in zip(masks, maps)):
+        raise ValueError(f"masks {[a.shape for a in masks[:3]]}... and maps {[b.shape for b in maps[:3]]}... "
+                         f"must pair (H, W) arrays of equal sizes")
     return masks, maps
+
+
+def _flat(arrays) -> np.ndarray:
+    return np.concatenate([a.ravel() for a in arrays])
 
 
 def roc(labels, scores) -> tuple[np.ndarray, np.ndarray, float]:
@@ -72,9 +98,9 @@ def image_auroc(labels, scores) -> float:
 
 
 def pixel_auroc(masks, maps) -> float:
-    """Area under the ROC curve of every pixel: masks (N, H, W) bool, maps (N, H, W)."""
+    """Area under the ROC curve of every pixel: masks and maps, (H, W) each (N, H, W arrays or lists)."""
     masks, maps = _masks_and_maps(masks, maps)
-    return roc(masks.ravel(), maps.ravel())[2]
+    return roc(_flat(masks), _flat(maps))[2]
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
@@ -84,19 +110,18 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     masks, maps = _masks_and_maps(masks, maps)
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    region_weight = np.zeros(masks.shape, np.float64)  # 1 / area of the pixel's region
+    region_weight = []  # 1 / area of the pixel's region
     n_regions = 0
-    for weight, mask in zip(region_weight, masks):
+    for mask in masks:
         count, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         inverse_area = 1.0 / np.bincount(regions.ravel(), minlength=count)
         inverse_area[0] = 0.0  # label 0 is the background
-        weight[:] = inverse_area[regions]
+        region_weight.append(inverse_area[regions].astype(np.float32))
         n_regions += count - 1
-    normal = ~masks
+    normal = ~_flat(masks)
     if n_regions == 0 or not normal.any():
         raise ValueError("AUPRO needs defect regions and normal pixels")
-    _, (false_pos, overlap) = _cumulative_at_thresholds(
-        maps.ravel(), normal.ravel(), region_weight.ravel())
+    _, (false_pos, overlap) = _cumulative_at_thresholds(_flat(maps), normal, _flat(region_weight))
     fpr = np.append(0.0, false_pos / false_pos[-1])
     pro = np.append(0.0, overlap / n_regions)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
@@ -161,3 +186,23 @@ def per_type_auroc(types, labels, scores) -> dict[str, float]:
         keep = ~labels | (types == defect_type)
         result[str(defect_type)] = image_auroc(labels[keep], scores[keep])
     return result
+
+
+def binomial_interval(rate: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of the share of n parts that a rate predicts: the binomial
+    quantiles (lo, hi) / n of Binomial(n, rate), exact. A measured share of n parts outside it
+    says the prediction did not come true (at that level)."""
+    import math
+
+    if n <= 0:
+        raise ValueError("the interval needs at least one part")
+    rate = min(max(float(rate), 0.0), 1.0)
+    if rate in (0.0, 1.0):
+        return rate, rate
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+               + k * math.log(rate) + (n - k) * math.log1p(-rate) for k in range(n + 1)]
+    cdf = np.cumsum(np.exp(log_pmf))
+    tail = (1.0 - level) / 2
+    lo = int(np.searchsorted(cdf, tail))
+    hi = int(np.searchsorted(cdf, 1.0 - tail))
+    return lo / n, min(hi, n) / n

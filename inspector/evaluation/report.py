@@ -31,12 +31,10 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
     model = train(cat.name, cat.train_images, settings, progress, cancel, device)[0]  # features freed
     train_seconds = time.perf_counter() - started
     inspector = Inspector(model, device)
-    size = settings.image_size
     samples = cat.test_samples
     labels = np.array([s.label for s in samples])
     scores = np.empty(len(samples))
-    maps = np.empty((len(samples), size, size), np.float32)
-    masks = np.zeros((len(samples), size, size), bool)
+    maps, masks = [], []  # at each image's working size
     latencies = []
     gallery = []
     batch_started = time.perf_counter()
@@ -48,9 +46,9 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
         result = inspector.inspect(image)
         latencies.append((time.perf_counter() - t) * 1000.0)
         scores[i] = result.score
-        maps[i] = result.anomaly_map  # at the model's size, as the masks
-        if s.mask_path is not None:
-            masks[i] = load_mask(s.mask_path, (size, size))
+        maps.append(result.anomaly_map)  # at the working size, as the masks
+        h, w = result.anomaly_map.shape
+        masks.append(load_mask(s.mask_path, (w, h)) if s.mask_path is not None else np.zeros((h, w), bool))
         if plots_dir is not None:
             gallery.append((s, image, result))
         progress("inspecting test images", i + 1, len(samples))
@@ -63,15 +61,17 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
     known = np.array([s.label == 0 or s.mask_path is not None for s in samples])
     has_pixels = bool((known & (labels == 1)).any())
     defect = known & (labels == 1)
-    pred_masks = maps >= model.pixel_threshold
+    known_masks, known_maps = [m for m, k in zip(masks, known) if k], [m for m, k in zip(maps, known) if k]
+    defect_masks = [m for m, d in zip(masks, defect) if d]
+    defect_preds = [m >= model.pixel_threshold for m, d in zip(maps, defect) if d]
     f1_best, best_threshold = metrics.best_f1(labels, scores)
     calibrated = metrics.confusion(labels, scores, model.threshold)
     report = {
         "category": cat.name, "settings": model.metadata()["settings"],
         "image_auroc": metrics.image_auroc(labels, scores),
-        "pixel_auroc": metrics.pixel_auroc(masks[known], maps[known]) if has_pixels else None,
-        "aupro": metrics.aupro(masks[known], maps[known], 0.3) if has_pixels else None,
-        "dice": metrics.dice(pred_masks[defect], masks[defect]) if has_pixels else None,
+        "pixel_auroc": metrics.pixel_auroc(known_masks, known_maps) if has_pixels else None,
+        "aupro": metrics.aupro(known_masks, known_maps, 0.3) if has_pixels else None,
+        "dice": metrics.dice(defect_preds, defect_masks) if has_pixels else None,
         "pixel_metrics": (f"over {int(known.sum())} of {len(samples)} images" if has_pixels else
                           "unavailable: no defect image has a ground-truth mask"),
         "missing_masks": [str(p.relative_to(cat.root)) for p in missing],
@@ -79,6 +79,8 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
         "f1_calibrated": calibrated["f1"], "confusion_calibrated": calibrated,
         "false_reject_rate": calibrated["false_reject_rate"], "escape_rate": calibrated["escape_rate"],
         "expected_false_reject_rate": model.calibration.false_reject_rate(model.threshold),
+        "false_reject_interval": metrics.binomial_interval(
+            model.calibration.false_reject_rate(model.threshold), int((labels == 0).sum())),
         "f1_best": f1_best, "best_threshold": best_threshold,
         "confusion_best": metrics.confusion(labels, scores, best_threshold),
         "per_defect_auroc": metrics.per_type_auroc([s.defect_type for s in samples], labels, scores),
@@ -88,7 +90,7 @@ def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path
         "counts": model.counts, "test_images": len(samples),
     }
     if plots_dir is not None:
-        _plots(Path(plots_dir), report, labels, scores, masks[known], maps[known], gallery, model)
+        _plots(Path(plots_dir), report, labels, scores, known_masks, known_maps, gallery, model)
     return report, model
 
 
@@ -122,7 +124,8 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, model) ->
     folder.mkdir(parents=True, exist_ok=True)
     curves = {"image": metrics.roc(labels, scores)}
     if report["pixel_auroc"] is not None:
-        curves["pixel"] = metrics.roc(masks.ravel(), maps.ravel())
+        curves["pixel"] = metrics.roc(np.concatenate([m.ravel() for m in masks]),
+                                      np.concatenate([m.ravel() for m in maps]))
     plots.plot_roc(folder / "roc.png", curves)
     plots.plot_score_histogram(folder / "scores.png", scores[labels == 0], scores[labels == 1],
                                model.threshold, f"{report['category']}: image scores")
