@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import image_shape, read_ahead
+from ..data.images import image_shape, load_image, read_ahead
 from ..errors import Cancelled, TrainingError, describe
-from .features import REFERENCE_SIDE, FeatureExtractor, default_defect_size
+from .features import REFERENCE_SIDE, STRIDE, FeatureExtractor, default_defect_size
 from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, squared_norms
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
 from .roi import check_roi, describe_roi, patch_mask, region_on
@@ -49,10 +49,19 @@ def with_defect_size(settings: Settings, paths: list[Path], shorter_side: int = 
     headers; see features.default_defect_size)."""
     if settings.defect_size is not None or settings.image_size is not None:
         return settings
-    shapes = [shape for shape in map(image_shape, paths) if shape is not None]
-    if not shapes:
-        raise TrainingError("None of the good images can be read: choose a folder that contains good part images.")
-    return replace(settings, defect_size=default_defect_size(shapes, shorter_side))
+    shapes = [shape for shape in map(image_shape, paths) if shape is not None] or _decoded_shapes(paths)
+    # None readable: no image will be used, and the training says which files it skipped and why.
+    return replace(settings, defect_size=default_defect_size(shapes, shorter_side) if shapes else float(STRIDE))
+
+
+def _decoded_shapes(paths: list[Path]) -> list[tuple[int, int]]:
+    """The size of the first image that decodes, for files whose headers cannot be read alone."""
+    for path in paths:
+        try:
+            return [load_image(path).shape[:2]]
+        except Exception:  # noqa: BLE001 - an unreadable file: extracting the features reports it
+            continue
+    return []
 
 
 def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: Settings,
