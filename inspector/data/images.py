@@ -332,11 +332,11 @@ def _check_size(path: Path, width: int, height: int) -> None:
 def image_shape(path: str | Path) -> tuple[int, int] | None:
     """(height, width) of an image file from its header, without decoding it; None when the
     header cannot be read (loading the file then says why)."""
-    from PIL import Image
-
     try:
+        from PIL import Image
+
         with Image.open(path) as image:
             width, height = image.size
-    except Exception:  # noqa: BLE001 - any unreadable header: the loader reports the file
+    except Exception:  # noqa: BLE001 - any unreadable header (or no Pillow): the loader reports the file
         return None
     return height, width
