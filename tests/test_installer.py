@@ -118,6 +118,31 @@ def test_self_test_cold_start_and_data_folders(bundle, tmp_path):
     assert snapshot(bundle) == before, "the application wrote into its own folder"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_plant_and_line_io_clients_are_in_the_bundle(bundle, tmp_path):
+    """psycopg (with its libpq), asyncua, pymodbus and paho-mqtt are imported only when asked
+    for: the bundle must hold them all the same."""
+    exe, env = executable(bundle), station_env(tmp_path / "home")
+    port = _free_port()  # nothing listens there
+    result = run([exe, "plant", "status", "--plant", f"postgresql://line1@127.0.0.1:{port}/inspector"], env)
+    assert result.returncode == 2 and "Plant database: NOT connected" in result.stdout, result.stdout + result.stderr
+    (tmp_path / "in").mkdir()
+    result = run([exe, "watch", tmp_path / "in", "--product", "None yet", "--opcua", str(_free_port()),
+                  "--modbus", str(_free_port()), "--mqtt", f"127.0.0.1:{port}"], env, timeout=120)
+    said = result.stdout + result.stderr
+    assert "Traceback" not in said and "No module named" not in said, said
+    for started in ("Line I/O: PLC (OPC UA 127.0.0.1:", "Line I/O: PLC (Modbus 127.0.0.1:", "Line I/O: MQTT 127.0.0.1:"):
+        assert started in said, said
+    assert result.returncode == 2 and "train the product first" in said  # then the line needs a model
+
+
 def _scores(db: Path) -> dict[str, tuple[str, float]]:
     with sqlite3.connect(db) as con:
         return {Path(path).name: (verdict, score)
