@@ -13,7 +13,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 NOBODY = 65534
 PRODUCT = "Disc"
 PIN = "2468"  # the engineer's PIN of the test stations
-WAIT = 30_000  # ms: generous, for a loaded 2-core machine
+WAIT = 120_000  # ms: generous, for a loaded 2-core machine (a wait ends as soon as its condition holds)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from inspector.users import Accounts, accounts_path
 
 PRODUCT = "Disc"
 PIN = "2468"
-WAIT = 30_000  # ms: generous, for a loaded 2-core machine
+WAIT = 120_000  # ms: generous, for a loaded 2-core machine (a wait ends as soon as its condition holds)
 
 
 @pytest.fixture
