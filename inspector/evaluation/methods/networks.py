@@ -1,11 +1,10 @@
-"""Training a network for a method: torch (the `export` extra) or a clear error, on the
-cores this process may use, seeded (the network is made and its batches drawn from the seed), with progress per epoch, a cancel checked every batch, and
+"""Training a network for a method: torch (the `export` extra) or a clear error, on one
+thread, seeded (the network is made and its batches drawn from the seed), with progress per epoch, a cancel checked every batch, and
 early stopping when the validation loss (on held-out good images) stops improving; the best
 epoch's weights are kept."""
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from collections.abc import Callable, Iterable
 
@@ -17,17 +16,19 @@ MAX_EPOCHS = 40
 PATIENCE = 4  # epochs without a better validation loss before training stops
 MIN_IMPROVEMENT = 1e-3  # relative: a smaller drop of the validation loss does not count
 LEARNING_RATE = 1e-3
+# One thread: these small networks gain little from a second one, and on two cores shared with
+# the backbone's ONNX Runtime threads or other work, torch's threads wait for each other (measured
+# on the shared 2-core machine: an epoch of `ae` 5x, a product 5-10x slower on two threads).
+TORCH_THREADS = 1
 
 
 def torch_for(method: str):
-    """torch, limited to the cores this process may use; a BackboneError naming the `export`
-    extra without it."""
+    """torch, on TORCH_THREADS threads; a BackboneError naming the `export` extra without it."""
     require_export_extra(f"The '{method}' method (it runs a torch network)")
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores)))
-    torch.set_flush_denormal(True)  # tiny weights left by training would slow every product tenfold
+    torch.set_num_threads(TORCH_THREADS)
+    torch.set_flush_denormal(True)  # tiny values left by training would slow every product tenfold
     return torch
 
 
