@@ -1,5 +1,6 @@
-"""`inspector evaluate`: train on an MVTec-AD-layout category's good images, score its test
-set, and report the image/pixel metrics, timings and (optionally) plots."""
+"""`inspector evaluate`: train a method (PatchCore, the station's, or one of evaluation.methods)
+on an MVTec-AD-layout category's good images, score its test set, and report the image/pixel
+metrics, timings, peak memory and (optionally) plots: one report for every method."""
 from __future__ import annotations
 
 import gc

@@ -8,6 +8,7 @@ a network's validation loss (early stopping) and the calibration scores come fro
 from __future__ import annotations
 
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,4 @@ class Method:
 
     def metadata(self) -> dict:
         """The settings the report shows."""
-        from dataclasses import asdict
-
         return asdict(self.settings)
