@@ -21,6 +21,7 @@ from .core.backbones import BACKBONES
 from .core.memory_bank import SAMPLERS
 from .core.model import Settings, describe_scale
 from .core.roi import describe_roi
+from .evaluation.methods import DEFAULT as DEFAULT_METHOD, METHODS
 from .errors import InspectorError
 from .store.results import text
 
@@ -111,6 +112,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="older name: the images' median shorter side at PX pixels (converted to --defect-size)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), cuda or mps (torch)")
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vit-weights", type=lambda p: str(Path(p).resolve()), metavar="FILE",
+                   help="a torchvision ViT weight file, for vit-knn (none ships)")
+    p.add_argument("--max-epochs", type=int, metavar="N",
+                   help="at most this many epochs for the methods that train a network (default 40; they stop "
+                        "earlier when their validation loss stops improving)")
 
 
 def _open_store(args):
@@ -653,13 +662,32 @@ def cmd_shift(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.report import evaluate, summary
+    from .evaluation.methods import make_method
+    from .evaluation.report import evaluate_method, summary
 
     settings = _settings(args, Path(args.category_dir) / "train" / "good")
-    report, _ = evaluate(args.category_dir, settings, args.plots, ProgressLine(), None, args.device)
+    method = make_method(args.method, settings, args.device, args.vit_weights, args.max_epochs)
+    report = evaluate_method(args.category_dir, method, args.plots, ProgressLine(), None)
     print(summary(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from .evaluation.compare import compare, default_methods, table
+
+    methods = args.methods or default_methods(args.vit_weights)
+    if not args.methods and args.vit_weights is None:
+        print("vit-knn left out: it needs a ViT weight file (--vit-weights FILE); none ships", file=sys.stderr)
+    settings = _settings(args, Path(args.category_dirs[0]) / "train" / "good")
+    reports = compare(args.category_dirs, methods, settings, args.device, args.vit_weights, args.max_epochs,
+                      args.plot, ProgressLine(), None, lambda r: print(table([r]).splitlines()[-1], file=sys.stderr))
+    print(table(reports))
+    if args.plot:
+        print(f"ROC curves: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2), encoding="utf-8")
     return EXIT_OK
 
 
@@ -830,8 +858,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("category_dir", type=Path)
     p.add_argument("--json", type=Path, help="write the metrics as JSON")
     p.add_argument("--plots", type=Path, help="write ROC curves, score histograms and a gallery here")
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                   help="the method to evaluate (default: the station's, patchcore)")
+    _add_method_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", parents=[common], help="every method on MVTec-AD-layout categories: one table, "
+                                                         "one ROC figure")
+    p.add_argument("category_dirs", type=Path, nargs="+", metavar="category_dir")
+    p.add_argument("--methods", choices=list(METHODS), nargs="+",
+                   help="the methods to compare (default: all; vit-knn only with --vit-weights)")
+    p.add_argument("--plot", type=Path, help="write the ROC curves of every method here (PNG)")
+    p.add_argument("--json", type=Path, help="write every report as JSON")
+    _add_method_options(p)
+    _add_train_options(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("self-test", parents=[common], help="headless check of the whole station on generated parts")
     p.set_defaults(func=cmd_self_test)

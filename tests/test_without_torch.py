@@ -80,6 +80,10 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         "shift": ["shift", *common],
         "evaluate": ["evaluate", str(tmp_path / "category"), "--plots", str(tmp_path / "plots"),
                      "--models-dir", str(tmp_path / "eval-models")],
+        "compare": ["compare", str(tmp_path / "category"), "--methods", "patchcore", "knn",
+                    "--plot", str(tmp_path / "compare.png"), "--models-dir", str(tmp_path / "eval-models")],
+        "network method": ["evaluate", str(tmp_path / "category"), "--method", "ae",
+                           "--models-dir", str(tmp_path / "eval-models")],
         "other backbone": ["train", str(tmp_path / "good"), "--product", "rn", "--backbone", "resnet18", *common],
         "other size": ["train", str(tmp_path / "good"), "--product", "odd", "--image-size", "288", *common],
         "gpu": ["train", str(tmp_path / "good"), "--product", "gpu", "--device", "cuda", *common],
@@ -101,3 +105,6 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         code, _, err = results[name]
         assert code == 2 and needs in err and f"pip install '{EXPORT_EXTRA}'" in err and "torch" in err, err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx"))
+    assert results["compare"][0] == 0 and "knn" in results["compare"][1] and (tmp_path / "compare.png").is_file()
+    code, _, err = results["network method"]  # a method that trains a network needs torch
+    assert code == 2 and "The 'ae' method" in err and f"pip install '{EXPORT_EXTRA}'" in err, err

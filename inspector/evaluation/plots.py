@@ -81,15 +81,25 @@ def _save_figure(figure, path) -> None:
 def plot_roc(path, curves: dict) -> None:
     """One ROC plot with a line per curve, e.g. {"image": (fpr, tpr, auc), "pixel": ...},
     each labelled with its AUC."""
-    figure, axes = _figure()
-    for name, (fpr, tpr, auc) in curves.items():
-        step = max(1, len(fpr) // MAX_CURVE_POINTS)
-        axes.plot(np.append(fpr[::step], fpr[-1]), np.append(tpr[::step], tpr[-1]),
-                  label=f"{name} AUROC = {auc:.3f}")
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
-             ylabel="true positive rate", title="ROC")
-    axes.legend(loc="lower right")
+    plot_roc_panels(path, {"ROC": curves})
+
+
+def plot_roc_panels(path, panels: dict) -> None:
+    """ROC plots side by side in one figure, one per title: {title: {name: (fpr, tpr, auc)}}."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0 * len(panels), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    for axes, (title, curves) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for name, (fpr, tpr, auc) in curves.items():
+            step = max(1, len(fpr) // MAX_CURVE_POINTS)
+            axes.plot(np.append(fpr[::step], fpr[-1]), np.append(tpr[::step], tpr[-1]),
+                      label=f"{name} AUROC = {auc:.3f}")
+        axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
+                 ylabel="true positive rate", title=title)
+        axes.legend(loc="lower right")
     _save_figure(figure, path)
 
 
