@@ -177,11 +177,7 @@ def check_settings(settings: Settings) -> Settings:
 
 def _with_skipped(exc: TrainingError, skipped: list[tuple[Path, str]]) -> TrainingError:
     """The error of a failed training, with the files it skipped and why."""
-    if not skipped:
-        return exc
-    listed = "; ".join(f"{p.name}: {why}" for p, why in skipped[:10])
-    more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-    return TrainingError(f"{exc} Skipped {len(skipped)} file(s): {listed}{more}.")
+    return TrainingError(f"{exc}{training.skipped_note(skipped)}") if skipped else exc
 
 
 # ---- teaching ---------------------------------------------------------------------------------

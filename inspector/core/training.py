@@ -164,6 +164,15 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
                  versions=runtime_versions(), roi=roi, calibration_patch_scores=grids)
 
 
+def skipped_note(skipped: list[tuple[Path, str]], most: int = 10) -> str:
+    """The skipped files and why, for the message of a training that failed."""
+    if not skipped:
+        return ""
+    listed = "; ".join(f"{p.name}: {why}" for p, why in skipped[:most])
+    more = f"; and {len(skipped) - most} more" if len(skipped) > most else ""
+    return f" Skipped {len(skipped)} file(s): {listed}{more}."
+
+
 def _needs_patch_scores(model: Model, what: str) -> list[np.ndarray]:
     if model.calibration_patch_scores is None:
         raise TrainingError(f"The model of '{model.product}' (version {model.version}) was made by an older "
