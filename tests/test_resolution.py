@@ -132,3 +132,13 @@ def test_an_image_too_large_for_the_products_scale_is_refused_with_the_reason():
 
     with pytest.raises(ImageError, match="smallest defect 2 px"):
         working_shape(8000, 8000, 2.0)
+
+
+def test_a_good_image_too_large_for_the_scale_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    from inspector.core import features
+
+    monkeypatch.setattr(features, "MAX_WORKING_PIXELS", 300 * 300)
+    paths = meshes(tmp_path / "good", [(256, 256)] * 6 + [(400, 400)])
+    model, good = train("sizes", paths, Settings(defect_size=8.0))
+    assert len(good.paths) == 6 and good.skipped[0][0] == paths[-1] and "more than" in good.skipped[0][1]
+    assert model.counts["skipped_images"] == 1

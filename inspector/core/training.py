@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import image_shape, load_image, read_ahead
-from ..errors import Cancelled, TrainingError, describe
+from ..errors import Cancelled, ImageError, TrainingError, describe
 from .features import REFERENCE_SIDE, STRIDE, FeatureExtractor, default_defect_size
 from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, squared_norms
 from .model import Calibration, Model, Settings, check_product_name, runtime_versions
@@ -74,20 +74,24 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: S
     batch: list = []
 
     def run() -> None:
-        shape = settings.working_shape(*batch[0][1].shape[:2])
-        feats.extend(f.astype(np.float16) for f in extractor([im for _, im in batch], shape))
-        used.extend(p for p, _ in batch)
+        feats.extend(f.astype(np.float16) for f in extractor([im for _, im, _ in batch], batch[0][2]))
+        used.extend(p for p, _, _ in batch)
         batch.clear()
 
     for i, (path, image) in enumerate(read_ahead(paths, depth=BATCH)):
         _check_cancel(cancel)
+        shape = None
+        if not isinstance(image, Exception):
+            try:
+                shape = settings.working_shape(*image.shape[:2])
+            except ImageError as exc:  # too large for the product's scale: said, skipped
+                image = exc
         if isinstance(image, Exception):
             skipped.append((path, describe(image)))
         else:
-            if batch and (len(batch) == BATCH or settings.working_shape(*image.shape[:2])
-                          != settings.working_shape(*batch[0][1].shape[:2])):
+            if batch and (len(batch) == BATCH or shape != batch[0][2]):
                 run()
-            batch.append((path, image))
+            batch.append((path, image, shape))
         progress("extracting features", i + 1, len(paths))
     if batch:
         run()
