@@ -36,8 +36,13 @@ class FeatureAE(Method):
             raise TrainingError("None of the good images can be read." + skipped_note(good.skipped))
         c = good.features[0].shape[-1]
         patches = np.concatenate([f.reshape(-1, c) for f in good.features])  # float16
-        self._mean = patches.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self._std = patches.std(axis=0, dtype=np.float64).astype(np.float32) + 1e-6
+        total, total_sq = np.zeros(c), np.zeros(c)
+        for f in good.features:  # image by image: a float64 copy of every patch would need gigabytes
+            f = f.reshape(-1, c).astype(np.float64)
+            total, total_sq = total + f.sum(axis=0), total_sq + (f * f).sum(axis=0)
+        mean = total / len(patches)
+        self._mean = mean.astype(np.float32)
+        self._std = (np.sqrt(np.maximum(total_sq / len(patches) - mean * mean, 0.0)) + 1e-6).astype(np.float32)
         rng = np.random.default_rng(self.settings.seed)
         held = np.concatenate([self._features(image).reshape(-1, c) for image in held_out])
         held = held[rng.permutation(len(held))[:VALIDATION_PATCHES]]
