@@ -21,6 +21,7 @@ from pymodbus.client import ModbusTcpClient
 from conftest import PRODUCT, copy_models
 from inspector import services
 from inspector.core.model import load_model, save_model
+from inspector.core.product_numbers import NUMBERS_FILE, product_numbers
 from inspector.lineio.line_io import LineIO, LineSettings
 from inspector.lineio.modbus_server import COILS, DISCRETE, ERRORS, INPUT
 from inspector.lineio.mqtt_shipper import MqttShipper
@@ -329,7 +330,7 @@ def test_modbus_product_select_goes_through_the_service_and_is_recorded(line):
     ln = line(product_select=True)
     plc = ModbusTcpClient("127.0.0.1", port=ln.modbus)
     assert plc.connect()
-    number = ln.io.link.products.index(OTHER) + 1
+    number = ln.io.link.numbers[OTHER]
     assert not plc.write_register(2, number).isError()
     assert inputs(plc)["error_code"] == 0 and inputs(plc)["product"] == number
     [event] = [e for e in ln.store.events() if e.kind == "product"]
@@ -338,6 +339,31 @@ def test_modbus_product_select_goes_through_the_service_and_is_recorded(line):
     write_parts(ln.folder, 1, seed=41)
     read_result(plc)
     assert ln.store.query()[0].product == OTHER
+    plc.close()
+
+
+def test_product_numbers_never_change_when_products_come_and_go(line, models, tmp_path):
+    store = ResultStore(tmp_path / "changes.db")
+    assert product_numbers(models) == {PRODUCT: 1, OTHER: 2}  # older products: name order, recorded on first use
+    services.create_product(models, store, "Axle")  # first in name order: an index by name would shift
+    services.create_product(models, store, "Bolt")
+    services.delete_product(models, store, "Bolt")  # its number is never given to another product
+    services.create_product(models, store, "Cam")
+    services.rename_product(models, store, "Axle", "Axle 2")  # keeps its number
+    assert product_numbers(models) == {PRODUCT: 1, OTHER: 2, "Axle 2": 3, "Cam": 5}
+    saved = json.loads((models / NUMBERS_FILE).read_text())  # data only, stored once
+    assert saved == {"format": "inspector-product-numbers",
+                     "products": {PRODUCT: 1, OTHER: 2, "Axle 2": 3, "Bolt": 4, "Cam": 5}}
+    store.close()
+    ln = line(product_select=True)
+    plc = ModbusTcpClient("127.0.0.1", port=ln.modbus)
+    assert plc.connect()
+    assert plc.write_register(2, 4).isError() and inputs(plc)["error_code"] == ERRORS["unknown product"]
+    assert plc.write_register(2, 3).isError() and inputs(plc)["error_code"] == ERRORS["model unusable"]
+    assert inputs(plc)["product"] == 1 and ln.io.link.product == PRODUCT
+    assert not plc.write_register(2, 2).isError()
+    assert inputs(plc)["error_code"] == 0 and inputs(plc)["product"] == 2 and ln.io.link.product == OTHER
+    assert "PLC product numbers: 1 Disc, 2 Gear, 3 Axle 2, 5 Cam" == ln.io.products_line
     plc.close()
 
 
