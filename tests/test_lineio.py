@@ -20,7 +20,7 @@ from pymodbus.client import ModbusTcpClient
 
 from conftest import PRODUCT, copy_models
 from inspector import services
-from inspector.core.model import load_model, save_model
+from inspector.core.model import load_model, save_model, with_sigma
 from inspector.core.product_numbers import NUMBERS_FILE, product_numbers
 from inspector.lineio.line_io import LineIO, LineSettings
 from inspector.lineio.modbus_server import COILS, DISCRETE, ERRORS, INPUT
@@ -487,3 +487,62 @@ def test_the_window_runs_the_line_for_a_plc_and_shows_the_connection(line_window
     plc.close()
     monitor.start_stop()
     qtbot.waitUntil(lambda: monitor.io is None and not monitor.line_io_status.isVisible(), timeout=WAIT)
+
+
+def test_the_window_follows_a_product_the_plc_selects(line_window, tmp_path, qtbot):
+    from conftest import WAIT
+
+    window, monitor, session = line_window, line_window.monitor, line_window.session
+    models = session.models_dir
+    other = replace(load_model(models, PRODUCT), product=OTHER)
+    save_model(other, models)
+    other = save_model(with_sigma(other, 6.0), models)  # version 2, another threshold than the product's
+    assert other.threshold != session.model.threshold
+    window.products.reload(PRODUCT)
+    qtbot.waitUntil(lambda: session.model is not None and session.model.product == PRODUCT, timeout=WAIT)
+    port, opcua = free_port(), free_port()
+    monitor.line_io["modbus"].setText(str(port))
+    monitor.line_io["opcua"].setText(str(opcua))
+    monitor.plc_select.setChecked(True)
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    monitor.source.setCurrentIndex(monitor.source.findData("folder"))
+    monitor.folder.set_path(str(folder))
+    monitor.start_stop()
+    qtbot.waitUntil(lambda: monitor.io is not None and monitor.io.link.state == "ready", timeout=WAIT)
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    assert plc.connect()
+    assert not plc.write_register(2, product_numbers(models)[OTHER]).isError()  # the PLC selects the product
+    qtbot.waitUntil(lambda: session.product == OTHER, timeout=WAIT)
+    station = monitor.io.link._station
+    assert session.model is station._selected  # the line's own model, not a second copy
+    assert window.products.combo.currentText() == OTHER
+    assert window.products.state.text().startswith(f"Version 2 · threshold {other.threshold:.4g}")
+    assert monitor.scale.threshold == other.threshold
+    assert monitor.counter_labels["inspected"].text() == "0"  # the shift's counters are the new product's
+    write_parts(folder, 1, seed=71)
+    assert pulse(plc)
+    result = read_result(plc)
+    assert result["product"] == 2 and result["model_version"] == 2
+    assert result["threshold"] == min(round(other.threshold * 1000), 65535)
+    qtbot.waitUntil(lambda: monitor.painted >= 1, timeout=WAIT)
+    assert station.inspector.model is session.model
+    assert monitor.counter_labels["inspected"].text() == "1" and monitor.scale.threshold == other.threshold
+    [record] = session.store.query()
+    assert (record.product, record.model_version) == (OTHER, 2)
+    plc.close()
+
+    async def select_over_opcua(product: str) -> str:
+        async with Client(f"opc.tcp://127.0.0.1:{opcua}/inspector/") as client:
+            idx = await client.get_namespace_index(NAMESPACE)
+            station_node = await client.nodes.objects.get_child([f"{idx}:Inspector"])
+            return await station_node.call_method(f"{idx}:SelectProduct", product)
+    assert asyncio.run(select_over_opcua(PRODUCT)) == PRODUCT
+    qtbot.waitUntil(lambda: session.product == PRODUCT and window.products.combo.currentText() == PRODUCT,
+                    timeout=WAIT)
+    assert session.model is station._selected and monitor.scale.threshold == session.model.threshold
+    assert [(e.new, e.user) for e in session.store.events() if e.kind == "product"] == [  # newest first
+        (PRODUCT, "PLC over OPC UA"), (OTHER, "PLC over Modbus")]
+    monitor.start_stop()
+    qtbot.waitUntil(lambda: monitor.io is None, timeout=WAIT)
+    assert session.product == PRODUCT and window.products.combo.isEnabled()  # the next start inspects it

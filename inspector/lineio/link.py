@@ -58,6 +58,7 @@ class LineLink:
         self._station: Station | None = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[LineResult], None]] = []
+        self._select_listeners: list[Callable[[Model], None]] = []
 
     # ---- wiring to the line ------------------------------------------------------------
     def on_station(self, station: Station | None) -> None:
@@ -87,6 +88,12 @@ class LineLink:
         """Hear every result (called on the line's thread, in order)."""
         with self._lock:
             self._listeners.append(on_result)
+
+    def listen_select(self, on_select: Callable[[Model], None]) -> None:
+        """Hear every product the PLC selects: the model the line inspects from its next part
+        (called on the server's thread)."""
+        with self._lock:
+            self._select_listeners.append(on_select)
 
     # ---- what a PLC asks ------------------------------------------------------------------
     @property
@@ -133,4 +140,8 @@ class LineLink:
             raise LineIOError("The line is not running: start it before selecting a product.")
         model = services.select_product(self.models_dir, self.store, station, product, who)
         self.product = model.product
+        with self._lock:
+            listeners = list(self._select_listeners)
+        for listener in listeners:
+            listener(model)
         return model
