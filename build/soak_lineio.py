@@ -144,6 +144,7 @@ def _run(root: Path, parts: int, folder: Path, broker: Broker, frames, scan_ms: 
     wait_until(lambda: io.link.state == "ready", "the line ready")
     kills = {parts * k // 4 for k in (1, 2, 3)}
     latencies, counters, memory = [], [], []
+    at_start = rss_mb()  # the line started, no part yet
     restart_at = None
     t0 = time.monotonic()
     child = subprocess.Popen([sys.executable, __file__, "--plc", str(modbus), "--parts", str(parts),
@@ -189,15 +190,18 @@ def _run(root: Path, parts: int, folder: Path, broker: Broker, frames, scan_ms: 
     latency_logged = statistics.median(row["latency_ms"] for _, row in rows if row["latency_ms"] is not None)
     print(f"\n{parts} triggered parts in {elapsed:.0f} s ({parts / elapsed:.1f} parts/s), broker killed and "
           f"restarted {len(kills)} times")
-    print(f"MQTT: {len(rows)} verdicts logged, {len(got & ids)} received, lost {lost}, duplicates {duplicates} "
-          f"(with a different content: {conflicting})")
+    print(f"MQTT: {len(rows)} verdicts logged, {io.shipper.sent} sent, {len(got & ids)} received, lost {lost}, "
+          f"duplicates {duplicates} (with a different content: {conflicting})")
     print(f"PLC: {len(counters)} results read, counter 1..{counters[-1]}, skips "
           f"{sum(b - a != 1 for a, b in zip(counters, counters[1:])) + (counters[0] != 1)}")
-    print(f"memory: RSS {memory[0]:.0f} MB after {max(parts // 10, 1)} parts, {memory[-1]:.0f} MB after {parts} "
-          f"(growth {memory[-1] - memory[0]:+.0f} MB)")
-    print(f"latency: PLC process (cycle {scan_ms:g} ms) trigger -> result valid median {statistics.median(latencies):.1f} ms "
+    print(f"memory: RSS {at_start:.0f} MB before the first part, {memory[0]:.0f} MB after {max(parts // 10, 1)} "
+          f"parts, {memory[-1]:.0f} MB after {parts} (growth {memory[-1] - memory[0]:+.0f} MB since part "
+          f"{max(parts // 10, 1)})")
+    print(f"latency: PLC process (cycle {scan_ms:g} ms) trigger -> result valid median "
+          f"{statistics.median(latencies):.1f} ms "
           f"(p95 {sorted(latencies)[int(0.95 * len(latencies))]:.1f}); the line's own (file to verdict) median "
-          f"{latency_logged:.1f} ms; camera frame (the same parts in memory, no PLC) median {statistics.median(frame_ms):.1f} ms "
+          f"{latency_logged:.1f} ms; camera frame (the same parts in memory, no PLC) median "
+          f"{statistics.median(frame_ms):.1f} ms "
           f"(target: <= {statistics.median(frame_ms) + 10:.1f} ms)")
     ok = (lost == 0 and conflicting == 0 and counters == list(range(1, parts + 1)) and len(rows) == parts)
     print("soak passed" if ok else "SOAK FAILED")
