@@ -568,6 +568,7 @@ def cmd_products(args) -> int:
 
 def cmd_models(args) -> int:
     from .core.model import list_models, list_versions
+    from .core.product_numbers import product_numbers
 
     if args.resign:
         return _resign(args)
@@ -586,12 +587,14 @@ def cmd_models(args) -> int:
     models = list_models(args.models_dir)
     if not models:
         print(f"No models in {args.models_dir}. Train one with: inspector train GOOD_DIR --product NAME")
+    numbers = product_numbers(args.models_dir)
     for m in models:
+        name = m["product"] + (f" (number {numbers[m['product']]})" if m["product"] in numbers else "")  # PLC select
         if "error" in m:
-            print(f"{m['product']}: {m['error']}")
+            print(f"{name}: {m['error']}")
             continue
         s = m["settings"]
-        print(f"{m['product']}: version {m['version']}, threshold {m['threshold']:.3f} (sigma {s['sigma']}), "
+        print(f"{name}: version {m['version']}, threshold {m['threshold']:.3f} (sigma {s['sigma']}), "
               f"{s['backbone']}, {describe_scale(s.get('defect_size'), s.get('image_size'))}, "
               f"{s['sampler']} {s['sampling_ratio']}, memory bank "
               f"{m['counts'].get('memory_bank')}, {m['counts'].get('good_images')} good images, "

@@ -1,11 +1,16 @@
 """Reading a file that anyone with access to a shared folder may have put there: only a
 regular file is read (never a named pipe, a device such as /dev/zero, a socket or a folder,
-also not through a link), and only up to a size limit that is checked before reading."""
+also not through a link), and only up to a size limit that is checked before reading. And an
+exclusive lock on a file, shared by every process that uses it."""
 from __future__ import annotations
 
+import logging
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 24
 
@@ -54,3 +59,37 @@ def read_regular(path: str | Path, max_bytes: int) -> bytes:
     if size > max_bytes:
         raise NotReadable(f"{path} grew beyond the limit of {max_bytes:,} bytes while it was read")
     return b"".join(chunks)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on `path` shared by every process that takes it (waits for it)."""
+    try:
+        f = open(path, "a+b")
+    except OSError as e:  # e.g. a full disk cannot create the lock file: go on unlocked
+        log.warning("cannot lock %s (%s); going on without the lock", path, e)
+        yield
+        return
+    with f:
+        if os.name == "nt":
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -27,6 +27,7 @@ from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
 from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
                          list_versions, load_model, rename_model, save_model, separating_threshold, with_sigma)
+from .core.product_numbers import product_numbers, rename_number
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
@@ -123,6 +124,7 @@ def create_product(models_dir: str | Path, store: ResultStore, name: str, user: 
         folder.mkdir(parents=True)
     except OSError as exc:
         raise ModelError(f"Cannot create the product '{name}' in {models_dir}: {exc}") from exc
+    product_numbers(models_dir)  # its number, given now
     _record(store, name, "create", None, name, None, user)
     return name
 
@@ -130,13 +132,18 @@ def create_product(models_dir: str | Path, store: ResultStore, name: str, user: 
 def rename_product(models_dir: str | Path, store: ResultStore, product: str, new_name: str,
                    user: str | None = None) -> str:
     """Rename a product: its model versions, and its history in the log, which keeps every
-    verdict and event under the new name. Returns the new name."""
+    verdict and event under the new name, and its product number. Returns the new name."""
     new_name = check_product_name(new_name)
-    rename_model(models_dir, product, new_name)
+    rename_number(models_dir, product, new_name)
     try:
-        store.rename_product(product, new_name, user)
-    except StoreError:
-        rename_model(models_dir, new_name, product)  # the history could not follow: undo
+        rename_model(models_dir, product, new_name)
+        try:
+            store.rename_product(product, new_name, user)
+        except StoreError:
+            rename_model(models_dir, new_name, product)  # the history could not follow: undo
+            raise
+    except InspectorError:
+        rename_number(models_dir, new_name, product)
         raise
     return new_name
 

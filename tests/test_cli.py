@@ -34,7 +34,7 @@ def test_train_saves_a_model_listed_by_models(station, capsys):
     root, common = station
     assert (root / "models" / "Gear 7" / "v0001" / "model.json").is_file()
     assert main(["models"] + common) == EXIT_OK
-    assert "Gear 7: version 1, threshold" in capsys.readouterr().out
+    assert "Gear 7 (number 1): version 1, threshold" in capsys.readouterr().out
 
 
 def test_inspect_exit_codes(station, tmp_path, capsys):

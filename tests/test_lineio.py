@@ -20,7 +20,8 @@ from pymodbus.client import ModbusTcpClient
 
 from conftest import PRODUCT, copy_models
 from inspector import services
-from inspector.core.model import load_model, save_model
+from inspector.core.model import load_model, save_model, with_sigma
+from inspector.core.product_numbers import NUMBERS_FILE, product_numbers
 from inspector.lineio.line_io import LineIO, LineSettings
 from inspector.lineio.modbus_server import COILS, DISCRETE, ERRORS, INPUT
 from inspector.lineio.mqtt_shipper import MqttShipper
@@ -329,7 +330,7 @@ def test_modbus_product_select_goes_through_the_service_and_is_recorded(line):
     ln = line(product_select=True)
     plc = ModbusTcpClient("127.0.0.1", port=ln.modbus)
     assert plc.connect()
-    number = ln.io.link.products.index(OTHER) + 1
+    number = ln.io.link.numbers[OTHER]
     assert not plc.write_register(2, number).isError()
     assert inputs(plc)["error_code"] == 0 and inputs(plc)["product"] == number
     [event] = [e for e in ln.store.events() if e.kind == "product"]
@@ -338,6 +339,31 @@ def test_modbus_product_select_goes_through_the_service_and_is_recorded(line):
     write_parts(ln.folder, 1, seed=41)
     read_result(plc)
     assert ln.store.query()[0].product == OTHER
+    plc.close()
+
+
+def test_product_numbers_never_change_when_products_come_and_go(line, models, tmp_path):
+    store = ResultStore(tmp_path / "changes.db")
+    assert product_numbers(models) == {PRODUCT: 1, OTHER: 2}  # older products: name order, recorded on first use
+    services.create_product(models, store, "Axle")  # first in name order: an index by name would shift
+    services.create_product(models, store, "Bolt")
+    services.delete_product(models, store, "Bolt")  # its number is never given to another product
+    services.create_product(models, store, "Cam")
+    services.rename_product(models, store, "Axle", "Axle 2")  # keeps its number
+    assert product_numbers(models) == {PRODUCT: 1, OTHER: 2, "Axle 2": 3, "Cam": 5}
+    saved = json.loads((models / NUMBERS_FILE).read_text())  # data only, stored once
+    assert saved == {"format": "inspector-product-numbers",
+                     "products": {PRODUCT: 1, OTHER: 2, "Axle 2": 3, "Bolt": 4, "Cam": 5}}
+    store.close()
+    ln = line(product_select=True)
+    plc = ModbusTcpClient("127.0.0.1", port=ln.modbus)
+    assert plc.connect()
+    assert plc.write_register(2, 4).isError() and inputs(plc)["error_code"] == ERRORS["unknown product"]
+    assert plc.write_register(2, 3).isError() and inputs(plc)["error_code"] == ERRORS["model unusable"]
+    assert inputs(plc)["product"] == 1 and ln.io.link.product == PRODUCT
+    assert not plc.write_register(2, 2).isError()
+    assert inputs(plc)["error_code"] == 0 and inputs(plc)["product"] == 2 and ln.io.link.product == OTHER
+    assert "PLC product numbers: 1 Disc, 2 Gear, 3 Axle 2, 5 Cam" == ln.io.products_line
     plc.close()
 
 
@@ -461,3 +487,62 @@ def test_the_window_runs_the_line_for_a_plc_and_shows_the_connection(line_window
     plc.close()
     monitor.start_stop()
     qtbot.waitUntil(lambda: monitor.io is None and not monitor.line_io_status.isVisible(), timeout=WAIT)
+
+
+def test_the_window_follows_a_product_the_plc_selects(line_window, tmp_path, qtbot):
+    from conftest import WAIT
+
+    window, monitor, session = line_window, line_window.monitor, line_window.session
+    models = session.models_dir
+    other = replace(load_model(models, PRODUCT), product=OTHER)
+    save_model(other, models)
+    other = save_model(with_sigma(other, 6.0), models)  # version 2, another threshold than the product's
+    assert other.threshold != session.model.threshold
+    window.products.reload(PRODUCT)
+    qtbot.waitUntil(lambda: session.model is not None and session.model.product == PRODUCT, timeout=WAIT)
+    port, opcua = free_port(), free_port()
+    monitor.line_io["modbus"].setText(str(port))
+    monitor.line_io["opcua"].setText(str(opcua))
+    monitor.plc_select.setChecked(True)
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    monitor.source.setCurrentIndex(monitor.source.findData("folder"))
+    monitor.folder.set_path(str(folder))
+    monitor.start_stop()
+    qtbot.waitUntil(lambda: monitor.io is not None and monitor.io.link.state == "ready", timeout=WAIT)
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+    assert plc.connect()
+    assert not plc.write_register(2, product_numbers(models)[OTHER]).isError()  # the PLC selects the product
+    qtbot.waitUntil(lambda: session.product == OTHER, timeout=WAIT)
+    station = monitor.io.link._station
+    assert session.model is station._selected  # the line's own model, not a second copy
+    assert window.products.combo.currentText() == OTHER
+    assert window.products.state.text().startswith(f"Version 2 · threshold {other.threshold:.4g}")
+    assert monitor.scale.threshold == other.threshold
+    assert monitor.counter_labels["inspected"].text() == "0"  # the shift's counters are the new product's
+    write_parts(folder, 1, seed=71)
+    assert pulse(plc)
+    result = read_result(plc)
+    assert result["product"] == 2 and result["model_version"] == 2
+    assert result["threshold"] == min(round(other.threshold * 1000), 65535)
+    qtbot.waitUntil(lambda: monitor.painted >= 1, timeout=WAIT)
+    assert station.inspector.model is session.model
+    assert monitor.counter_labels["inspected"].text() == "1" and monitor.scale.threshold == other.threshold
+    [record] = session.store.query()
+    assert (record.product, record.model_version) == (OTHER, 2)
+    plc.close()
+
+    async def select_over_opcua(product: str) -> str:
+        async with Client(f"opc.tcp://127.0.0.1:{opcua}/inspector/") as client:
+            idx = await client.get_namespace_index(NAMESPACE)
+            station_node = await client.nodes.objects.get_child([f"{idx}:Inspector"])
+            return await station_node.call_method(f"{idx}:SelectProduct", product)
+    assert asyncio.run(select_over_opcua(PRODUCT)) == PRODUCT
+    qtbot.waitUntil(lambda: session.product == PRODUCT and window.products.combo.currentText() == PRODUCT,
+                    timeout=WAIT)
+    assert session.model is station._selected and monitor.scale.threshold == session.model.threshold
+    assert [(e.new, e.user) for e in session.store.events() if e.kind == "product"] == [  # newest first
+        (PRODUCT, "PLC over OPC UA"), (OTHER, "PLC over Modbus")]
+    monitor.start_stop()
+    qtbot.waitUntil(lambda: monitor.io is None, timeout=WAIT)
+    assert session.product == PRODUCT and window.products.combo.isEnabled()  # the next start inspects it

@@ -526,4 +526,4 @@ def test_the_models_command_lists_every_product_when_one_is_damaged(tmp_path, ca
     _healthy_and(tmp_path / "models", _edit_text(lambda t: t.replace('"sigma": 3.0', '"sigma": 1e999')))
     assert main(["models", "--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "x.db")]) == 0
     out = capsys.readouterr().out
-    assert "Gear 7: version 1" in out and "Gear 8: " in out and "damaged" in out
+    assert "Gear 7 (number 1): version 1" in out and "Gear 8 (number 2): " in out and "damaged" in out

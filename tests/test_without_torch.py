@@ -97,7 +97,7 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
     for name in ("inspect", "inspect again"):
         assert results[name][0] == 1 and results[name][1].count("NG ") == 1, results[name]  # the stain
     assert results["camera"][0] in (0, 1) and results["camera"][1].count("camera.avi#") == 2
-    assert "part: version 6" in results["models"][1] and "spare" not in results["models"][1]
+    assert "part (number 2): version 6" in results["models"][1] and "spare" not in results["models"][1]
     assert (tmp_path / "log.csv").is_file()
     assert results["evaluate"][0] == 0 and (tmp_path / "plots" / "roc.png").is_file()
     assert "now --defect-size" in results["other size"][2]  # any scale runs on the shipped graph

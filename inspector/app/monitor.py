@@ -123,6 +123,7 @@ def _run_line(job: Worker, models_dir: Path, model: Model, store: ResultStore, k
         on_outcome, on_status = io.on_outcome(on_outcome), io.on_status(on_status)
         options = options | io.line_options()
         snap = options.pop("trigger") or snap
+        io.link.listen_select(lambda selected: job.report(("model", selected)))
     services.run_line(models_dir, store, model.product, kind, target, job.cancel, on_outcome,
                       lambda level, text: job.report((level, text)), trigger=snap, model=model,
                       on_status=on_status, **options)
@@ -585,19 +586,25 @@ class MonitorTab(QWidget):
             state, reason = item[1:]
             self._source_state = (state, reason)
             self._show_banner()
+        elif kind == "model":  # the PLC selected a product: the window shows the line's model
+            model = item[1]
+            self.session.follow_line(model)
+            self.session.info(f"The PLC selected '{model.product}' (model version {model.version}, threshold "
+                              f"{model.threshold:.4g}): the line inspects it from the next part.")
         else:
             self._count(*item[1:])
 
     def _count(self, outcome: Outcome, shown, thumb) -> None:
         record = outcome.record
-        self.counts["inspected"] += 1
-        self.counts[record.verdict] += 1
         if record.verdict == "ERROR":
             self.session.error(f"{part_name(record.image_path)}: {record.error}")
         if outcome.log_error:
             self.session.warn(outcome.log_error)
-        if thumb is not None:
-            self._add_ng(record, thumb)
+        if record.product == self.session.product:  # not a part of the product before a PLC's select
+            self.counts["inspected"] += 1
+            self.counts[record.verdict] += 1
+            if thumb is not None:
+                self._add_ng(record, thumb)
         self._show_counts()
         self._newest = (outcome, shown)
         if not self._paint_pending:  # paint once the queued outcomes are counted: only the newest

@@ -150,6 +150,13 @@ class Session(QObject):
         if self.product == product and current_version(self.models_dir, product) is not None:
             self.error(exc)  # a damaged model; an untrained product is not an error
 
+    def follow_line(self, model: Model) -> None:
+        """The running line inspects `model` now (a PLC selected its product): it becomes the
+        current product and model, the very object the line uses."""
+        self.product, self.model, self.good = model.product, model, None
+        settings().setValue("product", model.product)
+        self.changed.emit()
+
     def set_model(self, model: Model, good: GoodFeatures | None = None) -> None:
         self.model, self.good = model, good
         self.changed.emit()

@@ -215,6 +215,10 @@ class ProductBar(QWidget):
 
     def _show_state(self) -> None:
         session, model = self.session, self.session.model
+        if self.combo.currentData() != session.product and self.combo.findData(session.product) >= 0:
+            self.combo.blockSignals(True)  # the product a PLC selected: shown, not loaded again
+            self.combo.setCurrentIndex(self.combo.findData(session.product))
+            self.combo.blockSignals(False)
         engineer = session.user.is_engineer
         self.combo.setEnabled(not session.busy)
         self.buttons[0].setEnabled(engineer and not session.busy)

@@ -139,5 +139,4 @@ class LineIO:
 
     @property
     def products_line(self) -> str:
-        return "PLC product numbers: " + (", ".join(f"{i} {p}" for i, p in enumerate(self.link.products, 1))
-                                          or "none")
+        return "PLC product numbers: " + self.link.describe_numbers()

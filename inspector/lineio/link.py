@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import services
-from ..core.model import Model, list_models
+from ..core.model import Model
+from ..core.product_numbers import product_numbers
 from ..errors import InspectorError
 from ..sources.trigger import Trigger
 from ..station import Outcome, Station
@@ -49,7 +50,7 @@ class LineLink:
         self.store = store
         self.product_select = product_select  # whether a PLC may change the product
         self.trigger = Trigger()
-        self.products = [m["product"] for m in list_models(models_dir)]  # PLC product numbers: 1, 2, ...
+        self.numbers = product_numbers(models_dir)  # the PLC's product numbers, kept in the models folder
         self.product: str | None = None
         self.counter = 0
         self.last: LineResult | None = None
@@ -57,6 +58,7 @@ class LineLink:
         self._station: Station | None = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[LineResult], None]] = []
+        self._select_listeners: list[Callable[[Model], None]] = []
 
     # ---- wiring to the line ------------------------------------------------------------
     def on_station(self, station: Station | None) -> None:
@@ -87,6 +89,12 @@ class LineLink:
         with self._lock:
             self._listeners.append(on_result)
 
+    def listen_select(self, on_select: Callable[[Model], None]) -> None:
+        """Hear every product the PLC selects: the model the line inspects from its next part
+        (called on the server's thread)."""
+        with self._lock:
+            self._select_listeners.append(on_select)
+
     # ---- what a PLC asks ------------------------------------------------------------------
     @property
     def state(self) -> str:
@@ -101,15 +109,25 @@ class LineLink:
         the line stopped, or `refuse`: the PLC's result buffer is full); counted as missed."""
         return self.trigger.fire(part_id, refuse or self._station is None)
 
+    @property
+    def products(self) -> list[str]:
+        """The products a PLC may select, in number order."""
+        return list(self.numbers)
+
+    def describe_numbers(self) -> str:
+        return ", ".join(f"{n} {p}" for p, n in self.numbers.items()) or "none"
+
     def product_number(self, product: str | None) -> int:
-        """The PLC's number of a product (1, 2, ... in name order; 0 for none or an unknown one)."""
-        return self.products.index(product) + 1 if product in self.products else 0
+        """The PLC's number of a product (core.product_numbers; 0 for none or an unknown one)."""
+        return self.numbers.get(product, 0)
 
     def product_name(self, number: int) -> str:
-        if not 1 <= number <= len(self.products):
-            known = ", ".join(f"{i} {p}" for i, p in enumerate(self.products, 1)) or "none"
-            raise LineIOError(f"There is no product number {number} (products: {known}).")
-        return self.products[number - 1]
+        """The product of a PLC's number (a product added since the line started included)."""
+        self.numbers = product_numbers(self.models_dir)
+        for product, n in self.numbers.items():
+            if n == number:
+                return product
+        raise LineIOError(f"There is no product number {number} (products: {self.describe_numbers()}).")
 
     def select_product(self, product: str, who: str) -> Model:
         """A PLC's product select (services.select_product): refused with the reason when the
@@ -122,4 +140,8 @@ class LineLink:
             raise LineIOError("The line is not running: start it before selecting a product.")
         model = services.select_product(self.models_dir, self.store, station, product, who)
         self.product = model.product
+        with self._lock:
+            listeners = list(self._select_listeners)
+        for listener in listeners:
+            listener(model)
         return model

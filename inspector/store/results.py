@@ -31,12 +31,12 @@ import sqlite3
 import stat
 import threading
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from inspector.errors import StoreError
+from inspector.files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -207,40 +207,6 @@ def _reason(error: sqlite3.Error) -> str:
 class NotLogged(StoreError):
     """Neither the database nor its journal could be written: the row is kept in memory only
     and written by a later ``retry_pending``; a file it belongs to must not be moved."""
-
-
-@contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock shared by every process using this database (waits for it)."""
-    try:
-        f = open(path, "a+b")
-    except OSError as e:  # e.g. a full disk cannot create the lock file: go on unlocked
-        log.warning("cannot lock %s (%s); going on without the lock", path, e)
-        yield
-        return
-    with f:
-        if os.name == "nt":
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
-                    continue
-            try:
-                yield
-            finally:
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
@@ -423,7 +389,7 @@ class ResultStore:
         """Append the row to the journal, durably; else keep it in memory and raise NotLogged."""
         line = json.dumps({"table": table, "uid": uid, "row": row})
         try:
-            with _file_lock(self._lock_path):
+            with file_lock(self._lock_path):
                 _append_lines(self.journal_path, [line])
         except OSError as e:
             self._unsaved.append((table, uid, row))
@@ -464,7 +430,7 @@ class ResultStore:
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            with _file_lock(self._lock_path):
+            with file_lock(self._lock_path):
                 done, lines = [], []
                 for source in [self.journal_path] + self._claimed():
                     try:
@@ -743,7 +709,7 @@ class ResultStore:
                     self._replay()
                 except (sqlite3.Error, OSError):
                     try:
-                        with _file_lock(self._lock_path):
+                        with file_lock(self._lock_path):
                             _append_lines(self.journal_path, [json.dumps({"table": t, "uid": u, "row": r})
                                                               for t, u, r in self._unsaved])
                         self._unsaved = []
