@@ -50,8 +50,8 @@ def make_mesh(seed: int, size: int = 256, width: int | None = None) -> np.ndarra
     u = np.cos(a) * xx + np.sin(a) * yy + ox
     v = -np.sin(a) * xx + np.cos(a) * yy + oy
     wire = (np.abs(u % 12 - 6) < 1.5) | (np.abs(v % 12 - 6) < 1.5)
-    img = 150 - 90 * wire + rng.normal(0, 6, wire.shape)
-    return np.clip(np.dstack([img] * 3), 0, 255).astype(np.uint8)
+    gray = np.clip(150 - 90 * wire + rng.normal(0, 6, wire.shape), 0, 255).astype(np.uint8)
+    return np.dstack([gray] * 3)
 
 
 def write_parts(folder: Path, count: int, defect: str | None = None, seed: int = 0,

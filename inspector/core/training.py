@@ -25,7 +25,8 @@ from .scoring import patch_scores, score_patches
 
 MIN_GOOD_IMAGES = 5  # fewer cannot give a meaningful threshold
 FOLDS = 5
-BATCH = 8
+BATCH = 8  # images per backbone run while training...
+BATCH_PIXELS = 8 * 512 * 512  # ...and at most this many working pixels: a large image goes alone
 
 
 @dataclass
@@ -68,7 +69,7 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: S
                      progress: Progress = no_progress, cancel: threading.Event | None = None) -> GoodFeatures:
     """Load (in a background thread, ahead of the backbone) and extract every image at its
     working size (`settings.working_shape`); consecutive images of one working size go through
-    the backbone together. Unreadable files are skipped and listed, never fatal on their own."""
+    the backbone together, at most BATCH of them and BATCH_PIXELS working pixels (memory). Unreadable files are skipped and listed, never fatal on their own."""
     paths = [Path(p) for p in paths]
     feats, used, skipped = [], [], []
     batch: list = []
@@ -89,7 +90,8 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: S
         if isinstance(image, Exception):
             skipped.append((path, describe(image)))
         else:
-            if batch and (len(batch) == BATCH or shape != batch[0][2]):
+            if batch and (len(batch) == BATCH or shape != batch[0][2]
+                          or (len(batch) + 1) * shape[0] * shape[1] > BATCH_PIXELS):
                 run()
             batch.append((path, image, shape))
         progress("extracting features", i + 1, len(paths))
