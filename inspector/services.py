@@ -27,6 +27,7 @@ from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
 from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
                          list_versions, load_model, rename_model, save_model, separating_threshold, with_sigma)
+from .core.profile import profile_of, widened
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
@@ -224,6 +225,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
         model = training.fit(product, good, settings, progress, cancel, roi)
     except TrainingError as exc:
         raise _with_skipped(exc, good.skipped) from exc
+    model = replace(model, profile=profile_of(good.paths))
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
     saved = _save_version(model, models_dir, change=f"trained on {detail}")
@@ -275,7 +277,8 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         good = read if good is None else GoodFeatures(good.features + read.features,
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
-    used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
+    model = replace(model, profile=profile_of(good.paths) or current.profile)
+    used =  [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
               f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
     saved = _save_version(model, models_dir, change=change)
@@ -326,6 +329,7 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
                             + "".join(f"; {p.name}: {why}" for p, why in good.skipped))
     what = ", ".join(p.name for p in good.paths) if len(good.paths) <= 3 else f"{len(good.paths)} good images"
     model, before = training.teach(current, good.features, what)
+    model = replace(model, profile=widened(current.profile, profile_of(good.paths)))
     copies = _keep_copies(taught_dir(models_dir, product), good.paths, f"the taught good parts of '{product}'")
     try:
         saved = _save_version(model, models_dir)
