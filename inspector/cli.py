@@ -355,16 +355,27 @@ def _line_io(args, store):
 
 
 def cmd_train(args) -> int:
-    from .services import known_defects, score_defects, train, trained_text
+    from .services import capture_good_frames, known_defects, score_defects, taught_dir, train, trained_text
 
     from .core.roi import roi_from_mask
 
+    if args.good_dir is None and args.camera is None:
+        print("error: give the folder of good images, or --camera SOURCE to take them from a camera",
+              file=sys.stderr)
+        return EXIT_ERROR
     user = _engineer(args, "train a product")
-    print(f"Training '{args.product}' from {args.good_dir}", file=sys.stderr)
-    settings = _settings(args, args.good_dir)
     roi = roi_from_mask(args.roi) if args.roi else None
+    images = args.good_dir
+    if args.camera is not None:
+        folder = taught_dir(args.models_dir, args.product)
+        captured = capture_good_frames(args.camera, args.frames, folder, ProgressLine(), interval_s=args.every)
+        print(f"Captured {len(captured)} frame(s) of good parts from {args.camera} into {folder}: every later "
+              f"training of '{args.product}' uses them (delete one there to leave it out).", file=sys.stderr)
+        images = args.good_dir or captured
+    print(f"Training '{args.product}' from {args.good_dir or f'{len(images)} camera frame(s)'}", file=sys.stderr)
+    settings = _settings(args, args.good_dir or folder)
     with _open_store(args) as store:
-        model, good = train(args.models_dir, store, args.product, args.good_dir, settings,
+        model, good = train(args.models_dir, store, args.product, images, settings,
                             ProgressLine(), None, args.device, user=user, roi=roi)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
@@ -738,8 +749,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    p = sub.add_parser("train", parents=[common, product], help="teach a product from a folder of good images")
-    p.add_argument("good_dir", type=Path)
+    p = sub.add_parser("train", parents=[common, product],
+                       help="teach a product from a folder of good images, or from a camera's frames of good parts")
+    p.add_argument("good_dir", type=Path, nargs="?", help="the folder of good images (optional with --camera)")
+    p.add_argument("--camera", metavar="SOURCE", help="first capture frames of good parts from this camera index, "
+                                                     "stream URL or video file, kept with the product's taught images")
+    p.add_argument("--frames", type=_at_least(1, int), default=30, help="with --camera: how many frames (default 30)")
+    p.add_argument("--every", type=_at_least(0.0), default=0.0,
+                   help="with --camera: seconds between two captured frames (default 0: each new frame)")
     p.add_argument("--roi", type=Path, help="inspection region: a mask image, white = inspect (any size: it is "
                                             "stretched like the part images)")
     _add_train_options(p)

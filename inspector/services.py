@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from .core.profile import profile_of, widened
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
-from .data.images import list_images, load_image, read_ahead
+from .data.images import list_images, load_image, read_ahead, save_image
 from .errors import Cancelled, InspectorError, ModelError, SourceError, StoreError, TrainingError, describe
 from .frames import FrameKeeper
 from .sources.camera import Camera
@@ -341,6 +342,58 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
     scores_after = [after.score_features(f.astype(np.float32))[0] for f in good.features]
     _record(store, product, "teach", describe_model(current), describe_model(saved), saved.change, user)
     return Taught(current, saved, good.paths, before, scores_after, good.skipped)
+
+
+FRAME_TIMEOUT_S = 10.0  # a camera that gives no new frame for this long ends a capture
+
+
+def capture_good_frames(source, n: int, folder: str | Path, progress: Progress = no_progress,
+                        cancel: threading.Event | None = None, interval_s: float = 0.0,
+                        timeout_s: float = FRAME_TIMEOUT_S) -> list[Path]:
+    """Save `n` frames of good parts from a camera (an index, a stream URL or a video file,
+    through the line's own Camera) as PNG files in `folder` (usually the product's taught_dir,
+    which every training uses): a product inspected from a camera is taught from its frames,
+    compression and lighting included. A new frame at most every `interval_s` seconds. Returns
+    the files; a video file that ends first gives fewer. Raises SourceError when no frame
+    came, Cancelled when cancelled (the frames saved so far stay)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SourceError(f"The number of frames to capture must be 1 or more, not {n!r}.")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"Cannot create {folder} for the captured frames: {exc}") from exc
+    saved: list[Path] = []
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    pause = cancel if cancel is not None else threading.Event()
+    with Camera(source) as camera:
+        last = time.monotonic()  # of the last frame (or the start)
+        while len(saved) < n and not pause.is_set():
+            frame = camera.latest(0.5)
+            if frame is None:
+                if camera.status in ("ended", "stopped") or time.monotonic() - last > timeout_s:
+                    break
+                continue
+            last = time.monotonic()
+            path = unique_path(folder, f"camera_{stamp}_{camera.frame_number:05d}", ".png")
+            try:
+                save_image(path, frame)
+            except Exception as exc:  # noqa: BLE001 - a full disk, a folder gone: said, with what was kept
+                path.unlink(missing_ok=True)
+                raise StoreError(f"Cannot save a captured frame in {folder} ({describe(exc)}); "
+                                 f"{len(saved)} frame(s) were saved there.") from exc
+            saved.append(path)
+            progress("capturing good frames", len(saved), n)
+            if interval_s > 0:
+                pause.wait(interval_s)
+        status, error = camera.status, camera.last_error
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"Capturing frames from {source} was cancelled after {len(saved)} of {n}; "
+                        f"those are kept in {folder}.")
+    if not saved:
+        raise SourceError(f"No frame came from {source} within {timeout_s:g} s ({error or status}): check the "
+                          f"camera, or the stream's address.")
+    return saved
 
 
 KNOWN_DEFECTS = "known_defects"
