@@ -624,6 +624,25 @@ def _resign(args) -> int:
     return EXIT_OK
 
 
+def cmd_key(args) -> int:
+    from .services import export_key, import_key
+
+    with _open_store(args) as store:
+        if args.action == "export":
+            user = _engineer(args, "export the signing key")
+            fingerprint = export_key(args.models_dir, store, args.file, user=user)
+            print(f"Wrote this station's signing key ({fingerprint}) to {args.file}. Whoever holds it can sign "
+                  f"models for every station that imports it: carry it on a trusted medium, import it on the "
+                  f"other stations (inspector key import), then delete the file.")
+            return EXIT_OK
+        user = _engineer(args, "import a signing key")
+        fingerprint, signed = import_key(args.models_dir, store, args.file, args.resign, user=user)
+    print(f"This station now signs and verifies models with the key {fingerprint} of {args.file}.")
+    for model in signed:
+        print(f"Signed '{model.product}' with it as version {model.version}: {model.change}")
+    return EXIT_OK
+
+
 def cmd_history(args) -> int:
     with _open_store(args) as store:
         if args.events:
@@ -834,6 +853,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "after checking it: saved as the next version (engineer PIN; recorded as an event)")
     p.add_argument("--version", type=int, help="with --resign: the version to sign (default: the newest)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("key", help="the signing key, shared by the stations of a plant so that they verify "
+                                   "each other's models (engineer PIN; recorded as an event)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("export", parents=[common], help="write this station's key to a new file (0600)")
+    a.add_argument("file", type=Path)
+    a = actions.add_parser("import", parents=[common], help="make a key file this station's key (the old one kept)")
+    a.add_argument("file", type=Path)
+    a.add_argument("--resign", action="store_true",
+                   help="sign the products' current versions, which the old key signed, with the new key (each as "
+                        "its next version, recorded); without it an import that would orphan them is refused")
+    p.set_defaults(func=cmd_key)
 
     p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")
     p.add_argument("--product")

@@ -23,11 +23,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from . import signing
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
 from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
-                         list_versions, load_model, rename_model, save_model, separating_threshold, with_sigma)
+                         list_versions, load_model, rename_model, save_model, separating_threshold, signed_with,
+                         with_sigma)
 from .core.profile import profile_of, widened
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
@@ -512,6 +514,42 @@ def resign(models_dir: str | Path, store: ResultStore, product: str, version: in
                                                   f"({old.change or 'no description'})")
     _record(store, product, "resign", describe_model(old), describe_model(saved), saved.change, user)
     return old, saved
+
+
+# ---- the plant's signing key --------------------------------------------------------------------
+
+def export_key(models_dir: str | Path, store: ResultStore, file: str | Path, user: str | None = None) -> str:
+    """Write the station's signing key to a new file (0600), for the other stations of the
+    plant to import; recorded as an event. Returns the key's fingerprint."""
+    fingerprint = signing.export_key(models_dir, file)
+    _record(store, STATION, "key", fingerprint, None, f"signing key {fingerprint} exported to {file}", user)
+    return fingerprint
+
+
+def import_key(models_dir: str | Path, store: ResultStore, file: str | Path, resign_models: bool = False,
+               user: str | None = None) -> tuple[str, list[Model]]:
+    """Make the key in `file` (another station's, exported) this station's signing key, so
+    that the stations sharing models verify each other's signatures; recorded as an event.
+    The products' current versions signed with the old key are no longer signed then: with
+    `resign_models` each is signed with the new key as its next version (an event each);
+    without, nothing changes and ModelError names them. Returns the key's fingerprint and the
+    re-signed versions."""
+    key = signing.read_key_file(file)
+    old = signing.station_key(models_dir)
+    if key == old:
+        return signing.fingerprint(key), []
+    signed = [m["product"] for m in list_models(models_dir) if "error" not in m]
+    orphaned = [p for p in signed if not signed_with(models_dir, p, key)]
+    if orphaned and not resign_models:
+        raise ModelError(f"The current versions of {', '.join(repr(p) for p in orphaned)} are signed with this "
+                         f"station's key, which the key of {file} replaces: they would be refused. Import it with "
+                         f"--resign to sign them with the new key (each as its next version, recorded), once you "
+                         f"have checked them; nothing was changed.")
+    signing.import_key(models_dir, key)
+    new, was = signing.fingerprint(key), signing.fingerprint(old)
+    _record(store, STATION, "key", was, new, f"signing key imported from {file} (the old one kept as "
+            f"{signing.key_path(models_dir).name}.{was}.old)", user)
+    return new, [resign(models_dir, store, product, user=user)[1] for product in orphaned]
 
 
 # ---- looking at scores --------------------------------------------------------------------------

@@ -396,6 +396,21 @@ def _check_signature(meta: dict, product: str, version: int, key: bytes) -> None
                          f"inspector models --resign --product '{product}' --version {version}.")
 
 
+def signed_with(models_dir: str | Path, product: str, key: bytes) -> bool:
+    """Is the product's newest version signed with `key` (a key about to be imported)?
+    Only its signature is checked here; load_model checks everything."""
+    folder = _product_folder(Path(models_dir), product)
+    versions = _version_dirs(folder)
+    if not versions:
+        return False
+    number = max(versions)
+    try:
+        _check_signature(_read_meta(versions[number] / META_FILE), folder.name, number, key)
+    except (ModelError, OSError):
+        return False
+    return True
+
+
 def _rebind(folder: Path, old: str, new: str, key: bytes) -> None:
     """Sign each version of a renamed product, that was signed for its old name, for the new
     one (model.json replaced in one rename; nothing else in it changes, nor its model id)."""
