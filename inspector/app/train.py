@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel,
+                               QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.backbones import BACKBONES
@@ -160,8 +161,8 @@ class TrainTab(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start, 1)
         buttons.addWidget(self.cancel)
-        left = QWidget()
-        column = QVBoxLayout(left)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
         column.addWidget(images)
         column.addWidget(camera)
         column.addWidget(options)
@@ -170,6 +171,12 @@ class TrainTab(QWidget):
         column.addWidget(self.progress)
         column.addWidget(self.summary)
         column.addStretch(1)
+        left = QScrollArea()  # taller than a small screen leaves: it scrolls, nothing is squeezed or clipped
+        left.setWidget(controls)
+        left.setWidgetResizable(True)
+        left.setFrameShape(QFrame.Shape.NoFrame)
+        left.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left.setMinimumWidth(controls.minimumSizeHint().width() + left.verticalScrollBar().sizeHint().width())
 
         self.thumbnails = Thumbnails(limit=MAX_THUMBNAILS)
         right = QWidget()
