@@ -281,7 +281,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
     model = replace(model, profile=profile_of(good.paths) or current.profile)
-    used =  [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
+    used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
               f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
     saved = _save_version(model, models_dir, change=change)
