@@ -355,16 +355,27 @@ def _line_io(args, store):
 
 
 def cmd_train(args) -> int:
-    from .services import known_defects, score_defects, train, trained_text
+    from .services import capture_good_frames, known_defects, score_defects, taught_dir, train, trained_text
 
     from .core.roi import roi_from_mask
 
+    if args.good_dir is None and args.camera is None:
+        print("error: give the folder of good images, or --camera SOURCE to take them from a camera",
+              file=sys.stderr)
+        return EXIT_ERROR
     user = _engineer(args, "train a product")
-    print(f"Training '{args.product}' from {args.good_dir}", file=sys.stderr)
-    settings = _settings(args, args.good_dir)
     roi = roi_from_mask(args.roi) if args.roi else None
+    images = args.good_dir
+    if args.camera is not None:
+        folder = taught_dir(args.models_dir, args.product)
+        captured = capture_good_frames(args.camera, args.frames, folder, ProgressLine(), interval_s=args.every)
+        print(f"Captured {len(captured)} frame(s) of good parts from {args.camera} into {folder}: every later "
+              f"training of '{args.product}' uses them (delete one there to leave it out).", file=sys.stderr)
+        images = args.good_dir or captured
+    print(f"Training '{args.product}' from {args.good_dir or f'{len(images)} camera frame(s)'}", file=sys.stderr)
+    settings = _settings(args, args.good_dir or folder)
     with _open_store(args) as store:
-        model, good = train(args.models_dir, store, args.product, args.good_dir, settings,
+        model, good = train(args.models_dir, store, args.product, images, settings,
                             ProgressLine(), None, args.device, user=user, roi=roi)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
@@ -616,6 +627,25 @@ def _resign(args) -> int:
     return EXIT_OK
 
 
+def cmd_key(args) -> int:
+    from .services import export_key, import_key
+
+    with _open_store(args) as store:
+        if args.action == "export":
+            user = _engineer(args, "export the signing key")
+            fingerprint = export_key(args.models_dir, store, args.file, user=user)
+            print(f"Wrote this station's signing key ({fingerprint}) to {args.file}. Whoever holds it can sign "
+                  f"models for every station that imports it: carry it on a trusted medium, import it on the "
+                  f"other stations (inspector key import), then delete the file.")
+            return EXIT_OK
+        user = _engineer(args, "import a signing key")
+        fingerprint, signed = import_key(args.models_dir, store, args.file, args.resign, user=user)
+    print(f"This station now signs and verifies models with the key {fingerprint} of {args.file}.")
+    for model in signed:
+        print(f"Signed '{model.product}' with it as version {model.version}: {model.change}")
+    return EXIT_OK
+
+
 def cmd_history(args) -> int:
     with _open_store(args) as store:
         if args.events:
@@ -741,8 +771,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    p = sub.add_parser("train", parents=[common, product], help="teach a product from a folder of good images")
-    p.add_argument("good_dir", type=Path)
+    p = sub.add_parser("train", parents=[common, product],
+                       help="teach a product from a folder of good images, or from a camera's frames of good parts")
+    p.add_argument("good_dir", type=Path, nargs="?", help="the folder of good images (optional with --camera)")
+    p.add_argument("--camera", metavar="SOURCE", help="first capture frames of good parts from this camera index, "
+                                                     "stream URL or video file, kept with the product's taught images")
+    p.add_argument("--frames", type=_at_least(1, int), default=30, help="with --camera: how many frames (default 30)")
+    p.add_argument("--every", type=_at_least(0.0), default=0.0,
+                   help="with --camera: seconds between two captured frames (default 0: each new frame)")
     p.add_argument("--roi", type=Path, help="inspection region: a mask image, white = inspect (any size: it is "
                                             "stretched like the part images)")
     _add_train_options(p)
@@ -820,6 +856,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "after checking it: saved as the next version (engineer PIN; recorded as an event)")
     p.add_argument("--version", type=int, help="with --resign: the version to sign (default: the newest)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("key", help="the signing key, shared by the stations of a plant so that they verify "
+                                   "each other's models (engineer PIN; recorded as an event)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("export", parents=[common], help="write this station's key to a new file (0600)")
+    a.add_argument("file", type=Path)
+    a = actions.add_parser("import", parents=[common], help="make a key file this station's key (the old one kept)")
+    a.add_argument("file", type=Path)
+    a.add_argument("--resign", action="store_true",
+                   help="sign the products' current versions, which the old key signed, with the new key (each as "
+                        "its next version, recorded); without it an import that would orphan them is refused")
+    p.set_defaults(func=cmd_key)
 
     p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")
     p.add_argument("--product")

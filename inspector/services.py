@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,16 +23,19 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from . import signing
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
 from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
-                         list_versions, load_model, rename_model, save_model, separating_threshold, with_sigma)
+                         list_versions, load_model, rename_model, save_model, separating_threshold, signed_with,
+                         with_sigma)
 from .core.product_numbers import product_numbers, rename_number
+from .core.profile import profile_of, widened
 from .core.roi import describe_roi
 from .core.scoring import Inspector, Result
 from .core.training import GoodFeatures
-from .data.images import list_images, load_image, read_ahead
+from .data.images import list_images, load_image, read_ahead, save_image
 from .errors import Cancelled, InspectorError, ModelError, SourceError, StoreError, TrainingError, describe
 from .frames import FrameKeeper
 from .sources.camera import Camera
@@ -231,6 +235,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
         model = training.fit(product, good, settings, progress, cancel, roi)
     except TrainingError as exc:
         raise _with_skipped(exc, good.skipped) from exc
+    model = replace(model, profile=profile_of(good.paths))
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
     saved = _save_version(model, models_dir, change=f"trained on {detail}")
@@ -282,6 +287,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         good = read if good is None else GoodFeatures(good.features + read.features,
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
+    model = replace(model, profile=profile_of(good.paths) or current.profile)
     used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
               f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
@@ -333,6 +339,7 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
                             + "".join(f"; {p.name}: {why}" for p, why in good.skipped))
     what = ", ".join(p.name for p in good.paths) if len(good.paths) <= 3 else f"{len(good.paths)} good images"
     model, before = training.teach(current, good.features, what)
+    model = replace(model, profile=widened(current.profile, profile_of(good.paths)))
     copies = _keep_copies(taught_dir(models_dir, product), good.paths, f"the taught good parts of '{product}'")
     try:
         saved = _save_version(model, models_dir)
@@ -344,6 +351,58 @@ def teach(models_dir: str | Path, store: ResultStore, product: str, images: str 
     scores_after = [after.score_features(f.astype(np.float32))[0] for f in good.features]
     _record(store, product, "teach", describe_model(current), describe_model(saved), saved.change, user)
     return Taught(current, saved, good.paths, before, scores_after, good.skipped)
+
+
+FRAME_TIMEOUT_S = 10.0  # a camera that gives no new frame for this long ends a capture
+
+
+def capture_good_frames(source, n: int, folder: str | Path, progress: Progress = no_progress,
+                        cancel: threading.Event | None = None, interval_s: float = 0.0,
+                        timeout_s: float = FRAME_TIMEOUT_S) -> list[Path]:
+    """Save `n` frames of good parts from a camera (an index, a stream URL or a video file,
+    through the line's own Camera) as PNG files in `folder` (usually the product's taught_dir,
+    which every training uses): a product inspected from a camera is taught from its frames,
+    compression and lighting included. A new frame at most every `interval_s` seconds. Returns
+    the files; a video file that ends first gives fewer. Raises SourceError when no frame
+    came, Cancelled when cancelled (the frames saved so far stay)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SourceError(f"The number of frames to capture must be 1 or more, not {n!r}.")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"Cannot create {folder} for the captured frames: {exc}") from exc
+    saved: list[Path] = []
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    pause = cancel if cancel is not None else threading.Event()
+    with Camera(source) as camera:
+        last = time.monotonic()  # of the last frame (or the start)
+        while len(saved) < n and not pause.is_set():
+            frame = camera.latest(0.5)
+            if frame is None:
+                if camera.status in ("ended", "stopped") or time.monotonic() - last > timeout_s:
+                    break
+                continue
+            last = time.monotonic()
+            path = unique_path(folder, f"camera_{stamp}_{camera.frame_number:05d}", ".png")
+            try:
+                save_image(path, frame)
+            except Exception as exc:  # noqa: BLE001 - a full disk, a folder gone: said, with what was kept
+                path.unlink(missing_ok=True)
+                raise StoreError(f"Cannot save a captured frame in {folder} ({describe(exc)}); "
+                                 f"{len(saved)} frame(s) were saved there.") from exc
+            saved.append(path)
+            progress("capturing good frames", len(saved), n)
+            if interval_s > 0:
+                pause.wait(interval_s)
+        status, error = camera.status, camera.last_error
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"Capturing frames from {source} was cancelled after {len(saved)} of {n}; "
+                        f"those are kept in {folder}.")
+    if not saved:
+        raise SourceError(f"No frame came from {source} within {timeout_s:g} s ({error or status}): check the "
+                          f"camera, or the stream's address.")
+    return saved
 
 
 KNOWN_DEFECTS = "known_defects"
@@ -462,6 +521,42 @@ def resign(models_dir: str | Path, store: ResultStore, product: str, version: in
                                                   f"({old.change or 'no description'})")
     _record(store, product, "resign", describe_model(old), describe_model(saved), saved.change, user)
     return old, saved
+
+
+# ---- the plant's signing key --------------------------------------------------------------------
+
+def export_key(models_dir: str | Path, store: ResultStore, file: str | Path, user: str | None = None) -> str:
+    """Write the station's signing key to a new file (0600), for the other stations of the
+    plant to import; recorded as an event. Returns the key's fingerprint."""
+    fingerprint = signing.export_key(models_dir, file)
+    _record(store, STATION, "key", fingerprint, None, f"signing key {fingerprint} exported to {file}", user)
+    return fingerprint
+
+
+def import_key(models_dir: str | Path, store: ResultStore, file: str | Path, resign_models: bool = False,
+               user: str | None = None) -> tuple[str, list[Model]]:
+    """Make the key in `file` (another station's, exported) this station's signing key, so
+    that the stations sharing models verify each other's signatures; recorded as an event.
+    The products' current versions signed with the old key are no longer signed then: with
+    `resign_models` each is signed with the new key as its next version (an event each);
+    without, nothing changes and ModelError names them. Returns the key's fingerprint and the
+    re-signed versions."""
+    key = signing.read_key_file(file)
+    old = signing.station_key(models_dir)
+    if key == old:
+        return signing.fingerprint(key), []
+    signed = [m["product"] for m in list_models(models_dir) if "error" not in m]
+    orphaned = [p for p in signed if not signed_with(models_dir, p, key)]
+    if orphaned and not resign_models:
+        raise ModelError(f"The current versions of {', '.join(repr(p) for p in orphaned)} are signed with this "
+                         f"station's key, which the key of {file} replaces: they would be refused. Import it with "
+                         f"--resign to sign them with the new key (each as its next version, recorded), once you "
+                         f"have checked them; nothing was changed.")
+    signing.import_key(models_dir, key)
+    new, was = signing.fingerprint(key), signing.fingerprint(old)
+    _record(store, STATION, "key", was, new, f"signing key imported from {file} (the old one kept as "
+            f"{signing.key_path(models_dir).name}.{was}.old)", user)
+    return new, [resign(models_dir, store, product, user=user)[1] for product in orphaned]
 
 
 # ---- looking at scores --------------------------------------------------------------------------

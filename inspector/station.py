@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -23,11 +23,12 @@ import numpy as np
 
 from .core.features import FeatureExtractor, Prepared
 from .core.model import Model, current_version, load_model
+from .core.profile import ADVICE, differences
 from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image
 from .drawing import overlay
 from .errors import IncompleteImage, InspectorError, SourceError, StoreError, describe
-from .frames import FrameKeeper, frame_file_name
+from .frames import FrameKeeper, frame_file_name, part_name
 from .sources.trigger import Trigger
 from .store.results import InspectionRecord, NotLogged, ResultStore, text, utc_time
 
@@ -51,12 +52,14 @@ class Outcome:
     """What happened to one frame: the logged record, and for the display the image and the
     engine's result (None for an ERROR). `log_error` says what went wrong with logging,
     sorting or archiving; `safe` is False when the verdict is not yet durably recorded
-    (kept in memory only): its file is then not moved."""
+    (kept in memory only): its file is then not moved. `drift`: how the image differs from
+    the model's good images (core.profile.differences, by kind), empty when it looks like them."""
     record: InspectionRecord
     image: np.ndarray | None = None
     result: Result | None = None
     log_error: str | None = None
     safe: bool = True
+    drift: dict[str, str] = field(default_factory=dict)
 
 
 def inspector_for(model: Model, device: str = "cpu", extractors: dict | None = None) -> Inspector:
@@ -107,6 +110,7 @@ class Station:
         self._to_sort: dict[Path, str] = {}  # files to sort once their verdict is logged
         self._selected: Model | None = None  # another product's model, to use from the next item
         self.part_id: int | None = None  # the number of the triggered part under way
+        self._drift_said: set[str] = set()  # kinds of difference from the good images already said
 
     @property
     def product(self) -> str:
@@ -232,10 +236,24 @@ class Station:
         latency = (time.perf_counter() - started) * 1000.0
         record = self._record(inspector.model, result.verdict, name, key, result, latency_ms=latency)
         kept = self._keep_frame(record, image)
-        outcome = self._log(Outcome(record, image, result))
+        outcome = self._log(Outcome(record, image, result, drift=self._drift(inspector.model, name, image)))
         outcome.log_error = outcome.log_error or kept
         self._archive(outcome, name)
         return outcome
+
+    def _drift(self, model: Model, name: str | None, image: np.ndarray) -> dict[str, str]:
+        """How the image differs from the model's good images; each kind of difference is said
+        once while the line runs (the Outcome carries it for every part)."""
+        try:
+            drift = differences(model.profile, name, image)
+        except Exception as exc:  # noqa: BLE001 - a warning that cannot be worked out never stops the line
+            log.warning("comparing %s with the good images failed: %s", name, exc)
+            return {}
+        for kind in drift.keys() - self._drift_said:
+            self._drift_said.add(kind)
+            self.on_message("warning", f"{part_name(name)} does not look like the good images '{model.product}' "
+                                       f"was trained on: {drift[kind]} {ADVICE}")
+        return drift
 
     def _keep_frame(self, record: InspectionRecord, image: np.ndarray) -> str | None:
         """Keep an NG camera frame; the record then points at the kept file. Returns what went

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDouble
 
 from .. import services
 from ..core.model import Model
+from ..core.profile import ADVICE
 from ..data.images import load_image
 from ..drawing import RED, draw_boxes, heat_range
 from ..errors import InspectorError
@@ -341,6 +342,10 @@ class MonitorTab(QWidget):
         row.setContentsMargins(12, 4, 12, 4)
         row.addWidget(self.verdict)
         row.addWidget(self.detail, 1)
+        self.drift = QLabel()  # the newest part does not look like the good images (core.profile)
+        self.drift.setObjectName("warning")
+        self.drift.setWordWrap(True)
+        self.drift.hide()
         self.view = ResultView(caption=False)
         self.heat = QCheckBox("Heatmap")
         self.heat.setChecked(True)
@@ -367,6 +372,7 @@ class MonitorTab(QWidget):
         column = QVBoxLayout(right)
         column.setContentsMargins(4, 0, 0, 0)
         column.addWidget(self.banner)
+        column.addWidget(self.drift)
         column.addWidget(self.view, 1)
         column.addLayout(controls)
 
@@ -641,6 +647,9 @@ class MonitorTab(QWidget):
         self.painted += 1
         self._last = record
         self._show_banner()
+        self.drift.setText("Unlike the good images: " + " ".join(outcome.drift.values()) + f" {ADVICE}"
+                           if outcome.drift else "")
+        self.drift.setVisible(bool(outcome.drift))
         self.part_buttons.set_record(record)
         if result is None:
             self.view.display(None)
@@ -684,6 +693,7 @@ class MonitorTab(QWidget):
             self._last = None
             self._newest = None
             self.view.display(None)
+            self.drift.hide()
             self.part_buttons.set_record(None)
             self.load_shift()
         if self._newest is None:  # nothing painted: the scale is the current model's

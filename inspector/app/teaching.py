@@ -358,7 +358,9 @@ def rollback_text(models_dir, current, version: int) -> str:
 
 class VersionsPanel(QWidget):
     """The kept versions of the product's model, newest first, with what changed in each; an
-    earlier one can be made the model again (saved as a new version)."""
+    earlier one can be made the model again (saved as a new version), and one this station
+    refuses (unsigned: older, from another station, edited) can be signed by an engineer who
+    has checked it (services.resign: saved as a new version, recorded as an event)."""
     COLUMNS = ("Version", "Created", "Threshold", "Bank", "Change")
 
     def __init__(self, session: Session):
@@ -377,12 +379,20 @@ class VersionsPanel(QWidget):
         self.change.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.rollback = QPushButton(icon("refresh"), "Roll back to this version")
         self.rollback.clicked.connect(lambda: self.roll_back())  # not clicked(checked=False) as `confirm`
+        self.resign = QPushButton(icon("refresh"), "Sign this version")
+        self.resign.setToolTip("A version this station refuses as unsigned (an older Inspector's, another "
+                               "station's, or edited): sign it, once you have checked it, as the next version")
+        self.resign.clicked.connect(lambda: self.sign())
+        self._rows: list[dict] = []
         self.table.itemSelectionChanged.connect(self._selection_changed)
         layout = QVBoxLayout(self)
         layout.addWidget(self.table, 1)
         self.locked = lock_note()
         layout.addWidget(self.change)
-        layout.addWidget(self.rollback)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.rollback)
+        buttons.addWidget(self.resign)
+        layout.addLayout(buttons)
         layout.addWidget(self.locked)
         session.changed.connect(self.refresh)
         session.user_changed.connect(self.refresh)
@@ -390,7 +400,7 @@ class VersionsPanel(QWidget):
 
     def refresh(self) -> None:
         product = self.session.product
-        rows = services.versions(self.session.models_dir, product) if product else []
+        rows = self._rows = services.versions(self.session.models_dir, product) if product else []
         self.table.setRowCount(len(rows))
         for r, meta in enumerate(rows):
             created = local_time(meta["created"], "%Y-%m-%d %H:%M") if meta.get("created") else ""
@@ -424,7 +434,34 @@ class VersionsPanel(QWidget):
                             if rows else "Select a version to see what changed in it, or to roll back to it.")
         self.rollback.setEnabled(version is not None and model is not None and version != model.version
                                  and self.session.user.is_engineer)
-        show_lock(self.locked, self.session.locked_reason("roll back the model") if model is not None else "")
+        self.resign.setEnabled(self._refused() is not None and self.session.user.is_engineer)
+        what = "roll back the model" if self._refused() is None else "sign a model"
+        show_lock(self.locked, self.session.locked_reason(what) if self._rows else "")
+
+    def _refused(self) -> dict | None:
+        """The selected version's listing when this station refuses it, else None."""
+        version = self.selected_version()
+        return next((meta for meta in self._rows if meta["version"] == version and "error" in meta), None)
+
+    def sign(self, confirm: bool = True) -> None:
+        refused, product = self._refused(), self.session.product
+        if refused is None or product is None or not self.session.allow("sign a model"):
+            return
+        version = refused["version"]
+        if confirm and not confirm_on_running_line(
+                self, self.session, "Sign a model",
+                f"Sign version {version} of '{product}'? This station refuses it now:\n{refused['error']}\n\n"
+                f"Sign it only when you know where it comes from and have checked it (History, Calibrate): it is "
+                f"saved, signed, as the next version, and the line may use it.", always=True):
+            return
+        try:
+            old, new = services.resign(self.session.models_dir, self.session.store, product, version,
+                                       self.session.who)
+        except Exception as exc:  # noqa: BLE001 - shown to the operator
+            self.session.error(exc)
+            return
+        self.session.info(f"'{product}' version {new.version}: {new.change}.")
+        self.session.set_model(new, None)
 
     def roll_back(self, confirm: bool = True) -> None:
         version, product = self.selected_version(), self.session.product

@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel,
+                               QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from .. import services
 from ..core.backbones import BACKBONES
@@ -51,6 +52,15 @@ def _train(job: Worker, product: str, folder: str, options: Settings, models_dir
     return model, good, defects
 
 
+def _capture_and_train(job: Worker, product: str, source: str, frames: int, folder: str, options: Settings,
+                       models_dir: Path, store, user: str):
+    """Capture frames of good parts from the camera into the product's taught images, then
+    train on them (and on the folder of good images, when one is chosen)."""
+    captured = services.capture_good_frames(source, frames, services.taught_dir(models_dir, product),
+                                            progress=lambda *step: job.report(step), cancel=job.cancel)
+    return _train(job, product, folder or captured, options, models_dir, store, user)
+
+
 def percent_box(value: float = 1.0) -> QDoubleSpinBox:
     """The sampling ratio, shown in percent of the patch features kept in the memory bank."""
     box = QDoubleSpinBox()
@@ -88,6 +98,18 @@ class TrainTab(QWidget):
         self.warning.setWordWrap(True)
         self.warning.hide()
 
+        self.camera = QLineEdit()  # teach from the camera the line inspects with
+        self.camera.setPlaceholderText("Camera index, stream URL or video file")
+        self.camera.textChanged.connect(lambda _: self._update_buttons())
+        self.frames = QSpinBox()
+        self.frames.setRange(MIN_GOOD_IMAGES, 1000)
+        self.frames.setValue(30)
+        self.frames.setSuffix(" frames")
+        self.capture = QPushButton(icon("start"), "Capture good parts and train")
+        self.capture.setToolTip("Take this many frames of good parts from the camera (kept with the product's "
+                                "taught images), then train on them and on the folder above, if one is chosen")
+        self.capture.clicked.connect(self.capture_and_train)
+
         self.backbone = QComboBox()
         for name, spec in BACKBONES.items():
             self.backbone.addItem(spec.description, name)
@@ -124,6 +146,11 @@ class TrainTab(QWidget):
         box.addWidget(self.count)
         box.addWidget(self.taught)
         box.addWidget(self.warning)
+        camera = QGroupBox("Or from the camera")
+        row = QHBoxLayout(camera)
+        row.addWidget(self.camera, 1)
+        row.addWidget(self.frames)
+        row.addWidget(self.capture)
         options = QGroupBox("Settings")
         form = QFormLayout(options)
         form.addRow("Backbone", self.backbone)
@@ -134,15 +161,22 @@ class TrainTab(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start, 1)
         buttons.addWidget(self.cancel)
-        left = QWidget()
-        column = QVBoxLayout(left)
+        controls = QWidget()
+        column = QVBoxLayout(controls)
         column.addWidget(images)
+        column.addWidget(camera)
         column.addWidget(options)
         column.addLayout(buttons)
         column.addWidget(self.locked)
         column.addWidget(self.progress)
         column.addWidget(self.summary)
         column.addStretch(1)
+        left = QScrollArea()  # taller than a small screen leaves: it scrolls, nothing is squeezed or clipped
+        left.setWidget(controls)
+        left.setWidgetResizable(True)
+        left.setFrameShape(QFrame.Shape.NoFrame)
+        left.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left.setMinimumWidth(controls.minimumSizeHint().width() + left.verticalScrollBar().sizeHint().width())
 
         self.thumbnails = Thumbnails(limit=MAX_THUMBNAILS)
         right = QWidget()
@@ -247,22 +281,35 @@ class TrainTab(QWidget):
                            f"A smaller defect size finds smaller defects and takes longer.")
 
     def start_training(self) -> None:
+        if self._may_train(self.start):
+            self._run_training(_train, self.folder.path())
+
+    def capture_and_train(self) -> None:
+        """Teach from the camera: its frames of good parts, then a training on them."""
+        if self._may_train(self.capture):
+            self._run_training(_capture_and_train, self.camera.text().strip(), self.frames.value(),
+                               self.folder.path())
+
+    def _may_train(self, button: QPushButton) -> bool:
         if not self.session.allow("train a product"):
-            return
+            return False
         if self.session.line_running:
             self.session.warn("Stop the line before training: a new model is checked on the Calibrate tab "
                               "before the line uses it.")
-            return
-        if not self.start.isEnabled():
-            return
+            return False
+        return button.isEnabled()
+
+    def _run_training(self, fn, *sources) -> None:
         product, options = self.session.product, self.options()
         steps = TRAINING_STEPS + (services.known_defects(self.session.models_dir, product) is not None)
-        if find_graph(options.backbone, options.weights) is None:
+        if fn is _capture_and_train:
+            self.progress.begin(f"Capturing frames of good parts from {sources[0]}…", steps + 1)
+        elif find_graph(options.backbone, options.weights) is None:
             self.progress.begin("Preparing the backbone: exporting its graph, once on this machine (about 2 min)…",
                                 steps)
         else:
             self.progress.begin("Reading the good images…", steps)
-        self._trainer = worker = Worker(_train, product, self.folder.path(), options,
+        self._trainer = worker = Worker(fn, product, *sources, options,
                                         self.session.models_dir, self.session.store, self.session.who)
         worker.yielded.connect(lambda step: self.progress.step(*step))
         worker.returned.connect(lambda result: self._trained(product, *result))
@@ -342,6 +389,9 @@ class TrainTab(QWidget):
         reason = session.locked_reason("train a product", stopped_line=True) if session.product else ""
         show_lock(self.locked, reason)
         self.start.setToolTip(reason or "Start training")
+        self.capture.setEnabled(not training and bool(session.product) and bool(self.camera.text().strip())
+                                and session.user.is_engineer and not session.line_running)
         self.cancel.setEnabled(training)
-        for widget in (self.folder, self.backbone, self.defect_size, self.sampler, self.ratio):
+        for widget in (self.folder, self.camera, self.frames, self.backbone, self.defect_size, self.sampler,
+                       self.ratio):
             widget.setEnabled(not training)

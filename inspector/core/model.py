@@ -17,9 +17,10 @@ a new version holding an old one's content). The product's name is its folder's 
 
 `model.json` carries a SHA-256 checksum over everything that decides a verdict (settings,
 calibration, thresholds and the memory bank's own SHA-256), and every field is validated on
-load. The checksum stops accidents; the signature (see "signing" below) stops edits: a
-model not signed with the station's key for its product is refused until an engineer
-re-signs it, which saves it as a new version.
+load; it may also hold the good images' profile (core.profile), which older models lack.
+The checksum stops accidents; the signature (see "signing" below) stops edits: a model not
+signed with the station's key for its product is refused until an engineer re-signs it,
+which saves it as a new version.
 
 Older formats are read for re-signing: format 1 (`model.json` and the bank directly in the
 product's folder, read as version 1) checksummed only the bank, and its settings lack the
@@ -49,6 +50,7 @@ from ..signing import station_key
 from .backbones import BACKBONES, FEATURE_VERSION
 from .features import working_shape
 from .memory_bank import SAMPLERS
+from .profile import check_profile
 from .roi import check_roi
 
 FORMAT = "inspector-model"
@@ -197,7 +199,8 @@ class Model:
     made this version; `versions` are the library versions that made it. `roi`: the
     inspection region (core.roi; None: the whole image); `calibration_patch_scores`: the
     patch distances (n, h, w) behind the calibration's image scores, from which a new region
-    or a taught image recalibrates without the good images (None in models of format 2)."""
+    or a taught image recalibrates without the good images (None in models of format 2);
+    `profile`: how its good images look (core.profile), stored and signed with it when known."""
     product: str
     settings: Settings
     memory_bank: np.ndarray  # (K, C) float32 patch features, read-only
@@ -210,6 +213,7 @@ class Model:
     change: str = ""
     roi: np.ndarray | None = None
     calibration_patch_scores: np.ndarray | None = None
+    profile: dict | None = None  # how the good images look (core.profile); None in older models
 
     def __post_init__(self):
         for array in (self.memory_bank, self.roi, self.calibration_patch_scores):
@@ -226,7 +230,7 @@ class Model:
 
     def metadata(self) -> dict:
         """What model.json holds, but the checksum (and the bank's digest and shape)."""
-        return {
+        return ({"profile": self.profile} if self.profile is not None else {}) | {
             "format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
             "created": self.created, "change": self.change, "versions": self.versions,
             "settings": asdict(self.settings), "counts": self.counts,
@@ -312,6 +316,8 @@ def validate(model: Model) -> None:
     elif not np.isfinite(bank).all():
         problems.append("the memory bank holds values that are not finite")
     problems += _array_problems(model)
+    if (problem := check_profile(model.profile)) is not None:
+        problems.append(problem)
     if not problems:
         with np.errstate(over="ignore", invalid="ignore"):
             thresholds = (model.threshold, model.pixel_threshold)
@@ -388,6 +394,21 @@ def _check_signature(meta: dict, product: str, version: int, key: bytes) -> None
         raise ModelError(f"Version {version} of the model of '{product}' is not signed by this station ({why}): "
                          f"it is not used. An engineer who has checked it can sign it as a new version: "
                          f"inspector models --resign --product '{product}' --version {version}.")
+
+
+def signed_with(models_dir: str | Path, product: str, key: bytes) -> bool:
+    """Is the product's newest version signed with `key` (a key about to be imported)?
+    Only its signature is checked here; load_model checks everything."""
+    folder = _product_folder(Path(models_dir), product)
+    versions = _version_dirs(folder)
+    if not versions:
+        return False
+    number = max(versions)
+    try:
+        _check_signature(_read_meta(versions[number] / META_FILE), folder.name, number, key)
+    except (ModelError, OSError):
+        return False
+    return True
 
 
 def _rebind(folder: Path, old: str, new: str, key: bytes) -> None:
@@ -660,7 +681,7 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
         raise ModelError(f"The model of '{product}' uses backbone '{settings.backbone}', which this "
                          f"Inspector does not know.")
     model = Model(product, settings, bank, calibration, counts, created, versions, model_id, version,
-                  str(meta.get("change", "")), roi, grids)
+                  str(meta.get("change", "")), roi, grids, meta.get("profile"))
     validate(model)
     for name in ("threshold", "pixel_threshold"):
         stored, now = meta.get(name), getattr(model, name)
