@@ -666,6 +666,19 @@ def cmd_evaluate(args) -> int:
     from .evaluation.report import evaluate_method, summary
 
     settings = _settings(args, Path(args.category_dir) / "train" / "good")
+    if args.known_defects is not None:
+        from .evaluation import known_defects
+
+        if args.method != DEFAULT_METHOD:
+            print("error: --known-defects evaluates the station's method (patchcore) with the defect heads; "
+                  "leave out --method.", file=sys.stderr)
+            return EXIT_ERROR
+        report = known_defects.evaluate_known_defects(args.category_dir, settings, args.known_defects,
+                                                      ProgressLine(), None)
+        print(known_defects.summary(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        return EXIT_OK
     method = make_method(args.method, settings, args.device, args.vit_weights, args.max_epochs)
     report = evaluate_method(args.category_dir, method, args.plots, ProgressLine(), None)
     print(summary(report))
@@ -860,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, help="write ROC curves, score histograms and a gallery here")
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
                    help="the method to evaluate (default: the station's, patchcore)")
+    p.add_argument("--known-defects", type=_at_least(1, int), metavar="N",
+                   help="give N test defects of each kind as known (with masks): the bank alone, the defect "
+                        "classifier alone and both, side by side on the other test images")
     _add_method_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_evaluate)
