@@ -152,3 +152,41 @@ def test_evaluate_known_defects_puts_bank_classifier_and_both_side_by_side(tmp_p
     assert main(["evaluate", str(category), "--known-defects", "6",
                  "--models-dir", str(tmp_path / "m"), "--db", str(tmp_path / "l.db")]) == 2
     assert "leaves none to score" in capsys.readouterr().err
+
+
+def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, capsys):
+    from inspector.core.model import list_versions, load_model
+    from inspector.core.scoring import Inspector
+    from inspector.data.images import load_image
+
+    category = _category(tmp_path / "disc")
+    where = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
+    assert main(["train", str(category / "train" / "good"), "--product", "Disc"] + where) == 0
+    assert main(["train-defects", str(category / "train" / "good"), str(category / "test"), "--product", "Disc",
+                 "--min-defect-area", "5"] + where) == 0
+    assert "12 known defect(s) of 2 kind(s) (12 with masks)" in capsys.readouterr().out
+    model = load_model(tmp_path / "models", "Disc")  # signed, checked in full
+    assert model.version == 2 and model.heads is not None and model.min_defect_area == 5
+    assert "known defect" in next(v["change"] for v in list_versions(tmp_path / "models", "Disc") if v["version"] == 2)
+    inspector = Inspector(model)
+    stain = inspector.inspect(load_image(category / "test" / "stain" / "000.png"))
+    assert stain.verdict == "NG" and stain.regions and all(r.area >= 5 for r in stain.regions)
+    assert stain.activation_map.shape == stain.segmentation.shape == stain.anomaly_map.shape
+    good = inspector.inspect(load_image(category / "test" / "good" / "000.png"))
+    assert good.verdict == "OK" and good.regions == [] and good.defect_logit is not None
+    # a region smaller than the product accepts makes the part OK, its area said
+    from dataclasses import replace
+
+    lenient = Inspector(replace(model, min_defect_area=1e9), extractor=inspector.extractor)
+    result = lenient.inspect(load_image(category / "test" / "stain" / "000.png"))
+    assert result.verdict == "OK" and result.regions == [] and result.accepted and result.accepted[0].area > 0
+
+
+def test_train_defects_refuses_a_mask_of_another_size(tmp_path, capsys):
+    category = _category(tmp_path / "disc")
+    cv2.imwrite(str(category / "ground_truth" / "stain" / "001_mask.png"), np.zeros((50, 60), np.uint8))
+    where = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
+    assert main(["train", str(category / "train" / "good"), "--product", "Disc"] + where) == 0
+    assert main(["train-defects", str(category / "train" / "good"), str(category / "test"), "--product", "Disc"]
+                + where) == 2
+    assert "is 60 x 50, its image 001.png 128 x 128" in capsys.readouterr().err

@@ -279,8 +279,16 @@ class Heads:
     def from_arrays(cls, arrays: dict[str, np.ndarray], counts: dict | None = None) -> Heads:
         scale, threshold, spread, seg_threshold = (float(v) for v in arrays["scalars"])
         part = lambda name: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}  # noqa: E731
-        return cls(arrays["mean"], arrays["projection"], scale, part("classifier"), threshold, spread,
-                   part("segmenter") or None, seg_threshold, counts or {})
+        heads = cls(arrays["mean"], arrays["projection"], scale, part("classifier"), threshold, spread,
+                    part("segmenter") or None, seg_threshold, counts or {})
+        dim = heads.projection.shape[1] + DISTANCE_INPUTS
+        probe = np.zeros((1, dim), np.float32)
+        for head in (heads.classifier, heads.segmenter or {"w": np.zeros(dim, np.float32), "b": np.zeros(1)}):
+            if not set(head) <= {"w", "b", "w1", "b1"} or _forward(head, probe)[0].shape != (1,):
+                raise ValueError("the defect heads' arrays do not fit together")
+        if not all(np.isfinite(v).all() for v in arrays.values()) or heads.mean.shape != heads.projection.shape[:1]:
+            raise ValueError("the defect heads' arrays do not fit together or are not finite")
+        return heads
 
 
 def _stack(examples: list[Example], inputs) -> tuple[np.ndarray, np.ndarray]:
