@@ -291,12 +291,6 @@ class Heads:
         return heads
 
 
-def _stack(examples: list[Example], inputs) -> tuple[np.ndarray, np.ndarray]:
-    xs = [inputs(e) for e in examples]
-    starts = np.cumsum([0] + [len(x) for x in xs[:-1]]).astype(np.int64)
-    return np.concatenate(xs), starts
-
-
 def _dice_threshold(probs: list[np.ndarray], masks: list[np.ndarray]) -> float:
     """The probability threshold with the best mean Dice over these defect images."""
     best, best_t = -1.0, 0.5
