@@ -392,6 +392,22 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_train_defects(args) -> int:
+    from .services import learn_defects
+
+    user = _engineer(args, "train the defect heads of a product")
+    with _open_store(args) as store:
+        model = learn_defects(args.models_dir, store, args.product, args.good_dir, args.defects_dir,
+                              args.min_defect_area, args.mm_per_px, ProgressLine(), None, args.device, user=user)
+    heads, c = model.heads, model.heads.counts
+    unit = "mm2" if model.mm_per_px is not None else "px"
+    print(f"Saved '{model.product}' version {model.version}: {model.change}; the classifier passed "
+          f"{c['known_defects'] - c['out_of_fold_escapes']} of {c['known_defects']} known defects it did not learn "
+          f"from; {'a segmentation head from the masks' if heads.segmenter is not None else 'no masks: no segmentation head'}; "
+          f"regions under {model.min_defect_area:g} {unit} are accepted")
+    return EXIT_OK
+
+
 def _rate(model) -> str:
     return f"{model.calibration.false_reject_rate(model.threshold):.1%}"
 
@@ -699,6 +715,19 @@ def cmd_evaluate(args) -> int:
     from .evaluation.report import evaluate_method, summary
 
     settings = _settings(args, Path(args.category_dir) / "train" / "good")
+    if args.known_defects is not None:
+        from .evaluation import known_defects
+
+        if args.method != DEFAULT_METHOD:
+            print("error: --known-defects evaluates the station's method (patchcore) with the defect heads; "
+                  "leave out --method.", file=sys.stderr)
+            return EXIT_ERROR
+        report = known_defects.evaluate_known_defects(args.category_dir, settings, args.known_defects,
+                                                      ProgressLine(), None)
+        print(known_defects.summary(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        return EXIT_OK
     method = make_method(args.method, settings, args.device, args.vit_weights, args.max_epochs)
     report = evaluate_method(args.category_dir, method, args.plots, ProgressLine(), None)
     print(summary(report))
@@ -783,6 +812,17 @@ def build_parser() -> argparse.ArgumentParser:
                                             "stretched like the part images)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-defects", parents=[common, product],
+                       help="learn from known defects: a defect classifier and a segmentation head on the model")
+    p.add_argument("good_dir", type=Path, help="the good images the product was trained on")
+    p.add_argument("defects_dir", type=Path, help="known defects, a subfolder per kind; masks: NAME_mask.png beside "
+                                                  "each, or ../ground_truth/KIND/NAME_mask.png")
+    p.add_argument("--min-defect-area", type=_at_least(0.0), help="accept regions smaller than this (camera pixels, "
+                                                                 "or mm2 with --mm-per-px)")
+    p.add_argument("--mm-per-px", type=_at_least(1e-9), help="the camera's scale, for areas in mm2")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_train_defects)
 
     p = sub.add_parser("roi", parents=[common, product],
                        help="change the inspection region of a trained product (no good image is read)")
@@ -911,6 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, help="write ROC curves, score histograms and a gallery here")
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
                    help="the method to evaluate (default: the station's, patchcore)")
+    p.add_argument("--known-defects", type=_at_least(1, int), metavar="N",
+                   help="give N test defects of each kind as known (with masks): the bank alone, the defect "
+                        "classifier alone and both, side by side on the other test images")
     _add_method_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_evaluate)

@@ -841,3 +841,83 @@ def _run_source(station: Station, model: Model, kind: str, target, stop: threadi
                                f"(see the history).")
     else:
         raise ValueError(f"unknown source kind {kind!r}")
+
+
+# ---- learning from known defects (core.supervised) -----------------------------------------
+
+MASK_SUFFIX = "_mask"  # a defect's mask: <name>_mask.png beside it, or in ../ground_truth/<kind>/ (MVTec layout)
+
+
+def _defect_mask(path: Path, kind: str, root: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A known defect's mask at its image's size (bool), None without one; a mask of another size
+    than its image is refused, named."""
+    import cv2
+
+    for candidate in (path.with_name(path.stem + MASK_SUFFIX + ".png"),
+                      root.parent / "ground_truth" / kind / f"{path.stem}{MASK_SUFFIX}.png"):
+        if candidate.is_file():
+            mask = cv2.imread(str(candidate), cv2.IMREAD_GRAYSCALE)
+            if mask is None:
+                raise TrainingError(f"The mask {candidate} cannot be read: give a PNG of 0 (good) and 255 (defect).")
+            if mask.shape != shape:
+                raise TrainingError(f"The mask {candidate} is {mask.shape[1]} x {mask.shape[0]}, its image {path.name} "
+                                    f"{shape[1]} x {shape[0]}: give each defect the mask of its own image (same size).")
+            return mask > 0
+    return None
+
+
+def learn_defects(models_dir: str | Path, store: ResultStore, product: str,
+                  good_images: str | Path | Iterable[str | Path], defects_folder: str | Path,
+                  min_defect_area: float | None = None, mm_per_px: float | None = None,
+                  progress: Progress = no_progress, cancel: threading.Event | None = None,
+                  device: str = "cpu", user: str | None = None) -> Model:
+    """Train the defect classifier and segmentation head (core.supervised) of the product's model
+    from its good images (those it was trained on: their calibration distances are the model's)
+    and a folder of known defects (one subfolder a kind; masks as `_defect_mask` finds them), and
+    save the model with them as its new version (an event). `min_defect_area` (camera pixels, or
+    mm2 with `mm_per_px`) accepts smaller regions."""
+    import cv2
+
+    from .core import supervised
+    from .core.model import robust_centre_spread
+    from .core.scoring import patch_scores, score_patches
+
+    current = load_model(models_dir, product)
+    paths, origin = _images(good_images)
+    paths += taught_images(models_dir, product, paths)
+    inspector = Inspector(current, device)
+    good = training.extract_features(paths, inspector.extractor, current.settings, progress, cancel)
+    grids = current.calibration_patch_scores
+    if grids is None or [f.shape[:2] for f in good.features] != [g.shape for g in grids]:
+        raise TrainingError(f"The good images in {origin} are not the ones the model of '{product}' was trained on "
+                            f"(its calibration does not match them): give the same folder, or train again first.")
+    root = Path(defects_folder)
+    files = [p for p in list_images(root, recursive=True) if not p.stem.endswith(MASK_SUFFIX)
+             and p.relative_to(root).parts[0].lower() != GOOD_SUBFOLDER]
+    defects = []
+    for i, path in enumerate(files, 1):
+        parts = path.relative_to(root).parts
+        kind = parts[0] if len(parts) > 1 else root.name
+        image = load_image(path)
+        features = inspector.features(image)
+        distances = patch_scores(features, current.memory_bank, inspector._bank_sq)
+        mask = _defect_mask(path, kind, root, image.shape[:2])
+        if mask is not None:
+            h, w = features.shape[0] * 8, features.shape[1] * 8
+            mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        defects.append(supervised.Example(features.astype(np.float16), distances, kind, mask, path.name,
+                                          score_patches(distances, current.roi)[0]))
+        progress("scoring known defects", i, len(files))
+    examples = [supervised.Example(f, g, "good", score=s)
+                for f, g, s in zip(good.features, grids, current.calibration.image_scores)]
+    centre = robust_centre_spread(current.calibration.image_scores)[0]
+    heads = supervised.train_heads(examples, defects, centre, current.threshold, current.settings.seed, cancel)
+    c = heads.counts
+    detail = (f"learnt from {c['known_defects']} known defect(s) of {c['kinds']} kind(s) ({c['masks']} with masks) "
+              f"in {root} and {c['good_images']} good image(s) from {origin}")
+    model = replace(current, heads=heads,
+                     min_defect_area=current.min_defect_area if min_defect_area is None else float(min_defect_area),
+                     mm_per_px=current.mm_per_px if mm_per_px is None else float(mm_per_px))
+    saved = _save_version(model, models_dir, change=detail)
+    _record(store, product, "learn", describe_model(current), describe_model(saved), detail, user)
+    return saved

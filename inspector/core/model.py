@@ -214,6 +214,11 @@ class Model:
     roi: np.ndarray | None = None
     calibration_patch_scores: np.ndarray | None = None
     profile: dict | None = None  # how the good images look (core.profile); None in older models
+    # Learnt from known defects (core.supervised.Heads; None: the bank alone decides), and the
+    # smallest defect area that rejects a part (camera pixels, or mm2 with mm_per_px; 0: any).
+    heads: typing.Any = None
+    min_defect_area: float = 0.0
+    mm_per_px: float | None = None
 
     def __post_init__(self):
         for array in (self.memory_bank, self.roi, self.calibration_patch_scores):
@@ -236,7 +241,9 @@ class Model:
             "settings": asdict(self.settings), "counts": self.counts,
             "threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
             "calibration": asdict(self.calibration),
-        }
+        } | ({"defect_heads": self.heads.counts} if self.heads is not None else {}) | (
+            {"acceptance": {"min_defect_area": self.min_defect_area, "mm_per_px": self.mm_per_px}}
+            if self.min_defect_area or self.mm_per_px is not None else {})
 
 
 def with_sigma(model: Model, sigma: float) -> Model:
@@ -348,10 +355,16 @@ def _array_problems(model: Model) -> list[str]:
 
 # ---- saving --------------------------------------------------------------------------
 
-def _bank_bytes(bank: np.ndarray, roi: np.ndarray | None = None, patch_scores: np.ndarray | None = None) -> bytes:
+HEADS_PREFIX = "defect_heads."  # the arrays of core.supervised.Heads, in the bank's file (its digest, signed)
+
+
+def _bank_bytes(bank: np.ndarray, roi: np.ndarray | None = None, patch_scores: np.ndarray | None = None,
+                heads=None) -> bytes:
     from safetensors.numpy import save
 
     arrays = {"memory_bank": np.ascontiguousarray(bank, dtype=np.float32)}
+    if heads is not None:
+        arrays |= {HEADS_PREFIX + k: np.ascontiguousarray(v) for k, v in heads.arrays().items()}
     if roi is not None:
         arrays["roi"] = np.ascontiguousarray(roi, dtype=np.uint8)
     if patch_scores is not None:
@@ -484,7 +497,7 @@ def save_model(model: Model, models_dir: str | Path, change: str | None = None) 
     validate(model)
     models_dir = Path(models_dir)
     folder = models_dir / check_product_name(model.product)
-    bank = _bank_bytes(model.memory_bank, model.roi, model.calibration_patch_scores)
+    bank = _bank_bytes(model.memory_bank, model.roi, model.calibration_patch_scores, model.heads)
     model = replace(model, change=model.change if change is None else change)
     key = station_key(models_dir)
     try:
@@ -666,6 +679,7 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
         bank = arrays.pop("memory_bank")
         roi = arrays.pop("roi", None)
         grids = _grids(arrays.pop("calibration_patch_scores", None), arrays.pop("calibration_patch_shapes", None))
+        heads = _heads(arrays, meta)
         if arrays:
             raise ValueError(f"unknown arrays {', '.join(sorted(arrays))}")
         if roi is not None:
@@ -680,8 +694,13 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
     if settings.backbone not in BACKBONES:  # named apart: a model from a newer Inspector, not damage
         raise ModelError(f"The model of '{product}' uses backbone '{settings.backbone}', which this "
                          f"Inspector does not know.")
+    acceptance = meta.get("acceptance", {})
+    area, scale = acceptance.get("min_defect_area", 0.0), acceptance.get("mm_per_px")
+    if not (isinstance(acceptance, dict) and _finite(area) and area >= 0
+            and (scale is None or (_finite(scale) and scale > 0))):
+        raise ModelError(f"The model of '{product}' has a damaged minimum defect area or scale: {acceptance!r}.")
     model = Model(product, settings, bank, calibration, counts, created, versions, model_id, version,
-                  str(meta.get("change", "")), roi, grids, meta.get("profile"))
+                  str(meta.get("change", "")), roi, grids, meta.get("profile"), heads, float(area), scale)
     validate(model)
     for name in ("threshold", "pixel_threshold"):
         stored, now = meta.get(name), getattr(model, name)
@@ -692,6 +711,19 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
     if key is not None:
         _check_signature(meta, product, version, key)
     return model
+
+
+def _heads(arrays: dict, meta: dict):
+    """The defect heads from the bank file's arrays (taken out of `arrays`), None without them."""
+    from .supervised import Heads
+
+    mine = {k[len(HEADS_PREFIX):]: arrays.pop(k) for k in list(arrays) if k.startswith(HEADS_PREFIX)}
+    if not mine and "defect_heads" not in meta:
+        return None
+    counts = meta.get("defect_heads")
+    if not mine or not isinstance(counts, dict):
+        raise ValueError("the defect heads are incomplete")
+    return Heads.from_arrays(mine, counts)
 
 
 def _product_folder(models_dir: Path, product: str) -> Path:

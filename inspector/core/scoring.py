@@ -3,15 +3,16 @@ verdict. `Inspector` is the runtime object the CLI, the watch loop and the GUI c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from .features import STRIDE, FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
-from .model import Model
+from .model import Model, robust_centre_spread
 from .roi import patch_mask, region_on
+from .supervised import accept_by_size, area_in_mm2, combined_margin, upsample
 
 SMOOTHING_SIGMA = 4.0  # pixels on the working-size map, as in PatchCore
 MAX_REGIONS = 32
@@ -25,9 +26,11 @@ class Region:
     h: int
     area: int  # pixels, in original image coordinates
     peak: float
+    area_mm2: float | None = None  # with the product's scale (mm per camera pixel)
 
     def as_dict(self) -> dict:
-        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": self.peak}
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": self.peak} | (
+            {} if self.area_mm2 is None else {"area_mm2": self.area_mm2})
 
 
 @dataclass
@@ -38,6 +41,12 @@ class Result:
     anomaly_map: np.ndarray  # float32, at the image's working size: stretched over the image where drawn
     regions: list[Region]
     latency_ms: float
+    # With defect heads (core.supervised): the classifier's image logit, its class-activation map
+    # (probabilities at the working size, shown beside the bank's heatmap) and the segmentation.
+    defect_logit: float | None = None
+    activation_map: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+    accepted: list[Region] = field(default_factory=list)  # smaller than the minimum defect area: OK
 
 
 def patch_scores(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
@@ -102,6 +111,7 @@ class Inspector:
         self.model = model
         self.extractor = extractor or FeatureExtractor(s.backbone, device, s.weights)
         self._bank_sq = squared_norms(model.memory_bank)
+        self._spread = robust_centre_spread(model.calibration.image_scores)[1]
 
     def working_shape(self, image: np.ndarray) -> tuple[int, int]:
         return self.model.settings.working_shape(*image.shape[:2])
@@ -127,15 +137,42 @@ class Inspector:
             features = self.extractor.features(ready.batch)[0]
         else:
             features = self.features(image)
-        score, amap = self.score_features(features)
-        return self._result(image, score, amap, start)
+        m = self.model
+        distances = patch_scores(features, m.memory_bank, self._bank_sq)
+        score, amap = score_patches(distances, m.roi)
+        return self._result(image, score, amap, start, features, distances)
 
-    def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float) -> Result:
+    def _result(self, image: np.ndarray, score: float, amap: np.ndarray, start: float,
+                features: np.ndarray | None = None, distances: np.ndarray | None = None) -> Result:
         m = self.model
         threshold = m.threshold
         verdict = "NG" if score >= threshold else "OK"
         height, width = image.shape[:2]
+        extra: dict = {}
+        masks, mask_threshold = amap, m.pixel_threshold
+        if m.heads is not None and features is not None:
+            heads, grid = m.heads, distances.shape
+            x = heads.inputs(features, distances)
+            logit, cam = heads.classify(x, grid)
+            segmentation = heads.segment(x, grid)
+            if m.roi is not None:  # outside the region neither head sees anything
+                inside = patch_mask(m.roi, grid)
+                logit, cam = heads.classify(x[inside.ravel()], (int(inside.sum()), 1))[0], np.where(inside, cam, -60.0)
+                if segmentation is not None:
+                    segmentation = segmentation * region_on(m.roi, segmentation.shape)
+            verdict = "NG" if combined_margin(score, threshold, self._spread, logit, heads) >= 0 else "OK"
+            extra = {"defect_logit": logit, "activation_map": upsample(cam), "segmentation": segmentation}
+            if segmentation is not None:
+                masks, mask_threshold = segmentation, heads.segment_threshold
         # An OK part shows no boxes; an NG part shows where it differs from the good ones.
-        regions = (find_regions(amap, m.pixel_threshold, m.settings.min_region_area, (width, height))
+        regions = (find_regions(masks, mask_threshold, m.settings.min_region_area, (width, height))
                    if verdict == "NG" else [])
-        return Result(score, threshold, verdict, amap, regions, (time.perf_counter() - start) * 1000.0)
+        for r in regions:
+            r.area_mm2 = area_in_mm2(r.area, m.mm_per_px)
+        accepted = []
+        if m.min_defect_area and regions:
+            regions, accepted = accept_by_size(regions, m.min_defect_area, m.mm_per_px)
+            if not regions:
+                verdict = "OK"  # every region is smaller than the product accepts
+        return Result(score, threshold, verdict, amap, regions, (time.perf_counter() - start) * 1000.0,
+                      accepted=accepted, **extra)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
-               "shift", "engineer", "publish", "install", "product", "resign", "key")
+               "shift", "engineer", "publish", "install", "product", "resign", "key", "learn")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
