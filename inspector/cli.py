@@ -23,7 +23,7 @@ from .core.model import Settings, describe_scale
 from .core.roi import describe_roi
 from .evaluation.methods import DEFAULT as DEFAULT_METHOD, METHODS
 from .errors import InspectorError
-from .store.results import text
+from .store.results import text, yield_rate
 
 EXIT_OK, EXIT_NG, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -742,10 +742,8 @@ def cmd_shift(args) -> int:
         for product in ([args.product] if args.product else store.products()):
             counts = store.summary(product, start)
             if counts["total"]:
-                judged = counts["OK"] + counts["NG"]
-                rate = f"{100.0 * counts['OK'] / judged:.1f} %" if judged else "-"
                 print(f"{product}: {counts['total']} inspected, {counts['OK']} OK, {counts['NG']} NG, "
-                      f"{counts['ERROR']} error(s), yield {rate}")
+                      f"{counts['ERROR']} error(s), yield {_percent(yield_rate(counts['OK'], counts['NG']))}")
     return EXIT_OK
 
 
