@@ -23,7 +23,7 @@ from .core.model import Settings, describe_scale
 from .core.roi import describe_roi
 from .evaluation.methods import DEFAULT as DEFAULT_METHOD, METHODS
 from .errors import InspectorError
-from .store.results import text
+from .store.results import text, yield_rate
 
 EXIT_OK, EXIT_NG, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -131,26 +131,35 @@ def _open_store(args):
 PIN_VARIABLE = "INSPECTOR_PIN"
 
 
-def _engineer(args, what: str) -> str | None:
-    """Who may `what` (change a model or a product), as in the window: on a station with an
-    engineer PIN (accounts.json beside the result log) only the engineer, whose PIN comes from
-    INSPECTOR_PIN or is asked on the terminal; returns the user the change is recorded under.
-    Without a PIN set: None (the change is recorded under the OS login name)."""
+def _accounts(args):
+    """The station's engineer account: accounts.json beside the result log, as in the window."""
+    from .users import Accounts, accounts_path
+
+    return Accounts(accounts_path(Path(args.db).resolve().parent))
+
+
+def _pin(what: str) -> str:
+    """The engineer PIN, from INSPECTOR_PIN or asked on the terminal (refused without either)."""
     import getpass
     import os
 
-    from .users import AccessDenied, Accounts, accounts_path
+    from .users import AccessDenied
 
-    accounts = Accounts(accounts_path(Path(args.db).resolve().parent))
-    if not accounts.is_set_up():
-        return None
     pin = os.environ.get(PIN_VARIABLE)
     if pin is None:
         if not sys.stdin.isatty():
             raise AccessDenied(f"Only an engineer may {what} on this station: set {PIN_VARIABLE} to the "
                                f"engineer PIN, or run this on a terminal to be asked for it.")
         pin = getpass.getpass(f"Engineer PIN to {what}: ")
-    return str(accounts.unlock(pin))
+    return pin
+
+
+def _engineer(args, what: str) -> str | None:
+    """Who may `what` (change a model or a product), as in the window: on a station with an
+    engineer PIN only the engineer (`_pin`); returns the user the change is recorded under.
+    Without a PIN set: None (the change is recorded under the OS login name)."""
+    accounts = _accounts(args)
+    return str(accounts.unlock(_pin(what))) if accounts.is_set_up() else None
 
 
 def _print_outcome(outcome) -> None:
@@ -662,6 +671,36 @@ def cmd_key(args) -> int:
     return EXIT_OK
 
 
+def cmd_engineer(args) -> int:
+    import getpass
+
+    from .services import set_engineer
+
+    accounts = _accounts(args)
+    had = accounts.engineer_name()
+    if args.name is None:
+        print(f"Engineer: {had}" if had else "No engineer PIN is set on this station: anyone may change models "
+                                             "(inspector engineer NAME sets one).")
+        return EXIT_OK
+    old_pin = _pin("change the engineer PIN") if had else None
+    if args.pin_file is not None:
+        try:
+            pin = (args.pin_file.read_text(encoding="utf-8").splitlines() or [""])[0]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InspectorError(f"The PIN file {args.pin_file} cannot be read ({exc}).") from exc
+    elif not sys.stdin.isatty():
+        raise InspectorError("Give the new PIN in a file (--pin-file FILE), or run this on a terminal to be asked.")
+    else:
+        pin = getpass.getpass("New engineer PIN: ")
+        if getpass.getpass("New engineer PIN again: ") != pin:
+            raise InspectorError("The two PINs differ: type the same PIN twice.")
+    with _open_store(args) as store:
+        user = set_engineer(accounts, store, args.name, pin, old_pin)
+    print(f"Engineer PIN {'changed' if had else 'set'} for {user.name}: only the engineer changes models and "
+          f"products on this station now.")
+    return EXIT_OK
+
+
 def cmd_history(args) -> int:
     with _open_store(args) as store:
         if args.events:
@@ -703,10 +742,8 @@ def cmd_shift(args) -> int:
         for product in ([args.product] if args.product else store.products()):
             counts = store.summary(product, start)
             if counts["total"]:
-                judged = counts["OK"] + counts["NG"]
-                rate = f"{100.0 * counts['OK'] / judged:.1f} %" if judged else "-"
                 print(f"{product}: {counts['total']} inspected, {counts['OK']} OK, {counts['NG']} NG, "
-                      f"{counts['ERROR']} error(s), yield {rate}")
+                      f"{counts['ERROR']} error(s), yield {_percent(yield_rate(counts['OK'], counts['NG']))}")
     return EXIT_OK
 
 
@@ -908,6 +945,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sign the products' current versions, which the old key signed, with the new key (each as "
                         "its next version, recorded); without it an import that would orphan them is refused")
     p.set_defaults(func=cmd_key)
+
+    p = sub.add_parser("engineer", parents=[common], help="who the engineer is; or set the engineer's name and PIN "
+                                                          "(a change needs the current PIN; recorded as an event)")
+    p.add_argument("name", nargs="?", help="the engineer's name (the new PIN is asked, or read from --pin-file)")
+    p.add_argument("--pin-file", type=Path, metavar="FILE", help="read the new PIN from the first line of FILE")
+    p.set_defaults(func=cmd_engineer)
 
     p = sub.add_parser("history", parents=[common], help="show or export the result log, or the changes")
     p.add_argument("--product")

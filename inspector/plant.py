@@ -39,7 +39,7 @@ from . import services
 from .core.model import BANK_FILE, META_FILE, load_model, version_folder
 from .errors import ModelError, PlantError
 from .station import Message, no_message
-from .store.results import COLUMNS, EVENT_COLUMNS, ResultStore
+from .store.results import COLUMNS, EVENT_COLUMNS, ResultStore, yield_rate
 
 log = logging.getLogger(__name__)
 
@@ -468,9 +468,9 @@ class PlantView:
 
 
 def _rates(row: dict) -> dict:
-    """Yield: OK of the judged parts (OK + NG), as the shift's; NG rate: NG of all inspected."""
-    judged, total = row["ok"] + row["ng"], row["ok"] + row["ng"] + row["error"]
-    return row | {"total": total, "yield": row["ok"] / judged if judged else None,
+    """The yield, as the shift's; NG rate: NG of all inspected."""
+    total = row["ok"] + row["ng"] + row["error"]
+    return row | {"total": total, "yield": yield_rate(row["ok"], row["ng"]),
                   "ng_rate": row["ng"] / total if total else None}
 
 

@@ -627,10 +627,6 @@ class Rates:
     escapes: int | None = None
     defects: int = 0
 
-    @property
-    def false_reject_rate(self) -> float:
-        return self.false_rejects / self.good if self.good else 0.0
-
     def false_rejects_text(self) -> str:
         text = _share(self.false_rejects, self.good, "good images")
         if self.folder_good:

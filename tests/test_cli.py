@@ -16,7 +16,7 @@ from conftest import copy_models
 
 from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
 from inspector.core.model import load_model
-from inspector.store.results import ResultStore, login_name
+from inspector.store.results import STATION, ResultStore, login_name
 from inspector.synthetic import make_part, write_parts
 from inspector.users import Accounts, accounts_path
 
@@ -180,6 +180,43 @@ def test_with_an_engineer_pin_only_the_engineer_changes_models(own, tmp_path, mo
     with ResultStore(root / "log.db") as store:
         [event] = store.events("Gear 7")
     assert (event.kind, event.user) == ("sensitivity", "Eve (engineer)")
+
+
+def test_engineer_sets_and_changes_the_pin_as_the_window_does(tmp_path, monkeypatch, capsys):
+    """`inspector engineer` shows who the engineer is; with a name it sets the PIN (from a file
+    or asked twice on a terminal), on record; a change needs the current PIN."""
+    common = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
+    monkeypatch.delenv("INSPECTOR_PIN", raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    assert main(["engineer"] + common) == EXIT_OK and "No engineer PIN is set" in capsys.readouterr().out
+    (tmp_path / "pin.txt").write_text("2468\n", encoding="utf-8")
+    assert main(["engineer", "Eve", "--pin-file", str(tmp_path / "pin.txt")] + common) == EXIT_OK
+    accounts = Accounts(accounts_path(tmp_path))
+    assert accounts.unlock("2468").name == "Eve"
+    assert main(["engineer"] + common) == EXIT_OK and "Engineer: Eve" in capsys.readouterr().out
+
+    (tmp_path / "pin.txt").write_text("1357", encoding="utf-8")
+    change = ["engineer", "Ann", "--pin-file", str(tmp_path / "pin.txt")] + common
+    assert main(change) == EXIT_ERROR and "Only an engineer may change the engineer PIN" in capsys.readouterr().err
+    monkeypatch.setenv("INSPECTOR_PIN", "1111")
+    assert main(change) == EXIT_ERROR and "Wrong PIN" in capsys.readouterr().err
+    assert accounts.engineer_name() == "Eve"
+    monkeypatch.setenv("INSPECTOR_PIN", "2468")
+    assert main(change) == EXIT_OK
+    assert Accounts(accounts_path(tmp_path)).unlock("1357").name == "Ann"
+
+    monkeypatch.setenv("INSPECTOR_PIN", "1357")  # on a terminal: the new PIN is asked twice
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    typed = iter(["97531", "97530"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(typed))
+    assert main(["engineer", "Bo"] + common) == EXIT_ERROR and "The two PINs differ" in capsys.readouterr().err
+    typed = iter(["97531", "97531"])
+    assert main(["engineer", "Bo"] + common) == EXIT_OK
+    assert Accounts(accounts_path(tmp_path)).unlock("97531").name == "Bo"
+    with ResultStore(tmp_path / "log.db") as store:
+        events = [e for e in store.events(STATION) if e.kind == "engineer"]
+    assert [(e.old, e.new, e.detail) for e in reversed(events)] == [
+        (None, "Eve", "engineer PIN set"), ("Eve", "Ann", "engineer PIN changed"), ("Ann", "Bo", "engineer PIN changed")]
 
 
 def test_calibrate_sets_the_sensitivity_as_a_new_version_on_record(own, capsys):

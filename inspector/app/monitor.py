@@ -33,7 +33,7 @@ from ..lineio.line_io import LineIO, LineSettings
 from ..sources.camera import list_cameras
 from ..sources.trigger import Trigger
 from ..station import Outcome
-from ..store.results import InspectionRecord, ResultStore
+from ..store.results import InspectionRecord, ResultStore, yield_rate
 from .history import look
 from .session import Session, settings
 from .teaching import PartButtons
@@ -726,10 +726,10 @@ class MonitorTab(QWidget):
             self._add_ng(record, np.full((THUMB, THUMB, 3), 90, np.uint8) if thumb is None else thumb)
 
     def _show_counts(self) -> None:
-        judged = self.counts["OK"] + self.counts["NG"]
         for key in ("inspected", "OK", "NG", "ERROR"):
             self.counter_labels[key].setText(str(self.counts[key]))
-        self.counter_labels["yield"].setText(f"{100.0 * self.counts['OK'] / judged:.1f} %" if judged else "–")
+        rate = yield_rate(self.counts["OK"], self.counts["NG"])
+        self.counter_labels["yield"].setText("–" if rate is None else f"{100 * rate:.1f} %")
 
     def _ask_new_shift(self) -> None:
         if QMessageBox.question(self, "New shift", "Start a new shift now? The counters start again from "

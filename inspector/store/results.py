@@ -47,6 +47,11 @@ EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "def
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 
 
+def yield_rate(ok: int, ng: int) -> float | None:
+    """The yield: OK of the judged parts (OK + NG; errors are not judged), None before any."""
+    return ok / (ok + ng) if ok + ng else None
+
+
 @dataclass
 class InspectionRecord:
     product: str
