@@ -672,6 +672,7 @@ class MonitorTab(QWidget):
 
     def _place(self, dialog: QDialog) -> None:
         """Below the live banner, over the left of the tab: the running line stays readable."""
+        self.layout().activate()  # the banner where it is now (a new verdict's style may resize it)
         top_left = self.mapToGlobal(self.rect().topLeft())
         below = self.banner.mapToGlobal(self.banner.rect().bottomLeft()).y() + 8
         bottom = self.mapToGlobal(self.rect().bottomLeft()).y()
