@@ -402,18 +402,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_defects(args) -> int:
-    from .services import learn_defects
+    from .services import learn_defects, learnt_text
 
     user = _engineer(args, "train the defect heads of a product")
     with _open_store(args) as store:
         model = learn_defects(args.models_dir, store, args.product, args.good_dir, args.defects_dir,
                               args.min_defect_area, args.mm_per_px, ProgressLine(), None, args.device, user=user)
-    heads, c = model.heads, model.heads.counts
-    unit = "mm2" if model.mm_per_px is not None else "px"
-    print(f"Saved '{model.product}' version {model.version}: {model.change}; the classifier passed "
-          f"{c['known_defects'] - c['out_of_fold_escapes']} of {c['known_defects']} known defects it did not learn "
-          f"from; {'a segmentation head from the masks' if heads.segmenter is not None else 'no masks: no segmentation head'}; "
-          f"regions under {model.min_defect_area:g} {unit} are accepted")
+    print(learnt_text(model))
     return EXIT_OK
 
 

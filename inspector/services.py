@@ -917,3 +917,14 @@ def learn_defects(models_dir: str | Path, store: ResultStore, product: str,
     saved = _save_version(model, models_dir, change=detail)
     _record(store, product, "learn", describe_model(current), describe_model(saved), detail, user)
     return saved
+
+
+def learnt_text(model: Model) -> str:
+    """What a training on known defects saved (the model `learn_defects` returns), as the CLI and
+    the window say it."""
+    heads, c = model.heads, model.heads.counts
+    unit = "mm2" if model.mm_per_px is not None else "px"
+    return (f"Saved '{model.product}' version {model.version}: {model.change}; the classifier passed "
+            f"{c['known_defects'] - c['out_of_fold_escapes']} of {c['known_defects']} known defects it did not learn "
+            f"from; {'a segmentation head from the masks' if heads.segmenter is not None else 'no masks: no segmentation head'}; "
+            f"regions under {model.min_defect_area:g} {unit} are accepted")

@@ -68,6 +68,31 @@ def copy_models(source: Path, dest: Path) -> Path:
     return dest
 
 
+def known_defects_category(root: Path, size: int = 128) -> Path:
+    """A small MVTec-layout category of generated parts: scratches and stains, with masks."""
+    import cv2
+    import numpy as np
+
+    from inspector.data.images import save_image
+    from inspector.synthetic import make_part
+
+    for sub in ("train/good", "test/good", "test/scratch", "test/stain"):
+        (root / sub).mkdir(parents=True)
+    for i in range(12):
+        save_image(root / "train" / "good" / f"{i:03d}.png", make_part(i, size))
+    for i in range(4):
+        save_image(root / "test" / "good" / f"{i:03d}.png", make_part(100 + i, size))
+    for kind in ("scratch", "stain"):
+        for i in range(6):
+            seed = 200 + i
+            image = make_part(seed, size, kind)
+            mask = (np.abs(image.astype(int) - make_part(seed, size).astype(int)).max(-1) > 40).astype(np.uint8) * 255
+            save_image(root / "test" / kind / f"{i:03d}.png", image)
+            (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "ground_truth" / kind / f"{i:03d}_mask.png"), mask)
+    return root
+
+
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory):
     """A models folder with PRODUCT trained (by the engine) on 20 generated good parts."""

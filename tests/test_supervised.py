@@ -5,12 +5,11 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import known_defects_category
 from inspector.cli import main
 from inspector.core import supervised
 from inspector.core.scoring import Region
-from inspector.data.images import save_image
 from inspector.errors import TrainingError
-from inspector.synthetic import make_part
 
 GRID = (12, 12)
 C = 16
@@ -116,29 +115,10 @@ def test_regions_smaller_than_the_minimum_defect_area_are_accepted():
     assert rejecting == [] and len(accepted) == 2
 
 
-def _category(root, size=128):
-    """A small MVTec-layout category of generated parts: scratches and stains, with masks."""
-    for sub in ("train/good", "test/good", "test/scratch", "test/stain"):
-        (root / sub).mkdir(parents=True)
-    for i in range(12):
-        save_image(root / "train" / "good" / f"{i:03d}.png", make_part(i, size))
-    for i in range(4):
-        save_image(root / "test" / "good" / f"{i:03d}.png", make_part(100 + i, size))
-    for kind in ("scratch", "stain"):
-        for i in range(6):
-            seed = 200 + i
-            image = make_part(seed, size, kind)
-            mask = (np.abs(image.astype(int) - make_part(seed, size).astype(int)).max(-1) > 40).astype(np.uint8) * 255
-            save_image(root / "test" / kind / f"{i:03d}.png", image)
-            (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / "ground_truth" / kind / f"{i:03d}_mask.png"), mask)
-    return root
-
-
 def test_evaluate_known_defects_puts_bank_classifier_and_both_side_by_side(tmp_path, capsys):
     import json
 
-    category = _category(tmp_path / "disc")
+    category = known_defects_category(tmp_path / "disc")
     out = tmp_path / "report.json"
     assert main(["evaluate", str(category), "--known-defects", "3", "--json", str(out),
                  "--models-dir", str(tmp_path / "m"), "--db", str(tmp_path / "l.db")]) == 0
@@ -159,7 +139,7 @@ def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, 
     from inspector.core.scoring import Inspector
     from inspector.data.images import load_image
 
-    category = _category(tmp_path / "disc")
+    category = known_defects_category(tmp_path / "disc")
     where = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
     assert main(["train", str(category / "train" / "good"), "--product", "Disc"] + where) == 0
     assert main(["train-defects", str(category / "train" / "good"), str(category / "test"), "--product", "Disc",
@@ -183,7 +163,7 @@ def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, 
 
 
 def test_train_defects_refuses_a_mask_of_another_size(tmp_path, capsys):
-    category = _category(tmp_path / "disc")
+    category = known_defects_category(tmp_path / "disc")
     cv2.imwrite(str(category / "ground_truth" / "stain" / "001_mask.png"), np.zeros((50, 60), np.uint8))
     where = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
     assert main(["train", str(category / "train" / "good"), "--product", "Disc"] + where) == 0

@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDouble
 from .. import services
 from ..core.model import Model
 from ..core.profile import ADVICE
+from ..core.scoring import Region, Result
+from ..core.supervised import probability
 from ..data.images import load_image
 from ..drawing import RED, draw_boxes, heat_range
 from ..errors import InspectorError
@@ -47,6 +49,7 @@ NG_STRIP = 20
 THUMB = 72
 STALE_S = 10.0  # default: a verdict older than this is stale
 SETTLE_S = 0.5
+HEATMAPS = ("Memory bank", "Defect classifier")  # with defect heads, the part shows either
 
 
 # ---- what the banner says (plain data: the tests read it too) --------------------------------
@@ -75,6 +78,27 @@ def banner_text(running: bool, source: str | None, reason: str | None, last: Ins
                                         f"Score {last.score:.4g}   Threshold {last.threshold:.4g}")
 
 
+def area_text(region: Region) -> str:
+    return f"{region.area} px" + ("" if region.area_mm2 is None else f" ({region.area_mm2:.3g} mm²)")
+
+
+def findings_text(result: Result, model: Model | None) -> str:
+    """What the defect heads say of a part and the regions accepted for their size, shown under
+    the verdict; '' for a model without them."""
+    lines = []
+    if result.defect_logit is not None:
+        heads = model.heads if model is not None else None
+        lines.append(f"Defect classifier: probability {probability(result.defect_logit):.2f}"
+                     + (f" (NG from {probability(heads.classifier_threshold):.2f})" if heads is not None else ""))
+        if result.regions:
+            lines.append("Defects: " + ", ".join(area_text(r) for r in result.regions))
+    if result.accepted:
+        unit = "" if model is None else f" {model.min_defect_area:g} {'mm²' if model.mm_per_px is not None else 'px'}"
+        lines.append(f"Accepted, smaller than{unit or ' the minimum defect area'}: "
+                     + ", ".join(area_text(r) for r in result.accepted))
+    return "\n".join(lines)
+
+
 def age_of(record: InspectionRecord) -> float:
     return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(record.time)).total_seconds())
 
@@ -87,14 +111,17 @@ def ng_thumbnail(image: np.ndarray, regions: list[dict]) -> np.ndarray:
 
 
 def _shown(outcome: Outcome) -> tuple:
-    """What the GUI paints of an outcome, made ready in the worker: the small heatmap, and the
-    thumbnail of an NG part."""
+    """What the GUI paints of an outcome, made ready in the worker: the small image with its boxes
+    and those accepted for their size, the small heatmaps (the bank's; the classifier's, or None
+    without defect heads), and the thumbnail of an NG part."""
     result = outcome.result
     if result is None:
         return outcome, None, None
     thumb = ng_thumbnail(outcome.image, outcome.record.regions) if result.verdict == "NG" else None
-    image, boxes = display_image(outcome.image, [(r.x, r.y, r.w, r.h) for r in result.regions])
-    return outcome, (image, boxes, display_map(result.anomaly_map)), thumb
+    image, boxes = display_image(outcome.image, [(r.x, r.y, r.w, r.h) for r in result.regions + result.accepted])
+    activation = None if result.activation_map is None else display_map(result.activation_map)
+    n = len(result.regions)
+    return outcome, (image, boxes[:n], boxes[n:], display_map(result.anomaly_map), activation), thumb
 
 
 def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) -> list:
@@ -358,9 +385,20 @@ class MonitorTab(QWidget):
         self.opacity_value.setMinimumWidth(40)
         for control in (self.heat.toggled, self.opacity.valueChanged):
             control.connect(self._heat_changed)
+        self.heatmap = QComboBox()  # shown for a model with defect heads
+        self.heatmap.addItems(HEATMAPS)
+        self.heatmap.setToolTip("Memory bank: how unlike the good parts each place is. Defect classifier: "
+                                "where the classifier trained on known defects sees one (probability).")
+        self.heatmap.currentIndexChanged.connect(lambda _: self._show_part())
+        self.heatmap.hide()
+        self.findings = QLabel()  # the classifier's probability, the regions' areas, those accepted
+        self.findings.setObjectName("detail")
+        self.findings.setWordWrap(True)
+        self.findings.hide()
         self.scale = HeatScale()
         controls = QHBoxLayout()
         controls.addWidget(self.heat)
+        controls.addWidget(self.heatmap)
         controls.addWidget(QLabel("Opacity"))
         controls.addWidget(self.opacity)
         controls.addWidget(self.opacity_value)
@@ -372,6 +410,7 @@ class MonitorTab(QWidget):
         column = QVBoxLayout(right)
         column.setContentsMargins(4, 0, 0, 0)
         column.addWidget(self.banner)
+        column.addWidget(self.findings)
         column.addWidget(self.drift)
         column.addWidget(self.view, 1)
         column.addLayout(controls)
@@ -520,7 +559,7 @@ class MonitorTab(QWidget):
         self._last = None  # a new run waits for its own first part, and shows no older one
         self._newest = None
         self.scale.set_threshold(model.threshold)  # the model it starts with, not the last part's
-        self.view.display(None)
+        self._show_part()
         self.part_buttons.set_record(None)
         self._line = worker = Worker(_run_line, self.session.models_dir, model, self.session.store, kind, target,
                                      options, self._snap, self.io)
@@ -633,6 +672,7 @@ class MonitorTab(QWidget):
 
     def _place(self, dialog: QDialog) -> None:
         """Below the live banner, over the left of the tab: the running line stays readable."""
+        self.layout().activate()  # the banner where it is now (a new verdict's style may resize it)
         top_left = self.mapToGlobal(self.rect().topLeft())
         below = self.banner.mapToGlobal(self.banner.rect().bottomLeft()).y() + 8
         bottom = self.mapToGlobal(self.rect().bottomLeft()).y()
@@ -651,13 +691,29 @@ class MonitorTab(QWidget):
                            if outcome.drift else "")
         self.drift.setVisible(bool(outcome.drift))
         self.part_buttons.set_record(record)
+        self._show_part()
+        if result is None:
+            self.scale.set_threshold(None)
+
+    def _show_part(self) -> None:
+        """The newest part (none: an empty view) with the heatmap chosen, the bank's or, with defect
+        heads, the classifier's; under the verdict, what the heads found and what was accepted."""
+        outcome, shown = self._newest or (None, None)
+        result = outcome.result if outcome is not None else None
+        self.heatmap.setVisible(result is not None and result.activation_map is not None)
+        text = "" if result is None else findings_text(result, self.session.model)
+        self.findings.setText(text)
+        self.findings.setVisible(bool(text))
         if result is None:
             self.view.display(None)
-            self.scale.set_threshold(None)
-        else:
-            image, boxes, heat = shown  # made ready to paint in the worker (_shown)
-            self.view.display(image, heat, heat_range(result.threshold)[1], boxes)
-            self.scale.set_threshold(result.threshold)
+            return
+        image, boxes, accepted, heat, activation = shown  # made ready to paint in the worker (_shown)
+        classifier = activation is not None and self.heatmap.currentIndex() == HEATMAPS.index("Defect classifier")
+        labels = [area_text(r) for r in result.regions + result.accepted] if text else []
+        self.view.display(image, activation if classifier else heat,
+                          1.0 if classifier else heat_range(result.threshold)[1], boxes, accepted=accepted,
+                          labels=labels)
+        self.scale.set_threshold(*((0.5, "probability") if classifier else (result.threshold,)))
 
     def banner_state(self) -> str:
         return self.banner.property("verdict")
@@ -692,7 +748,7 @@ class MonitorTab(QWidget):
             self._product = self.session.product
             self._last = None
             self._newest = None
-            self.view.display(None)
+            self._show_part()
             self.drift.hide()
             self.part_buttons.set_record(None)
             self.load_shift()

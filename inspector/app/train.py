@@ -14,7 +14,7 @@ from ..core.features import REFERENCE_SIDE, default_defect_size, find_graph
 from ..core.model import Settings, describe_scale
 from ..core.training import MIN_GOOD_IMAGES
 from ..data.images import list_images, load_image
-from ..errors import Cancelled, ImageError
+from ..errors import Cancelled, ImageError, describe
 from .session import Session, settings
 from .views import (FolderField, ProgressPanel, Thumbnails, duration, icon, local_time, lock_note, show_lock,
                     splitter, thumbnail)
@@ -59,6 +59,13 @@ def _capture_and_train(job: Worker, product: str, source: str, frames: int, fold
     captured = services.capture_good_frames(source, frames, services.taught_dir(models_dir, product),
                                             progress=lambda *step: job.report(step), cancel=job.cancel)
     return _train(job, product, folder or captured, options, models_dir, store, user)
+
+
+def _learn(job: Worker, product: str, good_folder: str, defects_folder: str, min_defect_area: float,
+           mm_per_px: float | None, models_dir: Path, store, user: str):
+    """Train the defect heads on known defects and save the new version (services.learn_defects)."""
+    return services.learn_defects(models_dir, store, product, good_folder, defects_folder, min_defect_area, mm_per_px,
+                                  progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
 
 
 def percent_box(value: float = 1.0) -> QDoubleSpinBox:
@@ -135,6 +142,26 @@ class TrainTab(QWidget):
         self.cancel = QPushButton(icon("stop"), "Cancel")
         self.cancel.clicked.connect(self.cancel_training)
         self.locked = lock_note()  # why Start is greyed out, in words
+        self.defects = FolderField("Folder of known defects, a subfolder per kind", "Choose the folder of known defects")
+        self.defects.setToolTip("Images of known defects, one subfolder per kind (a 'good' subfolder is left out); "
+                                "masks as NAME_mask.png beside each image or in ../ground_truth/KIND/")
+        self.defects.chosen.connect(lambda _: self._update_buttons())
+        self.mm_per_px = QDoubleSpinBox()
+        self.mm_per_px.setRange(0.0, 100.0)
+        self.mm_per_px.setDecimals(4)
+        self.mm_per_px.setSuffix(" mm per px")
+        self.mm_per_px.setSpecialValueText("No scale (areas in px)")
+        self.min_area = QDoubleSpinBox()
+        self.min_area.setRange(0.0, 1e9)
+        self.min_area.setDecimals(2)
+        self.min_area.setSuffix(" px")
+        self.min_area.setSpecialValueText("None: every defect rejects")
+        self.min_area.setToolTip("A region smaller than this is accepted: the part stays OK")
+        self.mm_per_px.valueChanged.connect(lambda v: self.min_area.setSuffix(" mm²" if v else " px"))
+        self.learn = QPushButton(icon("start"), "Train on known defects")
+        self.learn.setToolTip("Train a defect classifier and a segmentation head (from the masks) on the known "
+                              "defects and the good images above; saved as a new version")
+        self.learn.clicked.connect(self.learn_defects)
         self.progress = ProgressPanel()
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -158,6 +185,12 @@ class TrainTab(QWidget):
         form.addRow("", self.scale)
         form.addRow("Sampler", self.sampler)
         form.addRow("Sampling ratio", self.ratio)
+        known = QGroupBox("Known defects (engineer)")
+        form = QFormLayout(known)
+        form.addRow(self.defects)
+        form.addRow("Scale", self.mm_per_px)
+        form.addRow("Accept defects smaller than", self.min_area)
+        form.addRow(self.learn)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start, 1)
         buttons.addWidget(self.cancel)
@@ -168,6 +201,7 @@ class TrainTab(QWidget):
         column.addWidget(options)
         column.addLayout(buttons)
         column.addWidget(self.locked)
+        column.addWidget(known)
         column.addWidget(self.progress)
         column.addWidget(self.summary)
         column.addStretch(1)
@@ -309,10 +343,24 @@ class TrainTab(QWidget):
                                 steps)
         else:
             self.progress.begin("Reading the good images…", steps)
-        self._trainer = worker = Worker(fn, product, *sources, options,
-                                        self.session.models_dir, self.session.store, self.session.who)
+        self._start(lambda result: self._trained(product, *result), fn, product, *sources, options,
+                    self.session.models_dir, self.session.store, self.session.who)
+
+    def learn_defects(self) -> None:
+        """Train on known defects: the defect heads on the current model, saved as a new version."""
+        if not self._may_train(self.learn):
+            return
+        product = self.session.product
+        self.progress.begin("Reading the good images…", 2)
+        self._start(lambda model: self._learnt(product, model), _learn, product, self.folder.path(),
+                    self.defects.path(), self.min_area.value(), self.mm_per_px.value() or None,
+                    self.session.models_dir, self.session.store, self.session.who)
+
+    def _start(self, done, fn, *args) -> None:
+        """Run `fn(job, *args)` as the training under way: its progress shown, `done` with its result."""
+        self._trainer = worker = Worker(fn, *args)
         worker.yielded.connect(lambda step: self.progress.step(*step))
-        worker.returned.connect(lambda result: self._trained(product, *result))
+        worker.returned.connect(done)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._training_ended)
         self.session.set_busy("training", True)
@@ -335,12 +383,20 @@ class TrainTab(QWidget):
         self.session.info(f"Product '{product}' trained on {model.counts['good_images']} good images (version "
                           f"{model.version}): {said}{skipped}")
 
+    def _learnt(self, product: str, model) -> None:
+        said = services.learnt_text(model)
+        self._trained_version = (product, model.version)
+        self.progress.finish(f"Trained on known defects in {duration(self.progress.elapsed())}. {said}.")
+        if self.session.product == product:
+            self.session.set_model(model, self.session.good)  # the same memory bank: its good features stay
+        self.session.info(f"{said}.")
+
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
             self.progress.finish("Training cancelled; the previous model is unchanged.")
             self.session.warn("Training cancelled; the previous model is unchanged.")
         else:
-            self.progress.finish("Training failed; the previous model is unchanged.")
+            self.progress.finish(f"Training failed; the previous model is unchanged. {describe(exc)}")
             self.session.error(exc)
 
     def _training_ended(self) -> None:
@@ -365,6 +421,8 @@ class TrainTab(QWidget):
             combo.setCurrentIndex(max(0, combo.findData(value)))
         self.defect_size.setValue(s.defect_size or 0.0)
         self.ratio.setValue(s.sampling_ratio * 100.0)
+        self.mm_per_px.setValue((model.mm_per_px or 0.0) if model else 0.0)
+        self.min_area.setValue(model.min_defect_area if model else 0.0)
         if model is not None:
             c = model.counts
             self.summary.setText(
@@ -391,7 +449,9 @@ class TrainTab(QWidget):
         self.start.setToolTip(reason or "Start training")
         self.capture.setEnabled(not training and bool(session.product) and bool(self.camera.text().strip())
                                 and session.user.is_engineer and not session.line_running)
+        self.learn.setEnabled(not training and session.model is not None and bool(self.folder.path())
+                              and bool(self.defects.path()) and session.user.is_engineer and not session.line_running)
         self.cancel.setEnabled(training)
         for widget in (self.folder, self.camera, self.frames, self.backbone, self.defect_size, self.sampler,
-                       self.ratio):
+                       self.ratio, self.defects, self.mm_per_px, self.min_area):
             widget.setEnabled(not training)

@@ -26,6 +26,7 @@ HEAT_SIZE = 256  # the anomaly map is smooth: painted at this size, stretched ov
 HEAT_ALPHA = np.clip((np.arange(256) - 64) / 64.0, 0.0, 1.0)  # 0 up to 1/4 of the scale, 1 from 1/2
 HEAT_LUT = np.column_stack([JET, np.round(255 * HEAT_ALPHA)]).astype(np.uint8)
 BOX_PEN = pg.mkPen("#ff2020", width=2)
+ACCEPTED_PEN = pg.mkPen("#b8bcc2", width=2, style=Qt.PenStyle.DashLine)  # regions accepted for their size
 
 
 def local_time(iso: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -103,8 +104,9 @@ def to_pixmap(image: np.ndarray) -> QPixmap:
 
 # ---- widgets ------------------------------------------------------------------------
 class ResultView(pg.GraphicsLayoutWidget):
-    """An image with its anomaly map as a heatmap (opacity adjustable, can be hidden) and
-    red boxes around the regions; a caption line below (unless `caption` is False)."""
+    """An image with its anomaly map as a heatmap (opacity adjustable, can be hidden), red
+    boxes around the regions and dashed grey ones around those accepted for their size, each
+    with its label when given; a caption line below (unless `caption` is False)."""
 
     def __init__(self, parent=None, caption: bool = True):
         super().__init__(parent)
@@ -117,7 +119,7 @@ class ResultView(pg.GraphicsLayoutWidget):
         self.heat.setZValue(1)
         self.box.addItem(self.image)
         self.box.addItem(self.heat)
-        self._rects: list[QGraphicsRectItem] = []
+        self._rects: list = []  # the boxes and their labels
         self._shape = None
         self.set_heat(True, 0.5)
 
@@ -126,10 +128,11 @@ class ResultView(pg.GraphicsLayoutWidget):
         self.heat.setOpacity(opacity)
 
     def display(self, image: np.ndarray | None, heat: np.ndarray | None = None, level: float = 1.0,
-                boxes=(), caption: str = "") -> None:
-        """`heat` is painted from blue (0) to red (`level`); boxes are (x, y, w, h) in pixels."""
-        for rect in self._rects:
-            self.box.removeItem(rect)
+                boxes=(), caption: str = "", accepted=(), labels=()) -> None:
+        """`heat` is painted from blue (0) to red (`level`); boxes and accepted boxes are (x, y, w, h)
+        in pixels, `labels` the texts of the boxes, then of the accepted ones."""
+        for mark in self._rects:
+            self.box.removeItem(mark)
         self._rects = []
         if self.caption is not None:
             self.caption.setText(caption)
@@ -145,12 +148,18 @@ class ResultView(pg.GraphicsLayoutWidget):
         else:
             self.heat.setImage(heat, autoLevels=False, levels=(0.0, level))
             self.heat.setRect(QRectF(0, 0, w, h))
-        for x, y, bw, bh in boxes:
+        marked = [(box, BOX_PEN) for box in boxes] + [(box, ACCEPTED_PEN) for box in accepted]
+        for ((x, y, bw, bh), pen), label in zip(marked, [*labels, *[""] * len(marked)]):
             rect = QGraphicsRectItem(x, y, bw, bh)
-            rect.setPen(BOX_PEN)
-            rect.setZValue(2)
-            self.box.addItem(rect)
+            rect.setPen(pen)
             self._rects.append(rect)
+            if label:
+                text = pg.TextItem(label, color=pen.color(), anchor=(0, 1))
+                text.setPos(x, y)
+                self._rects.append(text)
+        for mark in self._rects:
+            mark.setZValue(2)
+            self.box.addItem(mark)
         if self._shape != (h, w):
             self._shape = (h, w)
             self.box.autoRange(padding=0.01)
@@ -168,12 +177,13 @@ class HeatScale(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.threshold: float | None = None
+        self.name = "threshold"  # what the middle of the scale is
         self.setMinimumSize(220, 34)
         self.setToolTip("Heatmap colours: transparent below half the threshold, red at twice the threshold.\n"
                         "A part is NG when its highest score reaches the threshold.")
 
-    def set_threshold(self, threshold: float | None) -> None:
-        self.threshold = threshold
+    def set_threshold(self, threshold: float | None, name: str = "threshold") -> None:
+        self.threshold, self.name = threshold, name
         self.update()
 
     def paintEvent(self, event) -> None:
@@ -190,7 +200,7 @@ class HeatScale(QWidget):
         painter.setPen(QColor("#1f2328"))
         painter.drawRect(bar)
         t = self.threshold
-        labels = ("0", "threshold" if t is None else f"threshold {t:.3g}", "" if t is None else f"{2 * t:.3g}")
+        labels = ("0", self.name if t is None else f"{self.name} {t:.3g}", "" if t is None else f"{2 * t:.3g}")
         metrics = painter.fontMetrics()
         for fraction, text in zip((0.0, 0.5, 1.0), labels):
             x = bar.left() + fraction * bar.width()

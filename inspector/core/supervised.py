@@ -71,6 +71,11 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
+def probability(logit: float) -> float:
+    """A head's logit as the probability of a defect (as its maps are)."""
+    return float(_sigmoid(logit))
+
+
 # ---- the heads -------------------------------------------------------------------------
 
 def _forward(params: dict, x: np.ndarray):
