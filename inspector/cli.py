@@ -904,7 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rebuild", parents=[common, product, device],
                        help="rebuild the memory bank at another sampling ratio from the good images")
-    p.add_argument("good_dir", type=Path, help="the folder of good images the product was trained from")
+    p.add_argument("good_dir", type=Path, nargs="?",
+                   help="the folder of good images (default: the one the model was trained from)")
     p.add_argument("--sampling-ratio", type=_checked("check_sampling_ratio"), required=True)
     p.set_defaults(func=cmd_rebuild)
 

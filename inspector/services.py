@@ -235,7 +235,7 @@ def train(models_dir: str | Path, store: ResultStore, product: str, images: str 
         model = training.fit(product, good, settings, progress, cancel, roi)
     except TrainingError as exc:
         raise _with_skipped(exc, good.skipped) from exc
-    model = replace(model, profile=profile_of(good.paths))
+    model = replace(model, profile=profile_of(good.paths), good_folder=_folder_of(models_dir, product, images, paths))
     detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
               + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
     saved = _save_version(model, models_dir, change=f"trained on {detail}")
@@ -257,25 +257,50 @@ def set_sensitivity(models_dir: str | Path, store: ResultStore, product: str, si
     return saved
 
 
+def _folder_of(models_dir: str | Path, product: str, images, paths: list[Path]) -> str | None:
+    """The folder good images came from, which the model records for its rebuilds: the folder
+    given, or the product's taught images' folder when they are frames captured into it."""
+    if isinstance(images, (str, Path)):
+        return os.path.abspath(images)
+    if paths and all(_is_taught(models_dir, product, p) for p in paths):
+        return os.path.abspath(taught_dir(models_dir, product))
+    return None
+
+
+def rebuild_folder(model: Model, known: str | Path | None = None) -> Path:
+    """The folder of good images a rebuild of the model's bank reads again: the one it records,
+    else (a model that records none) `known`, the folder the caller remembers. TrainingError
+    saying why when neither is known or the folder is no longer there."""
+    folder = model.good_folder or known
+    if not folder:
+        raise TrainingError(f"Cannot rebuild the memory bank of '{model.product}': its model does not say which "
+                            f"folder its good images came from (trained from files, or by an older Inspector). "
+                            f"Choose the folder it was trained from.")
+    if not Path(folder).is_dir():
+        raise TrainingError(f"Cannot rebuild the memory bank of '{model.product}': the folder of good images "
+                            f"{folder} is no longer there. Choose the folder it was trained from, or train it again.")
+    return Path(folder)
+
+
 def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampling_ratio: float,
                  good: GoodFeatures | None = None, images: str | Path | Iterable[str | Path] | None = None,
                  progress: Progress = no_progress, cancel: threading.Event | None = None,
                  device: str = "cpu", user: str | None = None) -> tuple[Model, GoodFeatures]:
     """Rebuild the product's memory bank at another sampling ratio, with its other settings
     as they are, from the patch features of a training (`good`) or, without them, from the
-    good images (`images`, read again); saves the new version and returns it with the features."""
+    good images (`images`, read again; None: the folder the model records, rebuild_folder);
+    saves the new version and returns it with the features."""
     check_sampling_ratio(sampling_ratio)
     current = load_model(models_dir, product)
     settings = replace(current.settings, sampling_ratio=float(sampling_ratio))
     origin = "the patch features kept from the training"
-    paths = []
+    paths, folder = [], current.good_folder
     if good is None:
-        if images is None:
-            raise TrainingError(f"Rebuilding the memory bank of '{product}' needs its good images: "
-                                f"give the folder it was trained from.")
+        images = rebuild_folder(current) if images is None else images
         paths, origin = _images(images)
         if not paths:
             raise TrainingError("No good images given: choose the folder the product was trained from.")
+        folder = _folder_of(models_dir, product, images, paths)
     else:  # a taught image deleted since the features were kept is left out, as it is from a training
         kept = [i for i, p in enumerate(good.paths) if not (_is_taught(models_dir, product, p) and not p.is_file())]
         if len(kept) < len(good.paths):
@@ -287,7 +312,7 @@ def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampl
         good = read if good is None else GoodFeatures(good.features + read.features,
                                                       good.paths + read.paths, good.skipped + read.skipped)
     model = training.fit(current.product, good, settings, progress, cancel, current.roi)
-    model = replace(model, profile=profile_of(good.paths) or current.profile)
+    model = replace(model, profile=profile_of(good.paths) or current.profile, good_folder=folder)
     used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
     change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
               f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")

@@ -11,6 +11,7 @@ from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
 from inspector import services
+from inspector.app.session import settings
 from inspector.app.window import MainWindow
 from inspector.core.model import load_model
 from inspector.data.images import save_image
@@ -184,6 +185,13 @@ def test_after_teaching_train_and_rebuild_say_they_use_the_taught_part_and_it_st
     assert "1 taught good image(s)" in session.model.change and session.model.counts["good_images"] == 21
     assert calibrate.rebuild_note.text().endswith("no image is read again.")  # its features are kept now
     assert services.reinspect(session.models_dir, PRODUCT, line / "bright.png")[1].verdict == "OK"
+
+    session.good = None  # as after a restart, the Train tab's folder forgotten: the model says where its images are
+    settings().remove(f"good_folder/{PRODUCT}")
+    assert session.model.good_folder == str(tmp_path / "good")
+    calibrate.rebuild.click()
+    qtbot.waitUntil(lambda: session.model.version == 5 and calibrate._refitter is None, timeout=WAIT)
+    assert f"from {tmp_path / 'good'} and 1 taught good image(s)" in session.model.change
 
 
 def test_the_versions_list_is_readable_at_1366x768(window, qtbot):

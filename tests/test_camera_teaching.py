@@ -60,6 +60,7 @@ def test_train_from_the_camera_then_its_good_frames_pass(tmp_path, capsys):
     model = load_model(tmp_path / "models", "Disc")
     taught = services.taught_images(tmp_path / "models", "Disc")
     assert len(taught) == 20 and model.counts["good_images"] == 20
+    assert model.good_folder == str(services.taught_dir(tmp_path / "models", "Disc"))  # where a rebuild reads them
     inspector = inspector_for(model)
     good = frames(mjpg_video(tmp_path / "good.avi", range(500, 506)))
     bad = frames(mjpg_video(tmp_path / "bad.avi", range(600, 603), defect="stain"))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ import pytest
 from conftest import copy_models
 
 from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
-from inspector.core.model import load_model
+from inspector.core.model import load_model, save_model
 from inspector.store.results import STATION, ResultStore, login_name
 from inspector.synthetic import make_part, write_parts
 from inspector.users import Accounts, accounts_path
@@ -288,7 +289,7 @@ def test_inspect_again_inspects_logged_files_and_logs_nothing(station, tmp_path,
         assert store.count() == logged
 
 
-def test_rebuild_the_memory_bank_from_the_good_images(station, own):
+def test_rebuild_the_memory_bank_from_the_good_images(station, own, capsys):
     root, common = own
     before = load_model(root / "models", "Gear 7")
     assert main(["rebuild", str(station[0] / "good"), "--product", "Gear 7", "--sampling-ratio", "0.05"]
@@ -298,6 +299,19 @@ def test_rebuild_the_memory_bank_from_the_good_images(station, own):
     assert len(after.memory_bank) > len(before.memory_bank)
     with ResultStore(root / "log.db") as store:
         assert [e.kind for e in store.events("Gear 7")] == ["bank"]
+
+    # without a folder: the one the model was trained from, which it records
+    assert before.good_folder == str(station[0] / "good")
+    assert main(["rebuild", "--product", "Gear 7", "--sampling-ratio", "0.02"] + common) == EXIT_OK
+    again = load_model(root / "models", "Gear 7")
+    assert again.version == after.version + 1 and again.settings.sampling_ratio == 0.02
+    assert len(again.memory_bank) == len(before.memory_bank) and f"from {station[0] / 'good'}" in again.change
+    # a model of an older Inspector does not record it: the folder must be given
+    save_model(replace(again, good_folder=None), root / "models")
+    capsys.readouterr()
+    assert main(["rebuild", "--product", "Gear 7", "--sampling-ratio", "0.05"] + common) == EXIT_ERROR
+    assert "does not say which folder its good images came from" in capsys.readouterr().err
+    assert load_model(root / "models", "Gear 7").version == again.version + 1
 
 
 def test_a_file_name_that_is_not_utf8_is_printed_and_logged(station, tmp_path, capsys):

@@ -64,6 +64,33 @@ def test_every_change_is_a_new_version_and_the_old_ones_stay(tmp_path):
     assert not [p for p in (tmp_path / "Gear 7").iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_the_folder_of_good_images_is_kept_checksummed_and_optional(tmp_path):
+    """The folder a model's good images came from (which a rebuild reads again) is saved with
+    it, kept by a derived version and covered by the checksum; only an absolute path is
+    valid; a model without it, as an older Inspector saved it, loads with None."""
+    older = save_model(make_model(), tmp_path)
+    assert "good_folder" not in json.loads((tmp_path / "Gear 7" / "v0001" / META_FILE).read_text())
+    assert load_model(tmp_path, "Gear 7").good_folder is None
+    good = str(tmp_path / "good")
+    save_model(with_sigma(dataclasses.replace(older, good_folder=good), 2.0), tmp_path)
+    assert load_model(tmp_path, "Gear 7").good_folder == good
+    assert save_model(with_sigma(load_model(tmp_path, "Gear 7"), 1.0), tmp_path).good_folder == good
+    assert load_model(tmp_path, "Gear 7").good_folder == good
+    folder = tmp_path / "Gear 7" / "v0003"
+    original = (folder / META_FILE).read_text()
+    rewrite(folder, lambda m: json.dumps(m | {"good_folder": str(tmp_path / "elsewhere")}))
+    with pytest.raises(ModelError, match="checksum"):
+        load_model(tmp_path, "Gear 7")
+    for odd in ("good", 5, [good]):
+        (folder / META_FILE).write_text(original)
+        rewrite(folder, lambda m: json.dumps(m | {"good_folder": odd}), checksum=True)
+        with pytest.raises(ModelError, match="folder of good images"):
+            load_model(tmp_path, "Gear 7", signed=False)
+    with pytest.raises(ModelError, match="not an absolute path"):
+        save_model(dataclasses.replace(older, good_folder="good"), tmp_path)
+    assert current_version(tmp_path, "Gear 7") == 3
+
+
 def test_the_last_versions_are_kept(tmp_path):
     model = make_model()
     for i in range(KEEP_VERSIONS + 3):

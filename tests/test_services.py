@@ -1,11 +1,14 @@
 """The operator's actions (inspector.services) on generated parts, a real models folder and a
 real SQLite log: every change makes a model version and an event; nothing else does."""
+import re
+import shutil
 import threading
+from dataclasses import replace
 
 import pytest
 
 from inspector import services
-from inspector.core.model import Settings, current_version, load_model
+from inspector.core.model import Settings, current_version, load_model, save_model
 from inspector.errors import Cancelled, ModelError, StoreError, TrainingError
 from inspector.store.results import ResultStore, login_name
 from inspector.synthetic import write_parts
@@ -40,6 +43,7 @@ def test_training_saves_a_version_and_records_who_and_what(trained, good):
     again, _ = services.train(models, store, "Disc", good, Settings(sampling_ratio=0.02))
     newest = store.events("Disc")[0]
     assert again.version == 2 and newest.old.startswith("version 1") and newest.user == login_name()
+    assert model.good_folder == str(good[0].parent) and again.good_folder is None  # from a folder, from files
 
 
 def test_a_cancelled_or_failed_training_changes_nothing(trained, tmp_path):
@@ -66,7 +70,7 @@ def test_sensitivity(trained):
     assert current_version(models, "Disc") == 2 and kinds(store, "Disc") == ["sensitivity", "train"]
 
 
-def test_rebuilding_the_bank_from_kept_features_or_from_the_images(trained, good):
+def test_rebuilding_the_bank_from_kept_features_or_from_the_images(trained, good, tmp_path):
     models, store, model, features = trained
     kept, same = services.rebuild_bank(models, store, "Disc", 0.05, good=features)
     assert same is features and kept.version == 2 and kept.settings.sampling_ratio == 0.05
@@ -75,8 +79,19 @@ def test_rebuilding_the_bank_from_kept_features_or_from_the_images(trained, good
     assert reread.version == 3 and len(reread.memory_bank) == len(model.memory_bank)
     assert kinds(store, "Disc") == ["bank", "bank", "train"]
     assert "ratio 0.05 -> 0.02" in store.events("Disc")[0].detail
-    with pytest.raises(TrainingError, match="good images"):
+    recorded, _ = services.rebuild_bank(models, store, "Disc", 0.03)  # no folder given: the one the model records
+    assert recorded.version == 4 and f"from {good[0].parent}" in recorded.change
+    assert model.good_folder == kept.good_folder == recorded.good_folder == str(good[0].parent)
+
+    moved = shutil.copytree(good[0].parent, tmp_path / "copy")
+    assert services.rebuild_bank(models, store, "Disc", 0.02, images=moved)[0].good_folder == str(moved)
+    moved.rename(tmp_path / "moved")
+    with pytest.raises(TrainingError, match=f"good images {re.escape(str(moved))} is no longer there"):
         services.rebuild_bank(models, store, "Disc", 0.1)
+    save_model(replace(load_model(models, "Disc"), good_folder=None), models)  # as an older Inspector saved it
+    with pytest.raises(TrainingError, match="does not say which folder its good images came from"):
+        services.rebuild_bank(models, store, "Disc", 0.1)
+    assert current_version(models, "Disc") == 6 and kinds(store, "Disc") == ["bank"] * 4 + ["train"]
 
 
 def test_products_create_rename_delete(trained, tmp_path):

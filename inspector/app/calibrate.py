@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, Q
 
 from .. import services
 from ..core.model import Model
+from ..errors import TrainingError
 from .session import Session, confirm_on_running_line, settings
 from .train import percent_box
 from .views import FolderField, ProgressPanel, duration, icon, lock_note, show_lock, splitter
@@ -328,11 +329,6 @@ class CalibrateTab(QWidget):
         self._update_buttons()
 
     # ---- memory bank ---------------------------------------------------------------------
-    def _good_folder(self) -> str:
-        """The good images the bank is rebuilt from when this session holds no features: the
-        Train tab's folder of the product."""
-        return settings().value(f"good_folder/{self.session.product}", "") if self.session.product else ""
-
     def _rebuild_source(self) -> tuple[str | None, str]:
         """(the folder to read, or None for the features in memory; what the note says).
         The note says why not when it cannot be rebuilt."""
@@ -342,14 +338,12 @@ class CalibrateTab(QWidget):
         if good is not None:
             return None, ("Re-uses the patch features kept from this session's training or last rebuild"
                           + (f"; reads {taught}." if taught else ": no image is read again."))
-        folder = self._good_folder()
-        if not folder:
-            return "", (f"Cannot rebuild: the folder of good images of '{product}' is not known here. "
-                        f"Choose it on the Train tab.")
-        if not Path(folder).is_dir():
-            return "", f"Cannot rebuild: the folder of good images {folder} is no longer there."
+        try:  # the folder the model records; for an older model, the Train tab's folder of the product
+            folder = services.rebuild_folder(self._model, settings().value(f"good_folder/{product}", ""))
+        except TrainingError as exc:
+            return "", str(exc)
         also = f" and {taught}" if taught else ""
-        return folder, f"Reads the good images of {folder} again (the Train tab's folder){also}."
+        return str(folder), f"Reads the good images of {folder} again{also}."
 
     def rebuild_bank(self) -> None:
         model, good, session = self._model, self.session.good, self.session

@@ -17,7 +17,8 @@ a new version holding an old one's content). The product's name is its folder's 
 
 `model.json` carries a SHA-256 checksum over everything that decides a verdict (settings,
 calibration, thresholds and the memory bank's own SHA-256), and every field is validated on
-load; it may also hold the good images' profile (core.profile), which older models lack.
+load; it may also hold the good images' profile (core.profile) and the folder they came from,
+which older models lack.
 The checksum stops accidents; the signature (see "signing" below) stops edits: a model not
 signed with the station's key for its product is refused until an engineer re-signs it,
 which saves it as a new version.
@@ -200,7 +201,9 @@ class Model:
     inspection region (core.roi; None: the whole image); `calibration_patch_scores`: the
     patch distances (n, h, w) behind the calibration's image scores, from which a new region
     or a taught image recalibrates without the good images (None in models of format 2);
-    `profile`: how its good images look (core.profile), stored and signed with it when known."""
+    `profile`: how its good images look (core.profile), stored and signed with it when known;
+    `good_folder`: the absolute path of the folder of good images it was trained from, which a
+    rebuild of its bank reads again (None: trained from files, or by an older Inspector)."""
     product: str
     settings: Settings
     memory_bank: np.ndarray  # (K, C) float32 patch features, read-only
@@ -219,6 +222,7 @@ class Model:
     heads: typing.Any = None
     min_defect_area: float = 0.0
     mm_per_px: float | None = None
+    good_folder: str | None = None
 
     def __post_init__(self):
         for array in (self.memory_bank, self.roi, self.calibration_patch_scores):
@@ -243,7 +247,8 @@ class Model:
             "calibration": asdict(self.calibration),
         } | ({"defect_heads": self.heads.counts} if self.heads is not None else {}) | (
             {"acceptance": {"min_defect_area": self.min_defect_area, "mm_per_px": self.mm_per_px}}
-            if self.min_defect_area or self.mm_per_px is not None else {})
+            if self.min_defect_area or self.mm_per_px is not None else {}) | (
+            {"good_folder": self.good_folder} if self.good_folder is not None else {})
 
 
 def with_sigma(model: Model, sigma: float) -> Model:
@@ -325,6 +330,8 @@ def validate(model: Model) -> None:
     problems += _array_problems(model)
     if (problem := check_profile(model.profile)) is not None:
         problems.append(problem)
+    if model.good_folder is not None and not (isinstance(model.good_folder, str) and os.path.isabs(model.good_folder)):
+        problems.append(f"the folder of good images {model.good_folder!r} is not an absolute path")
     if not problems:
         with np.errstate(over="ignore", invalid="ignore"):
             thresholds = (model.threshold, model.pixel_threshold)
@@ -700,7 +707,8 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
             and (scale is None or (_finite(scale) and scale > 0))):
         raise ModelError(f"The model of '{product}' has a damaged minimum defect area or scale: {acceptance!r}.")
     model = Model(product, settings, bank, calibration, counts, created, versions, model_id, version,
-                  str(meta.get("change", "")), roi, grids, meta.get("profile"), heads, float(area), scale)
+                  str(meta.get("change", "")), roi, grids, meta.get("profile"), heads, float(area), scale,
+                  meta.get("good_folder"))
     validate(model)
     for name in ("threshold", "pixel_threshold"):
         stored, now = meta.get(name), getattr(model, name)
