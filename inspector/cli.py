@@ -170,6 +170,11 @@ def _print_outcome(outcome) -> None:
         line = (f"{r.verdict:5} score {r.score:8.3f}  threshold {r.threshold:8.3f}  "
                 f"{len(r.regions)} region(s)  {r.latency_ms:6.1f} ms  {r.image_path}")
     print(line + ("" if outcome.safe else "  (NOT LOGGED yet)"), flush=True)
+    if outcome.result is not None:  # what defect heads found, the regions accepted for their size
+        from .services import findings_text
+
+        for finding in filter(None, findings_text(outcome.result, None).split("\n")):
+            print(f"      {finding}", flush=True)
     if outcome.log_error:
         print(f"WARNING {outcome.log_error}", file=sys.stderr, flush=True)
 
