@@ -674,6 +674,7 @@ def cmd_key(args) -> int:
 def cmd_engineer(args) -> int:
     import getpass
 
+    from .files import read_regular
     from .services import set_engineer
 
     accounts = _accounts(args)
@@ -685,8 +686,8 @@ def cmd_engineer(args) -> int:
     old_pin = _pin("change the engineer PIN") if had else None
     if args.pin_file is not None:
         try:
-            pin = (args.pin_file.read_text(encoding="utf-8").splitlines() or [""])[0]
-        except (OSError, UnicodeDecodeError) as exc:
+            pin = (read_regular(args.pin_file, 4096).decode("utf-8").splitlines() or [""])[0]
+        except (OSError, UnicodeDecodeError) as exc:  # a pipe or a device file too, never blocking
             raise InspectorError(f"The PIN file {args.pin_file} cannot be read ({exc}).") from exc
     elif not sys.stdin.isatty():
         raise InspectorError("Give the new PIN in a file (--pin-file FILE), or run this on a terminal to be asked.")
