@@ -240,6 +240,10 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     finally:
         for sig, handler in previous.items():  # once interrupted, another Ctrl-C until the end stops at once
             signal.signal(sig, (lambda *_: _stop_now()) if interrupted.is_set() else handler)
+        if interrupted.is_set():  # and, once Python no longer runs handlers, cannot kill the exit either
+            import atexit
+
+            atexit.register(lambda: [signal.signal(sig, signal.SIG_IGN) for sig in previous])
     print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
     lost = store.unsaved_count()  # after closing: the last try to write them failed too
