@@ -170,6 +170,11 @@ def _print_outcome(outcome) -> None:
         line = (f"{r.verdict:5} score {r.score:8.3f}  threshold {r.threshold:8.3f}  "
                 f"{len(r.regions)} region(s)  {r.latency_ms:6.1f} ms  {r.image_path}")
     print(line + ("" if outcome.safe else "  (NOT LOGGED yet)"), flush=True)
+    if outcome.result is not None:  # what defect heads found, the regions accepted for their size
+        from .services import findings_text
+
+        for finding in filter(None, findings_text(outcome.result, None).split("\n")):
+            print(f"      {finding}", flush=True)
     if outcome.log_error:
         print(f"WARNING {outcome.log_error}", file=sys.stderr, flush=True)
 
@@ -235,6 +240,10 @@ def _run_line(args, kind: str, target, limit: int = 0, **options) -> int:
     finally:
         for sig, handler in previous.items():  # once interrupted, another Ctrl-C until the end stops at once
             signal.signal(sig, (lambda *_: _stop_now()) if interrupted.is_set() else handler)
+        if interrupted.is_set():  # and, once Python no longer runs handlers, cannot kill the exit either
+            import atexit
+
+            atexit.register(lambda: [signal.signal(sig, signal.SIG_IGN) for sig in previous])
     print(f"{len(verdicts)} inspected: {verdicts.count('OK')} OK, {verdicts.count('NG')} NG, "
           f"{verdicts.count('ERROR')} error(s)", file=sys.stderr)
     lost = store.unsaved_count()  # after closing: the last try to write them failed too
@@ -669,6 +678,7 @@ def cmd_key(args) -> int:
 def cmd_engineer(args) -> int:
     import getpass
 
+    from .files import read_regular
     from .services import set_engineer
 
     accounts = _accounts(args)
@@ -680,8 +690,8 @@ def cmd_engineer(args) -> int:
     old_pin = _pin("change the engineer PIN") if had else None
     if args.pin_file is not None:
         try:
-            pin = (args.pin_file.read_text(encoding="utf-8").splitlines() or [""])[0]
-        except (OSError, UnicodeDecodeError) as exc:
+            pin = (read_regular(args.pin_file, 4096).decode("utf-8").splitlines() or [""])[0]
+        except (OSError, UnicodeDecodeError) as exc:  # a pipe or a device file too, never blocking
             raise InspectorError(f"The PIN file {args.pin_file} cannot be read ({exc}).") from exc
     elif not sys.stdin.isatty():
         raise InspectorError("Give the new PIN in a file (--pin-file FILE), or run this on a terminal to be asked.")

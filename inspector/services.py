@@ -33,7 +33,8 @@ from .core.model import (Model, Settings, check_product_name, delete_model, desc
 from .core.product_numbers import product_numbers, rename_number
 from .core.profile import profile_of, widened
 from .core.roi import describe_roi
-from .core.scoring import Inspector, Result
+from .core.scoring import Inspector, Region, Result
+from .core.supervised import probability
 from .core.training import GoodFeatures
 from .data.images import list_images, load_image, read_ahead, save_image
 from .errors import Cancelled, InspectorError, ModelError, SourceError, StoreError, TrainingError, describe
@@ -953,3 +954,24 @@ def learnt_text(model: Model) -> str:
             f"{c['known_defects'] - c['out_of_fold_escapes']} of {c['known_defects']} known defects it did not learn "
             f"from; {'a segmentation head from the masks' if heads.segmenter is not None else 'no masks: no segmentation head'}; "
             f"regions under {model.min_defect_area:g} {unit} are accepted")
+
+
+def area_text(region: Region) -> str:
+    return f"{region.area} px" + ("" if region.area_mm2 is None else f" ({region.area_mm2:.3g} mm²)")
+
+
+def findings_text(result: Result, model: Model | None) -> str:
+    """What the defect heads say of a part and the regions accepted for their size, shown under
+    the verdict; '' for a model without them."""
+    lines = []
+    if result.defect_logit is not None:
+        heads = model.heads if model is not None else None
+        lines.append(f"Defect classifier: probability {probability(result.defect_logit):.2f}"
+                     + (f" (NG from {probability(heads.classifier_threshold):.2f})" if heads is not None else ""))
+        if result.regions:
+            lines.append("Defects: " + ", ".join(area_text(r) for r in result.regions))
+    if result.accepted:
+        unit = "" if model is None else f" {model.min_defect_area:g} {'mm²' if model.mm_per_px is not None else 'px'}"
+        lines.append(f"Accepted, smaller than{unit or ' the minimum defect area'}: "
+                     + ", ".join(area_text(r) for r in result.accepted))
+    return "\n".join(lines)

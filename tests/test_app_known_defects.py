@@ -64,6 +64,10 @@ def test_known_defects_are_learnt_from_the_train_tab_and_shown_on_the_monitor(op
     assert monitor.view.heat.image.max() <= 1.0 and not (monitor.view.heat.image == bank_heat).all()
     labels = [item for item in monitor.view._rects if hasattr(item, "textItem")]
     assert labels and all("px" in label.textItem.toPlainText() for label in labels)
+    qtbot.waitUntil(lambda: monitor.ng_strip.count() >= 1, timeout=WAIT)  # the part dialog says it too
+    dialog = monitor.open_part(monitor.ng_strip.item(0))
+    qtbot.waitUntil(lambda: "Defect classifier: probability" in dialog.details.text(), timeout=WAIT)
+    dialog.accept()
 
     # a product that accepts every region this small: the part is OK, its regions listed as accepted
     window.session.set_model(replace(window.session.model, min_defect_area=1e9))

@@ -190,6 +190,9 @@ def test_engineer_sets_and_changes_the_pin_as_the_window_does(tmp_path, monkeypa
     monkeypatch.delenv("INSPECTOR_PIN", raising=False)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
     assert main(["engineer"] + common) == EXIT_OK and "No engineer PIN is set" in capsys.readouterr().out
+    os.mkfifo(tmp_path / "pin.fifo")  # a named pipe given as the PIN file: refused, never waited on
+    assert main(["engineer", "Eve", "--pin-file", str(tmp_path / "pin.fifo")] + common) == EXIT_ERROR
+    assert "not a regular file" in capsys.readouterr().err
     (tmp_path / "pin.txt").write_text("2468\n", encoding="utf-8")
     assert main(["engineer", "Eve", "--pin-file", str(tmp_path / "pin.txt")] + common) == EXIT_OK
     accounts = Accounts(accounts_path(tmp_path))

@@ -154,6 +154,11 @@ def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, 
     assert stain.activation_map.shape == stain.segmentation.shape == stain.anomaly_map.shape
     good = inspector.inspect(load_image(category / "test" / "good" / "000.png"))
     assert good.verdict == "OK" and good.regions == [] and good.defect_logit is not None
+    capsys.readouterr()  # inspect prints what the heads found under each part
+    assert main(["inspect", str(category / "test" / "stain" / "000.png"), "--product", "Disc"] + where) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("NG") and out[1].strip().startswith("Defect classifier: probability")
+    assert out[2].strip().startswith("Defects: ") and out[2].strip().endswith(" px")
     # a region smaller than the product accepts makes the part OK, its area said
     from dataclasses import replace
 

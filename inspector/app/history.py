@@ -168,9 +168,10 @@ def look(job: Worker, record: InspectionRecord, session: Session, extractors: di
         image, logged = display_image(load_image(path), logged)
         return (image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}")
     image, boxes = display_image(image, [(r.x, r.y, r.w, r.h) for r in result.regions])
+    findings = services.findings_text(result, model)  # of defect heads, of regions accepted for their size
     return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
             f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
-            f"score {result.score:.4g}.")
+            f"score {result.score:.4g}." + (f"\n{findings}" if findings else ""))
 
 
 class HistoryTab(QWidget):

@@ -25,8 +25,6 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDouble
 from .. import services
 from ..core.model import Model
 from ..core.profile import ADVICE
-from ..core.scoring import Region, Result
-from ..core.supervised import probability
 from ..data.images import load_image
 from ..drawing import RED, draw_boxes, heat_range
 from ..errors import InspectorError
@@ -76,27 +74,6 @@ def banner_text(running: bool, source: str | None, reason: str | None, last: Ins
         return "ERROR", "ERROR", f"{part_name(last.image_path)} · {duration(age_s)} ago\n{last.error or ''}"
     return last.verdict, last.verdict, (f"{part_name(last.image_path)} · {duration(age_s)} ago\n"
                                         f"Score {last.score:.4g}   Threshold {last.threshold:.4g}")
-
-
-def area_text(region: Region) -> str:
-    return f"{region.area} px" + ("" if region.area_mm2 is None else f" ({region.area_mm2:.3g} mm²)")
-
-
-def findings_text(result: Result, model: Model | None) -> str:
-    """What the defect heads say of a part and the regions accepted for their size, shown under
-    the verdict; '' for a model without them."""
-    lines = []
-    if result.defect_logit is not None:
-        heads = model.heads if model is not None else None
-        lines.append(f"Defect classifier: probability {probability(result.defect_logit):.2f}"
-                     + (f" (NG from {probability(heads.classifier_threshold):.2f})" if heads is not None else ""))
-        if result.regions:
-            lines.append("Defects: " + ", ".join(area_text(r) for r in result.regions))
-    if result.accepted:
-        unit = "" if model is None else f" {model.min_defect_area:g} {'mm²' if model.mm_per_px is not None else 'px'}"
-        lines.append(f"Accepted, smaller than{unit or ' the minimum defect area'}: "
-                     + ", ".join(area_text(r) for r in result.accepted))
-    return "\n".join(lines)
 
 
 def age_of(record: InspectionRecord) -> float:
@@ -701,7 +678,7 @@ class MonitorTab(QWidget):
         outcome, shown = self._newest or (None, None)
         result = outcome.result if outcome is not None else None
         self.heatmap.setVisible(result is not None and result.activation_map is not None)
-        text = "" if result is None else findings_text(result, self.session.model)
+        text = "" if result is None else services.findings_text(result, self.session.model)
         self.findings.setText(text)
         self.findings.setVisible(bool(text))
         if result is None:
@@ -709,7 +686,7 @@ class MonitorTab(QWidget):
             return
         image, boxes, accepted, heat, activation = shown  # made ready to paint in the worker (_shown)
         classifier = activation is not None and self.heatmap.currentIndex() == HEATMAPS.index("Defect classifier")
-        labels = [area_text(r) for r in result.regions + result.accepted] if text else []
+        labels = [services.area_text(r) for r in result.regions + result.accepted] if text else []
         self.view.display(image, activation if classifier else heat,
                           1.0 if classifier else heat_range(result.threshold)[1], boxes, accepted=accepted,
                           labels=labels)
