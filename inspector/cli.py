@@ -857,7 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-defects", parents=[common, product],
                        help="learn from known defects: a defect classifier and a segmentation head on the model")
-    p.add_argument("good_dir", type=Path, help="the good images the product was trained on")
+    p.add_argument("good_dir", type=Path, nargs="?", help="the good images the product was trained on (default: "
+                                                           "the folder its model records)")
     p.add_argument("defects_dir", type=Path, help="known defects, a subfolder per kind; masks: NAME_mask.png beside "
                                                   "each, or ../ground_truth/KIND/NAME_mask.png")
     p.add_argument("--min-defect-area", type=_at_least(0.0), help="accept regions smaller than this (camera pixels, "

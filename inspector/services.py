@@ -269,16 +269,16 @@ def _folder_of(models_dir: str | Path, product: str, images, paths: list[Path]) 
 
 
 def rebuild_folder(model: Model, known: str | Path | None = None) -> Path:
-    """The folder of good images a rebuild of the model's bank reads again: the one it records,
-    else (a model that records none) `known`, the folder the caller remembers. TrainingError
-    saying why when neither is known or the folder is no longer there."""
+    """The folder of good images a rebuild of the model's bank (or a training of its defect heads)
+    reads again: the one it records, else (a model that records none) `known`, the folder the
+    caller remembers. TrainingError saying why when neither is known or the folder is no longer there."""
     folder = model.good_folder or known
     if not folder:
-        raise TrainingError(f"Cannot rebuild the memory bank of '{model.product}': its model does not say which "
+        raise TrainingError(f"Cannot read the good images of '{model.product}' again: its model does not say which "
                             f"folder its good images came from (trained from files, or by an older Inspector). "
                             f"Choose the folder it was trained from.")
     if not Path(folder).is_dir():
-        raise TrainingError(f"Cannot rebuild the memory bank of '{model.product}': the folder of good images "
+        raise TrainingError(f"Cannot read the good images of '{model.product}' again: the folder of good images "
                             f"{folder} is no longer there. Choose the folder it was trained from, or train it again.")
     return Path(folder)
 
@@ -889,13 +889,13 @@ def _defect_mask(path: Path, kind: str, root: Path, shape: tuple[int, int]) -> n
 
 
 def learn_defects(models_dir: str | Path, store: ResultStore, product: str,
-                  good_images: str | Path | Iterable[str | Path], defects_folder: str | Path,
+                  good_images: str | Path | Iterable[str | Path] | None, defects_folder: str | Path,
                   min_defect_area: float | None = None, mm_per_px: float | None = None,
                   progress: Progress = no_progress, cancel: threading.Event | None = None,
                   device: str = "cpu", user: str | None = None) -> Model:
     """Train the defect classifier and segmentation head (core.supervised) of the product's model
-    from its good images (those it was trained on: their calibration distances are the model's)
-    and a folder of known defects (one subfolder a kind; masks as `_defect_mask` finds them), and
+    from its good images (those it was trained on: their calibration distances are the model's;
+    None: the folder the model records, rebuild_folder) and a folder of known defects (one subfolder a kind; masks as `_defect_mask` finds them), and
     save the model with them as its new version (an event). `min_defect_area` (camera pixels, or
     mm2 with `mm_per_px`) accepts smaller regions."""
     import cv2
@@ -905,7 +905,7 @@ def learn_defects(models_dir: str | Path, store: ResultStore, product: str,
     from .core.scoring import patch_scores, score_patches
 
     current = load_model(models_dir, product)
-    paths, origin = _images(good_images)
+    paths, origin = _images(rebuild_folder(current) if good_images is None else good_images)
     paths += taught_images(models_dir, product, paths)
     inspector = Inspector(current, device)
     good = training.extract_features(paths, inspector.extractor, current.settings, progress, cancel)

@@ -142,7 +142,7 @@ def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, 
     category = known_defects_category(tmp_path / "disc")
     where = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
     assert main(["train", str(category / "train" / "good"), "--product", "Disc"] + where) == 0
-    assert main(["train-defects", str(category / "train" / "good"), str(category / "test"), "--product", "Disc",
+    assert main(["train-defects", str(category / "test"), "--product", "Disc",  # the good folder the model records
                  "--min-defect-area", "5"] + where) == 0
     assert "12 known defect(s) of 2 kind(s) (12 with masks)" in capsys.readouterr().out
     model = load_model(tmp_path / "models", "Disc")  # signed, checked in full

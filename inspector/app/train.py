@@ -61,7 +61,7 @@ def _capture_and_train(job: Worker, product: str, source: str, frames: int, fold
     return _train(job, product, folder or captured, options, models_dir, store, user)
 
 
-def _learn(job: Worker, product: str, good_folder: str, defects_folder: str, min_defect_area: float,
+def _learn(job: Worker, product: str, good_folder: str | None, defects_folder: str, min_defect_area: float,
            mm_per_px: float | None, models_dir: Path, store, user: str):
     """Train the defect heads on known defects and save the new version (services.learn_defects)."""
     return services.learn_defects(models_dir, store, product, good_folder, defects_folder, min_defect_area, mm_per_px,
@@ -352,7 +352,7 @@ class TrainTab(QWidget):
             return
         product = self.session.product
         self.progress.begin("Reading the good images…", 2)
-        self._start(lambda model: self._learnt(product, model), _learn, product, self.folder.path(),
+        self._start(lambda model: self._learnt(product, model), _learn, product, self.folder.path() or None,
                     self.defects.path(), self.min_area.value(), self.mm_per_px.value() or None,
                     self.session.models_dir, self.session.store, self.session.who)
 
@@ -449,8 +449,8 @@ class TrainTab(QWidget):
         self.start.setToolTip(reason or "Start training")
         self.capture.setEnabled(not training and bool(session.product) and bool(self.camera.text().strip())
                                 and session.user.is_engineer and not session.line_running)
-        self.learn.setEnabled(not training and session.model is not None and bool(self.folder.path())
-                              and bool(self.defects.path()) and session.user.is_engineer and not session.line_running)
+        self.learn.setEnabled(not training and session.model is not None
+                              and bool(self.folder.path() or session.model.good_folder) and bool(self.defects.path()) and session.user.is_engineer and not session.line_running)
         self.cancel.setEnabled(training)
         for widget in (self.folder, self.camera, self.frames, self.backbone, self.defect_size, self.sampler,
                        self.ratio, self.defects, self.mm_per_px, self.min_area):
