@@ -23,7 +23,7 @@ from .core.model import Settings, describe_scale
 from .core.roi import describe_roi
 from .evaluation.methods import DEFAULT as DEFAULT_METHOD, METHODS
 from .errors import InspectorError
-from .store.results import text, yield_rate
+from .common import text, yield_rate
 
 EXIT_OK, EXIT_NG, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 

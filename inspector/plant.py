@@ -36,10 +36,11 @@ import psycopg
 from psycopg import conninfo, errors
 
 from . import services
+from .common import yield_rate
 from .core.model import BANK_FILE, META_FILE, load_model, version_folder
 from .errors import ModelError, PlantError
 from .station import Message, no_message
-from .store.results import COLUMNS, EVENT_COLUMNS, ResultStore, yield_rate
+from .store.results import COLUMNS, EVENT_COLUMNS, ResultStore
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import signing
+from .common import utc_time
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
@@ -44,7 +45,7 @@ from .sources.folder import FolderWatcher
 from .sources.trigger import Trigger
 from .station import (Message, Outcome, SourceStatus, Station, inspector_for, no_message, no_status, unique_path,
                       watch_camera, watch_folder)
-from .store.results import STATION, InspectionRecord, ResultStore, utc_time
+from .store.results import STATION, InspectionRecord, ResultStore
 from .users import Accounts, User
 
 log = logging.getLogger(__name__)

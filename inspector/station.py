@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .common import text, utc_time
 from .core.features import FeatureExtractor, Prepared
 from .core.model import Model, current_version, load_model
 from .core.profile import ADVICE, differences
@@ -30,7 +31,7 @@ from .drawing import overlay
 from .errors import IncompleteImage, InspectorError, SourceError, StoreError, describe
 from .frames import FrameKeeper, frame_file_name, part_name
 from .sources.trigger import Trigger
-from .store.results import InspectionRecord, NotLogged, ResultStore, text, utc_time
+from .store.results import InspectionRecord, NotLogged, ResultStore
 
 log = logging.getLogger(__name__)
 

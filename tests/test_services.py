@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 
 from inspector import services
+from inspector.common import login_name
 from inspector.core.model import Settings, current_version, load_model, save_model
 from inspector.errors import Cancelled, ModelError, StoreError, TrainingError
-from inspector.store.results import ResultStore, login_name
+from inspector.store.results import ResultStore
 from inspector.synthetic import write_parts
 
 

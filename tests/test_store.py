@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import as_unprivileged
 
+from inspector.common import login_name
 from inspector.errors import StoreError
-from inspector.store.results import SCHEMA_VERSION, InspectionRecord, NotLogged, ResultStore, login_name
+from inspector.store.results import SCHEMA_VERSION, InspectionRecord, NotLogged, ResultStore
 
 
 def rec(product="bolt", verdict="OK", **kw):

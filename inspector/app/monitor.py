@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDouble
                                QPushButton, QSlider, QStackedWidget, QVBoxLayout, QWidget)
 
 from .. import services
+from ..common import yield_rate
 from ..core.model import Model
 from ..core.profile import ADVICE
 from ..data.images import load_image
@@ -33,7 +34,7 @@ from ..lineio.line_io import LineIO, LineSettings
 from ..sources.camera import list_cameras
 from ..sources.trigger import Trigger
 from ..station import Outcome
-from ..store.results import InspectionRecord, ResultStore, yield_rate
+from ..store.results import InspectionRecord, ResultStore
 from .history import look
 from .session import Session, settings
 from .teaching import PartButtons

@@ -13,8 +13,9 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBo
                                QInputDialog, QLabel, QLineEdit, QMainWindow, QMessageBox, QPlainTextEdit,
                                QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from ..common import login_name
 from ..errors import InspectorError
-from ..store.results import ResultStore, login_name
+from ..store.results import ResultStore
 from ..users import MIN_PIN, Accounts, accounts_path
 from .calibrate import CalibrateTab
 from .history import HistoryTab

@@ -22,7 +22,6 @@ writes nothing twice. A row that cannot be replayed is set aside, not lost, in
 from __future__ import annotations
 
 import csv
-import getpass
 import hashlib
 import json
 import logging
@@ -35,6 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from inspector.common import login_name, text, utc_time
 from inspector.errors import StoreError
 from inspector.files import file_lock
 
@@ -45,11 +45,6 @@ SOURCES = ("file", "folder", "camera")
 EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
                "shift", "engineer", "publish", "install", "product", "resign", "key", "learn")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
-
-
-def yield_rate(ok: int, ng: int) -> float | None:
-    """The yield: OK of the judged parts (OK + NG; errors are not judged), None before any."""
-    return ok / (ok + ng) if ok + ng else None
 
 
 @dataclass
@@ -152,38 +147,6 @@ _INSERT = {
 }
 _SELECT = f"SELECT {', '.join(COLUMNS)}, id FROM inspections"
 _SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)}, id FROM events"
-
-
-def utc_time(value: str | datetime) -> str:
-    """``value`` as the log's time format: ISO-8601 UTC with milliseconds.
-    Naive values (no offset) are local time, as in ``datetime.astimezone``."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not an ISO-8601 date/time (e.g. 2024-05-01 or 2024-05-01T13:30:00)"
-            ) from None
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def text(value: str) -> str:
-    """A string that can be stored, printed and written as UTF-8. File names that are not
-    valid UTF-8 (a Latin-1 name from a Windows share or a camera) reach Python with lone
-    surrogates; their bytes are shown as \\xNN escapes, e.g. 'caf\\xe9.png'."""
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def login_name() -> str:
-    """The OS login name of the station user ("unknown" where the OS cannot say)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in the environment or the user database
-        return "unknown"
 
 
 def _plain(value):
