@@ -30,6 +30,7 @@ import sqlite3
 import stat
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,16 +136,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_INSERT = {
-    "inspections": (
-        f"INSERT INTO inspections ({', '.join(COLUMNS)}, uid) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
-        "ON CONFLICT DO NOTHING"
-    ),
-    "events": (
-        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, uid) VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))}) "
-        "ON CONFLICT DO NOTHING"
-    ),
-}
+_INSERT = {table: f"INSERT INTO {table} ({', '.join(columns)}, uid) VALUES ({', '.join('?' * (len(columns) + 1))}) "
+                  "ON CONFLICT DO NOTHING" for table, (_, columns) in TABLES.items()}
 _SELECT = f"SELECT {', '.join(COLUMNS)}, id FROM inspections"
 _SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)}, id FROM events"
 
@@ -170,6 +163,21 @@ def _reason(error: sqlite3.Error) -> str:
     if code == sqlite3.SQLITE_FULL:
         return "is on a full disk (free some space)"
     return f"cannot be used ({error})"
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection):
+    """A write transaction (BEGIN IMMEDIATE: the database's write lock first), committed at the
+    end unless the body committed it; anything raised rolls it back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        if db.in_transaction:
+            db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 class NotLogged(StoreError):
@@ -259,19 +267,13 @@ class ResultStore:
             )
         if version == SCHEMA_VERSION:
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             # Read again under the write lock: another process may have migrated meanwhile.
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for statements in MIGRATIONS[version:]:
                 for sql in statements:
                     db.execute(sql)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     # ---- writing -------------------------------------------------------------------
 
@@ -307,14 +309,8 @@ class ResultStore:
         row = self._row(table, item)
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(self._db):
                     cur = self._db.execute(_INSERT[table], self._values(table, row, uid))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as e:  # locked, read-only, damaged, disk full ...
                 reason = _reason(e)
                 self._keep(table, uid, row, reason, what)  # appended; nothing pending is read again
@@ -396,8 +392,7 @@ class ResultStore:
         versions (`<db>.pending-<id>.jsonl`) are replayed too."""
         if not (self._unsaved or self.journal_path.is_file() or self._claimed()):
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db):
             with file_lock(self._lock_path):
                 done, lines = [], []
                 for source in [self.journal_path] + self._claimed():
@@ -425,14 +420,10 @@ class ResultStore:
                                                     "from": str(source) if source else "memory"}))
                 if rejected:
                     _append_lines(self.rejected_path, rejected)  # durable before the journal goes
-                self._db.execute("COMMIT")
+                self._db.execute("COMMIT")  # under the file lock, before the journal goes
                 self._unsaved = []
                 for source in done:  # a crash before this replays them again: their ids make it harmless
                     source.unlink(missing_ok=True)
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
         if rejected:
             log.warning("%d pending row(s) could not be written into %s; they are kept in %s",
                         len(rejected), self.path, self.rejected_path)
@@ -499,8 +490,7 @@ class ResultStore:
         with self._lock:
             try:
                 self._replay()  # pending verdicts of the old name move with it
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(self._db):
                     taken = self._db.execute(
                         "SELECT (SELECT COUNT(*) FROM inspections WHERE product = ?) + "
                         "(SELECT COUNT(*) FROM events WHERE product = ?)", (text(new), text(new))).fetchone()[0]
@@ -511,11 +501,6 @@ class ResultStore:
                         self._db.execute(f"UPDATE {table} SET product = ? WHERE product = ?", (text(new), text(old)))
                     self._db.execute(_INSERT["events"], self._values("events", self._row("events", event),
                                                                      uuid.uuid4().hex))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as e:
                 raise StoreError(f"The history of '{old}' cannot be renamed: the result database "
                                  f"{self.path} {_reason(e)}.") from e
