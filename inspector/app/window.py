@@ -143,7 +143,7 @@ class ProductBar(QWidget):
         self.session.select(self.combo.currentData())
 
     def create(self, name: str) -> None:
-        if not self.session.allow("create a product"):
+        if not self.session.allow("create"):
             return
         try:
             self.reload(self.session.create(name))
@@ -153,7 +153,7 @@ class ProductBar(QWidget):
             self.session.info(f"Product '{self.session.product}' created: choose its good images and train it.")
 
     def rename(self, new_name: str) -> None:
-        if not self.session.allow("rename a product"):
+        if not self.session.allow("rename"):
             return
         try:
             self.reload(self.session.rename(new_name))
@@ -162,7 +162,7 @@ class ProductBar(QWidget):
 
     def delete(self) -> None:
         name = self.session.product
-        if not self.session.allow("delete a product"):
+        if not self.session.allow("delete"):
             return
         try:
             self.session.delete()
@@ -291,7 +291,7 @@ class MainWindow(QMainWindow):
         if plant_url:  # the log is shipped to the plant database while the window is open
             from ..plant import Shipper
 
-            session.shipper = Shipper(store, plant_url, models_dir=models_dir,
+            session.shipper = Shipper(store, plant_url,
                                       on_message=lambda level, text: session.message.emit(level, text)).start()
         self.idle_lock = IdleLock(session)
         self.products = ProductBar(session)
