@@ -65,7 +65,7 @@ KINDS = {
     "defect": Kind(None, "defect", "teach --defect", "This part is a defect"),
     "learn": Kind("train the defect heads of a product", "learn", "train-defects", "Train on known defects"),
     "rollback": Kind("roll back the model", "rollback", "rollback", "Roll back to this version"),
-    "resign": Kind("sign a model", "resign", "models --sign", "Sign this version"),
+    "resign": Kind("sign a model", "resign", "models --resign", "Sign this version"),
     "install": Kind("install a model", "install", "plant install", None),
     "publish": Kind("publish a model", "publish", "plant publish", None),
     "export key": Kind("export the signing key", "key", "key export", None),

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, Q
                                QScrollArea, QVBoxLayout, QWidget)
 
 from .. import services
-from ..changes import rebuild_folder
+from ..changes import KINDS, rebuild_folder
 from ..core.model import Model
 from ..errors import TrainingError
 from .session import Session, confirm_on_running_line, settings
@@ -82,7 +82,7 @@ class CalibrateTab(QWidget):
         self.proposal.setWordWrap(True)
         self.proposal.hide()
         self.separate.clicked.connect(self.use_separating_threshold)
-        self.apply = QPushButton(icon("check"), "Apply sensitivity")
+        self.apply = QPushButton(icon("check"), KINDS["sensitivity"].label)
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
         self.locked = lock_note()
@@ -93,7 +93,7 @@ class CalibrateTab(QWidget):
         self.defect_progress = ProgressPanel()
 
         self.ratio = percent_box()
-        self.rebuild = QPushButton(icon("refresh"), "Rebuild memory bank")
+        self.rebuild = QPushButton(icon("refresh"), KINDS["bank"].label)
         self.rebuild.clicked.connect(self.rebuild_bank)
         self.rebuild_note = QLabel()
         self.rebuild_note.setWordWrap(True)

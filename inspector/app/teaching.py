@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QButtonGroup, QFileDialog, QGraphicsPolygonItem, 
                                QVBoxLayout, QWidget)
 
 from .. import services
-from ..changes import Taught
+from ..changes import KINDS, Taught
 from ..core.roi import Shape, describe_roi, roi_from_shapes
 from ..data.images import load_image
 from ..errors import TrainingError
@@ -80,10 +80,10 @@ class PartButtons(QWidget):
         super().__init__()
         self.session = session
         self.record: InspectionRecord | None = None
-        self.good = QPushButton(icon("check"), "This part is good")
+        self.good = QPushButton(icon("check"), KINDS["teach"].label)
         self.good.setToolTip("Teach it: its patches join the memory bank and its score the calibration "
                              "(a new model version; the good images are not read again)")
-        self.defect = QPushButton("This part is a defect")
+        self.defect = QPushButton(KINDS["defect"].label)
         self.defect.setToolTip("Add it to the product's known defects, which Calibrate scores")
         self.good.clicked.connect(lambda: self.teach(True))
         self.defect.clicked.connect(lambda: self.teach(False))
@@ -100,7 +100,7 @@ class PartButtons(QWidget):
         self.record = record if usable else None
         engineer = self.session.may("teach")
         self.good.setEnabled(usable and engineer)  # it changes the model
-        self.good.setText("This part is good" if engineer else "This part is good (engineer only)")
+        self.good.setText(KINDS["teach"].label + ("" if engineer else " (engineer only)"))
         self.defect.setEnabled(usable)  # a known defect only feeds Calibrate: an operator may confirm one
 
     def teach(self, good: bool) -> Worker | None:
@@ -207,7 +207,7 @@ class RegionEditor(QWidget):
         self.clear = QPushButton("Whole image")
         self.clear.setToolTip("Remove every area: inspect the whole image")
         self.clear.clicked.connect(self.clear_shapes)
-        self.save = QPushButton(icon("check"), "Save region")
+        self.save = QPushButton(icon("check"), KINDS["region"].label)
         self.save.setObjectName("primary")
         self.save.clicked.connect(self.save_region)
         self.status = QLabel("Open a good image of the product, then draw where to inspect.")
@@ -378,9 +378,9 @@ class VersionsPanel(QWidget):
         self.change = QLabel()  # what changed in the selected version, whole (the column is cut short)
         self.change.setWordWrap(True)
         self.change.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.rollback = QPushButton(icon("refresh"), "Roll back to this version")
+        self.rollback = QPushButton(icon("refresh"), KINDS["rollback"].label)
         self.rollback.clicked.connect(lambda: self.roll_back())  # not clicked(checked=False) as `confirm`
-        self.resign = QPushButton(icon("refresh"), "Sign this version")
+        self.resign = QPushButton(icon("refresh"), KINDS["resign"].label)
         self.resign.setToolTip("A version this station refuses as unsigned (an older Inspector's, another "
                                "station's, or edited): sign it, once you have checked it, as the next version")
         self.resign.clicked.connect(lambda: self.sign())

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, Q
                                QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from .. import services
-from ..changes import Changes
+from ..changes import KINDS, Changes
 from ..core.backbones import BACKBONES
 from ..core.features import REFERENCE_SIDE, default_defect_size, find_graph
 from ..core.model import Settings, describe_scale
@@ -136,7 +136,7 @@ class TrainTab(QWidget):
             self.sampler.addItem(text, name)
         self.ratio = percent_box()
 
-        self.start = QPushButton(icon("start"), "Start training")
+        self.start = QPushButton(icon("start"), KINDS["train"].label)
         self.start.setObjectName("primary")
         self.start.clicked.connect(self.start_training)
         self.cancel = QPushButton(icon("stop"), "Cancel")
@@ -158,7 +158,7 @@ class TrainTab(QWidget):
         self.min_area.setSpecialValueText("None: every defect rejects")
         self.min_area.setToolTip("A region smaller than this is accepted: the part stays OK")
         self.mm_per_px.valueChanged.connect(lambda v: self.min_area.setSuffix(" mm²" if v else " px"))
-        self.learn = QPushButton(icon("start"), "Train on known defects")
+        self.learn = QPushButton(icon("start"), KINDS["learn"].label)
         self.learn.setToolTip("Train a defect classifier and a segmentation head (from the masks) on the known "
                               "defects and the good images above; saved as a new version")
         self.learn.clicked.connect(self.learn_defects)
@@ -445,7 +445,7 @@ class TrainTab(QWidget):
                               and session.may("train") and not session.line_running)
         reason = session.locked_reason("train", stopped_line=True) if session.product else ""
         show_lock(self.locked, reason)
-        self.start.setToolTip(reason or "Start training")
+        self.start.setToolTip(reason or KINDS["train"].label)
         self.capture.setEnabled(not training and bool(session.product) and bool(self.camera.text().strip())
                                 and session.may("train") and not session.line_running)
         self.learn.setEnabled(not training and session.model is not None

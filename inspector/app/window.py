@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBo
                                QInputDialog, QLabel, QLineEdit, QMainWindow, QMessageBox, QPlainTextEdit,
                                QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from ..changes import KINDS
 from ..errors import InspectorError
 from ..store.results import ResultStore, login_name
 from ..users import MIN_PIN, Accounts, accounts_path
@@ -114,9 +115,9 @@ class ProductBar(QWidget):
         layout.addWidget(title)
         layout.addWidget(self.combo)
         self.buttons = []
-        for text, name, slot in (("New…", "add", self._ask_new), ("Rename…", "edit", self._ask_rename),
-                                 ("Delete", "delete", self._ask_delete)):
-            button = QPushButton(icon(name), text)
+        for kind, name, slot in (("create", "add", self._ask_new), ("rename", "edit", self._ask_rename),
+                                 ("delete", "delete", self._ask_delete)):
+            button = QPushButton(icon(name), KINDS[kind].label)
             button.clicked.connect(slot)
             layout.addWidget(button)
             self.buttons.append(button)
@@ -230,7 +231,7 @@ class ProductBar(QWidget):
         self.level.setProperty("engineer", engineer)
         self.level.style().unpolish(self.level)
         self.level.style().polish(self.level)
-        self.unlock.setText("Lock" if engineer else "Engineer…")
+        self.unlock.setText("Lock" if engineer else KINDS["engineer"].label)
         self.unlock.setIcon(icon("unlock" if engineer else "lock"))
         self.unlock.setToolTip("Back to the operator level" if engineer else
                                "Unlock the engineer level (train, sensitivity, memory bank, products)")
