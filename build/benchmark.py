@@ -22,6 +22,7 @@ from pathlib import Path
 import inspector  # noqa: F401 - first: it sets how numpy's BLAS threads wait, read when numpy loads
 import numpy as np
 
+from inspector.changes import Changes
 from inspector import services
 from inspector.cli import ProgressLine
 from inspector.core.model import Model, Settings, load_model, save_model
@@ -111,7 +112,7 @@ def teaching(model: Model, samples: list[TestSample], inspector: Inspector) -> d
         save_model(model, tmp)
         for path in taught_paths:
             t = time.perf_counter()
-            services.teach(tmp, store, model.product, [path])
+            Changes(tmp, store).teach(model.product, [path])
             seconds.append(time.perf_counter() - t)
         taught = Inspector(load_model(tmp, model.product), extractor=inspector.extractor)
     labels = np.array([s.label for s in rest])

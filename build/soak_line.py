@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fcntl  # noqa: E402,F401 - imported before dropping privileges (the stdlib may be unreadable then)
 
+from inspector.changes import Changes
 from inspector import services  # noqa: E402
 from inspector.core.model import Settings, load_model  # noqa: E402
 from inspector.store.results import ResultStore  # noqa: E402
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
     try:
         models = root / "models"
         with ResultStore(root / "train.db") as store:
-            services.train(models, store, PRODUCT, write_parts(root / "good", 20), Settings())
+            Changes(models, store).train(PRODUCT, write_parts(root / "good", 20), Settings())
         results = []
         for fault in (pipe_and_device, changing_while_queued, read_only_db, full_disk):
             started = time.monotonic()

@@ -49,13 +49,13 @@ class ProgressLine:
 
 
 def _checked(check):
-    """An argparse type from a service's check (inspector.services): a bad value is an argument
+    """An argparse type from a check of inspector.changes: a bad value is an argument
     error, said before any work."""
     def convert(text: str) -> float:
-        from . import services
+        from . import changes
 
         try:
-            return getattr(services, check)(float(text))
+            return getattr(changes, check)(float(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         except InspectorError as exc:
@@ -154,12 +154,18 @@ def _pin(what: str) -> str:
     return pin
 
 
-def _engineer(args, what: str) -> str | None:
-    """Who may `what` (change a model or a product), as in the window: on a station with an
-    engineer PIN only the engineer (`_pin`); returns the user the change is recorded under.
-    Without a PIN set: None (the change is recorded under the OS login name)."""
+def _changes(args, store, kind: str):
+    """The owner of changes (inspector.changes) for a change of `kind`, made by whoever the
+    command line has: on a station with an engineer PIN the engineer (the PIN from `_pin`);
+    without one nobody signed in (recorded under the OS login name). Checked before any work."""
+    from .changes import KINDS, Changes
+
     accounts = _accounts(args)
-    return str(accounts.unlock(_pin(what))) if accounts.is_set_up() else None
+    permission = KINDS[kind].permission
+    user = accounts.unlock(_pin(permission)) if permission and accounts.is_set_up() else None
+    changes = Changes(args.models_dir, store, user, accounts)
+    changes.check(kind)
+    return changes
 
 
 def _print_outcome(outcome) -> None:
@@ -276,7 +282,8 @@ def _start_shipper(args, store):
     from .plant import Shipper
 
     follow = [args.product] if getattr(args, "follow", False) else []
-    return Shipper(store, url, follow=follow, models_dir=args.models_dir, on_message=_say).start()
+    changes = _changes(args, store, "install") if follow else None
+    return Shipper(store, url, follow=follow, changes=changes, on_message=_say).start()
 
 
 def _stop_shipper(shipper) -> None:
@@ -325,13 +332,13 @@ def cmd_plant(args) -> int:
             print(status.describe())
         return EXIT_OK if status.connected else EXIT_ERROR
     if action in ("publish", "install"):
-        user = _engineer(args, f"{action} a model")
         with _open_store(args) as store:
+            changes = _changes(args, store, action)
             if action == "publish":
-                number = plant.publish(url, args.models_dir, store, args.product, args.version, user)
+                number = plant.publish(url, changes, args.product, args.version)
                 print(f"Published '{args.product}' as plant version {number}.")
             else:
-                model = plant.install(url, args.models_dir, store, args.product, args.version, user)
+                model = plant.install(url, changes, args.product, args.version)
                 print(f"Installed as version {model.version} of '{model.product}': {model.change}")
         return EXIT_OK
     view = plant.plant_view(url, args.hours, args.silent_after)
@@ -373,7 +380,7 @@ def _line_io(args, store):
 
 
 def cmd_train(args) -> int:
-    from .services import capture_good_frames, known_defects, score_defects, taught_dir, train, trained_text
+    from .services import capture_good_frames, known_defects, score_defects, taught_dir, trained_text
 
     from .core.roi import roi_from_mask
 
@@ -381,20 +388,19 @@ def cmd_train(args) -> int:
         print("error: give the folder of good images, or --camera SOURCE to take them from a camera",
               file=sys.stderr)
         return EXIT_ERROR
-    user = _engineer(args, "train a product")
-    roi = roi_from_mask(args.roi) if args.roi else None
-    images = args.good_dir
-    if args.camera is not None:
-        folder = taught_dir(args.models_dir, args.product)
-        captured = capture_good_frames(args.camera, args.frames, folder, ProgressLine(), interval_s=args.every)
-        print(f"Captured {len(captured)} frame(s) of good parts from {args.camera} into {folder}: every later "
-              f"training of '{args.product}' uses them (delete one there to leave it out).", file=sys.stderr)
-        images = args.good_dir or captured
-    print(f"Training '{args.product}' from {args.good_dir or f'{len(images)} camera frame(s)'}", file=sys.stderr)
-    settings = _settings(args, args.good_dir or folder)
     with _open_store(args) as store:
-        model, good = train(args.models_dir, store, args.product, images, settings,
-                            ProgressLine(), None, args.device, user=user, roi=roi)
+        changes = _changes(args, store, "train")
+        roi = roi_from_mask(args.roi) if args.roi else None
+        images = args.good_dir
+        if args.camera is not None:
+            folder = taught_dir(args.models_dir, args.product)
+            captured = capture_good_frames(args.camera, args.frames, folder, ProgressLine(), interval_s=args.every)
+            print(f"Captured {len(captured)} frame(s) of good parts from {args.camera} into {folder}: every later "
+                  f"training of '{args.product}' uses them (delete one there to leave it out).", file=sys.stderr)
+            images = args.good_dir or captured
+        print(f"Training '{args.product}' from {args.good_dir or f'{len(images)} camera frame(s)'}", file=sys.stderr)
+        settings = _settings(args, args.good_dir or folder)
+        model, good = changes.train(args.product, images, settings, ProgressLine(), None, args.device, roi=roi)
     for path, reason in good.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
     s = model.settings
@@ -411,12 +417,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_defects(args) -> int:
-    from .services import learn_defects, learnt_text
+    from .services import learnt_text
 
-    user = _engineer(args, "train the defect heads of a product")
     with _open_store(args) as store:
-        model = learn_defects(args.models_dir, store, args.product, args.good_dir, args.defects_dir,
-                              args.min_defect_area, args.mm_per_px, ProgressLine(), None, args.device, user=user)
+        model = _changes(args, store, "learn").learn_defects(args.product, args.good_dir, args.defects_dir,
+                                                             args.min_defect_area, args.mm_per_px, ProgressLine(),
+                                                             None, args.device)
     print(learnt_text(model))
     return EXIT_OK
 
@@ -428,33 +434,31 @@ def _rate(model) -> str:
 def cmd_roi(args) -> int:
     from .core.model import load_model
     from .core.roi import roi_from_mask
-    from .services import set_roi
 
     if (args.mask is None) == (not args.clear):
         print("error: give a mask image (white = inspect) or --clear to inspect the whole image", file=sys.stderr)
         return EXIT_ERROR
-    user = _engineer(args, "change the inspection region")
-    before = load_model(args.models_dir, args.product)
-    roi = None if args.clear else roi_from_mask(args.mask)
     with _open_store(args) as store:
-        model = set_roi(args.models_dir, store, args.product, roi, user=user)
+        changes = _changes(args, store, "region")
+        before = load_model(args.models_dir, args.product)
+        roi = None if args.clear else roi_from_mask(args.mask)
+        model = changes.set_region(args.product, roi)
     print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
           f"{model.threshold:.4g}, expected false rejects {_rate(before)} -> {_rate(model)}")
     return EXIT_OK
 
 
 def cmd_teach(args) -> int:
-    from .services import add_known_defects, taught_dir, teach
+    from .services import taught_dir
 
     files = _files(args.paths)
     with _open_store(args) as store:
         if args.defect:
-            copies = add_known_defects(args.models_dir, store, args.product, files)
+            copies = _changes(args, store, "defect").add_known_defects(args.product, files)
             print(f"Added {len(copies)} image(s) to the known defects of '{args.product}' "
                   f"({copies[0].parent}); 'inspector calibrate --product {args.product}' scores them.")
             return EXIT_OK
-        user = _engineer(args, "teach the model a good part")
-        taught = teach(args.models_dir, store, args.product, files, args.device, user=user, extractors={})
+        taught = _changes(args, store, "teach").teach(args.product, files, args.device, extractors={})
     before, model = taught.before, taught.model
     for path, reason in taught.skipped:
         print(f"SKIPPED {reason}", file=sys.stderr)
@@ -470,12 +474,11 @@ def cmd_teach(args) -> int:
 
 def cmd_rollback(args) -> int:
     from .core.model import load_model
-    from .services import rollback
 
-    user = _engineer(args, "roll back the model")
-    before = load_model(args.models_dir, args.product)
     with _open_store(args) as store:
-        model = rollback(args.models_dir, store, args.product, args.version, user=user)
+        changes = _changes(args, store, "rollback")
+        before = load_model(args.models_dir, args.product)
+        model = changes.rollback(args.product, args.version)
     print(f"'{model.product}' version {model.version}: {model.change}; threshold {before.threshold:.4g} -> "
           f"{model.threshold:.4g}")
     return EXIT_OK
@@ -528,16 +531,16 @@ def cmd_camera(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .core.model import load_model
-    from .services import known_defects, propose_threshold, rates, score_defects, set_sensitivity
+    from .services import known_defects, propose_threshold, rates, score_defects
 
     if args.defects is not None and not args.defects.is_dir():
         print(f"error: the folder of known defects {args.defects} does not exist", file=sys.stderr)
         return EXIT_ERROR
     if args.sigma is not None:
-        user = _engineer(args, "change the sensitivity")
-        before = load_model(args.models_dir, args.product)
         with _open_store(args) as store:
-            model = set_sensitivity(args.models_dir, store, args.product, args.sigma, user=user)
+            changes = _changes(args, store, "sensitivity")
+            before = load_model(args.models_dir, args.product)
+            model = changes.set_sensitivity(args.product, args.sigma)
         print(f"'{model.product}' version {model.version}: sensitivity {before.settings.sigma:g} -> "
               f"{model.settings.sigma:g}, threshold {before.threshold:.4g} -> {model.threshold:.4g}")
     else:
@@ -574,34 +577,29 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_rebuild(args) -> int:
-    from .services import rebuild_bank
-
-    user = _engineer(args, "rebuild the memory bank")
     with _open_store(args) as store:
-        model, _ = rebuild_bank(args.models_dir, store, args.product, args.sampling_ratio, images=args.good_dir,
-                                progress=ProgressLine(), device=args.device, user=user)
+        model, _ = _changes(args, store, "bank").rebuild_bank(args.product, args.sampling_ratio, images=args.good_dir,
+                                                              progress=ProgressLine(), device=args.device)
     print(f"'{model.product}' version {model.version}: {model.change}; memory bank {len(model.memory_bank)} "
           f"patches, threshold {model.threshold:.4g}")
     return EXIT_OK
 
 
 def cmd_products(args) -> int:
-    from . import services
-
     if args.action == "delete" and not args.yes:
         print(f"Deleting '{args.name}' removes every version of its model (its history stays in "
               f"the log). Add --yes to delete it.", file=sys.stderr)
         return EXIT_ERROR
-    user = _engineer(args, f"{args.action} a product")
     with _open_store(args) as store:
+        changes = _changes(args, store, args.action)
         if args.action == "create":
-            services.create_product(args.models_dir, store, args.name, user=user)
+            changes.create_product(args.name)
             print(f"Created '{args.name}'; train it with: inspector train GOOD_DIR --product '{args.name}'")
         elif args.action == "rename":
-            new = services.rename_product(args.models_dir, store, args.name, args.new_name, user=user)
+            new = changes.rename_product(args.name, args.new_name)
             print(f"Renamed '{args.name}' to '{new}'; its history in the log moved with it.")
         else:
-            services.delete_product(args.models_dir, store, args.name, user=user)
+            changes.delete_product(args.name)
             print(f"Deleted '{args.name}'; its history stays in the log.")
     return EXIT_OK
 
@@ -643,32 +641,28 @@ def cmd_models(args) -> int:
 
 
 def _resign(args) -> int:
-    from .services import describe_model, resign
+    from .changes import describe_model
 
     if not args.product:
         print("error: --resign needs --product (and --version, else the newest)", file=sys.stderr)
         return EXIT_ERROR
-    user = _engineer(args, "sign a model")
     with _open_store(args) as store:
-        old, saved = resign(args.models_dir, store, args.product, args.version, user=user)
+        old, saved = _changes(args, store, "resign").resign(args.product, args.version)
     print(f"Signed '{saved.product}' {describe_model(old)}\n  as version {saved.version} (id {saved.model_id}); "
           f"the line uses it from its next part.")
     return EXIT_OK
 
 
 def cmd_key(args) -> int:
-    from .services import export_key, import_key
-
     with _open_store(args) as store:
+        changes = _changes(args, store, f"{args.action} key")
         if args.action == "export":
-            user = _engineer(args, "export the signing key")
-            fingerprint = export_key(args.models_dir, store, args.file, user=user)
+            fingerprint = changes.export_key(args.file)
             print(f"Wrote this station's signing key ({fingerprint}) to {args.file}. Whoever holds it can sign "
                   f"models for every station that imports it: carry it on a trusted medium, import it on the "
                   f"other stations (inspector key import), then delete the file.")
             return EXIT_OK
-        user = _engineer(args, "import a signing key")
-        fingerprint, signed = import_key(args.models_dir, store, args.file, args.resign, user=user)
+        fingerprint, signed = changes.import_key(args.file, args.resign)
     print(f"This station now signs and verifies models with the key {fingerprint} of {args.file}.")
     for model in signed:
         print(f"Signed '{model.product}' with it as version {model.version}: {model.change}")
@@ -678,8 +672,8 @@ def cmd_key(args) -> int:
 def cmd_engineer(args) -> int:
     import getpass
 
+    from .changes import Changes
     from .files import read_regular
-    from .services import set_engineer
 
     accounts = _accounts(args)
     had = accounts.engineer_name()
@@ -700,7 +694,7 @@ def cmd_engineer(args) -> int:
         if getpass.getpass("New engineer PIN again: ") != pin:
             raise InspectorError("The two PINs differ: type the same PIN twice.")
     with _open_store(args) as store:
-        user = set_engineer(accounts, store, args.name, pin, old_pin)
+        user = Changes(args.models_dir, store, accounts=accounts).set_engineer(args.name, pin, old_pin)
     print(f"Engineer PIN {'changed' if had else 'set'} for {user.name}: only the engineer changes models and "
           f"products on this station now.")
     return EXIT_OK
@@ -735,10 +729,10 @@ def cmd_history(args) -> int:
 
 
 def cmd_shift(args) -> int:
-    from .services import new_shift, shift_start
+    from .services import shift_start
 
     with _open_store(args) as store:
-        start = new_shift(store) if args.new else shift_start(store)
+        start = _changes(args, store, "shift").new_shift() if args.new else shift_start(store)
         if start is None:
             print("No shift has started on this station yet: inspector shift --new starts one.")
             return EXIT_OK

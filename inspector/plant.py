@@ -11,7 +11,7 @@ the store and the services never import psycopg.
   plant_schema.sql).
 - Models: an engineer publishes a kept version (its two files, their checksum, who, when);
   a station lists them and installs one, checked against the checksum and in full before it
-  becomes the product's new local version (services.install_model). Following a product,
+  becomes the product's new local version (Changes.install). Following a product,
   the shipper installs each newly published version, and the line switches to it between
   two parts.
 - The plant view: stations, model versions, counts, yield and NG rate per hour and per station.
@@ -35,7 +35,7 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo, errors
 
-from . import services
+from .changes import Changes
 from .common import yield_rate
 from .core.model import BANK_FILE, META_FILE, load_model, version_folder
 from .errors import ModelError, PlantError
@@ -191,13 +191,13 @@ class PlantStatus:
 
 class Shipper:
     """Ships the log to the plant database, in order, exactly once; and, for the products in
-    `follow`, installs newly published model versions into `models_dir`."""
+    `follow`, installs newly published model versions through `changes` (inspector.changes)."""
 
     def __init__(self, store: ResultStore, url: str, batch: int = BATCH, interval_s: float = 1.0,
-                 follow: tuple[str, ...] | list[str] = (), models_dir: str | Path | None = None,
-                 on_message: Message = no_message, user: str | None = None):
+                 follow: tuple[str, ...] | list[str] = (), changes: Changes | None = None,
+                 on_message: Message = no_message):
         self.store, self.url, self.batch, self.interval_s = store, _checked(url), batch, interval_s
-        self.follow, self.models_dir, self.on_message, self.user = tuple(follow), models_dir, on_message, user
+        self.follow, self.changes, self.on_message = tuple(follow), changes, on_message
         self.clock = lambda: datetime.now(timezone.utc)  # the station's clock, reported with each batch
         self._con: psycopg.Connection | None = None
         self._status = PlantStatus()
@@ -269,7 +269,7 @@ class Shipper:
                 newest = newest_published(self._con, product)
                 if newest is None or newest <= _installed(self.store, product) or self._refused.get(product) == newest:
                     continue
-                model = install(self.url, self.models_dir, self.store, product, newest, self.user)
+                model = install(self.url, self.changes, product, newest)
             except ModelError as exc:  # refused (changed bytes, a damaged model): said once, tried no more
                 self._refused[product] = newest
                 self.on_message("error", f"Published version {newest} of '{product}' is not installed: {exc}")
@@ -356,12 +356,13 @@ def newest_published(con: psycopg.Connection, product: str) -> int | None:
     return version
 
 
-def publish(url: str, models_dir: str | Path, store: ResultStore, product: str, version: int | None = None,
-            user: str | None = None) -> int:
+def publish(url: str, changes: Changes, product: str, version: int | None = None) -> int:
     """Publish a kept version of the product (default: its current one), checked in full, as
     the product's next published version; returns that number (the number it already has
     when the same files are the newest published). Two stations publishing at once get two
-    numbers. Only an engineer's login (inspector_engineer) may."""
+    numbers. Only an engineer's login (inspector_engineer) may, for a user `changes` allows."""
+    changes.check("publish")
+    models_dir, store = changes.models_dir, changes.store
     model = load_model(models_dir, product, version)
     folder = version_folder(models_dir, product, model.version)
     model_json, bank = (folder / META_FILE).read_bytes(), (folder / BANK_FILE).read_bytes()
@@ -388,7 +389,7 @@ def publish(url: str, models_dir: str | Path, store: ResultStore, product: str, 
         except psycopg.Error as exc:
             raise _lost(url, exc) from None
     _remember(store, product, number)
-    services.record_published(store, model, f"plant version {number}", user)
+    changes.published(model, f"plant version {number}")
     return number
 
 
@@ -425,10 +426,10 @@ def published(url: str, product: str | None = None) -> list[Published]:
     return [Published(*row) for row in rows]
 
 
-def install(url: str, models_dir: str | Path, store: ResultStore, product: str, version: int | None = None,
-            user: str | None = None):
+def install(url: str, changes: Changes, product: str, version: int | None = None):
     """Install a published version (default: the newest) as the product's new local version,
     after checking its files against their checksum and the model in full; returns the model."""
+    changes.check("install")
     with connect(url) as con:
         try:
             row = con.execute(
@@ -453,8 +454,8 @@ def install(url: str, models_dir: str | Path, store: ResultStore, product: str, 
         # the model's own checksums and every field; not the publishing station's signature (its key
         # is not here): the plant's checksum vouches for the files, and saving signs them with ours
         model = load_model(tmp, product, signed=False)
-    saved = services.install_model(models_dir, store, model, f"installed {p.describe()}: {p.change or '-'}", user)
-    _remember(store, product, p.version)
+    saved = changes.install(model, f"installed {p.describe()}: {p.change or '-'}")
+    _remember(changes.store, product, p.version)
     return saved
 
 

@@ -1,44 +1,27 @@
-"""Every operator action as a plain function: the command line and the desktop application
-call these, so that a feature of one is a feature of the other. No Qt here.
-
-A change of what decides a verdict (training, sensitivity, memory-bank rebuild, inspection
-region, teaching, roll-back) saves a new model version (inspector.core.model) and, like a product's creation, rename and deletion,
-is recorded as an event in the result log: who (the station user: `user`, else the OS
-login name), when, old -> new. A running line switches to a new version between items.
-When saving a change fails, nothing is recorded and the model on disk stays as it was.
+"""Every operator action that changes no model, as a plain function: inspecting, the line,
+scores and rates, the shift, the product folders' files. The command line and the desktop
+application call these, so that a feature of one is a feature of the other; every change of a
+model or a product goes through inspector.changes. No Qt here.
 
 Long work takes `progress(stage, done, total)` and a `cancel` threading.Event."""
 from __future__ import annotations
 
-import logging
-import math
 import os
-import shutil
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from . import signing
-from .common import utc_time
-from .core import training
-from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
-from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
-                         list_versions, load_model, rename_model, save_model, separating_threshold, signed_with,
-                         with_sigma)
-from .core.product_numbers import product_numbers, rename_number
-from .core.profile import profile_of, widened
-from .core.roi import describe_roi
-from .core.scoring import Inspector, Region, Result
+from .core.model import Model, check_product_name, list_models, list_versions, load_model, separating_threshold
+from .core.scoring import Region, Result
 from .core.supervised import probability
-from .core.training import GoodFeatures
 from .data.images import list_images, load_image, read_ahead, save_image
-from .errors import Cancelled, InspectorError, ModelError, SourceError, StoreError, TrainingError, describe
+from .errors import Cancelled, InspectorError, SourceError, StoreError, TrainingError, describe
 from .frames import FrameKeeper
 from .sources.camera import Camera
 from .sources.folder import FolderWatcher
@@ -46,71 +29,13 @@ from .sources.trigger import Trigger
 from .station import (Message, Outcome, SourceStatus, Station, inspector_for, no_message, no_status, unique_path,
                       watch_camera, watch_folder)
 from .store.results import STATION, InspectionRecord, ResultStore
-from .users import Accounts, User
 
-log = logging.getLogger(__name__)
-
-
-# ---- events ------------------------------------------------------------------------------
-
-def describe_model(model: Model | None) -> str | None:
-    """A model version as an event's old or new value."""
-    if model is None:
-        return None
-    s = model.settings
-    return (f"version {model.version} (id {model.model_id}): threshold {model.threshold:.6g} at sensitivity "
-            f"{s.sigma:g}; memory bank {len(model.memory_bank)} patches ({s.sampler}, ratio {s.sampling_ratio:g}); "
-            f"{s.backbone}, {describe_scale(s.defect_size, s.image_size)}; inspecting {describe_roi(model.roi)}")
-
-
-def _record(store: ResultStore, product: str, kind: str, old: str | None, new: str | None,
-            detail: str | None, user: str | None) -> None:
-    """Record an event; a log that cannot be written now keeps it for later (see ResultStore)."""
-    try:
-        store.record_event(product, kind, old, new, detail, user)
-    except StoreError as exc:
-        log.warning("the %s event of '%s' is not in the log yet: %s", kind, product, exc)
-
-
-def _save_version(model: Model, models_dir: str | Path, change: str | None = None) -> Model:
-    """Save the model as the product's new version, made now (a sensitivity, a region, a taught
-    part or a roll-back is a version of its own time, not of the training it comes from)."""
-    return save_model(replace(model, created=datetime.now(timezone.utc).isoformat(timespec="seconds")),
-                      models_dir, change)
-
-
-def _current(models_dir: Path, product: str) -> Model | None:
-    """The product's model, None when it has none or it cannot be loaded."""
-    try:
-        return load_model(models_dir, product)
-    except InspectorError:
-        return None
-
-
-# ---- the station: shifts and the engineer --------------------------------------------------------
+# ---- the station's shift ------------------------------------------------------------------------
 
 def shift_start(store: ResultStore) -> str | None:
     """When the current shift started (ISO UTC), None before the station's first shift."""
     shifts = [e for e in store.events(STATION, limit=50) if e.kind == "shift"]
     return shifts[0].new if shifts else None
-
-
-def new_shift(store: ResultStore, user: str | None = None) -> str:
-    """Start a new shift now: its counters start from zero (the log keeps everything). Returns
-    its start time. Recorded as an event (old start -> new start)."""
-    start = utc_time(datetime.now(timezone.utc))
-    _record(store, STATION, "shift", shift_start(store), start, None, user)
-    return start
-
-
-def set_engineer(accounts: Accounts, store: ResultStore, name: str, pin: str, old_pin: str | None = None) -> User:
-    """Set the engineer's name and PIN (the first time freely, later with the current PIN);
-    recorded as an event, the PIN itself never."""
-    had = accounts.engineer_name()
-    user = accounts.set_engineer(name, pin, old_pin)
-    _record(store, STATION, "engineer", had, user.name, "engineer PIN set" if had is None else "engineer PIN changed",
-            str(user))
-    return user
 
 
 # ---- products -------------------------------------------------------------------------------
@@ -120,88 +45,7 @@ def products(models_dir: str | Path) -> list[dict]:
     return list_models(models_dir)
 
 
-def create_product(models_dir: str | Path, store: ResultStore, name: str, user: str | None = None) -> str:
-    """A new, untrained product (an empty folder). Returns its name as stored."""
-    name = check_product_name(name)
-    folder = Path(models_dir) / name
-    if folder.exists():
-        raise ModelError(f"A product named '{name}' already exists.")
-    try:
-        folder.mkdir(parents=True)
-    except OSError as exc:
-        raise ModelError(f"Cannot create the product '{name}' in {models_dir}: {exc}") from exc
-    product_numbers(models_dir)  # its number, given now
-    _record(store, name, "create", None, name, None, user)
-    return name
-
-
-def rename_product(models_dir: str | Path, store: ResultStore, product: str, new_name: str,
-                   user: str | None = None) -> str:
-    """Rename a product: its model versions, and its history in the log, which keeps every
-    verdict and event under the new name, and its product number. Returns the new name."""
-    new_name = check_product_name(new_name)
-    rename_number(models_dir, product, new_name)
-    try:
-        rename_model(models_dir, product, new_name)
-        try:
-            store.rename_product(product, new_name, user)
-        except StoreError:
-            rename_model(models_dir, new_name, product)  # the history could not follow: undo
-            raise
-    except InspectorError:
-        rename_number(models_dir, new_name, product)
-        raise
-    return new_name
-
-
-def delete_product(models_dir: str | Path, store: ResultStore, product: str, user: str | None = None) -> None:
-    """Delete a product and every version of its model; its history stays in the log."""
-    old = _current(Path(models_dir), product)
-    delete_model(models_dir, product)
-    _record(store, product, "delete", describe_model(old) or "untrained", None, None, user)
-
-
-# ---- checking what is asked, before any work ------------------------------------------------
-
-def check_sensitivity(sigma) -> float:
-    """The sensitivity k (threshold = median + k robust spreads of the good scores): 0 or more."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
-        raise TrainingError(f"The sensitivity must be a number of 0 or more (3 is usual), not {sigma!r}.")
-    if sigma < 0:
-        raise TrainingError(f"The sensitivity must be 0 or more (3 is usual), not {sigma:g}: below 0 the threshold "
-                            f"falls under the typical good part's score and most good parts are rejected.")
-    return float(sigma)
-
-
-def check_sampling_ratio(ratio) -> float:
-    """The share of patch features kept in the memory bank: more than 0, at most 1."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise TrainingError(f"The sampling ratio is a share of the patch features: more than 0 and at most 1 "
-                            f"(0.01 is usual), not {ratio!r}.")
-    return float(ratio)
-
-
-def check_settings(settings: Settings) -> Settings:
-    """The training settings an operator chooses, checked before any image is read."""
-    check_sensitivity(settings.sigma)
-    check_sampling_ratio(settings.sampling_ratio)
-    return settings
-
-
-def _with_skipped(exc: TrainingError, skipped: list[tuple[Path, str]]) -> TrainingError:
-    """The error of a failed training, with the files it skipped and why."""
-    return TrainingError(f"{exc}{training.skipped_note(skipped)}") if skipped else exc
-
-
 # ---- teaching ---------------------------------------------------------------------------------
-
-def _images(images: str | Path | Iterable[str | Path]) -> tuple[list[Path], str]:
-    """Image files from a folder (not its subfolders) or a list, and where they came from."""
-    if isinstance(images, (str, Path)):
-        return list_images(images), str(images)
-    paths = [Path(p) for p in images]
-    return paths, f"{len(paths)} file(s)"
-
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
     """The image files of files and folders given to inspect (a folder: its images). A path
@@ -215,169 +59,6 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         files += list_images(p) if p.is_dir() else [p]
     return files
-
-
-def train(models_dir: str | Path, store: ResultStore, product: str, images: str | Path | Iterable[str | Path],
-          settings: Settings, progress: Progress = no_progress, cancel: threading.Event | None = None,
-          device: str = "cpu", user: str | None = None, roi: np.ndarray | None = None) -> tuple[Model, GoodFeatures]:
-    """Train the product from good images (a folder or files), inspecting the region `roi`
-    (core.roi; None: the whole image), and save the model as its new version. Returns it and
-    the patch features (kept to rebuild the bank without reading the images again)."""
-    product = check_product_name(product)
-    check_settings(settings)
-    paths, origin = _images(images)
-    taught = taught_images(models_dir, product, paths)
-    old = _current(Path(models_dir), product)
-    if not paths + taught:
-        raise TrainingError(f"No good images in {origin}: choose a folder that contains good part images.")
-    settings = training.with_defect_size(settings, paths + taught)
-    extractor = FeatureExtractor(settings.backbone, device, settings.weights)
-    good = training.extract_features(paths + taught, extractor, settings, progress, cancel)
-    try:
-        model = training.fit(product, good, settings, progress, cancel, roi)
-    except TrainingError as exc:
-        raise _with_skipped(exc, good.skipped) from exc
-    model = replace(model, profile=profile_of(good.paths), good_folder=_folder_of(models_dir, product, images, paths))
-    detail = (f"{len(good.paths)} good image(s): from {origin}" + _taught_detail(taught)
-              + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
-    saved = _save_version(model, models_dir, change=f"trained on {detail}")
-    _record(store, product, "train", describe_model(old), describe_model(saved), detail, user)
-    return saved, good
-
-
-def set_sensitivity(models_dir: str | Path, store: ResultStore, product: str, sigma: float,
-                    user: str | None = None, expected_version: int | None = None) -> Model:
-    """Save the product's model at another sensitivity (sigma) as its new version. With
-    `expected_version`, refused when the model changed since the caller looked at it."""
-    sigma = check_sensitivity(sigma)
-    current = load_model(models_dir, product)
-    if expected_version is not None and current.version != expected_version:
-        raise ModelError(f"The model of '{product}' changed meanwhile (now version {current.version}, "
-                         f"not {expected_version}): look at it again before changing its sensitivity.")
-    saved = _save_version(with_sigma(current, sigma), models_dir)
-    _record(store, product, "sensitivity", describe_model(current), describe_model(saved), saved.change, user)
-    return saved
-
-
-def _folder_of(models_dir: str | Path, product: str, images, paths: list[Path]) -> str | None:
-    """The folder good images came from, which the model records for its rebuilds: the folder
-    given, or the product's taught images' folder when they are frames captured into it."""
-    if isinstance(images, (str, Path)):
-        return os.path.abspath(images)
-    if paths and all(_is_taught(models_dir, product, p) for p in paths):
-        return os.path.abspath(taught_dir(models_dir, product))
-    return None
-
-
-def rebuild_folder(model: Model, known: str | Path | None = None) -> Path:
-    """The folder of good images a rebuild of the model's bank (or a training of its defect heads)
-    reads again: the one it records, else (a model that records none) `known`, the folder the
-    caller remembers. TrainingError saying why when neither is known or the folder is no longer there."""
-    folder = model.good_folder or known
-    if not folder:
-        raise TrainingError(f"Cannot read the good images of '{model.product}' again: its model does not say which "
-                            f"folder its good images came from (trained from files, or by an older Inspector). "
-                            f"Choose the folder it was trained from.")
-    if not Path(folder).is_dir():
-        raise TrainingError(f"Cannot read the good images of '{model.product}' again: the folder of good images "
-                            f"{folder} is no longer there. Choose the folder it was trained from, or train it again.")
-    return Path(folder)
-
-
-def rebuild_bank(models_dir: str | Path, store: ResultStore, product: str, sampling_ratio: float,
-                 good: GoodFeatures | None = None, images: str | Path | Iterable[str | Path] | None = None,
-                 progress: Progress = no_progress, cancel: threading.Event | None = None,
-                 device: str = "cpu", user: str | None = None) -> tuple[Model, GoodFeatures]:
-    """Rebuild the product's memory bank at another sampling ratio, with its other settings
-    as they are, from the patch features of a training (`good`) or, without them, from the
-    good images (`images`, read again; None: the folder the model records, rebuild_folder);
-    saves the new version and returns it with the features."""
-    check_sampling_ratio(sampling_ratio)
-    current = load_model(models_dir, product)
-    settings = replace(current.settings, sampling_ratio=float(sampling_ratio))
-    origin = "the patch features kept from the training"
-    paths, folder = [], current.good_folder
-    if good is None:
-        images = rebuild_folder(current) if images is None else images
-        paths, origin = _images(images)
-        if not paths:
-            raise TrainingError("No good images given: choose the folder the product was trained from.")
-        folder = _folder_of(models_dir, product, images, paths)
-    else:  # a taught image deleted since the features were kept is left out, as it is from a training
-        kept = [i for i, p in enumerate(good.paths) if not (_is_taught(models_dir, product, p) and not p.is_file())]
-        if len(kept) < len(good.paths):
-            good = GoodFeatures([good.features[i] for i in kept], [good.paths[i] for i in kept], good.skipped)
-    taught = taught_images(models_dir, product, paths if good is None else good.paths)
-    if paths or taught:
-        extractor = FeatureExtractor(settings.backbone, device, settings.weights)
-        read = training.extract_features(paths + taught, extractor, settings, progress, cancel)
-        good = read if good is None else GoodFeatures(good.features + read.features,
-                                                      good.paths + read.paths, good.skipped + read.skipped)
-    model = training.fit(current.product, good, settings, progress, cancel, current.roi)
-    model = replace(model, profile=profile_of(good.paths) or current.profile, good_folder=folder)
-    used = [p for p in good.paths if _is_taught(models_dir, product, p)]  # read now or among the kept features
-    change = (f"memory bank rebuilt at sampling ratio {current.settings.sampling_ratio:g} -> "
-              f"{settings.sampling_ratio:g} from {origin}{_taught_detail(used)}")
-    saved = _save_version(model, models_dir, change=change)
-    _record(store, product, "bank", describe_model(current), describe_model(saved), change, user)
-    return saved, good
-
-
-def set_roi(models_dir: str | Path, store: ResultStore, product: str, roi: np.ndarray | None,
-            user: str | None = None) -> Model:
-    """Inspect the product in another region (a mask stretched over each image, core.roi;
-    None: the whole image) and save it as its new version. The calibration follows from the
-    model's own calibration patch scores: no good image is read."""
-    current = load_model(models_dir, product)
-    saved = _save_version(training.with_roi(current, roi), models_dir)
-    _record(store, product, "region", describe_model(current), describe_model(saved), saved.change, user)
-    return saved
-
-
-@dataclass
-class Taught:
-    """What teaching good images changed: the model before and after, and the images'
-    scores before and after (the threshold of each model decides)."""
-    before: Model
-    model: Model
-    paths: list[Path]
-    scores_before: list[float]
-    scores_after: list[float]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    def false_reject_rates(self) -> tuple[float, float]:
-        """The expected false-reject rate before and after, each at its model's threshold."""
-        return tuple(m.calibration.false_reject_rate(m.threshold) for m in (self.before, self.model))
-
-
-def teach(models_dir: str | Path, store: ResultStore, product: str, images: str | Path | Iterable[str | Path],
-          device: str = "cpu", user: str | None = None, extractors: dict | None = None) -> Taught:
-    """'This part is good': good parts the line rejected (a folder or files) join the product's
-    memory bank and calibration (training.teach), without reading its good images again;
-    saved as its new version. Unreadable files are skipped and listed. The taught images are
-    kept (taught_dir), and every later training and memory-bank rebuild of the product uses
-    them with its good images, so that a taught part never comes back as a false reject."""
-    current = load_model(models_dir, product)
-    paths, origin = _images(images)
-    extractor = inspector_for(current, device, extractors).extractor
-    good = training.extract_features(paths, extractor, current.settings)
-    if not good.paths:
-        raise TrainingError(f"No good image to teach from {origin}"
-                            + "".join(f"; {p.name}: {why}" for p, why in good.skipped))
-    what = ", ".join(p.name for p in good.paths) if len(good.paths) <= 3 else f"{len(good.paths)} good images"
-    model, before = training.teach(current, good.features, what)
-    model = replace(model, profile=widened(current.profile, profile_of(good.paths)))
-    copies = _keep_copies(taught_dir(models_dir, product), good.paths, f"the taught good parts of '{product}'")
-    try:
-        saved = _save_version(model, models_dir)
-    except BaseException:
-        for copy in copies:
-            copy.unlink(missing_ok=True)
-        raise
-    after = Inspector(saved, device, extractor)
-    scores_after = [after.score_features(f.astype(np.float32))[0] for f in good.features]
-    _record(store, product, "teach", describe_model(current), describe_model(saved), saved.change, user)
-    return Taught(current, saved, good.paths, before, scores_after, good.skipped)
 
 
 FRAME_TIMEOUT_S = 10.0  # a camera that gives no new frame for this long ends a capture
@@ -452,55 +133,9 @@ def taught_images(models_dir: str | Path, product: str, given: Iterable[Path] = 
     return [p for p in list_images(folder) if p.resolve() not in seen]
 
 
-def _is_taught(models_dir: str | Path, product: str, path: Path) -> bool:
-    return Path(path).resolve().parent == taught_dir(models_dir, product).resolve()
-
-
-def _taught_detail(taught: list[Path]) -> str:
-    return f" and {len(taught)} taught good image(s) kept in {taught[0].parent}" if taught else ""
-
-
-def _keep_copies(folder: Path, paths: list[Path], what: str) -> list[Path]:
-    """Copy the files into `folder` under new names (nothing is overwritten); all or none."""
-    copies = []
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in paths:
-            copies.append(unique_path(folder, path.stem, path.suffix))
-            shutil.copyfile(path, copies[-1])
-    except OSError as exc:
-        for copy in copies:
-            copy.unlink(missing_ok=True)
-        raise StoreError(f"Cannot copy into {what} ({folder}): {exc}") from exc
-    return copies
-
-
 def known_defects_dir(models_dir: str | Path, product: str) -> Path:
     """Where the product's confirmed defect images are kept (beside its model versions)."""
     return Path(models_dir) / check_product_name(product) / KNOWN_DEFECTS
-
-
-def add_known_defects(models_dir: str | Path, store: ResultStore, product: str,
-                      images: str | Path | Iterable[str | Path], user: str | None = None) -> list[Path]:
-    """'This part is a defect': copy confirmed NG parts into the product's known defects,
-    which calibration scores (escapes, the separating threshold). Files that are not readable
-    images are refused with their reason; nothing is copied over another file. Returns the copies."""
-    load_model(models_dir, product)  # a product with a model: known defects are scored against it
-    paths, origin = _images(images)
-    folder = known_defects_dir(models_dir, product)
-    problems = []
-    for path in paths:
-        try:
-            load_image(path)
-        except InspectorError as exc:
-            problems.append(f"{path.name}: {describe(exc)}")
-    if problems or not paths:
-        raise TrainingError(f"Nothing was added to the known defects of '{product}': "
-                            + ("; ".join(problems) or f"no image in {origin}") + ".")
-    copies = _keep_copies(folder, paths, f"the known defects of '{product}'")
-    _record(store, product, "defect", None, ", ".join(c.name for c in copies),
-            f"{len(copies)} confirmed defect image(s) from {origin}", user)
-    return copies
 
 
 # ---- versions ---------------------------------------------------------------------------------
@@ -508,82 +143,6 @@ def add_known_defects(models_dir: str | Path, store: ResultStore, product: str,
 def versions(models_dir: str | Path, product: str) -> list[dict]:
     """The kept versions of the product's model, newest first (see core.model.list_versions)."""
     return list_versions(models_dir, product)
-
-
-def rollback(models_dir: str | Path, store: ResultStore, product: str, version: int,
-             user: str | None = None) -> Model:
-    """Make an earlier version the product's model again: saved as its next version (the
-    versions between stay, and can be rolled back to in turn)."""
-    current = load_model(models_dir, product)
-    old = load_model(models_dir, product, version=version)
-    saved = _save_version(old, models_dir, change=f"rollback to version {version} ({old.change or 'no description'})")
-    _record(store, product, "rollback", describe_model(current), describe_model(saved), saved.change, user)
-    return saved
-
-
-def install_model(models_dir: str | Path, store: ResultStore, model: Model, change: str,
-                  user: str | None = None) -> Model:
-    """A model version made elsewhere (published in the plant database, checked in full)
-    becomes the product's new version here, like a local change; a running line follows it."""
-    current = _current(Path(models_dir), model.product)
-    saved = _save_version(model, models_dir, change=change)
-    _record(store, model.product, "install", describe_model(current), describe_model(saved), change, user)
-    return saved
-
-
-def record_published(store: ResultStore, model: Model, where: str, user: str | None = None) -> None:
-    """Record that a version of the product's model was published (`where`: e.g. 'plant version 3')."""
-    _record(store, model.product, "publish", describe_model(model), where, f"version {model.version} published as "
-            f"{where}", user)
-
-
-def resign(models_dir: str | Path, store: ResultStore, product: str, version: int | None = None,
-           user: str | None = None) -> tuple[Model, Model]:
-    """Sign a version of the product's model that this station refuses as unsigned (written
-    before models were signed, by another station, or edited), after an engineer has checked
-    it: saved, in the current format and signed, as the product's next version. Everything
-    else is checked as on loading. Returns the version as found and the signed one."""
-    old = load_model(models_dir, product, version, signed=False)
-    saved = _save_version(old, models_dir, change=f"version {old.version} (id {old.model_id}) signed by an engineer "
-                                                  f"({old.change or 'no description'})")
-    _record(store, product, "resign", describe_model(old), describe_model(saved), saved.change, user)
-    return old, saved
-
-
-# ---- the plant's signing key --------------------------------------------------------------------
-
-def export_key(models_dir: str | Path, store: ResultStore, file: str | Path, user: str | None = None) -> str:
-    """Write the station's signing key to a new file (0600), for the other stations of the
-    plant to import; recorded as an event. Returns the key's fingerprint."""
-    fingerprint = signing.export_key(models_dir, file)
-    _record(store, STATION, "key", fingerprint, None, f"signing key {fingerprint} exported to {file}", user)
-    return fingerprint
-
-
-def import_key(models_dir: str | Path, store: ResultStore, file: str | Path, resign_models: bool = False,
-               user: str | None = None) -> tuple[str, list[Model]]:
-    """Make the key in `file` (another station's, exported) this station's signing key, so
-    that the stations sharing models verify each other's signatures; recorded as an event.
-    The products' current versions signed with the old key are no longer signed then: with
-    `resign_models` each is signed with the new key as its next version (an event each);
-    without, nothing changes and ModelError names them. Returns the key's fingerprint and the
-    re-signed versions."""
-    key = signing.read_key_file(file)
-    old = signing.station_key(models_dir)
-    if key == old:
-        return signing.fingerprint(key), []
-    signed = [m["product"] for m in list_models(models_dir) if "error" not in m]
-    orphaned = [p for p in signed if not signed_with(models_dir, p, key)]
-    if orphaned and not resign_models:
-        raise ModelError(f"The current versions of {', '.join(repr(p) for p in orphaned)} are signed with this "
-                         f"station's key, which the key of {file} replaces: they would be refused. Import it with "
-                         f"--resign to sign them with the new key (each as its next version, recorded), once you "
-                         f"have checked them; nothing was changed.")
-    signing.import_key(models_dir, key)
-    new, was = signing.fingerprint(key), signing.fingerprint(old)
-    _record(store, STATION, "key", was, new, f"signing key imported from {file} (the old one kept as "
-            f"{signing.key_path(models_dir).name}.{was}.old)", user)
-    return new, [resign(models_dir, store, product, user=user)[1] for product in orphaned]
 
 
 # ---- looking at scores --------------------------------------------------------------------------
@@ -780,18 +339,6 @@ def reinspect(models_dir: str | Path, product: str, path: str | Path, model: Mod
 
 # ---- the line ---------------------------------------------------------------------------------
 
-def select_product(models_dir: str | Path, store: ResultStore, station: Station, product: str,
-                   user: str | None = None) -> Model:
-    """Make the running line inspect `product` from its next part (a PLC's product select):
-    its current model is loaded and checked first (ModelError: unknown, untrained or damaged,
-    and nothing changes); recorded as an event (old product -> new). Returns the model."""
-    old = station.product
-    model = load_model(models_dir, product)
-    station.select(model)
-    _record(store, model.product, "product", old, model.product, f"model version {model.version}", user)
-    return model
-
-
 def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str, target,
              stop: threading.Event, on_outcome: Callable[[Outcome], None], on_message: Message = no_message,
              sort_files: bool = False, archive_dir: str | Path | None = None, trigger: Trigger | None = None,
@@ -869,81 +416,6 @@ def _run_source(station: Station, model: Model, kind: str, target, stop: threadi
 # ---- learning from known defects (core.supervised) -----------------------------------------
 
 MASK_SUFFIX = "_mask"  # a defect's mask: <name>_mask.png beside it, or in ../ground_truth/<kind>/ (MVTec layout)
-
-
-def _defect_mask(path: Path, kind: str, root: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """A known defect's mask at its image's size (bool), None without one; a mask of another size
-    than its image is refused, named."""
-    import cv2
-
-    for candidate in (path.with_name(path.stem + MASK_SUFFIX + ".png"),
-                      root.parent / "ground_truth" / kind / f"{path.stem}{MASK_SUFFIX}.png"):
-        if candidate.is_file():
-            mask = cv2.imread(str(candidate), cv2.IMREAD_GRAYSCALE)
-            if mask is None:
-                raise TrainingError(f"The mask {candidate} cannot be read: give a PNG of 0 (good) and 255 (defect).")
-            if mask.shape != shape:
-                raise TrainingError(f"The mask {candidate} is {mask.shape[1]} x {mask.shape[0]}, its image {path.name} "
-                                    f"{shape[1]} x {shape[0]}: give each defect the mask of its own image (same size).")
-            return mask > 0
-    return None
-
-
-def learn_defects(models_dir: str | Path, store: ResultStore, product: str,
-                  good_images: str | Path | Iterable[str | Path] | None, defects_folder: str | Path,
-                  min_defect_area: float | None = None, mm_per_px: float | None = None,
-                  progress: Progress = no_progress, cancel: threading.Event | None = None,
-                  device: str = "cpu", user: str | None = None) -> Model:
-    """Train the defect classifier and segmentation head (core.supervised) of the product's model
-    from its good images (those it was trained on: their calibration distances are the model's;
-    None: the folder the model records, rebuild_folder) and a folder of known defects (one subfolder a kind; masks as `_defect_mask` finds them), and
-    save the model with them as its new version (an event). `min_defect_area` (camera pixels, or
-    mm2 with `mm_per_px`) accepts smaller regions."""
-    import cv2
-
-    from .core import supervised
-    from .core.model import robust_centre_spread
-    from .core.scoring import patch_scores, score_patches
-
-    current = load_model(models_dir, product)
-    paths, origin = _images(rebuild_folder(current) if good_images is None else good_images)
-    paths += taught_images(models_dir, product, paths)
-    inspector = Inspector(current, device)
-    good = training.extract_features(paths, inspector.extractor, current.settings, progress, cancel)
-    grids = current.calibration_patch_scores
-    if grids is None or [f.shape[:2] for f in good.features] != [g.shape for g in grids]:
-        raise TrainingError(f"The good images in {origin} are not the ones the model of '{product}' was trained on "
-                            f"(its calibration does not match them): give the same folder, or train again first.")
-    root = Path(defects_folder)
-    files = [p for p in list_images(root, recursive=True) if not p.stem.endswith(MASK_SUFFIX)
-             and p.relative_to(root).parts[0].lower() != GOOD_SUBFOLDER]
-    defects = []
-    for i, path in enumerate(files, 1):
-        parts = path.relative_to(root).parts
-        kind = parts[0] if len(parts) > 1 else root.name
-        image = load_image(path)
-        features = inspector.features(image)
-        distances = patch_scores(features, current.memory_bank, inspector._bank_sq)
-        mask = _defect_mask(path, kind, root, image.shape[:2])
-        if mask is not None:
-            h, w = features.shape[0] * 8, features.shape[1] * 8
-            mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-        defects.append(supervised.Example(features.astype(np.float16), distances, kind, mask, path.name,
-                                          score_patches(distances, current.roi)[0]))
-        progress("scoring known defects", i, len(files))
-    examples = [supervised.Example(f, g, "good", score=s)
-                for f, g, s in zip(good.features, grids, current.calibration.image_scores)]
-    centre = robust_centre_spread(current.calibration.image_scores)[0]
-    heads = supervised.train_heads(examples, defects, centre, current.threshold, current.settings.seed, cancel)
-    c = heads.counts
-    detail = (f"learnt from {c['known_defects']} known defect(s) of {c['kinds']} kind(s) ({c['masks']} with masks) "
-              f"in {root} and {c['good_images']} good image(s) from {origin}")
-    model = replace(current, heads=heads,
-                     min_defect_area=current.min_defect_area if min_defect_area is None else float(min_defect_area),
-                     mm_per_px=current.mm_per_px if mm_per_px is None else float(mm_per_px))
-    saved = _save_version(model, models_dir, change=detail)
-    _record(store, product, "learn", describe_model(current), describe_model(saved), detail, user)
-    return saved
 
 
 def learnt_text(model: Model) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import InspectorError
 from .files import read_regular
 
-OPERATOR, ENGINEER = "operator", "engineer"
+OPERATOR, ENGINEER, LINE = "operator", "engineer", "line"  # LINE: a PLC, not a person
 ACCOUNTS_FILE = "accounts.json"
 FORMAT = "inspector-accounts"
 MIN_PIN = 4
@@ -44,8 +44,8 @@ class User:
         return self.level == ENGINEER
 
     def __str__(self) -> str:
-        """As events record who changed something: 'Anna (engineer)', 'operator'."""
-        return self.name if self.name == self.level else f"{self.name} ({self.level})"
+        """As events record who changed something: 'Anna (engineer)', 'operator', 'PLC over Modbus'."""
+        return self.name if self.level in (self.name, LINE) else f"{self.name} ({self.level})"
 
 
 OPERATOR_USER = User("operator", OPERATOR)

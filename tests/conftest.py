@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from inspector.users import ENGINEER, User
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 NOBODY = 65534
 PRODUCT = "Disc"
 PIN = "2468"  # the engineer's PIN of the test stations
+ENGINEER_USER = User("Eve", ENGINEER)  # the engineer of the test stations, as after the PIN
 WAIT = 120_000  # ms: generous, for a loaded 2-core machine (a wait ends as soon as its condition holds)
 
 

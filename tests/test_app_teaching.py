@@ -6,10 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import copy_models
+from conftest import ENGINEER_USER, copy_models
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
+from inspector.changes import Changes
 from inspector import services
 from inspector.app.session import settings
 from inspector.app.window import MainWindow
@@ -200,8 +201,7 @@ def test_the_versions_list_is_readable_at_1366x768(window, qtbot):
     window.resize(1366, 740)
     window.tabs.setCurrentWidget(window.teach)
     versions = window.teach.versions
-    window.session.set_model(services.set_sensitivity(window.session.models_dir, window.session.store,
-                                                      PRODUCT, 4.0))
+    window.session.set_model(Changes(window.session.models_dir, window.session.store, ENGINEER_USER).set_sensitivity(PRODUCT, 4.0))
     qtbot.waitUntil(lambda: versions.table.rowCount() == 2 and versions.table.viewport().width() > 0, timeout=WAIT)
     header, table = versions.table.horizontalHeader(), versions.table
     assert header.sectionViewportPosition(3) + header.sectionSize(3) <= table.viewport().width()

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 from PySide6.QtCore import QRect
 
-from conftest import PIN, PRODUCT, WAIT, copy_models
+from conftest import ENGINEER_USER, PIN, PRODUCT, WAIT, copy_models
+from inspector.changes import Changes
 from inspector import services
 from inspector.app.views import DISPLAY_SIZE, ProgressPanel
 from inspector.data.images import save_image
@@ -48,8 +49,8 @@ def test_training_ends_with_the_predicted_false_rejects_and_the_true_version(ope
     session = window.session
     qtbot.waitUntil(lambda: session.model is not None, timeout=WAIT)
     for sigma in (2.0, 4.0):  # the product is at version 3 before this training
-        session.set_model(services.set_sensitivity(models, session.store, PRODUCT, sigma))
-    services.add_known_defects(models, session.store, PRODUCT, write_parts(tmp_path / "ng", 2, "stain", seed=91))
+        session.set_model(Changes(models, session.store, ENGINEER_USER).set_sensitivity(PRODUCT, sigma))
+    Changes(models, session.store, ENGINEER_USER).add_known_defects(PRODUCT, write_parts(tmp_path / "ng", 2, "stain", seed=91))
     train = window.train
     window.tabs.setCurrentWidget(train)
     train.folder.set_path(write_parts(tmp_path / "good", 12)[0].parent)
@@ -60,7 +61,7 @@ def test_training_ends_with_the_predicted_false_rejects_and_the_true_version(ope
     assert f"version 4 of '{PRODUCT}' saved" in said and "the predicted false rejects are" in said
     assert "of 12 good images" in said or "good images (" in said
     assert "the escapes 0 of 2 known defects" in said  # the product's known defects were scored too
-    session.set_model(services.set_sensitivity(models, session.store, PRODUCT, 5.0))
+    session.set_model(Changes(models, session.store, ENGINEER_USER).set_sensitivity(PRODUCT, 5.0))
     assert "version 4" not in train.progress.label.text()  # not left saying a version that is no longer in use
 
 
@@ -130,7 +131,7 @@ def test_the_colour_scale_is_the_model_in_use_from_the_start(line_window, tmp_pa
     qtbot.waitUntil(lambda: monitor.painted == 1, timeout=WAIT)
     monitor.start_stop()
     qtbot.waitUntil(lambda: not monitor.running, timeout=WAIT)
-    session.set_model(services.set_sensitivity(session.models_dir, session.store, PRODUCT, 6.0))
+    session.set_model(Changes(session.models_dir, session.store, ENGINEER_USER).set_sensitivity(PRODUCT, 6.0))
     monitor.start_stop()  # the new version: the scale shows its threshold before the first part
     qtbot.waitUntil(lambda: monitor.running, timeout=WAIT)
     assert monitor.scale.threshold == session.model.threshold

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import WAIT, copy_models
 
-from inspector import services
+from inspector.changes import Changes
 from inspector.cli import main
 from inspector.core.model import Settings, load_model, save_model
 from inspector.core.profile import differences, profile_of
@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift")
     good = write_parts(root / "good", 12)
     with ResultStore(root / "log.db") as store:
-        model, _ = services.train(root / "models", store, "Disc", root / "good", Settings(sampling_ratio=0.02))
+        model, _ = Changes(root / "models", store).train("Disc", root / "good", Settings(sampling_ratio=0.02))
     return root, model
 
 
@@ -92,7 +92,7 @@ def test_the_profile_is_signed_with_the_model_and_older_models_load_without_it(t
     saved = save_model(replace(model, profile=None), models)  # as an older Inspector saved it
     assert "profile" not in json.loads((models / "Disc" / f"v{saved.version:04d}" / "model.json").read_text())
     assert load_model(models, "Disc").profile is None
-    taught = services.teach(models, ResultStore(tmp_path / "log.db"), "Disc", write_parts(tmp_path / "t", 1, seed=90))
+    taught = Changes(models, ResultStore(tmp_path / "log.db")).teach("Disc", write_parts(tmp_path / "t", 1, seed=90))
     assert taught.model.profile is not None  # a taught part's look joins the model
 
 

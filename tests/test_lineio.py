@@ -19,6 +19,7 @@ from asyncua import Client, ua
 from pymodbus.client import ModbusTcpClient
 
 from conftest import PRODUCT, copy_models
+from inspector.changes import Changes
 from inspector import services
 from inspector.core.model import load_model, save_model, with_sigma
 from inspector.core.product_numbers import NUMBERS_FILE, product_numbers
@@ -345,11 +346,11 @@ def test_modbus_product_select_goes_through_the_service_and_is_recorded(line):
 def test_product_numbers_never_change_when_products_come_and_go(line, models, tmp_path):
     store = ResultStore(tmp_path / "changes.db")
     assert product_numbers(models) == {PRODUCT: 1, OTHER: 2}  # older products: name order, recorded on first use
-    services.create_product(models, store, "Axle")  # first in name order: an index by name would shift
-    services.create_product(models, store, "Bolt")
-    services.delete_product(models, store, "Bolt")  # its number is never given to another product
-    services.create_product(models, store, "Cam")
-    services.rename_product(models, store, "Axle", "Axle 2")  # keeps its number
+    Changes(models, store).create_product("Axle")  # first in name order: an index by name would shift
+    Changes(models, store).create_product("Bolt")
+    Changes(models, store).delete_product("Bolt")  # its number is never given to another product
+    Changes(models, store).create_product("Cam")
+    Changes(models, store).rename_product("Axle", "Axle 2")  # keeps its number
     assert product_numbers(models) == {PRODUCT: 1, OTHER: 2, "Axle 2": 3, "Cam": 5}
     saved = json.loads((models / NUMBERS_FILE).read_text())  # data only, stored once
     assert saved == {"format": "inspector-product-numbers",

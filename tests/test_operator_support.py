@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspector.changes import Changes
 from inspector import services
 from inspector.app import display
 from inspector.errors import StoreError
 from inspector.frames import FrameKeeper, frame_file_name
 from inspector.instance import InstanceLock
 from inspector.store.results import STATION, ResultStore
-from inspector.users import (LOCKOUT_S, MAX_TRIES, OPERATOR_USER, AccessDenied, Accounts, accounts_path,
+from inspector.users import (ENGINEER, User, LOCKOUT_S, MAX_TRIES, OPERATOR_USER, AccessDenied, Accounts, accounts_path,
                              require_engineer)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -89,8 +90,8 @@ def test_kept_frames_stay_within_their_limit_oldest_dropped_first(tmp_path):
 def test_a_shift_is_a_stored_start_time(tmp_path):
     with ResultStore(tmp_path / "log.db") as store:
         assert services.shift_start(store) is None
-        first = services.new_shift(store, "operator")
-        second = services.new_shift(store, "Eve (engineer)")
+        first = Changes(tmp_path, store, OPERATOR_USER).new_shift()
+        second = Changes(tmp_path, store, User("Eve", ENGINEER)).new_shift()
         assert services.shift_start(store) == second >= first
         events = store.events(STATION)
         assert [(e.kind, e.old, e.new, e.user) for e in events] == [

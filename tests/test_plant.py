@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
+from inspector.changes import Changes
+from inspector.users import ENGINEER, User
 from inspector import plant
 from inspector.cli import main
 from inspector.core.model import list_versions, load_model, save_model, with_sigma
@@ -261,19 +263,19 @@ def station_models(trained_models, tmp_path):
 
 def test_an_engineer_publishes_and_another_station_installs_a_checked_version(db, station_models, tmp_path):
     here = ResultStore(tmp_path / "here.db")
-    number = plant.publish(url(db, "anna"), station_models, here, PRODUCT, user="Anna")
+    number = plant.publish(url(db, "anna"), Changes(station_models, here, User("Anna", ENGINEER)), PRODUCT)
     assert number == 1
-    assert plant.publish(url(db, "anna"), station_models, here, PRODUCT) == 1  # the same files: no new version
+    assert plant.publish(url(db, "anna"), Changes(station_models, here), PRODUCT) == 1  # the same files: no new version
     [event] = here.events(PRODUCT)
-    assert event.kind == "publish" and event.new == "plant version 1" and event.user == "Anna"
+    assert event.kind == "publish" and event.new == "plant version 1" and event.user == "Anna (engineer)"
     [p] = plant.published(url(db, "line2"), PRODUCT)
     assert p.published_by == "anna" and p.local_version == 1 and p.size > 1000
     with pytest.raises(PlantError, match="only an engineer's login"):
-        plant.publish(url(db, "line2"), station_models, here, PRODUCT)
+        plant.publish(url(db, "line2"), Changes(station_models, here), PRODUCT)
 
     # another station: its own data folder, so its own signing key (inspector.signing)
     there, there_models = ResultStore(tmp_path / "line2" / "there.db"), tmp_path / "line2" / "models"
-    model = plant.install(url(db, "line2"), there_models, there, PRODUCT)
+    model = plant.install(url(db, "line2"), Changes(there_models, there), PRODUCT)
     assert station_key(there_models) != station_key(station_models)  # signed with its own key on install
     original = load_model(station_models, PRODUCT)
     assert model.version == 1 and model.threshold == original.threshold
@@ -286,18 +288,18 @@ def test_an_engineer_publishes_and_another_station_installs_a_checked_version(db
 
 def test_a_published_model_whose_bytes_were_changed_is_refused(db, station_models, tmp_path):
     store = ResultStore(tmp_path / "there.db")
-    plant.publish(url(db, "anna"), station_models, store, PRODUCT)
+    plant.publish(url(db, "anna"), Changes(station_models, store), PRODUCT)
     sql(db, "UPDATE models SET memory_bank = overlay(memory_bank PLACING '\\x00'::bytea FROM 200)")
     there = tmp_path / "there_models"
     with pytest.raises(ModelError, match="do not match their checksum.*not installed"):
-        plant.install(url(db, "line2"), there, store, PRODUCT)
+        plant.install(url(db, "line2"), Changes(there, store), PRODUCT)
     assert not list_versions(there, PRODUCT)
     # changed with a matching plant checksum: the model's own checksum still refuses it
     sql(db, "UPDATE models SET sha256 = 'x'")
     rows = sql(db, "SELECT model_json, memory_bank FROM models")
     sql(db, f"UPDATE models SET sha256 = '{plant.checksum(bytes(rows[0][0]), bytes(rows[0][1]))}'")
     with pytest.raises(ModelError):
-        plant.install(url(db, "line2"), there, store, PRODUCT)
+        plant.install(url(db, "line2"), Changes(there, store), PRODUCT)
     assert not list_versions(there, PRODUCT)
     store.close()
 
@@ -313,7 +315,7 @@ def test_two_stations_publishing_the_same_product_at_once_get_distinct_versions(
 
     def publish(models, store):
         start.wait()
-        numbers.append(plant.publish(url(db, "anna"), models, store, PRODUCT))
+        numbers.append(plant.publish(url(db, "anna"), Changes(models, store), PRODUCT))
 
     threads = [threading.Thread(target=publish, args=a) for a in zip((station_models, other), stores)]
     for t in threads:
@@ -329,22 +331,22 @@ def test_two_stations_publishing_the_same_product_at_once_get_distinct_versions(
 
 def test_a_station_following_a_product_installs_new_published_versions_once(db, station_models, tmp_path):
     engineer = ResultStore(tmp_path / "engineer.db")
-    plant.publish(url(db, "anna"), station_models, engineer, PRODUCT)
+    plant.publish(url(db, "anna"), Changes(station_models, engineer), PRODUCT)
     there, there_models = ResultStore(tmp_path / "there.db"), tmp_path / "there_models"
     messages = []
-    follower = plant.Shipper(there, url(db, "line2"), follow=[PRODUCT], models_dir=there_models,
+    follower = plant.Shipper(there, url(db, "line2"), follow=[PRODUCT], changes=Changes(there_models, there),
                              on_message=lambda level, text: messages.append(text))
     follower.ship()
     [model] = follower.follow_models()
     assert model.version == 1 and follower.follow_models() == []  # installed once
     save_model(with_sigma(load_model(station_models, PRODUCT), 5.0), station_models)
-    plant.publish(url(db, "anna"), station_models, engineer, PRODUCT)
+    plant.publish(url(db, "anna"), Changes(station_models, engineer), PRODUCT)
     [model] = follower.follow_models()
     assert model.version == 2 and model.settings.sigma == 5.0
     assert "Installed published version 2" in messages[-1]
     # a damaged publication is refused once, and the station keeps its version
     save_model(with_sigma(model, 6.0), station_models)
-    plant.publish(url(db, "anna"), station_models, engineer, PRODUCT)
+    plant.publish(url(db, "anna"), Changes(station_models, engineer), PRODUCT)
     sql(db, "UPDATE models SET model_json = model_json || '\\x20'::bytea WHERE version = 3")
     assert follower.follow_models() == [] and follower.follow_models() == []
     assert load_model(there_models, PRODUCT).version == 2

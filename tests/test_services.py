@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import pytest
 
+from inspector.changes import Changes
+from inspector.users import ENGINEER, User
 from inspector import services
 from inspector.common import login_name
 from inspector.core.model import Settings, current_version, load_model, save_model
@@ -25,8 +27,7 @@ def trained(tmp_path, good):
     """(models folder, store, model, features): 'Disc' trained through the service."""
     models = tmp_path / "models"
     store = ResultStore(tmp_path / "log.db")
-    model, features = services.train(models, store, "Disc", good[0].parent, Settings(sampling_ratio=0.02),
-                                     user="trainer")
+    model, features = Changes(models, store, User("trainer", ENGINEER)).train("Disc", good[0].parent, Settings(sampling_ratio=0.02))
     yield models, store, model, features
     store.close()
 
@@ -39,9 +40,9 @@ def test_training_saves_a_version_and_records_who_and_what(trained, good):
     models, store, model, features = trained
     assert model.version == 1 and load_model(models, "Disc").model_id == model.model_id
     [event] = store.events("Disc")
-    assert (event.kind, event.user, event.old) == ("train", "trainer", None)
+    assert (event.kind, event.user, event.old) == ("train", "trainer (engineer)", None)
     assert event.new.startswith(f"version 1 (id {model.model_id})") and "12 good image(s)" in event.detail
-    again, _ = services.train(models, store, "Disc", good, Settings(sampling_ratio=0.02))
+    again, _ = Changes(models, store).train("Disc", good, Settings(sampling_ratio=0.02))
     newest = store.events("Disc")[0]
     assert again.version == 2 and newest.old.startswith("version 1") and newest.user == login_name()
     assert model.good_folder == str(good[0].parent) and again.good_folder is None  # from a folder, from files
@@ -52,65 +53,65 @@ def test_a_cancelled_or_failed_training_changes_nothing(trained, tmp_path):
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        services.train(models, store, "Disc", write_parts(tmp_path / "more", 6), Settings(), cancel=cancel)
+        Changes(models, store).train("Disc", write_parts(tmp_path / "more", 6), Settings(), cancel=cancel)
     with pytest.raises(TrainingError):
-        services.train(models, store, "Disc", write_parts(tmp_path / "few", 2), Settings())
+        Changes(models, store).train("Disc", write_parts(tmp_path / "few", 2), Settings())
     assert current_version(models, "Disc") == 1 and kinds(store, "Disc") == ["train"]
 
 
 def test_sensitivity(trained):
     models, store, model, _ = trained
-    new = services.set_sensitivity(models, store, "Disc", 1.0, user="engineer", expected_version=1)
+    new = Changes(models, store, User("engineer", ENGINEER)).set_sensitivity("Disc", 1.0, expected_version=1)
     assert (new.version, new.settings.sigma) == (2, 1.0) and new.threshold < model.threshold
     event = store.events("Disc")[0]
     assert (event.kind, event.user) == ("sensitivity", "engineer") and "sensitivity 3 -> 1" in event.detail
     with pytest.raises(ModelError, match="changed meanwhile"):  # the caller looked at version 1
-        services.set_sensitivity(models, store, "Disc", 2.0, expected_version=1)
+        Changes(models, store).set_sensitivity("Disc", 2.0, expected_version=1)
     with pytest.raises(ModelError, match="sigma"):  # refused before anything is saved or recorded
-        services.set_sensitivity(models, store, "Disc", 5000.0)
+        Changes(models, store).set_sensitivity("Disc", 5000.0)
     assert current_version(models, "Disc") == 2 and kinds(store, "Disc") == ["sensitivity", "train"]
 
 
 def test_rebuilding_the_bank_from_kept_features_or_from_the_images(trained, good, tmp_path):
     models, store, model, features = trained
-    kept, same = services.rebuild_bank(models, store, "Disc", 0.05, good=features)
+    kept, same = Changes(models, store).rebuild_bank("Disc", 0.05, good=features)
     assert same is features and kept.version == 2 and kept.settings.sampling_ratio == 0.05
     assert len(kept.memory_bank) > len(model.memory_bank) and kept.settings.sigma == model.settings.sigma
-    reread, _ = services.rebuild_bank(models, store, "Disc", 0.02, images=good[0].parent)
+    reread, _ = Changes(models, store).rebuild_bank("Disc", 0.02, images=good[0].parent)
     assert reread.version == 3 and len(reread.memory_bank) == len(model.memory_bank)
     assert kinds(store, "Disc") == ["bank", "bank", "train"]
     assert "ratio 0.05 -> 0.02" in store.events("Disc")[0].detail
-    recorded, _ = services.rebuild_bank(models, store, "Disc", 0.03)  # no folder given: the one the model records
+    recorded, _ = Changes(models, store).rebuild_bank("Disc", 0.03)  # no folder given: the one the model records
     assert recorded.version == 4 and f"from {good[0].parent}" in recorded.change
     assert model.good_folder == kept.good_folder == recorded.good_folder == str(good[0].parent)
 
     moved = shutil.copytree(good[0].parent, tmp_path / "copy")
-    assert services.rebuild_bank(models, store, "Disc", 0.02, images=moved)[0].good_folder == str(moved)
+    assert Changes(models, store).rebuild_bank("Disc", 0.02, images=moved)[0].good_folder == str(moved)
     moved.rename(tmp_path / "moved")
     with pytest.raises(TrainingError, match=f"good images {re.escape(str(moved))} is no longer there"):
-        services.rebuild_bank(models, store, "Disc", 0.1)
+        Changes(models, store).rebuild_bank("Disc", 0.1)
     save_model(replace(load_model(models, "Disc"), good_folder=None), models)  # as an older Inspector saved it
     with pytest.raises(TrainingError, match="does not say which folder its good images came from"):
-        services.rebuild_bank(models, store, "Disc", 0.1)
+        Changes(models, store).rebuild_bank("Disc", 0.1)
     assert current_version(models, "Disc") == 6 and kinds(store, "Disc") == ["bank"] * 4 + ["train"]
 
 
 def test_products_create_rename_delete(trained, tmp_path):
     models, store, model, _ = trained
-    assert services.create_product(models, store, " Gear ") == "Gear" and (models / "Gear").is_dir()
+    assert Changes(models, store).create_product(" Gear ") == "Gear" and (models / "Gear").is_dir()
     with pytest.raises(ModelError, match="already exists"):
-        services.create_product(models, store, "Gear")
-    services.rename_product(models, store, "Disc", "Disc 2")
+        Changes(models, store).create_product("Gear")
+    Changes(models, store).rename_product("Disc", "Disc 2")
     assert load_model(models, "Disc 2").model_id == model.model_id
     assert kinds(store, "Disc 2") == ["rename", "train"] and kinds(store, "Disc") == []
-    services.delete_product(models, store, "Disc 2", user="engineer")
+    Changes(models, store, User("engineer", ENGINEER)).delete_product("Disc 2")
     assert not (models / "Disc 2").exists()
     event = store.events("Disc 2")[0]
     assert (event.kind, event.user, event.new) == ("delete", "engineer", None) and "version 1" in event.old
     # a new product under a name with history in the log: renaming onto it is refused and undone
-    services.create_product(models, store, "Disc 3")
+    Changes(models, store).create_product("Disc 3")
     with pytest.raises(StoreError, match="already holds"):
-        services.rename_product(models, store, "Disc 3", "Disc 2")
+        Changes(models, store).rename_product("Disc 3", "Disc 2")
     assert (models / "Disc 3").is_dir() and not (models / "Disc 2").exists()
 
 
@@ -206,11 +207,11 @@ def test_settings_are_checked_before_any_image_is_read(trained, tmp_path):
     for settings, what in ((Settings(sigma=-3.0), "0 or more"), (Settings(sampling_ratio=7.0), "at most 1"),
                            (Settings(sampling_ratio=0.0), "more than 0")):
         with pytest.raises(TrainingError, match=what):
-            services.train(models, store, "Disc", missing, settings)
+            Changes(models, store).train("Disc", missing, settings)
     with pytest.raises(TrainingError, match="0 or more"):
-        services.set_sensitivity(models, store, "Disc", -5.0)
+        Changes(models, store).set_sensitivity("Disc", -5.0)
     with pytest.raises(TrainingError, match="at most 1"):
-        services.rebuild_bank(models, store, "Disc", 7.0, images=missing)
+        Changes(models, store).rebuild_bank("Disc", 7.0, images=missing)
     assert current_version(models, "Disc") == 1 and kinds(store, "Disc") == ["train"]
 
 
@@ -221,7 +222,7 @@ def test_a_failed_training_lists_the_files_it_skipped_and_why(trained, tmp_path)
     (folder / "empty.png").write_bytes(b"")
     (folder / "text.png").write_bytes(b"not an image")
     with pytest.raises(TrainingError) as caught:
-        services.train(models, store, "Disc", folder, Settings())
+        Changes(models, store).train("Disc", folder, Settings())
     message = str(caught.value)
     assert "Only 0 usable good image(s)" in message and "Skipped 2 file(s)" in message
     assert "empty.png:" in message and "text.png:" in message
@@ -229,9 +230,9 @@ def test_a_failed_training_lists_the_files_it_skipped_and_why(trained, tmp_path)
 
 def test_rolling_back_to_a_version_that_does_not_exist_lists_those_that_do(trained):
     models, store, model, _ = trained
-    services.set_sensitivity(models, store, "Disc", 2.0)
+    Changes(models, store).set_sensitivity("Disc", 2.0)
     with pytest.raises(ModelError, match=r"'Disc' has no version 99: its kept versions are 1, 2"):
-        services.rollback(models, store, "Disc", 99)
+        Changes(models, store).rollback("Disc", 99)
 
 
 def test_a_path_that_does_not_exist_is_refused_before_anything_is_inspected(tmp_path, good):

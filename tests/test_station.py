@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from inspector import services
+from inspector.changes import Changes
 from inspector.core.model import Settings, load_model, save_model
 from inspector.core.scoring import Inspector
 from inspector.core.training import train
@@ -377,7 +377,7 @@ def test_each_record_holds_the_model_version_and_threshold_that_decided(inspecto
         station = Station(Inspector(first), store, "camera", models_dir=models,
                           on_message=lambda level, text: messages.append((level, text)))
         before = station.inspect_image(make_part(20), "a").record
-        second = services.set_sensitivity(models, store, "part", 1.0)
+        second = Changes(models, store).set_sensitivity("part", 1.0)
         after = station.inspect_image(make_part(21), "b").record
         # a version that cannot be loaded: the line keeps the one it has and says so
         broken = models / "part" / "v0003"
@@ -403,7 +403,7 @@ def test_a_sensitivity_changed_during_a_run_never_mixes_thresholds(inspector, tm
             sigma = 3.0
             while not done.is_set():
                 sigma = 1.0 if sigma == 3.0 else 3.0
-                model = services.set_sensitivity(models, store, "part", sigma)
+                model = Changes(models, store).set_sensitivity("part", sigma)
                 saved[model.version] = model
 
         changer = threading.Thread(target=change)

@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector import services
+from inspector.changes import Changes
+from inspector.users import ENGINEER, User
+from inspector import changes, services
 from inspector.cli import main
 from inspector.core.model import BANK_FILE, META_FILE, Settings, load_model, save_model
 from inspector.core.roi import Shape, check_roi, roi_from_mask, roi_from_shapes
@@ -67,7 +69,7 @@ def station(tmp_path, good):
     """(models folder, store, model): 'Disc' trained through the service, whole image."""
     models = tmp_path / "models"
     store = ResultStore(tmp_path / "log.db")
-    model, _ = services.train(models, store, "Disc", good, Settings(), user="trainer")
+    model, _ = Changes(models, store, User("trainer", ENGINEER)).train("Disc", good, Settings())
     yield models, store, model
     store.close()
 
@@ -123,9 +125,9 @@ def test_a_new_region_needs_no_good_image_and_calibrates_as_training_with_it(tmp
     paths = write_parts(folder, 12, seed=0)
     models = tmp_path / "models"
     with ResultStore(tmp_path / "log.db") as store:
-        services.train(models, store, "Disc", folder, Settings())
+        Changes(models, store).train("Disc", folder, Settings())
         shutil.rmtree(folder)  # the good images are gone: the region still changes
-        changed = services.set_roi(models, store, "Disc", DISC, user="engineer")
+        changed = Changes(models, store, User("engineer", ENGINEER)).set_region("Disc", DISC)
         [event] = store.events("Disc")[:1]
     assert not paths[0].exists() and changed.version == 2
     assert changed.calibration == disc_model.calibration  # the same as training with the region
@@ -184,7 +186,7 @@ def test_a_taught_part_and_its_like_pass_and_defects_still_fail(station, tmp_pat
     rejected = save_image(tmp_path / "drift_60.png", drifted(60))
     before = Inspector(model)
     assert [before.inspect(drifted(60, noise)).verdict for noise in (None, 1)] == ["NG", "NG"]
-    taught = services.teach(models, store, "Disc", [rejected], user="engineer")
+    taught = Changes(models, store, User("engineer", ENGINEER)).teach("Disc", [rejected])
     new = taught.model
     assert new.version == 2 and load_model(models, "Disc").model_id == new.model_id
     assert taught.scores_before[0] >= model.threshold > 0 and taught.scores_after[0] < new.threshold
@@ -207,35 +209,35 @@ def test_a_taught_part_stays_taught_through_rebuilds_and_trainings(station, tmp_
     kept from the training or from the images) and a new training use it with the good images."""
     models, store, model = station
     rejected = save_image(tmp_path / "drift_60.png", drifted(60))
-    services.teach(models, store, "Disc", [rejected])
+    Changes(models, store).teach("Disc", [rejected])
     [kept] = services.list_images(services.taught_dir(models, "Disc"))
     assert kept.name == "drift_60.png" and kept.read_bytes() == rejected.read_bytes()
     rejected.unlink()  # the operator's file is gone; the product keeps its copy
     features = train("Disc", good, Settings())[1]  # as the desktop keeps them after its training
-    rebuilt = [services.rebuild_bank(models, store, "Disc", 0.02, good=features)[0],
-               services.rebuild_bank(models, store, "Disc", 0.02, images=good[0].parent)[0],
-               services.train(models, store, "Disc", good[0].parent, Settings())[0]]
+    rebuilt = [Changes(models, store).rebuild_bank("Disc", 0.02, good=features)[0],
+               Changes(models, store).rebuild_bank("Disc", 0.02, images=good[0].parent)[0],
+               Changes(models, store).train("Disc", good[0].parent, Settings())[0]]
     for new in rebuilt:
         assert new.counts["good_images"] == len(good) + 1
         assert Inspector(new).inspect(drifted(60, noise=1)).verdict == "OK"
     assert "1 taught good image(s)" in store.events("Disc")[0].detail
     assert "1 taught good image(s)" in rebuilt[0].change
     kept.unlink()  # deleted there: left out from then on
-    assert services.train(models, store, "Disc", good[0].parent, Settings())[0].counts["good_images"] == len(good)
+    assert Changes(models, store).train("Disc", good[0].parent, Settings())[0].counts["good_images"] == len(good)
 
 
 def test_a_rebuild_from_kept_features_says_the_taught_images_in_them_and_drops_deleted_ones(station, tmp_path, good):
     """The desktop keeps the features of its last rebuild, the taught image's among them: the
     next rebuild from them says it uses that image, and leaves it out once it is deleted."""
     models, store, model = station
-    services.teach(models, store, "Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
+    Changes(models, store).teach("Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
     [kept] = services.list_images(services.taught_dir(models, "Disc"))
-    first, features = services.rebuild_bank(models, store, "Disc", 0.02, images=good[0].parent)
+    first, features = Changes(models, store).rebuild_bank("Disc", 0.02, images=good[0].parent)
     assert kept in features.paths and "1 taught good image(s)" in first.change
-    again, features = services.rebuild_bank(models, store, "Disc", 0.03, good=features)
+    again, features = Changes(models, store).rebuild_bank("Disc", 0.03, good=features)
     assert again.counts["good_images"] == len(good) + 1 and "1 taught good image(s)" in again.change
     kept.unlink()
-    left_out, features = services.rebuild_bank(models, store, "Disc", 0.02, good=features)
+    left_out, features = Changes(models, store).rebuild_bank("Disc", 0.02, good=features)
     assert left_out.counts["good_images"] == len(good) and kept not in features.paths
     assert "taught" not in left_out.change
     assert Inspector(left_out).inspect(drifted(60, noise=1)).verdict == "NG"
@@ -247,9 +249,9 @@ def test_a_taught_part_is_kept_only_when_the_model_is_saved(station, tmp_path, m
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(services, "save_model", full)
+    monkeypatch.setattr(changes, "save_model", full)
     with pytest.raises(OSError):
-        services.teach(models, store, "Disc", [rejected])
+        Changes(models, store).teach("Disc", [rejected])
     assert services.list_images(services.taught_dir(models, "Disc")) == []
     assert load_model(models, "Disc").version == 1
 
@@ -280,10 +282,10 @@ def test_a_confirmed_defect_joins_the_known_defects_that_calibration_scores(stat
     ng = write_parts(tmp_path / "ng", 2, "scratch", seed=80)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(TrainingError, match="broken.png"):
-        services.add_known_defects(models, store, "Disc", [ng[0], tmp_path / "broken.png"])
+        Changes(models, store).add_known_defects("Disc", [ng[0], tmp_path / "broken.png"])
     assert not services.known_defects_dir(models, "Disc").exists()  # nothing of a refused batch
-    copies = services.add_known_defects(models, store, "Disc", ng, user="engineer")
-    again = services.add_known_defects(models, store, "Disc", ng[:1])
+    copies = Changes(models, store, User("engineer", ENGINEER)).add_known_defects("Disc", ng)
+    again = Changes(models, store).add_known_defects("Disc", ng[:1])
     assert len({*copies, *again}) == 3 and all(c.parent == services.known_defects_dir(models, "Disc") for c in copies)
     assert [e.kind for e in store.events("Disc")][:2] == ["defect", "defect"]
     assert load_model(models, "Disc").version == 1  # the model itself is unchanged
@@ -297,18 +299,18 @@ def test_a_confirmed_defect_joins_the_known_defects_that_calibration_scores(stat
 
 def test_versions_list_what_changed_and_roll_back(station, tmp_path, capsys):
     models, store, model = station
-    services.set_sensitivity(models, store, "Disc", 1.0)
-    services.set_roi(models, store, "Disc", DISC)
+    Changes(models, store).set_sensitivity("Disc", 1.0)
+    Changes(models, store).set_region("Disc", DISC)
     kept = services.versions(models, "Disc")
     assert [v["version"] for v in kept] == [3, 2, 1]
     assert [v["change"].split()[0] for v in kept] == ["inspection", "sensitivity", "trained"]
-    back = services.rollback(models, store, "Disc", 1, user="engineer")
+    back = Changes(models, store, User("engineer", ENGINEER)).rollback("Disc", 1)
     assert back.version == 4 and back.roi is None and back.threshold == model.threshold
     assert np.array_equal(back.memory_bank, model.memory_bank) and "rollback to version 1" in back.change
     event = store.events("Disc")[0]
     assert (event.kind, event.user) == ("rollback", "engineer") and event.old.startswith("version 3")
     with pytest.raises(ModelError, match="has no version 9: its kept versions are 1, 2, 3, 4"):
-        services.rollback(models, store, "Disc", 9)
+        Changes(models, store).rollback("Disc", 9)
     store.close()
     common = ["--models-dir", str(models), "--db", str(tmp_path / "log.db")]
     capsys.readouterr()
@@ -324,10 +326,10 @@ def test_every_version_carries_the_time_it_was_made(station, tmp_path):
     part or a roll-back made today is not dated at the training it comes from."""
     models, store, model = station
     save_model(dataclasses.replace(model, created="2020-01-02T03:04:05+00:00"), models)  # trained long ago
-    services.set_sensitivity(models, store, "Disc", 2.0)
-    services.set_roi(models, store, "Disc", DISC)
-    services.teach(models, store, "Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
-    services.rollback(models, store, "Disc", 2)
+    Changes(models, store).set_sensitivity("Disc", 2.0)
+    Changes(models, store).set_region("Disc", DISC)
+    Changes(models, store).teach("Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
+    Changes(models, store).rollback("Disc", 2)
     kept = services.versions(models, "Disc")
     assert [v["version"] for v in kept] == [6, 5, 4, 3, 2, 1]
     assert kept[-2]["created"].startswith("2020-01-02")

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, Q
                                QScrollArea, QVBoxLayout, QWidget)
 
 from .. import services
+from ..changes import KINDS, rebuild_folder
 from ..core.model import Model
 from ..errors import TrainingError
 from .session import Session, confirm_on_running_line, settings
@@ -32,10 +33,9 @@ def _score_folder(job: Worker, model: Model, folder: str) -> None:
     services.score_defects(model, folder, lambda *item: job.report(item), job.cancel)
 
 
-def _refit(job: Worker, model: Model, good, ratio: float, models_dir: Path, store, images: str | None,
-           user: str):
-    return services.rebuild_bank(models_dir, store, model.product, ratio, good, images,
-                                 progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
+def _refit(job: Worker, changes, model: Model, good, ratio: float, images: str | None):
+    return changes.rebuild_bank(model.product, ratio, good, images, progress=lambda *step: job.report(step),
+                                cancel=job.cancel)
 
 
 def change_text(model: Model, sigma: float, defects: services.DefectScores | None) -> str:
@@ -60,7 +60,7 @@ class CalibrateTab(QWidget):
         self._refitter: Worker | None = None
 
         self.sigma = QDoubleSpinBox()
-        self.sigma.setRange(0.0, 100.0)  # below 0 most good parts would be rejected (services.check_sensitivity)
+        self.sigma.setRange(0.0, 100.0)  # below 0 most good parts would be rejected (changes.check_sensitivity)
         self.sigma.setDecimals(2)
         self.sigma.setSingleStep(0.25)
         self.sigma.setToolTip("Threshold = median + sigma × robust spread of the held-out good scores.\n"
@@ -82,7 +82,7 @@ class CalibrateTab(QWidget):
         self.proposal.setWordWrap(True)
         self.proposal.hide()
         self.separate.clicked.connect(self.use_separating_threshold)
-        self.apply = QPushButton(icon("check"), "Apply sensitivity")
+        self.apply = QPushButton(icon("check"), KINDS["sensitivity"].label)
         self.apply.setObjectName("primary")
         self.apply.clicked.connect(self.apply_sigma)
         self.locked = lock_note()
@@ -93,7 +93,7 @@ class CalibrateTab(QWidget):
         self.defect_progress = ProgressPanel()
 
         self.ratio = percent_box()
-        self.rebuild = QPushButton(icon("refresh"), "Rebuild memory bank")
+        self.rebuild = QPushButton(icon("refresh"), KINDS["bank"].label)
         self.rebuild.clicked.connect(self.rebuild_bank)
         self.rebuild_note = QLabel()
         self.rebuild_note.setWordWrap(True)
@@ -252,13 +252,12 @@ class CalibrateTab(QWidget):
 
     def apply_sigma(self) -> None:
         model, sigma, session = self._model, self.sigma.value(), self.session
-        if model is None or not session.allow("change the sensitivity"):
+        if model is None or not session.allow("sensitivity"):
             return
         if not confirm_on_running_line(self, session, "Sensitivity", change_text(model, sigma, self._defects)):
             return
-        who = session.who
-        worker = Worker(lambda job: services.set_sensitivity(session.models_dir, session.store, model.product,
-                                                             sigma, who, expected_version=model.version))
+        changes = session.changes
+        worker = Worker(lambda job: changes.set_sensitivity(model.product, sigma, expected_version=model.version))
         worker.returned.connect(lambda new: self._applied(model, new))
         worker.errored.connect(self.session.error)
         worker.start()
@@ -339,7 +338,7 @@ class CalibrateTab(QWidget):
             return None, ("Re-uses the patch features kept from this session's training or last rebuild"
                           + (f"; reads {taught}." if taught else ": no image is read again."))
         try:  # the folder the model records; for an older model, the Train tab's folder of the product
-            folder = services.rebuild_folder(self._model, settings().value(f"good_folder/{product}", ""))
+            folder = rebuild_folder(self._model, settings().value(f"good_folder/{product}", ""))
         except TrainingError as exc:
             return "", str(exc)
         also = f" and {taught}" if taught else ""
@@ -347,7 +346,7 @@ class CalibrateTab(QWidget):
 
     def rebuild_bank(self) -> None:
         model, good, session = self._model, self.session.good, self.session
-        if model is None or not session.allow("rebuild the memory bank"):
+        if model is None or not session.allow("bank"):
             return
         if session.line_running:
             session.warn("Stop the line before rebuilding the memory bank: a new model is checked here "
@@ -358,8 +357,7 @@ class CalibrateTab(QWidget):
             session.warn(note)
             return
         self.rebuild_progress.begin("Rebuilding the memory bank…")
-        self._refitter = worker = Worker(_refit, model, good, self.ratio.value() / 100.0, session.models_dir,
-                                         session.store, folder, session.who)
+        self._refitter = worker = Worker(_refit, session.changes, model, good, self.ratio.value() / 100.0, folder)
         worker.yielded.connect(lambda step: self.rebuild_progress.step(*step))
         worker.returned.connect(lambda result: self._rebuilt(*result))
         worker.errored.connect(self._rebuild_failed)
@@ -387,8 +385,8 @@ class CalibrateTab(QWidget):
 
     def _update_buttons(self) -> None:
         model, session = self._model, self.session
-        engineer = session.user.is_engineer
-        show_lock(self.locked, session.locked_reason("change the threshold or the memory bank") if model else "")
+        engineer = session.may("sensitivity")
+        show_lock(self.locked, session.locked_reason("sensitivity") if model else "")
         self.apply.setEnabled(engineer and model is not None
                               and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
         self.sigma.setEnabled(engineer and model is not None)

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDouble
                                QPushButton, QSlider, QStackedWidget, QVBoxLayout, QWidget)
 
 from .. import services
+from ..changes import KINDS
 from ..common import yield_rate
 from ..core.model import Model
 from ..core.profile import ADVICE
@@ -298,7 +299,7 @@ class MonitorTab(QWidget):
             self.counter_labels[key] = value
         self.shift_since = QLabel()
         self.shift_since.setObjectName("hint")
-        new_shift = QPushButton("New shift…")
+        new_shift = QPushButton(KINDS["shift"].label)
         new_shift.setToolTip("Start a new shift: the counters start again from zero (the log keeps everything)")
         new_shift.clicked.connect(self._ask_new_shift)
         grid.addWidget(self.shift_since, 2, 0, 1, 3)

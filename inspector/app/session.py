@@ -9,11 +9,12 @@ from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from .. import services
+from ..changes import KINDS, Changes
 from ..core.model import Model, current_version, load_model
 from ..core.training import GoodFeatures
 from ..errors import InspectorError, describe
 from ..store.results import ResultStore
-from ..users import OPERATOR_USER, Accounts, User, require_engineer
+from ..users import OPERATOR_USER, Accounts, User
 from .worker import Worker
 
 
@@ -55,7 +56,7 @@ class Session(QObject):
         self.good: GoodFeatures | None = None  # features of the last training, kept to re-fit
         self._busy: set[str] = set()
         self.shipper = None  # ships the log to the plant database (inspector.plant.Shipper), when one is given
-        self._shift = services.shift_start(store) or services.new_shift(store, str(self.user))
+        self._shift = services.shift_start(store) or self.changes.new_shift()
 
     # ---- who is at the station, and the shift ---------------------------------------
     def unlock(self, pin: str) -> User:
@@ -66,7 +67,7 @@ class Session(QObject):
 
     def set_engineer(self, name: str, pin: str, old_pin: str | None = None) -> User:
         """Set the engineer's PIN (the station's first start, or a change); unlocks."""
-        self.user = services.set_engineer(self.accounts, self.store, name, pin, old_pin)
+        self.user = self.changes.set_engineer(name, pin, old_pin)
         self.user_changed.emit()
         return self.user
 
@@ -75,34 +76,42 @@ class Session(QObject):
             self.user = OPERATOR_USER
             self.user_changed.emit()
 
-    def allow(self, what: str) -> bool:
-        """Whether the current user may `what` (e.g. 'train a product'); says why not."""
+    @property
+    def changes(self) -> Changes:
+        """The owner of every change (inspector.changes), for the user at the station now."""
+        return Changes(self.models_dir, self.store, self.user, self.accounts)
+
+    def may(self, kind: str) -> bool:
+        """Whether the current user may make a change of `kind` (inspector.changes.KINDS)."""
         try:
-            require_engineer(self.user, what)
+            self.changes.check(kind)
+        except InspectorError:
+            return False
+        return True
+
+    def allow(self, kind: str) -> bool:
+        """Whether the current user may make a change of `kind`; says why not."""
+        try:
+            self.changes.check(kind)
         except InspectorError as exc:
             self.warn(str(exc))
             return False
         return True
 
-    def locked_reason(self, what: str, stopped_line: bool = False) -> str:
-        """Why `what` (e.g. 'train a product') cannot be done now, in words shown beside the
-        control (a touch screen has no hover); '' when it can."""
-        if not self.user.is_engineer:
-            return f"Locked: only the engineer may {what}. Unlock with “Engineer…” at the top right."
+    def locked_reason(self, kind: str, stopped_line: bool = False) -> str:
+        """Why a change of `kind` cannot be made now, in words shown beside its control (a touch
+        screen has no hover); '' when it can."""
+        if not self.may(kind):
+            return f"Locked: only the engineer may {KINDS[kind].permission}. Unlock with “Engineer…” at the top right."
         if stopped_line and self.line_running:
-            return f"Stop the line (Monitor tab) to {what}."
+            return f"Stop the line (Monitor tab) to {KINDS[kind].permission}."
         return ""
-
-    @property
-    def who(self) -> str:
-        """The user as events record it."""
-        return str(self.user)
 
     def shift_start(self) -> str:
         return self._shift
 
     def new_shift(self) -> str:
-        self._shift = services.new_shift(self.store, self.who)
+        self._shift = self.changes.new_shift()
         return self._shift
 
     # ---- messages and busy state ---------------------------------------------------
@@ -162,10 +171,10 @@ class Session(QObject):
         self.changed.emit()
 
     def create(self, name: str) -> str:
-        return services.create_product(self.models_dir, self.store, name, self.who)
+        return self.changes.create_product(name)
 
     def rename(self, new_name: str) -> str:
-        return services.rename_product(self.models_dir, self.store, self.product, new_name, self.who)
+        return self.changes.rename_product(self.product, new_name)
 
     def delete(self) -> None:
-        services.delete_product(self.models_dir, self.store, self.product, self.who)
+        self.changes.delete_product(self.product)

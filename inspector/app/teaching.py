@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QButtonGroup, QFileDialog, QGraphicsPolygonItem, 
                                QVBoxLayout, QWidget)
 
 from .. import services
+from ..changes import KINDS, Taught
 from ..core.roi import Shape, describe_roi, roi_from_shapes
 from ..data.images import load_image
 from ..errors import TrainingError
@@ -30,7 +31,7 @@ def _percent(rate: float) -> str:
     return f"{100.0 * rate:.1f} %"
 
 
-def taught_summary(taught: services.Taught) -> str:
+def taught_summary(taught: Taught) -> str:
     """What teaching changed, in the operator's words: the new threshold and how the expected
     false-reject rate moved."""
     before, after = taught.false_reject_rates()
@@ -45,7 +46,7 @@ def teach_part(session: Session, record: InspectionRecord, good: bool) -> Worker
     """'This part is good' (it joins the model: a new version) or 'this part is a defect' (it
     joins the product's known defects) for a logged part whose image file is still there, off
     the GUI thread; the outcome goes to the messages."""
-    product, who = record.product, session.who
+    product, changes = record.product, session.changes
 
     def work(job: Worker):
         path = services.find_image(record)
@@ -53,8 +54,8 @@ def teach_part(session: Session, record: InspectionRecord, good: bool) -> Worker
             raise TrainingError(f"The image of this part ({record.image_path or 'a camera frame'}) is no longer "
                                 f"there: it cannot be taught.")
         if good:
-            return services.teach(session.models_dir, session.store, product, [path], user=who)
-        return services.add_known_defects(session.models_dir, session.store, product, [path], user=who)
+            return changes.teach(product, [path])
+        return changes.add_known_defects(product, [path])
 
     def done(result) -> None:
         if not good:
@@ -79,10 +80,10 @@ class PartButtons(QWidget):
         super().__init__()
         self.session = session
         self.record: InspectionRecord | None = None
-        self.good = QPushButton(icon("check"), "This part is good")
+        self.good = QPushButton(icon("check"), KINDS["teach"].label)
         self.good.setToolTip("Teach it: its patches join the memory bank and its score the calibration "
                              "(a new model version; the good images are not read again)")
-        self.defect = QPushButton("This part is a defect")
+        self.defect = QPushButton(KINDS["defect"].label)
         self.defect.setToolTip("Add it to the product's known defects, which Calibrate scores")
         self.good.clicked.connect(lambda: self.teach(True))
         self.defect.clicked.connect(lambda: self.teach(False))
@@ -97,14 +98,14 @@ class PartButtons(QWidget):
     def set_record(self, record: InspectionRecord | None) -> None:
         usable = record is not None and record.verdict in ("OK", "NG") and bool(record.image_path)
         self.record = record if usable else None
-        engineer = self.session.user.is_engineer
+        engineer = self.session.may("teach")
         self.good.setEnabled(usable and engineer)  # it changes the model
-        self.good.setText("This part is good" if engineer else "This part is good (engineer only)")
+        self.good.setText(KINDS["teach"].label + ("" if engineer else " (engineer only)"))
         self.defect.setEnabled(usable)  # a known defect only feeds Calibrate: an operator may confirm one
 
     def teach(self, good: bool) -> Worker | None:
         record = self.record
-        if record is None or (good and not self.session.allow("teach the model a good part")):
+        if record is None or (good and not self.session.allow("teach")):
             return None
         model = self.session.model if self.session.product == record.product else None
         now = (f" (now version {model.version}, threshold {model.threshold:.4g}; this part scored "
@@ -206,7 +207,7 @@ class RegionEditor(QWidget):
         self.clear = QPushButton("Whole image")
         self.clear.setToolTip("Remove every area: inspect the whole image")
         self.clear.clicked.connect(self.clear_shapes)
-        self.save = QPushButton(icon("check"), "Save region")
+        self.save = QPushButton(icon("check"), KINDS["region"].label)
         self.save.setObjectName("primary")
         self.save.clicked.connect(self.save_region)
         self.status = QLabel("Open a good image of the product, then draw where to inspect.")
@@ -229,8 +230,8 @@ class RegionEditor(QWidget):
     # ---- what is shown ----------------------------------------------------------------
     def refresh(self) -> None:
         model = self.session.model
-        self.save.setEnabled(model is not None and self.image is not None and self.session.user.is_engineer)
-        show_lock(self.locked, self.session.locked_reason("change the inspection region") if model else "")
+        self.save.setEnabled(model is not None and self.image is not None and self.session.may("region"))
+        show_lock(self.locked, self.session.locked_reason("region") if model else "")
         self._say_region()
         if self.image is not None and not self.shapes:
             self._paint_region(None if model is None else model.roi)
@@ -314,7 +315,7 @@ class RegionEditor(QWidget):
 
     def save_region(self) -> None:
         model = self.session.model
-        if model is None or not self.session.allow("change the inspection region"):
+        if model is None or not self.session.allow("region"):
             return
         if not confirm_on_running_line(self, self.session, "Inspection region",
                                        f"Saving the region makes a new model version of '{model.product}', "
@@ -333,8 +334,8 @@ class RegionEditor(QWidget):
             if self.session.product == product:
                 self.session.set_model(new, self.session.good)
 
-        who = self.session.who
-        worker = Worker(lambda job: services.set_roi(self.session.models_dir, self.session.store, product, roi, who))
+        changes = self.session.changes
+        worker = Worker(lambda job: changes.set_region(product, roi))
         worker.returned.connect(saved)
         worker.errored.connect(self.session.error)
         self._saver = worker.start()
@@ -377,9 +378,9 @@ class VersionsPanel(QWidget):
         self.change = QLabel()  # what changed in the selected version, whole (the column is cut short)
         self.change.setWordWrap(True)
         self.change.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.rollback = QPushButton(icon("refresh"), "Roll back to this version")
+        self.rollback = QPushButton(icon("refresh"), KINDS["rollback"].label)
         self.rollback.clicked.connect(lambda: self.roll_back())  # not clicked(checked=False) as `confirm`
-        self.resign = QPushButton(icon("refresh"), "Sign this version")
+        self.resign = QPushButton(icon("refresh"), KINDS["resign"].label)
         self.resign.setToolTip("A version this station refuses as unsigned (an older Inspector's, another "
                                "station's, or edited): sign it, once you have checked it, as the next version")
         self.resign.clicked.connect(lambda: self.sign())
@@ -433,9 +434,9 @@ class VersionsPanel(QWidget):
         self.change.setText(f"Version {version}{in_use}: {self.table.item(rows[0].row(), len(self.COLUMNS) - 1).text()}"
                             if rows else "Select a version to see what changed in it, or to roll back to it.")
         self.rollback.setEnabled(version is not None and model is not None and version != model.version
-                                 and self.session.user.is_engineer)
-        self.resign.setEnabled(self._refused() is not None and self.session.user.is_engineer)
-        what = "roll back the model" if self._refused() is None else "sign a model"
+                                 and self.session.may("rollback"))
+        self.resign.setEnabled(self._refused() is not None and self.session.may("resign"))
+        what = "rollback" if self._refused() is None else "resign"
         show_lock(self.locked, self.session.locked_reason(what) if self._rows else "")
 
     def _refused(self) -> dict | None:
@@ -445,7 +446,7 @@ class VersionsPanel(QWidget):
 
     def sign(self, confirm: bool = True) -> None:
         refused, product = self._refused(), self.session.product
-        if refused is None or product is None or not self.session.allow("sign a model"):
+        if refused is None or product is None or not self.session.allow("resign"):
             return
         version = refused["version"]
         if confirm and not confirm_on_running_line(
@@ -455,8 +456,7 @@ class VersionsPanel(QWidget):
                 f"saved, signed, as the next version, and the line may use it.", always=True):
             return
         try:
-            old, new = services.resign(self.session.models_dir, self.session.store, product, version,
-                                       self.session.who)
+            old, new = self.session.changes.resign(product, version)
         except Exception as exc:  # noqa: BLE001 - shown to the operator
             self.session.error(exc)
             return
@@ -465,15 +465,14 @@ class VersionsPanel(QWidget):
 
     def roll_back(self, confirm: bool = True) -> None:
         version, product = self.selected_version(), self.session.product
-        if version is None or product is None or not self.session.allow("roll back the model"):
+        if version is None or product is None or not self.session.allow("rollback"):
             return
         if confirm and not confirm_on_running_line(self, self.session, "Roll back",
                                                    rollback_text(self.session.models_dir, self.session.model,
                                                                  version), always=True):
             return
         try:
-            new = services.rollback(self.session.models_dir, self.session.store, product, version,
-                                    self.session.who)
+            new = self.session.changes.rollback(product, version)
         except Exception as exc:  # noqa: BLE001 - shown to the operator
             self.session.error(exc)
             return

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, Q
                                QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from .. import services
+from ..changes import KINDS, Changes
 from ..core.backbones import BACKBONES
 from ..core.features import REFERENCE_SIDE, default_defect_size, find_graph
 from ..core.model import Settings, describe_scale
@@ -41,31 +42,30 @@ def _scan(job: Worker, folder: str) -> None:
             job.report(("readable", path, thumbnail(image) if i < MAX_THUMBNAILS else None, image.shape[:2]))
 
 
-def _train(job: Worker, product: str, folder: str, options: Settings, models_dir: Path, store, user: str):
+def _train(job: Worker, product: str, folder: str, options: Settings, changes: Changes):
     """Train and save (a failed or cancelled training saves nothing); then score the product's
     known defects, if any, so that the end of the training says the escapes too."""
-    model, good = services.train(models_dir, store, product, folder, options,
-                                 progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
-    known = services.known_defects(models_dir, product)
+    model, good = changes.train(product, folder, options, progress=lambda *step: job.report(step), cancel=job.cancel)
+    known = services.known_defects(changes.models_dir, product)
     defects = None if known is None else services.score_defects(
         model, known, lambda done, total, *_: job.report(("scoring known defects", done, total)), job.cancel)
     return model, good, defects
 
 
 def _capture_and_train(job: Worker, product: str, source: str, frames: int, folder: str, options: Settings,
-                       models_dir: Path, store, user: str):
+                       changes: Changes):
     """Capture frames of good parts from the camera into the product's taught images, then
     train on them (and on the folder of good images, when one is chosen)."""
-    captured = services.capture_good_frames(source, frames, services.taught_dir(models_dir, product),
+    captured = services.capture_good_frames(source, frames, services.taught_dir(changes.models_dir, product),
                                             progress=lambda *step: job.report(step), cancel=job.cancel)
-    return _train(job, product, folder or captured, options, models_dir, store, user)
+    return _train(job, product, folder or captured, options, changes)
 
 
 def _learn(job: Worker, product: str, good_folder: str | None, defects_folder: str, min_defect_area: float,
-           mm_per_px: float | None, models_dir: Path, store, user: str):
-    """Train the defect heads on known defects and save the new version (services.learn_defects)."""
-    return services.learn_defects(models_dir, store, product, good_folder, defects_folder, min_defect_area, mm_per_px,
-                                  progress=lambda *step: job.report(step), cancel=job.cancel, user=user)
+           mm_per_px: float | None, changes: Changes):
+    """Train the defect heads on known defects and save the new version (Changes.learn_defects)."""
+    return changes.learn_defects(product, good_folder, defects_folder, min_defect_area, mm_per_px,
+                                 progress=lambda *step: job.report(step), cancel=job.cancel)
 
 
 def percent_box(value: float = 1.0) -> QDoubleSpinBox:
@@ -136,7 +136,7 @@ class TrainTab(QWidget):
             self.sampler.addItem(text, name)
         self.ratio = percent_box()
 
-        self.start = QPushButton(icon("start"), "Start training")
+        self.start = QPushButton(icon("start"), KINDS["train"].label)
         self.start.setObjectName("primary")
         self.start.clicked.connect(self.start_training)
         self.cancel = QPushButton(icon("stop"), "Cancel")
@@ -158,7 +158,7 @@ class TrainTab(QWidget):
         self.min_area.setSpecialValueText("None: every defect rejects")
         self.min_area.setToolTip("A region smaller than this is accepted: the part stays OK")
         self.mm_per_px.valueChanged.connect(lambda v: self.min_area.setSuffix(" mm²" if v else " px"))
-        self.learn = QPushButton(icon("start"), "Train on known defects")
+        self.learn = QPushButton(icon("start"), KINDS["learn"].label)
         self.learn.setToolTip("Train a defect classifier and a segmentation head (from the masks) on the known "
                               "defects and the good images above; saved as a new version")
         self.learn.clicked.connect(self.learn_defects)
@@ -324,8 +324,8 @@ class TrainTab(QWidget):
             self._run_training(_capture_and_train, self.camera.text().strip(), self.frames.value(),
                                self.folder.path())
 
-    def _may_train(self, button: QPushButton) -> bool:
-        if not self.session.allow("train a product"):
+    def _may_train(self, button: QPushButton, kind: str = "train") -> bool:
+        if not self.session.allow(kind):
             return False
         if self.session.line_running:
             self.session.warn("Stop the line before training: a new model is checked on the Calibrate tab "
@@ -344,17 +344,16 @@ class TrainTab(QWidget):
         else:
             self.progress.begin("Reading the good images…", steps)
         self._start(lambda result: self._trained(product, *result), fn, product, *sources, options,
-                    self.session.models_dir, self.session.store, self.session.who)
+                    self.session.changes)
 
     def learn_defects(self) -> None:
         """Train on known defects: the defect heads on the current model, saved as a new version."""
-        if not self._may_train(self.learn):
+        if not self._may_train(self.learn, "learn"):
             return
         product = self.session.product
         self.progress.begin("Reading the good images…", 2)
         self._start(lambda model: self._learnt(product, model), _learn, product, self.folder.path() or None,
-                    self.defects.path(), self.min_area.value(), self.mm_per_px.value() or None,
-                    self.session.models_dir, self.session.store, self.session.who)
+                    self.defects.path(), self.min_area.value(), self.mm_per_px.value() or None, self.session.changes)
 
     def _start(self, done, fn, *args) -> None:
         """Run `fn(job, *args)` as the training under way: its progress shown, `done` with its result."""
@@ -443,14 +442,14 @@ class TrainTab(QWidget):
     def _update_buttons(self) -> None:
         training, session = self._trainer is not None, self.session
         self.start.setEnabled(not training and bool(session.product) and bool(self.folder.path())
-                              and session.user.is_engineer and not session.line_running)
-        reason = session.locked_reason("train a product", stopped_line=True) if session.product else ""
+                              and session.may("train") and not session.line_running)
+        reason = session.locked_reason("train", stopped_line=True) if session.product else ""
         show_lock(self.locked, reason)
-        self.start.setToolTip(reason or "Start training")
+        self.start.setToolTip(reason or KINDS["train"].label)
         self.capture.setEnabled(not training and bool(session.product) and bool(self.camera.text().strip())
-                                and session.user.is_engineer and not session.line_running)
+                                and session.may("train") and not session.line_running)
         self.learn.setEnabled(not training and session.model is not None
-                              and bool(self.folder.path() or session.model.good_folder) and bool(self.defects.path()) and session.user.is_engineer and not session.line_running)
+                              and bool(self.folder.path() or session.model.good_folder) and bool(self.defects.path()) and session.may("train") and not session.line_running)
         self.cancel.setEnabled(training)
         for widget in (self.folder, self.camera, self.frames, self.backbone, self.defect_size, self.sampler,
                        self.ratio, self.defects, self.mm_per_px, self.min_area):

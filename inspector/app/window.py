@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QDialogButtonBo
                                QInputDialog, QLabel, QLineEdit, QMainWindow, QMessageBox, QPlainTextEdit,
                                QPushButton, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from ..changes import KINDS
 from ..common import login_name
 from ..errors import InspectorError
 from ..store.results import ResultStore
@@ -115,9 +116,9 @@ class ProductBar(QWidget):
         layout.addWidget(title)
         layout.addWidget(self.combo)
         self.buttons = []
-        for text, name, slot in (("New…", "add", self._ask_new), ("Rename…", "edit", self._ask_rename),
-                                 ("Delete", "delete", self._ask_delete)):
-            button = QPushButton(icon(name), text)
+        for kind, name, slot in (("create", "add", self._ask_new), ("rename", "edit", self._ask_rename),
+                                 ("delete", "delete", self._ask_delete)):
+            button = QPushButton(icon(name), KINDS[kind].label)
             button.clicked.connect(slot)
             layout.addWidget(button)
             self.buttons.append(button)
@@ -144,7 +145,7 @@ class ProductBar(QWidget):
         self.session.select(self.combo.currentData())
 
     def create(self, name: str) -> None:
-        if not self.session.allow("create a product"):
+        if not self.session.allow("create"):
             return
         try:
             self.reload(self.session.create(name))
@@ -154,7 +155,7 @@ class ProductBar(QWidget):
             self.session.info(f"Product '{self.session.product}' created: choose its good images and train it.")
 
     def rename(self, new_name: str) -> None:
-        if not self.session.allow("rename a product"):
+        if not self.session.allow("rename"):
             return
         try:
             self.reload(self.session.rename(new_name))
@@ -163,7 +164,7 @@ class ProductBar(QWidget):
 
     def delete(self) -> None:
         name = self.session.product
-        if not self.session.allow("delete a product"):
+        if not self.session.allow("delete"):
             return
         try:
             self.session.delete()
@@ -231,7 +232,7 @@ class ProductBar(QWidget):
         self.level.setProperty("engineer", engineer)
         self.level.style().unpolish(self.level)
         self.level.style().polish(self.level)
-        self.unlock.setText("Lock" if engineer else "Engineer…")
+        self.unlock.setText("Lock" if engineer else KINDS["engineer"].label)
         self.unlock.setIcon(icon("unlock" if engineer else "lock"))
         self.unlock.setToolTip("Back to the operator level" if engineer else
                                "Unlock the engineer level (train, sensitivity, memory bank, products)")
@@ -292,7 +293,7 @@ class MainWindow(QMainWindow):
         if plant_url:  # the log is shipped to the plant database while the window is open
             from ..plant import Shipper
 
-            session.shipper = Shipper(store, plant_url, models_dir=models_dir,
+            session.shipper = Shipper(store, plant_url,
                                       on_message=lambda level, text: session.message.emit(level, text)).start()
         self.idle_lock = IdleLock(session)
         self.products = ProductBar(session)

@@ -1,7 +1,7 @@
 """What the PLC servers (OPC UA, Modbus TCP) share with the running line, free of any
 protocol: the trigger (a source of parts, like the camera and the folder), the line's state,
 the results of triggered parts with a counter that never skips, and product select, which
-goes through services.select_product (checked, recorded as an event) like every change.
+goes through Changes.select_product (checked, recorded as an event) like every change.
 
 Wiring: `run_line(..., trigger=link.trigger, on_outcome=link.on_outcome (and the shell's
 own), on_status=link.on_status, on_station=link.on_station)`."""
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import services
+from ..changes import Changes
 from ..core.model import Model
 from ..core.product_numbers import product_numbers
 from ..errors import InspectorError
 from ..sources.trigger import Trigger
 from ..station import Outcome, Station
 from ..store.results import ResultStore
-from ..users import AccessDenied
+from ..users import LINE, AccessDenied, User
 
 STATES = ("stopped", "ready", "busy", "error")  # as OPC 40100 names a vision system's states
 
@@ -130,7 +130,7 @@ class LineLink:
         raise LineIOError(f"There is no product number {number} (products: {self.describe_numbers()}).")
 
     def select_product(self, product: str, who: str) -> Model:
-        """A PLC's product select (services.select_product): refused with the reason when the
+        """A PLC's product select (Changes.select_product): refused with the reason when the
         station does not allow it, the line is stopped, or the product has no usable model."""
         if not self.product_select:
             raise AccessDenied(f"The {who} may not select the product on this station: allow it with "
@@ -138,7 +138,7 @@ class LineLink:
         station = self._station
         if station is None:
             raise LineIOError("The line is not running: start it before selecting a product.")
-        model = services.select_product(self.models_dir, self.store, station, product, who)
+        model = Changes(self.models_dir, self.store, User(who, LINE)).select_product(station, product)
         self.product = model.product
         with self._lock:
             listeners = list(self._select_listeners)
