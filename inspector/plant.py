@@ -36,7 +36,7 @@ import psycopg
 from psycopg import conninfo, errors
 
 from . import services
-from .core.model import BANK_FILE, META_FILE, load_model, version_folder
+from .core.model_store import BANK_FILE, META_FILE, load_model, version_folder
 from .errors import ModelError, PlantError
 from .station import Message, no_message
 from .store.results import COLUMNS, EVENT_COLUMNS, ResultStore, yield_rate

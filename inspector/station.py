@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .core.features import FeatureExtractor, Prepared
-from .core.model import Model, current_version, load_model
+from .core.model import Model
+from .core.model_store import current_version, load_model
 from .core.profile import ADVICE, differences
 from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image
