@@ -3,10 +3,8 @@
 One folder per product under the models directory, one subfolder per version:
 
     <product>/v0001/model.json               metadata, settings, calibration, thresholds,
-    <product>/v0001/memory_bank.safetensors  the memory bank, and from format 3 the inspection
-                                             region and the calibration images' patch scores
-                                             (format 4: flat, with each image's grid shape)
-                                             (data only, never unpickled)
+    <product>/v0001/memory_bank.safetensors  the memory bank, the inspection region and the
+                                             calibration's patch scores (data only, never unpickled)
     <product>/v0002/...                      the next change (training, sensitivity, bank)
 
 A version is never changed once written. A change writes the next version into a hidden
@@ -16,15 +14,9 @@ The newest version is the product's model; the last KEEP_VERSIONS are kept (a ro
 a new version holding an old one's content). The product's name is its folder's name.
 
 `model.json` carries a SHA-256 checksum over everything that decides a verdict (settings,
-calibration, thresholds and the memory bank's own SHA-256), and every field is validated on
-load; it may also hold the good images' profile (core.profile) and the folder they came from,
-which older models lack.
-The checksum stops accidents; the signature (see "signing" below) stops edits: a model not
-signed with the station's key for its product is refused until an engineer re-signs it,
-which saves it as a new version.
-
-Older formats are read for re-signing: each is upgraded to the newest, step by step (UPGRADES),
-before its fields are read."""
+calibration, thresholds and the memory bank's own SHA-256) and a signature (see "signing"),
+and every field is validated on load. Older formats are read for re-signing: each is upgraded
+to the newest, step by step (UPGRADES), before its fields are read."""
 from __future__ import annotations
 
 import hashlib
@@ -59,10 +51,9 @@ _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
 # ---- the format and its upgrades ----------------------------------------------------------
-# UPGRADES[n - 1] makes model.json of format n the same model in format n + 1; a file is read
-# by upgrading it to the newest format (its checksum and signature are those of the file as
-# stored). Changing the fields of Settings or Calibration changes the format: add the step to
-# the next format, saying what the new fields are in older files, and list them in FORMAT_FIELDS.
+# UPGRADES[n - 1] makes model.json of format n the same model in format n + 1 (the checksum and
+# signature are those of the file as stored). Changing the fields of Settings or Calibration
+# changes the format: add the step to the next, saying what the new fields are in older files.
 
 def _settings(meta: dict, change) -> dict:
     settings = meta.get("settings")
@@ -70,32 +61,22 @@ def _settings(meta: dict, change) -> dict:
 
 
 def _to_format_2(meta: dict) -> dict:
-    """Format 1 (model.json and the bank directly in the product's folder, read as version 1)
-    checksummed only the bank, by its digest; settings from before the backbone weight file and
-    the feature version have no weight file and the patch features of version 1 (which this
-    Inspector refuses: retrain)."""
+    """Format 1 (in the product's folder, read as version 1) checksummed only the bank; settings
+    older than their weight file and feature version have none and features of version 1 (refused)."""
     meta = {k: v for k, v in meta.items() if k != "bank_sha256"} | {
         "bank": {"file": BANK_FILE, "sha256": meta.get("bank_sha256")}}
     return _settings(meta, lambda s: {"weights": None, "feature_version": 1} | s)
 
 
-def _to_format_3(meta: dict) -> dict:
-    """Format 3 adds arrays beside the bank, model.json unchanged: the inspection region, which
-    an older Inspector would ignore (so it must refuse the file), and the calibration images'
-    patch scores (format 2 has neither: no region, and a region or teaching needs a retraining)."""
-    return meta
-
-
 def _to_format_4(meta: dict) -> dict:
-    """Format 4 keeps the aspect ratio: images are scaled by the smallest defect to find
-    (`defect_size`, None before) instead of squashed into image_size x image_size (None since),
-    every good image is calibrated (k-fold: the held-out fraction `holdout` is dropped), images
-    of a product may differ in size (the calibration's patch scores are stored flat with each
-    image's grid shape) and the region is a mask of its own size, stretched over each image."""
+    """Format 4 scales images by the smallest defect to find (`defect_size`, None before) instead of
+    squashing them to image_size (None since), and calibrates k-fold (no held-out fraction)."""
     return _settings(meta, lambda s: {"defect_size": None} | {k: v for k, v in s.items() if k != "holdout"})
 
 
-UPGRADES = (_to_format_2, _to_format_3, _to_format_4)
+# Format 3 adds the region and the calibration's patch scores beside the bank (an older Inspector
+# must refuse them): model.json is unchanged.
+UPGRADES = (_to_format_2, lambda meta: meta, _to_format_4)
 FORMAT_VERSION = len(UPGRADES) + 1
 FORMAT_FIELDS = {  # the fields the newest format stores
     "settings": ("backbone", "defect_size", "image_size", "sampler", "sampling_ratio", "sigma", "seed",
@@ -144,10 +125,6 @@ def _bank_bytes(bank: np.ndarray, roi: np.ndarray | None = None, patch_scores: n
     return save(arrays)
 
 
-def _canonical(meta: dict) -> bytes:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
 def _checksum(meta: dict) -> str:
     return hashlib.sha256(_signed_bytes(meta)).hexdigest()
 
@@ -162,7 +139,8 @@ def _checksum(meta: dict) -> str:
 # re-signs it (services.resign: load_model(signed=False), saved as a new version).
 
 def _signed_bytes(meta: dict) -> bytes:
-    return _canonical({k: v for k, v in meta.items() if k not in ("checksum", "signature")})
+    signed = {k: v for k, v in meta.items() if k not in ("checksum", "signature")}
+    return json.dumps(signed, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def _signature(meta: dict, product: str, key: bytes) -> str:
