@@ -23,9 +23,9 @@ import inspector  # noqa: F401 - first: it sets how numpy's BLAS threads wait, r
 import numpy as np
 
 from inspector.changes import Changes
-from inspector import services
 from inspector.cli import ProgressLine
-from inspector.core.model import Model, Settings, load_model, save_model
+from inspector.core.model import Model, Settings
+from inspector.core.model_store import load_model, save_model
 from inspector.core.scoring import Inspector
 from inspector.core.training import train
 from inspector.data.images import load_image, save_image

@@ -27,7 +27,8 @@ import fcntl  # noqa: E402,F401 - imported before dropping privileges (the stdli
 
 from inspector.changes import Changes
 from inspector import services  # noqa: E402
-from inspector.core.model import Settings, load_model  # noqa: E402
+from inspector.core.model import Settings  # noqa: E402
+from inspector.core.model_store import load_model  # noqa: E402
 from inspector.store.results import ResultStore  # noqa: E402
 from inspector.synthetic import write_parts  # noqa: E402
 

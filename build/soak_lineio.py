@@ -35,7 +35,8 @@ from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 from inspector.data.images import list_images, load_image  # noqa: E402
 from inspector import services  # noqa: E402
-from inspector.core.model import Settings, save_model  # noqa: E402
+from inspector.core.model import Settings  # noqa: E402
+from inspector.core.model_store import save_model  # noqa: E402
 from inspector.core.training import train  # noqa: E402
 from inspector.lineio.line_io import LineIO, LineSettings  # noqa: E402
 from inspector.station import inspector_for  # noqa: E402

@@ -28,8 +28,8 @@ from . import signing
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
-from .core.model import (Model, Settings, check_product_name, delete_model, describe_scale, list_models,
-                         load_model, rename_model, save_model, signed_with, with_sigma)
+from .core.model import Model, Settings, check_product_name, describe_scale, with_sigma
+from .core.model_store import delete_model, list_models, load_model, rename_model, save_model, signed_with
 from .core.product_numbers import product_numbers, rename_number
 from .core.profile import profile_of, widened
 from .core.roi import describe_roi
@@ -480,7 +480,7 @@ class Changes:
         import cv2
 
         from .core import supervised
-        from .core.model import robust_centre_spread
+        from .core.calibration import robust_centre_spread
         from .core.scoring import patch_scores, score_patches
 
         self.check("learn")

@@ -432,7 +432,7 @@ def _rate(model) -> str:
 
 
 def cmd_roi(args) -> int:
-    from .core.model import load_model
+    from .core.model_store import load_model
     from .core.roi import roi_from_mask
 
     if (args.mask is None) == (not args.clear):
@@ -473,7 +473,7 @@ def cmd_teach(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from .core.model import load_model
+    from .core.model_store import load_model
 
     with _open_store(args) as store:
         changes = _changes(args, store, "rollback")
@@ -499,7 +499,7 @@ def cmd_inspect(args) -> int:
 
 def _inspect_again(args, files: list[Path]) -> int:
     """Inspect files with the product's current model, logged or not, and log nothing."""
-    from .core.model import load_model
+    from .core.model_store import load_model
     from .errors import describe
     from .services import reinspect
 
@@ -530,7 +530,7 @@ def cmd_camera(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .core.model import load_model
+    from .core.model_store import load_model
     from .services import known_defects, propose_threshold, rates, score_defects
 
     if args.defects is not None and not args.defects.is_dir():
@@ -605,7 +605,7 @@ def cmd_products(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .core.model import list_models, list_versions
+    from .core.model_store import list_models, list_versions
     from .core.product_numbers import product_numbers
 
     if args.resign:

@@ -37,7 +37,7 @@ from psycopg import conninfo, errors
 
 from .changes import Changes
 from .common import yield_rate
-from .core.model import BANK_FILE, META_FILE, load_model, version_folder
+from .core.model_store import BANK_FILE, META_FILE, load_model, version_folder
 from .errors import ModelError, PlantError
 from .station import Message, no_message
 from .store.results import COLUMNS, EVENT_COLUMNS, ResultStore

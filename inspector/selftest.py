@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .core.model import Settings, load_model, save_model
+from .core.model import Settings
+from .core.model_store import load_model, save_model
 from .core.scoring import Inspector
 from .core.training import train
 from .station import Station

@@ -17,7 +17,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .core.memory_bank import Progress, no_progress
-from .core.model import Model, check_product_name, list_models, list_versions, load_model, separating_threshold
+from .core.calibration import separating_threshold
+from .core.model import Model, check_product_name
+from .core.model_store import list_models, list_versions, load_model
 from .core.scoring import Region, Result
 from .core.supervised import probability
 from .data.images import list_images, load_image, read_ahead, save_image
@@ -141,7 +143,7 @@ def known_defects_dir(models_dir: str | Path, product: str) -> Path:
 # ---- versions ---------------------------------------------------------------------------------
 
 def versions(models_dir: str | Path, product: str) -> list[dict]:
-    """The kept versions of the product's model, newest first (see core.model.list_versions)."""
+    """The kept versions of the product's model, newest first (see core.model_store.list_versions)."""
     return list_versions(models_dir, product)
 
 
@@ -260,7 +262,7 @@ class Proposal:
 
 def propose_threshold(model: Model, defects: DefectScores) -> Proposal:
     """The threshold that best separates the good images (the calibration's and the folder's
-    good parts) from the known defects, on the good side of the gap (core.model.separating_threshold)."""
+    good parts) from the known defects, on the good side of the gap (core.calibration.separating_threshold)."""
     if not defects.scores:
         raise TrainingError("No known defect has been scored: a threshold cannot be proposed from them.")
     best = separating_threshold(list(model.calibration.image_scores) + defects.good_scores, defects.scores)

@@ -1,7 +1,7 @@
 """The station's signing key: 32 random bytes in `station.key` (hex, permissions 0600) in
 the station's data folder, the folder that holds the models folder, beside the result log
 and accounts.json. It is created on first use. Whoever holds it can sign models (see
-core.model); whoever can only write the models folder cannot. Deleting it makes every
+core.model_store); whoever can only write the models folder cannot. Deleting it makes every
 model unsigned: an engineer then re-signs them (inspector models --resign).
 
 Stations that share models (the plant database, a copied models folder) verify each

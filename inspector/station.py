@@ -23,7 +23,8 @@ import numpy as np
 
 from .common import text, utc_time
 from .core.features import FeatureExtractor, Prepared
-from .core.model import Model, current_version, load_model
+from .core.model import Model
+from .core.model_store import current_version, load_model
 from .core.profile import ADVICE, differences
 from .core.scoring import Inspector, Result
 from .data.images import file_key, load_image, read_ahead, save_image

@@ -99,7 +99,8 @@ def known_defects_category(root: Path, size: int = 128) -> Path:
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory):
     """A models folder with PRODUCT trained (by the engine) on 20 generated good parts."""
-    from inspector.core.model import Settings, save_model
+    from inspector.core.model import Settings
+    from inspector.core.model_store import save_model
     from inspector.core.training import train
     from inspector.synthetic import write_parts
 

@@ -13,7 +13,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 from conftest import WAIT
 from inspector.app import main
 from inspector.app.window import MainWindow
-from inspector.core.model import load_model
+from inspector.core.model_store import load_model
 from inspector.store.results import ResultStore
 from inspector.synthetic import make_part, write_parts
 

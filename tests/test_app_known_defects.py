@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from conftest import PRODUCT, WAIT, known_defects_category
-from inspector.core.model import Settings, load_model, save_model
+from inspector.core.model import Settings
+from inspector.core.model_store import load_model, save_model
 from inspector.core.training import train
 
 

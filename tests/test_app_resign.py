@@ -5,7 +5,7 @@ import shutil
 from conftest import PRODUCT, WAIT
 from PySide6.QtWidgets import QMessageBox
 
-from inspector.core.model import load_model
+from inspector.core.model_store import load_model
 from inspector.store.results import ResultStore
 
 

@@ -14,7 +14,7 @@ from inspector.changes import Changes
 from inspector import services
 from inspector.app.session import settings
 from inspector.app.window import MainWindow
-from inspector.core.model import load_model
+from inspector.core.model_store import load_model
 from inspector.data.images import save_image
 from inspector.store.results import ResultStore
 from inspector.synthetic import make_part, write_parts

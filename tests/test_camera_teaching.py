@@ -9,7 +9,7 @@ from conftest import WAIT
 
 from inspector import services
 from inspector.cli import EXIT_ERROR, EXIT_OK, main
-from inspector.core.model import load_model
+from inspector.core.model_store import load_model
 from inspector.errors import Cancelled, SourceError
 from inspector.station import inspector_for
 from inspector.synthetic import make_part

@@ -8,7 +8,8 @@ from PySide6.QtWidgets import QAbstractButton
 
 from inspector.changes import KINDS, Changes
 from inspector.cli import build_parser
-from inspector.core.model import Settings, current_version
+from inspector.core.model import Settings
+from inspector.core.model_store import current_version
 from inspector.store.results import ResultStore
 from inspector.synthetic import write_parts
 from inspector.users import ENGINEER, OPERATOR_USER, AccessDenied, Accounts, User, accounts_path

@@ -17,7 +17,7 @@ from conftest import copy_models
 
 from inspector.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NG, EXIT_OK, main
 from inspector.common import login_name
-from inspector.core.model import load_model, save_model
+from inspector.core.model_store import load_model, save_model
 from inspector.store.results import STATION, ResultStore
 from inspector.synthetic import make_part, write_parts
 from inspector.users import Accounts, accounts_path

@@ -13,7 +13,8 @@ from conftest import WAIT, copy_models
 
 from inspector.changes import Changes
 from inspector.cli import main
-from inspector.core.model import Settings, load_model, save_model
+from inspector.core.model import Settings
+from inspector.core.model_store import load_model, save_model
 from inspector.core.profile import differences, profile_of
 from inspector.errors import ModelError
 from inspector.sources.camera import Camera

@@ -12,7 +12,8 @@ from inspector.core import backbones
 from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, FeatureExtractor, Prepared, export_graph,
                                      find_graph, graph_name)
 from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample, squared_norms
-from inspector.core.model import Calibration, Settings, separating_threshold
+from inspector.core.calibration import Calibration, separating_threshold
+from inspector.core.model import Settings
 from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_scores
 from inspector.core.training import extract_features, fit, train
 from inspector.errors import BackboneError, Cancelled, TrainingError
@@ -79,12 +80,12 @@ def test_shipped_graph_equals_the_feature_module(tmp_path):
 
 
 def test_inspecting_a_saved_model_does_not_import_torch(trained, tmp_path):
-    from inspector.core.model import save_model
+    from inspector.core.model_store import save_model
 
     save_model(trained[0], tmp_path)
     code = (
         "import sys\n"
-        "from inspector.core.model import load_model\n"
+        "from inspector.core.model_store import load_model\n"
         "from inspector.core.scoring import Inspector\n"
         "from inspector.synthetic import make_part\n"
         f"r = Inspector(load_model({str(tmp_path)!r}, 'part')).inspect(make_part(5))\n"

@@ -21,7 +21,8 @@ from pymodbus.client import ModbusTcpClient
 from conftest import PRODUCT, copy_models
 from inspector.changes import Changes
 from inspector import services
-from inspector.core.model import load_model, save_model, with_sigma
+from inspector.core.model import with_sigma
+from inspector.core.model_store import load_model, save_model
 from inspector.core.product_numbers import NUMBERS_FILE, product_numbers
 from inspector.lineio.line_io import LineIO, LineSettings
 from inspector.lineio.modbus_server import COILS, DISCRETE, ERRORS, INPUT

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from inspector.core import model as model_module
-from inspector.core.model import (BANK_FILE, FORMAT_FIELDS, FORMAT_VERSION, KEEP_VERSIONS, META_FILE, Calibration,
-                                  Model, Settings, _bank_bytes, check_product_name, current_version,
-                                  delete_model, list_models, load_model, rename_model, save_model, with_sigma)
+from inspector.core.calibration import Calibration
+from inspector.core.model import Model, Settings, check_product_name, with_sigma
+from inspector.core.model_store import (BANK_FILE, FORMAT_FIELDS, KEEP_VERSIONS, META_FILE, _bank_bytes, current_version,
+                                        delete_model, list_models, load_model, rename_model, save_model)
 from inspector.errors import ModelError
 
 
@@ -111,12 +112,12 @@ def test_an_invalid_model_is_never_saved(tmp_path):
 
 def test_format_version_changes_with_the_fields():
     """A field added to Settings or Calibration changes what model.json holds: the format
-    needs a new version (FORMAT_FIELDS) so that older Inspectors refuse it clearly and this
-    one loads the older files with known values for the new field."""
-    assert FORMAT_FIELDS[FORMAT_VERSION] == {
+    needs a new version (an upgrade step, FORMAT_FIELDS) so that older Inspectors refuse it
+    clearly and this one loads the older files with known values for the new field."""
+    assert FORMAT_FIELDS == {
         "settings": tuple(f.name for f in dataclasses.fields(Settings)),
         "calibration": tuple(f.name for f in dataclasses.fields(Calibration))}, \
-        "Settings or Calibration changed: add the next FORMAT_VERSION to FORMAT_FIELDS (core/model.py)"
+        "Settings or Calibration changed: add the step to the next format to UPGRADES (core/model_store.py)"
 
 
 # ---- damage --------------------------------------------------------------------------------
@@ -162,6 +163,7 @@ DAMAGE_WITH_CHECKSUM = {
         "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}), "threshold"),
     "unknown backbone": (edit("settings", backbone="vgg"), "backbone"),
     "unknown setting": (edit("settings", colour="red"), "unknown settings colour"),
+    "retired setting": (edit("settings", holdout=0.2), "unknown settings holdout"),
     "missing setting": (lambda m: json.dumps(m | {"settings": {k: v for k, v in m["settings"].items()
                                                                if k != "weights"}}), "lacks the settings weights"),
     "no settings": (lambda m: json.dumps({k: v for k, v in m.items() if k != "settings"}), "no settings"),
@@ -321,6 +323,23 @@ def test_format_1_edits_of_the_thresholds_are_refused(tmp_path):
         load_model(tmp_path, "Gear 7")
 
 
+@pytest.mark.parametrize("fmt", [1, 2, 3])
+def test_older_formats_are_upgraded_step_by_step_to_the_newest(tmp_path, fmt):
+    """Settings as formats 1 to 3 stored them (images squashed to image_size, a held-out
+    fraction, no smallest defect size) load as the same model in the newest format."""
+    model = dataclasses.replace(make_model(), settings=Settings(image_size=256))
+    if fmt == 1:
+        save_format_1(model, tmp_path)
+    else:
+        save_model(model, tmp_path)
+    folder = tmp_path / "Gear 7" / ("" if fmt == 1 else "v0001")
+    rewrite(folder, lambda m: json.dumps(m | {"format_version": fmt, "settings": {
+        k: v for k, v in m["settings"].items() if k != "defect_size"} | {"holdout": 0.2}}), checksum=fmt > 1)
+    loaded = load_model(tmp_path, "Gear 7", signed=False)
+    assert (loaded.version, loaded.settings, loaded.calibration) == (1, model.settings, model.calibration)
+    assert np.array_equal(loaded.memory_bank, model.memory_bank)
+
+
 def test_a_model_left_in_old_by_a_crash_of_format_1_saving_is_recovered(tmp_path):
     save_format_1(make_model(), tmp_path)
     os.replace(tmp_path / "Gear 7", tmp_path / ".Gear 7.old")  # the crash window of the old save
@@ -332,7 +351,9 @@ def test_a_model_left_in_old_by_a_crash_of_format_1_saving_is_recovered(tmp_path
 
 SAVER = """
 import sys, numpy as np
-from inspector.core.model import Calibration, Model, Settings, save_model
+from inspector.core.calibration import Calibration
+from inspector.core.model import Model, Settings
+from inspector.core.model_store import save_model
 bank = np.random.default_rng(0).normal(size=(2000, 152)).astype(np.float32)
 print("ready", flush=True)
 for i in range(int(sys.argv[2])):
@@ -443,8 +464,8 @@ def test_a_model_edited_with_a_matching_checksum_is_refused(tmp_path, edit_):
         del meta["threshold"], meta["pixel_threshold"]
     elif edit_ == "sigma 50":
         meta["settings"]["sigma"] = 50.0
-        meta["threshold"] = model_module.Calibration(**meta["calibration"]).image_threshold(50.0)
-        meta["pixel_threshold"] = model_module.Calibration(**meta["calibration"]).pixel_threshold(50.0)
+        meta["threshold"] = Calibration(**meta["calibration"]).image_threshold(50.0)
+        meta["pixel_threshold"] = Calibration(**meta["calibration"]).pixel_threshold(50.0)
     else:  # signed with another key: another station's model
         meta["signature"] = "0" * 64
     path.write_text(json.dumps(_resum(meta)))

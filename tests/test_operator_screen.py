@@ -17,7 +17,7 @@ from inspector.cli import main as cli_main
 from inspector.app.monitor import STALE_S
 from inspector.app.window import MainWindow
 from inspector.app.worker import Worker
-from inspector.core.model import current_version
+from inspector.core.model_store import current_version
 from inspector.instance import InstanceLock
 from inspector.store.results import STATION
 from inspector.synthetic import write_parts

@@ -14,7 +14,8 @@ from inspector.changes import Changes
 from inspector.users import ENGINEER, User
 from inspector import plant
 from inspector.cli import main
-from inspector.core.model import list_versions, load_model, save_model, with_sigma
+from inspector.core.model import with_sigma
+from inspector.core.model_store import list_versions, load_model, save_model
 from inspector.errors import ModelError, PlantError
 from inspector.signing import station_key
 from inspector.store.results import InspectionRecord, ResultStore

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from inspector.cli import EXIT_ERROR, EXIT_OK, main
-from inspector.core.model import load_model
+from inspector.core.model_store import load_model
 from inspector.errors import ModelError
 from inspector.signing import key_path
 from inspector.store.results import ResultStore

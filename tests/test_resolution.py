@@ -7,7 +7,8 @@ import pytest
 from inspector.core.features import (STRIDE, TILE, FeatureExtractor, default_defect_size, tile_spans,
                                      working_shape)
 from inspector.core.memory_bank import BANK_PATCHES_PER_IMAGE, bank_entries
-from inspector.core.model import Settings, load_model, save_model
+from inspector.core.model import Settings
+from inspector.core.model_store import load_model, save_model
 from inspector.core.scoring import Inspector
 from inspector.core.training import train
 from inspector.data.images import save_image

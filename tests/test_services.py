@@ -11,7 +11,8 @@ from inspector.changes import Changes
 from inspector.users import ENGINEER, User
 from inspector import services
 from inspector.common import login_name
-from inspector.core.model import Settings, current_version, load_model, save_model
+from inspector.core.model import Settings
+from inspector.core.model_store import current_version, load_model, save_model
 from inspector.errors import Cancelled, ModelError, StoreError, TrainingError
 from inspector.store.results import ResultStore
 from inspector.synthetic import write_parts
@@ -193,7 +194,7 @@ def test_a_proposed_threshold_stays_on_the_good_side_and_says_what_it_rests_on(t
 
 
 def test_separating_threshold_leaves_a_margin_from_the_good_spread_not_the_middle_of_the_gap():
-    from inspector.core.model import separating_threshold
+    from inspector.core.calibration import separating_threshold
 
     good = [10.0, 11.0, 12.0, 13.0, 14.0]  # robust spread about 1.5
     assert separating_threshold(good, [40.0, 41.0]) == pytest.approx(14.0 + 1.4826)

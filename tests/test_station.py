@@ -15,7 +15,8 @@ import pytest
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from inspector.changes import Changes
-from inspector.core.model import Settings, load_model, save_model
+from inspector.core.model import Settings
+from inspector.core.model_store import load_model, save_model
 from inspector.core.scoring import Inspector
 from inspector.core.training import train
 from inspector.data import images as images_module
@@ -329,7 +330,7 @@ def test_a_file_that_stays_truncated_is_one_error_after_the_limit(inspector, tmp
 DISK_FULL = """
 import resource, signal, sys
 from pathlib import Path
-from inspector.core.model import load_model
+from inspector.core.model_store import load_model
 from inspector.core.scoring import Inspector
 from inspector.station import Station
 from inspector.store.results import ResultStore

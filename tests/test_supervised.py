@@ -135,7 +135,7 @@ def test_evaluate_known_defects_puts_bank_classifier_and_both_side_by_side(tmp_p
 
 
 def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, capsys):
-    from inspector.core.model import list_versions, load_model
+    from inspector.core.model_store import list_versions, load_model
     from inspector.core.scoring import Inspector
     from inspector.data.images import load_image
 

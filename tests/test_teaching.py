@@ -14,7 +14,8 @@ from inspector.changes import Changes
 from inspector.users import ENGINEER, User
 from inspector import changes, services
 from inspector.cli import main
-from inspector.core.model import BANK_FILE, META_FILE, Settings, load_model, save_model
+from inspector.core.model import Settings
+from inspector.core.model_store import BANK_FILE, META_FILE, load_model, save_model
 from inspector.core.roi import Shape, check_roi, roi_from_mask, roi_from_shapes
 from inspector.core.scoring import Inspector
 from inspector.core.training import teach, train, with_roi

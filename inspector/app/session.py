@@ -10,7 +10,8 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 
 from .. import services
 from ..changes import KINDS, Changes
-from ..core.model import Model, current_version, load_model
+from ..core.model import Model
+from ..core.model_store import current_version, load_model
 from ..core.training import GoodFeatures
 from ..errors import InspectorError, describe
 from ..store.results import ResultStore

@@ -10,7 +10,8 @@ import numpy as np
 
 from .features import STRIDE, FeatureExtractor, Prepared
 from .memory_bank import nearest_distance, squared_norms
-from .model import Model, robust_centre_spread
+from .calibration import robust_centre_spread
+from .model import Model
 from .roi import patch_mask, region_on
 from .supervised import accept_by_size, area_in_mm2, combined_margin, upsample
 

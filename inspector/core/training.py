@@ -19,7 +19,8 @@ from ..data.images import image_shape, load_image, read_ahead
 from ..errors import Cancelled, ImageError, TrainingError, describe
 from .features import REFERENCE_SIDE, STRIDE, FeatureExtractor, default_defect_size
 from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, squared_norms
-from .model import Calibration, Model, Settings, check_product_name, runtime_versions
+from .calibration import Calibration
+from .model import Model, Settings, check_product_name, runtime_versions
 from .roi import check_roi, describe_roi, patch_mask, region_on
 from .scoring import patch_scores, score_patches
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core import supervised
+from ..core.calibration import robust_centre_spread
 from ..core.memory_bank import Progress, no_progress
-from ..core.model import Settings, robust_centre_spread
+from ..core.model import Settings
 from ..core.scoring import Inspector, patch_scores, score_patches
 from ..core.training import train
 from ..data.images import load_image

@@ -1,6 +1,6 @@
 """What every method compared with PatchCore shares: a method learns from good images
 (`fit`) and scores one image (`score` -> image score, anomaly map or None), and its threshold
-comes from the calibration rule of the product (core.model.Calibration: median + k robust
+comes from the calibration rule of the product (core.calibration.Calibration: median + k robust
 spreads of good images' scores) over good images it did not learn from.
 
 The methods other than PatchCore hold out a seeded fifth of the good images (`split_good`):
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.calibration import Calibration
 from ...core.memory_bank import Progress, no_progress
-from ...core.model import Calibration, Settings
+from ...core.model import Settings
 from ...core.training import MIN_GOOD_IMAGES
 from ...data.images import load_image
 from ...errors import Cancelled, TrainingError

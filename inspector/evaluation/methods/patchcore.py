@@ -3,6 +3,7 @@ calibrated k-fold on every good image (core.training)."""
 from __future__ import annotations
 
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,4 +38,4 @@ class PatchCore(Method):
         return self.model.pixel_threshold
 
     def metadata(self) -> dict:
-        return self.model.metadata()["settings"]
+        return asdict(self.model.settings)
