@@ -431,10 +431,17 @@ def _rate(model) -> str:
     return f"{model.calibration.false_reject_rate(model.threshold):.1%}"
 
 
-def cmd_roi(args) -> int:
-    from .core.model_store import load_model
+def _renamed(args, old: str, new: str) -> None:
+    """Say that the command the user typed under its older name is now called `new`."""
+    if args.command == old:
+        print(f"'inspector {old}' is now called 'inspector {new}'.", file=sys.stderr)
+
+
+def cmd_region(args) -> int:
+    from .services import load_model
     from .core.roi import roi_from_mask
 
+    _renamed(args, "roi", "region")
     if (args.mask is None) == (not args.clear):
         print("error: give a mask image (white = inspect) or --clear to inspect the whole image", file=sys.stderr)
         return EXIT_ERROR
@@ -448,16 +455,24 @@ def cmd_roi(args) -> int:
     return EXIT_OK
 
 
+def cmd_defect(args) -> int:
+    """'This part is a defect': the files join the product's known defects (no model changes)."""
+    files = _files(args.paths)
+    with _open_store(args) as store:
+        copies = _changes(args, store, "defect").add_known_defects(args.product, files)
+    print(f"Added {len(copies)} image(s) to the known defects of '{args.product}' "
+          f"({copies[0].parent}); 'inspector calibrate --product {args.product}' scores them.")
+    return EXIT_OK
+
+
 def cmd_teach(args) -> int:
     from .services import taught_dir
 
+    if args.defect:
+        print("'inspector teach --defect' is now called 'inspector defect'.", file=sys.stderr)
+        return cmd_defect(args)
     files = _files(args.paths)
     with _open_store(args) as store:
-        if args.defect:
-            copies = _changes(args, store, "defect").add_known_defects(args.product, files)
-            print(f"Added {len(copies)} image(s) to the known defects of '{args.product}' "
-                  f"({copies[0].parent}); 'inspector calibrate --product {args.product}' scores them.")
-            return EXIT_OK
         taught = _changes(args, store, "teach").teach(args.product, files, args.device, extractors={})
     before, model = taught.before, taught.model
     for path, reason in taught.skipped:
@@ -473,7 +488,7 @@ def cmd_teach(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from .core.model_store import load_model
+    from .services import load_model
 
     with _open_store(args) as store:
         changes = _changes(args, store, "rollback")
@@ -499,9 +514,8 @@ def cmd_inspect(args) -> int:
 
 def _inspect_again(args, files: list[Path]) -> int:
     """Inspect files with the product's current model, logged or not, and log nothing."""
-    from .core.model_store import load_model
     from .errors import describe
-    from .services import reinspect
+    from .services import load_model, reinspect
 
     model = load_model(args.models_dir, args.product)
     print(f"Inspecting again with '{model.product}' model version {model.version} (nothing is logged)",
@@ -530,8 +544,7 @@ def cmd_camera(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .core.model_store import load_model
-    from .services import known_defects, propose_threshold, rates, score_defects
+    from .services import known_defects, load_model, propose_threshold, rates, score_defects
 
     if args.defects is not None and not args.defects.is_dir():
         print(f"error: the folder of known defects {args.defects} does not exist", file=sys.stderr)
@@ -550,7 +563,7 @@ def cmd_calibrate(args) -> int:
     folder = args.defects or known_defects(args.models_dir, args.product)
     if folder is None:
         print(f"Expected false rejects: {rates(model, model.threshold).false_rejects_text()}; escapes unknown "
-              f"(give --defects, or add known defects with teach --defect)")
+              f"(give --defects, or add known defects with: inspector defect)")
         return EXIT_OK
     if args.defects is None:
         print(f"Known defects of '{model.product}': {folder}")
@@ -605,13 +618,13 @@ def cmd_products(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .core.model_store import list_models, list_versions
+    from .services import products, versions
     from .core.product_numbers import product_numbers
 
     if args.resign:
         return _resign(args)
     if args.product:
-        kept = list_versions(args.models_dir, args.product)
+        kept = versions(args.models_dir, args.product)
         if not kept:
             print(f"'{args.product}' has no model in {args.models_dir}.")
         for m in kept:
@@ -622,7 +635,7 @@ def cmd_models(args) -> int:
                       f"{m['settings']['sigma']:g}), memory bank {m['counts'].get('memory_bank')}, id "
                       f"{m['model_id']}: {m.get('change') or '-'}")
         return EXIT_OK
-    models = list_models(args.models_dir)
+    models = products(args.models_dir)
     if not models:
         print(f"No models in {args.models_dir}. Train one with: inspector train GOOD_DIR --product NAME")
     numbers = product_numbers(args.models_dir)
@@ -861,18 +874,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_train_defects)
 
-    p = sub.add_parser("roi", parents=[common, product],
+    p = sub.add_parser("region", aliases=["roi"], parents=[common, product],
                        help="change the inspection region of a trained product (no good image is read)")
     p.add_argument("mask", type=Path, nargs="?", help="mask image: white = inspect, black = ignore")
     p.add_argument("--clear", action="store_true", help="inspect the whole image again")
-    p.set_defaults(func=cmd_roi)
+    p.set_defaults(func=cmd_region)
 
     p = sub.add_parser("teach", parents=[common, product, device],
                        help="'this part is good': teach good parts the line rejected, without retraining")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--defect", action="store_true",
-                   help="'this part is a defect': add them to the product's known defects instead")
+    p.add_argument("--defect", action="store_true", help="older name of: inspector defect")
     p.set_defaults(func=cmd_teach)
+
+    p = sub.add_parser("defect", parents=[common, product],
+                       help="'this part is a defect': add parts to the product's known defects (no PIN needed)")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.set_defaults(func=cmd_defect)
 
     p = sub.add_parser("rollback", parents=[common, product],
                        help="make an earlier model version the product's model again (as a new version)")
@@ -904,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(saved as a new model version)")
     p.add_argument("--defects", type=Path, help="folder of known defect images (subfolders too): their scores "
                                                 "and how many would pass at the threshold; nothing is logged (default: "
-                                                "the product's known defects, see teach --defect)")
+                                                "the product's known defects, see: inspector defect)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("rebuild", parents=[common, product, device],

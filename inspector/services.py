@@ -19,7 +19,7 @@ import numpy as np
 from .core.memory_bank import Progress, no_progress
 from .core.calibration import separating_threshold
 from .core.model import Model, check_product_name
-from .core.model_store import list_models, list_versions, load_model
+from .core.model_store import current_version, list_models, list_versions, load_model  # noqa: F401 - for the shells
 from .core.scoring import Region, Result
 from .core.supervised import probability
 from .data.images import list_images, load_image, read_ahead, save_image

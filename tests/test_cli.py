@@ -385,9 +385,11 @@ def test_train_says_the_predicted_false_rejects_and_a_failure_says_what_was_skip
     out = capsys.readouterr().out
     assert "On the line: at sensitivity 3 (threshold" in out and "the predicted false rejects are" in out
     assert "of 12 good images" in out or "good images (" in out
-    assert main(["teach", "--defect", "--product", "P",
-                 *map(str, write_parts(tmp_path / "ng", 2, "stain", seed=5))] + common) == EXIT_OK
-    capsys.readouterr()
+    assert main(["defect", "--product", "P", *map(str, write_parts(tmp_path / "ng", 1, "stain", seed=5))]
+                + common) == EXIT_OK
+    assert main(["teach", "--defect", "--product", "P",  # its older name
+                 *map(str, write_parts(tmp_path / "ng2", 1, "stain", seed=6))] + common) == EXIT_OK
+    assert "'inspector teach --defect' is now called 'inspector defect'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "good"), "--product", "P", "--sampling-ratio", "0.05"] + common) == EXIT_OK
     assert "the escapes 0 of 2 known defects" in capsys.readouterr().out  # known defects: the escapes too
     (tmp_path / "bad").mkdir()

@@ -168,16 +168,19 @@ def test_a_model_without_calibration_patch_scores_loads_but_must_be_retrained_to
             change(loaded)
 
 
-def test_cli_train_with_a_region_and_change_it(tmp_path, good):
+def test_cli_train_with_a_region_and_change_it(tmp_path, good, capsys):
     mask = np.zeros((SIZE, SIZE, 3), np.uint8)
     mask[DISC] = 255
     save_image(tmp_path / "mask.png", mask)
     common = ["--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "log.db")]
     assert main(["train", str(good[0].parent), "--product", "Disc", "--roi", str(tmp_path / "mask.png")] + common) == 0
     assert load_model(tmp_path / "models", "Disc").roi.mean() == pytest.approx(DISC.mean(), abs=0.01)
-    assert main(["roi", "--clear", "--product", "Disc"] + common) == 0
-    assert load_model(tmp_path / "models", "Disc").roi is None
-    assert main(["roi", "--product", "Disc"] + common) == 2  # neither a mask nor --clear
+    assert main(["region", "--clear", "--product", "Disc"] + common) == 0
+    assert load_model(tmp_path / "models", "Disc").roi is None and "now called" not in capsys.readouterr().err
+    assert main(["roi", str(tmp_path / "mask.png"), "--product", "Disc"] + common) == 0  # its older name
+    assert "'inspector roi' is now called 'inspector region'" in capsys.readouterr().err
+    assert load_model(tmp_path / "models", "Disc").roi is not None
+    assert main(["region", "--product", "Disc"] + common) == 2  # neither a mask nor --clear
 
 
 # ---- 2. 'this part is good', 'this part is a defect' --------------------------------------------

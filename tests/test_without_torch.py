@@ -67,7 +67,7 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         "camera": ["camera", str(video), *product, "--count", "2", *common],
         "calibrate": ["calibrate", *product, "--sigma", "2.5", "--defects", str(line), *common],
         "rebuild": ["rebuild", str(tmp_path / "good"), *product, "--sampling-ratio", "0.05", *common],
-        "roi": ["roi", str(tmp_path / "roi.png"), *product, *common],
+        "roi": ["region", str(tmp_path / "roi.png"), *product, *common],
         "teach": ["teach", str(line / "good_040.png"), *product, *common],
         "rollback": ["rollback", *product, "--version", "1", *common],
         "versions": ["models", *product, *common],

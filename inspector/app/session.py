@@ -11,7 +11,6 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 from .. import services
 from ..changes import KINDS, Changes
 from ..core.model import Model
-from ..core.model_store import current_version, load_model
 from ..core.training import GoodFeatures
 from ..errors import InspectorError, describe
 from ..store.results import ResultStore
@@ -151,13 +150,13 @@ class Session(QObject):
         if product is None:
             return
         settings().setValue("product", product)
-        worker = Worker(lambda job: load_model(self.models_dir, product))
+        worker = Worker(lambda job: services.load_model(self.models_dir, product))
         worker.returned.connect(lambda model: self.product == product and self.set_model(model))
         worker.errored.connect(lambda exc: self._load_failed(product, exc))
         worker.start()
 
     def _load_failed(self, product: str, exc: BaseException) -> None:
-        if self.product == product and current_version(self.models_dir, product) is not None:
+        if self.product == product and services.current_version(self.models_dir, product) is not None:
             self.error(exc)  # a damaged model; an untrained product is not an error
 
     def follow_line(self, model: Model) -> None:
