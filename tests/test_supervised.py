@@ -67,7 +67,8 @@ def test_the_segmentation_head_sharpens_a_blurred_map_into_the_mask():
         return 2 * np.sum(pred & mask) / (pred.sum() + mask.sum())
 
     def drawn(t):  # the mask as the verdict draws it (core.scoring)
-        amap, threshold = heads.mask_map(heads.segment(heads.inputs(t.features, t.distances), GRID), anomaly_map(t.distances))
+        segmentation = heads.segment(heads.inputs(t.features, t.distances), GRID)
+        amap, threshold = heads.mask_map(segmentation, anomaly_map(t.distances))
         return amap >= threshold
 
     seg = np.mean([dice(drawn(t), t.mask) for t in tests])

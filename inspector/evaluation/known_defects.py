@@ -98,7 +98,8 @@ def compare_on_held_back(name: str, model, good_examples: list, rows: list, n: i
     defect = [r.mask is not None and r.defect for r in held]
     report = {"category": name, "known_per_kind": n, "known_defects": len(known),
               "held_back": {"good": int((labels == 0).sum()), "defects": int(labels.sum())},
-              "heads": heads.counts | {"mask_rule": heads.mask_rule, "mask_threshold": heads.segment_threshold}, "train_seconds": train_seconds,
+              "heads": heads.counts | {"mask_rule": heads.mask_rule, "mask_threshold": heads.segment_threshold},
+              "train_seconds": train_seconds,
               "latency_added_ms_median": float(np.median(latencies))}
     for c in COLUMNS:
         conf = metrics.confusion(labels, scores[c], thresholds[c])
@@ -108,8 +109,8 @@ def compare_on_held_back(name: str, model, good_examples: list, rows: list, n: i
             "false_reject_rate": conf["false_reject_rate"], "escape_rate": conf["escape_rate"],
             "image_auroc": metrics.image_auroc(labels, scores[c]),
             "pixel_auroc": metrics.pixel_auroc(masks, [m for m, k in zip(maps[c], truth) if k]) if any(defect) else None,
-            "dice": (metrics.dice([m for m, d in zip(drawn[c], defect) if d], [r.mask for r, d in zip(held, defect) if d])
-                     if any(defect) and c in drawn else None),
+            "dice": (metrics.dice([m for m, d in zip(drawn[c], defect) if d],
+                                  [r.mask for r, d in zip(held, defect) if d]) if any(defect) and c in drawn else None),
         }
     return report
 
