@@ -8,7 +8,7 @@ import pytest
 from conftest import known_defects_category
 from inspector.cli import main
 from inspector.core import supervised
-from inspector.core.scoring import Region
+from inspector.core.scoring import Region, anomaly_map
 from inspector.errors import TrainingError
 
 GRID = (12, 12)
@@ -66,8 +66,12 @@ def test_the_segmentation_head_sharpens_a_blurred_map_into_the_mask():
     def dice(pred, mask):
         return 2 * np.sum(pred & mask) / (pred.sum() + mask.sum())
 
-    seg = np.mean([dice(heads.segment(heads.inputs(t.features, t.distances), GRID) >= heads.segment_threshold, t.mask)
-                   for t in tests])
+    def drawn(t):  # the mask as the verdict draws it (core.scoring)
+        segmentation = heads.segment(heads.inputs(t.features, t.distances), GRID)
+        amap, threshold = heads.mask_map(segmentation, anomaly_map(t.distances))
+        return amap >= threshold
+
+    seg = np.mean([dice(drawn(t), t.mask) for t in tests])
     # the best a threshold on the blurred distances does
     up = lambda d: cv2.resize(d, (GRID[1] * 8, GRID[0] * 8), interpolation=cv2.INTER_LINEAR)  # noqa: E731
     blurred = max(np.mean([dice(up(t.distances) >= v, t.mask) for t in tests]) for v in np.linspace(1.5, 12, 40))
@@ -83,6 +87,37 @@ def test_heads_are_data_only_arrays_that_round_trip():
     assert again.classify(x, GRID)[0] == pytest.approx(heads.classify(x, GRID)[0])
     assert np.allclose(again.segment(x, GRID), heads.segment(x, GRID))
     assert all(isinstance(v, np.ndarray) for v in heads.arrays().values())
+
+
+def test_the_mask_rule_is_the_map_and_share_of_its_peak_with_the_best_dice_on_the_known_defects():
+    rng = np.random.default_rng(4)
+    masks, sharp, loose = [], [], []
+    for _ in range(6):
+        m = np.zeros((32, 32), bool)
+        y, x = rng.integers(2, 20, 2)
+        m[y:y + 3, x:x + 8] = True  # a thin defect
+        masks.append(m)
+        sharp.append(m * 1.0 + rng.uniform(0, 0.3, m.shape))  # peaks on the defect alone
+        loose.append(cv2.GaussianBlur(m * 1.0, (0, 0), 4.0) + rng.uniform(0, 0.05, m.shape))  # a blur around it
+    assert supervised._mask_rule(loose, sharp, masks)[0] == supervised.MASK_BANK_PEAK
+    rule, share = supervised._mask_rule(sharp, loose, masks)
+    assert rule == supervised.MASK_SEGMENTATION_PEAK
+    assert all(np.array_equal(a >= share * a.max(), m) for a, m in zip(sharp, masks))  # Dice 1 on each
+    heads = _heads(np.random.default_rng(5))
+    heads.mask_rule, heads.segment_threshold = rule, share
+    bank_map = sharp[0] * 2.0
+    assert heads.mask_map(sharp[0], bank_map)[1] == pytest.approx(share * sharp[0].max())
+    heads.mask_rule = supervised.MASK_BANK_PEAK
+    drawn, threshold = heads.mask_map(None, bank_map)  # the bank's map needs no segmentation head
+    assert drawn is bank_map and threshold == pytest.approx(share * bank_map.max())
+    # heads saved before the rule (4 scalars) keep their absolute threshold on the segmentation
+    arrays = heads.arrays()
+    arrays["scalars"] = arrays["scalars"][:4]
+    old = supervised.Heads.from_arrays(arrays)
+    assert old.mask_rule == supervised.MASK_ABSOLUTE and old.mask_map(sharp[0], bank_map)[1] == pytest.approx(share)
+    arrays["scalars"] = np.append(arrays["scalars"], 7.0)
+    with pytest.raises(ValueError):
+        supervised.Heads.from_arrays(arrays)
 
 
 @pytest.mark.parametrize("case, words", [

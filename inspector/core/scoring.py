@@ -163,8 +163,9 @@ class Inspector:
                     segmentation = segmentation * region_on(m.roi, segmentation.shape)
             verdict = "NG" if combined_margin(score, threshold, self._spread, logit, heads) >= 0 else "OK"
             extra = {"defect_logit": logit, "activation_map": upsample(cam), "segmentation": segmentation}
-            if segmentation is not None:
-                masks, mask_threshold = segmentation, heads.segment_threshold
+            drawn = heads.mask_map(segmentation, amap)
+            if drawn is not None:
+                masks, mask_threshold = drawn
         # An OK part shows no boxes; an NG part shows where it differs from the good ones.
         regions = (find_regions(masks, mask_threshold, m.settings.min_region_area, (width, height))
                    if verdict == "NG" else [])

@@ -47,7 +47,6 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
     model, good = train("evaluation", cat.train_images, settings, progress, cancel)
     inspector = Inspector(model)
     samples = cat.test_samples
-    known = set(pick_known([s.defect_type for s in samples], n, model.settings.seed))
     rows = []
     for i, s in enumerate(samples):
         if cancel is not None and cancel.is_set():
@@ -59,8 +58,16 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
                 np.zeros((h, w), bool) if s.label == 0 else None)
         rows.append(supervised.Example(features.astype(np.float16), distances, s.defect_type, mask, s.path.name))
         progress("scoring test images", i + 1, len(samples))
-    centre, spread = robust_centre_spread(model.calibration.image_scores)
     good_examples = [supervised.Example(f, d, "good") for f, d in zip(good.features, model.calibration_patch_scores)]
+    return compare_on_held_back(cat.name, model, good_examples, rows, n, cancel)
+
+
+def compare_on_held_back(name: str, model, good_examples: list, rows: list, n: int,
+                         cancel: threading.Event | None = None) -> dict:
+    """Train the heads on the good examples and n known defects per kind of `rows` (the test
+    set's examples), score the rest with the bank, the classifier and both: the report."""
+    known = set(pick_known([r.kind for r in rows], n, model.settings.seed))
+    centre, spread = robust_centre_spread(model.calibration.image_scores)
     started = time.perf_counter()
     heads = supervised.train_heads(good_examples, [rows[i] for i in sorted(known)], centre, model.threshold,
                                    model.settings.seed, cancel)
@@ -70,6 +77,7 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
     labels = np.array([int(r.defect) for r in held])
     scores = {c: np.empty(len(held)) for c in COLUMNS}
     maps = {"bank": [], "classifier": [], "both": []}
+    drawn = {"bank": [], "both": []}  # each held-back image's mask as the verdict draws it
     latencies = []
     for i, r in enumerate(held):
         scores["bank"][i], amap = score_patches(r.distances, model.roi)
@@ -82,15 +90,17 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
         scores["both"][i] = supervised.combined_margin(scores["bank"][i], model.threshold, spread, logit, heads)
         maps["bank"].append(amap)
         maps["classifier"].append(supervised.upsample(cam))
-        maps["both"].append(seg if seg is not None else amap)
+        both_map, both_threshold = heads.mask_map(seg, amap) or (amap, model.pixel_threshold)
+        maps["both"].append(both_map)
+        drawn["bank"].append(amap >= model.pixel_threshold)
+        drawn["both"].append(both_map >= both_threshold)
     thresholds = {"bank": model.threshold, "classifier": heads.classifier_threshold, "both": 0.0}
-    pixel_thresholds = {"bank": model.pixel_threshold, "classifier": None,
-                        "both": heads.segment_threshold if heads.segmenter is not None else model.pixel_threshold}
     truth = [r.mask is not None for r in held]
     defect = [r.mask is not None and r.defect for r in held]
-    report = {"category": cat.name, "known_per_kind": n, "known_defects": len(known),
+    report = {"category": name, "known_per_kind": n, "known_defects": len(known),
               "held_back": {"good": int((labels == 0).sum()), "defects": int(labels.sum())},
-              "heads": heads.counts, "train_seconds": train_seconds,
+              "heads": heads.counts | {"mask_rule": heads.mask_rule, "mask_threshold": heads.segment_threshold},
+              "train_seconds": train_seconds,
               "latency_added_ms_median": float(np.median(latencies))}
     for c in COLUMNS:
         conf = metrics.confusion(labels, scores[c], thresholds[c])
@@ -100,9 +110,8 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
             "false_reject_rate": conf["false_reject_rate"], "escape_rate": conf["escape_rate"],
             "image_auroc": metrics.image_auroc(labels, scores[c]),
             "pixel_auroc": metrics.pixel_auroc(masks, [m for m, k in zip(maps[c], truth) if k]) if any(defect) else None,
-            "dice": (metrics.dice([m >= pixel_thresholds[c] for m, d in zip(maps[c], defect) if d],
-                                  [r.mask for r, d in zip(held, defect) if d])
-                     if any(defect) and pixel_thresholds[c] is not None else None),
+            "dice": (metrics.dice([m for m, d in zip(drawn[c], defect) if d],
+                                  [r.mask for r, d in zip(held, defect) if d]) if any(defect) and c in drawn else None),
         }
     return report
 
