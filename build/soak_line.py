@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fcntl  # noqa: E402,F401 - imported before dropping privileges (the stdlib may be unreadable then)
 
-from inspector.changes import Changes
 from inspector import services  # noqa: E402
+from inspector.changes import Changes  # noqa: E402
 from inspector.core.model import Settings  # noqa: E402
 from inspector.core.model_store import load_model  # noqa: E402
 from inspector.store.results import ResultStore  # noqa: E402
