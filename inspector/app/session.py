@@ -81,22 +81,23 @@ class Session(QObject):
         """The owner of every change (inspector.changes), for the user at the station now."""
         return Changes(self.models_dir, self.store, self.user, self.accounts)
 
-    def may(self, kind: str) -> bool:
-        """Whether the current user may make a change of `kind` (inspector.changes.KINDS)."""
-        try:
-            self.changes.check(kind)
-        except InspectorError:
-            return False
-        return True
-
-    def allow(self, kind: str) -> bool:
-        """Whether the current user may make a change of `kind`; says why not."""
+    def refusal(self, kind: str) -> str:
+        """Why the current user may not make a change of `kind` (inspector.changes.KINDS); '' when they may."""
         try:
             self.changes.check(kind)
         except InspectorError as exc:
-            self.warn(str(exc))
-            return False
-        return True
+            return str(exc)
+        return ""
+
+    def may(self, kind: str) -> bool:
+        return not self.refusal(kind)
+
+    def allow(self, kind: str) -> bool:
+        """Whether the current user may make a change of `kind`; says why not."""
+        reason = self.refusal(kind)
+        if reason:
+            self.warn(reason)
+        return not reason
 
     def locked_reason(self, kind: str, stopped_line: bool = False) -> str:
         """Why a change of `kind` cannot be made now, in words shown beside its control (a touch
