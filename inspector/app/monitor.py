@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QEvent, QPoint, QRect, Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QLineEdit, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
                                QGridLayout, QGroupBox, QHBoxLayout, QLabel, QListWidgetItem, QMessageBox,
                                QPushButton, QSlider, QStackedWidget, QVBoxLayout, QWidget)
@@ -338,6 +338,7 @@ class MonitorTab(QWidget):
 
         # ---- the newest verdict: a banner above the part, the part as large as it fits
         self.banner = QFrame()
+        self.banner.installEventFilter(self)  # a banner that grows pushes the part dialogs down (eventFilter)
         self.banner.setObjectName("banner")
         self.verdict = QLabel("–")
         self.verdict.setObjectName("verdict")
@@ -648,6 +649,19 @@ class MonitorTab(QWidget):
         dialog.show()
         self._place(dialog)
         return dialog
+
+    def eventFilter(self, watched, event) -> bool:
+        """When the banner grows (a longer verdict, a new style), the part dialogs it now meets are placed
+        below it again, once the layout has settled: the running line stays readable."""
+        if watched is self.banner and event.type() == QEvent.Type.Resize and self.dialogs:
+            QTimer.singleShot(0, self._place_dialogs_again)
+        return False
+
+    def _place_dialogs_again(self) -> None:
+        banner = QRect(self.banner.mapToGlobal(QPoint(0, 0)), self.banner.size())
+        for dialog in self.dialogs:
+            if dialog.frameGeometry().intersects(banner):
+                self._place(dialog)
 
     def _place(self, dialog: QDialog) -> None:
         """Below the live banner, over the left of the tab: the running line stays readable."""
