@@ -93,9 +93,9 @@ def main(argv: list[str]) -> int:
     shot(window.calibrate, "calibrate_proposal", SIZES[0])
     window.resize(*SIZES[1])
     shot(window.calibrate, "calibrate_proposal", SIZES[1])
-    window.calibrate.sigma.setValue(4.0)
-    window.calibrate.apply_sigma()  # a change, recorded: History shows it
-    wait(app, lambda: window.session.model.version == 2, "the new sensitivity")
+    window.calibrate.tolerance.setValue(4.0)
+    window.calibrate.apply_tolerance()  # a change, recorded: History shows it
+    wait(app, lambda: window.session.model.version == 2, "the new tolerance")
 
     window.teach.editor.set_image(load_image(work / "good" / "good_000.png"))
 

@@ -28,7 +28,7 @@ from . import signing
 from .core import training
 from .core.features import FeatureExtractor
 from .core.memory_bank import Progress, no_progress
-from .core.model import Model, Settings, check_product_name, describe_scale, with_sigma
+from .core.model import Model, Settings, check_product_name, describe_scale, with_tolerance
 from .core.model_store import delete_model, list_models, load_model, rename_model, save_model, signed_with
 from .core.product_numbers import product_numbers, rename_number
 from .core.profile import profile_of, widened
@@ -37,7 +37,9 @@ from .core.scoring import Inspector
 from .core.training import GoodFeatures
 from .data.images import list_images, load_image
 from .errors import InspectorError, ModelError, StoreError, TrainingError, describe
-from .services import GOOD_SUBFOLDER, MASK_SUFFIX, known_defects_dir, shift_start, taught_dir, taught_images
+from .files import is_in_use
+from .services import (GOOD_SUBFOLDER, MASK_SUFFIX, known_defects_dir, line_mark, shift_start, taught_dir,
+                       taught_images)
 from .station import Station, inspector_for, unique_path
 from .common import utc_time
 from .store.results import STATION, ResultStore
@@ -46,25 +48,30 @@ from .users import Accounts, AccessDenied, User, accounts_path, require_engineer
 log = logging.getLogger(__name__)
 
 
+class LineRunning(InspectorError):
+    """A change that makes a model to check before a line uses it, asked for while a line runs."""
+
+
 @dataclass(frozen=True)
 class Kind:
     permission: str | None  # "Only an engineer may <permission>"; None: anyone at the station
     event: str  # the event kind in the result log
     command: str  # the command line that makes it: inspector <command>
     label: str | None  # the window's control that makes it; None: the command line only
+    idle: bool = False  # refused while a line runs at the station: it makes a model to check before use
 
 
 KINDS = {
     "create": Kind("create a product", "create", "products create", "New…"),
     "rename": Kind("rename a product", "rename", "products rename", "Rename…"),
     "delete": Kind("delete a product", "delete", "products delete", "Delete"),
-    "train": Kind("train a product", "train", "train", "Start training"),
-    "sensitivity": Kind("change the sensitivity", "sensitivity", "calibrate --sigma", "Apply sensitivity"),
-    "bank": Kind("rebuild the memory bank", "bank", "rebuild", "Rebuild memory bank"),
+    "train": Kind("train a product", "train", "train", "Start training", idle=True),
+    "tolerance": Kind("change the tolerance", "tolerance", "calibrate --tolerance", "Apply tolerance"),
+    "bank": Kind("rebuild the memory bank", "bank", "rebuild", "Rebuild memory bank", idle=True),
     "region": Kind("change the inspection region", "region", "region", "Save region"),
     "teach": Kind("teach the model a good part", "teach", "teach", "This part is good"),
     "defect": Kind(None, "defect", "defect", "This part is a defect"),
-    "learn": Kind("train the defect heads of a product", "learn", "train-defects", "Train on known defects"),
+    "learn": Kind("train the defect heads of a product", "learn", "train-defects", "Train on known defects", idle=True),
     "rollback": Kind("roll back the model", "rollback", "rollback", "Roll back to this version"),
     "resign": Kind("sign a model", "resign", "models --resign", "Sign this version"),
     "install": Kind("install a model", "install", "plant install", None),
@@ -82,27 +89,27 @@ def describe_model(model: Model | None) -> str | None:
     if model is None:
         return None
     s = model.settings
-    return (f"version {model.version} (id {model.model_id}): threshold {model.threshold:.6g} at sensitivity "
-            f"{s.sigma:g}; memory bank {len(model.memory_bank)} patches ({s.sampler}, ratio {s.sampling_ratio:g}); "
+    return (f"version {model.version} (id {model.model_id}): threshold {model.threshold:.6g} at tolerance "
+            f"{s.tolerance:g}; memory bank {len(model.memory_bank)} patches ({s.sampler}, ratio {s.sampling_ratio:g}); "
             f"{s.backbone}, {describe_scale(s.defect_size, s.image_size)}; inspecting {describe_roi(model.roi)}")
 
 
 def _now(model: Model) -> Model:
-    """The model as a version made now (a sensitivity, a region, a taught part or a roll-back is
+    """The model as a version made now (a tolerance, a region, a taught part or a roll-back is
     a version of its own time, not of the training it comes from)."""
     return replace(model, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 # ---- checking what is asked, and the files a change keeps ------------------------------------
 
-def check_sensitivity(sigma) -> float:
-    """The sensitivity k (threshold = median + k robust spreads of the good scores): 0 or more."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
-        raise TrainingError(f"The sensitivity must be a number of 0 or more (3 is usual), not {sigma!r}.")
-    if sigma < 0:
-        raise TrainingError(f"The sensitivity must be 0 or more (3 is usual), not {sigma:g}: below 0 the threshold "
+def check_tolerance(tolerance) -> float:
+    """The tolerance k (threshold = median + k robust spreads of the good scores): 0 or more."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance):
+        raise TrainingError(f"The tolerance must be a number of 0 or more (3 is usual), not {tolerance!r}.")
+    if tolerance < 0:
+        raise TrainingError(f"The tolerance must be 0 or more (3 is usual), not {tolerance:g}: below 0 the threshold "
                             f"falls under the typical good part's score and most good parts are rejected.")
-    return float(sigma)
+    return float(tolerance)
 
 
 def check_sampling_ratio(ratio) -> float:
@@ -115,7 +122,7 @@ def check_sampling_ratio(ratio) -> float:
 
 def check_settings(settings: Settings) -> Settings:
     """The training settings an operator chooses, checked before any image is read."""
-    check_sensitivity(settings.sigma)
+    check_tolerance(settings.tolerance)
     check_sampling_ratio(settings.sampling_ratio)
     return settings
 
@@ -228,16 +235,17 @@ class Changes:
 
     # ---- who may, and what is recorded ----------------------------------------------------
     def check(self, kind: str) -> None:
-        """Refuse the change `kind` (AccessDenied, saying why) to a user who may not make it."""
+        """Refuse the change `kind`, saying why: to a user who may not make it (AccessDenied), and while a
+        line runs at the station when it makes a model to check first (LineRunning)."""
         permission = KINDS[kind].permission
-        if permission is None:
-            return
-        if self.user is None:
-            if self.accounts.is_set_up():
-                raise AccessDenied(f"Only an engineer may {permission} on this station: unlock with the engineer "
-                                   f"PIN first.")
-            return
-        require_engineer(self.user, permission)
+        if permission is not None and self.user is None and self.accounts.is_set_up():
+            raise AccessDenied(f"Only an engineer may {permission} on this station: unlock with the engineer "
+                               f"PIN first.")
+        if permission is not None and self.user is not None:
+            require_engineer(self.user, permission)
+        if KINDS[kind].idle and is_in_use(line_mark(self.models_dir)):
+            raise LineRunning(f"A line is running at this station: stop it before you {permission}. The line "
+                              f"follows new models, and a new model is checked before a line uses it.")
 
     def _record(self, product: str, kind: str, old: str | None, new: str | None, detail: str | None) -> None:
         """Record the event of a change; a log that cannot be written now keeps it for later."""
@@ -357,16 +365,16 @@ class Changes:
                   + (f", {len(good.skipped)} unreadable skipped" if good.skipped else ""))
         return self._save("train", old, model, f"trained on {detail}", detail), good
 
-    def set_sensitivity(self, product: str, sigma: float, expected_version: int | None = None) -> Model:
-        """Save the product's model at another sensitivity (sigma) as its new version. With
+    def set_tolerance(self, product: str, tolerance: float, expected_version: int | None = None) -> Model:
+        """Save the product's model at another tolerance as its new version. With
         `expected_version`, refused when the model changed since the caller looked at it."""
-        self.check("sensitivity")
-        sigma = check_sensitivity(sigma)
+        self.check("tolerance")
+        tolerance = check_tolerance(tolerance)
         current = load_model(self.models_dir, product)
         if expected_version is not None and current.version != expected_version:
             raise ModelError(f"The model of '{product}' changed meanwhile (now version {current.version}, "
-                             f"not {expected_version}): look at it again before changing its sensitivity.")
-        return self._save("sensitivity", current, with_sigma(current, sigma))
+                             f"not {expected_version}): look at it again before changing its tolerance.")
+        return self._save("tolerance", current, with_tolerance(current, tolerance))
 
     def rebuild_bank(self, product: str, sampling_ratio: float, good: GoodFeatures | None = None,
                      images: str | Path | Iterable[str | Path] | None = None, progress: Progress = no_progress,

@@ -64,6 +64,22 @@ def _checked(check):
     return convert
 
 
+class _OlderName(argparse.Action):
+    """A flag under its older name: sets the new one's value and says what it is now called."""
+    def __call__(self, parser, namespace, value, option_string=None):
+        print(f"'{option_string}' is now called '--{self.dest}'.", file=sys.stderr)
+        setattr(namespace, self.dest, value)
+
+
+def _tolerance_option(p: argparse.ArgumentParser, default: float | None, help: str) -> None:
+    check = _checked("check_tolerance")
+    p.add_argument("--tolerance", type=check, default=default, metavar="K",
+                   help=f"{help}: threshold = median + K robust spreads of the good images' scores against "
+                        f"banks without them; higher, fewer parts rejected (formerly --sigma)")
+    p.add_argument("--sigma", dest="tolerance", type=check, action=_OlderName, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+
+
 def _at_least(low: float, kind=float):
     def convert(text: str):
         try:
@@ -101,9 +117,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling-ratio", type=_checked("check_sampling_ratio"), default=d.sampling_ratio,
                    help=f"fraction of patch features kept in the memory bank (default {d.sampling_ratio})")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=d.sampler)
-    p.add_argument("--sigma", type=_checked("check_sensitivity"), default=d.sigma,
-                   help=f"sensitivity k: threshold = median + k robust spreads of the good images' scores "
-                        f"against banks without them (default {d.sigma})")
+    _tolerance_option(p, d.tolerance, f"the tolerance (default {d.tolerance})")
     p.add_argument("--defect-size", type=_at_least(0.5), default=d.defect_size, metavar="PX",
                    help="the smallest defect to find, in the images' pixels: it decides the scale at which "
                         "the images are inspected (aspect ratio kept; large images in tiles). Default: "
@@ -406,7 +420,7 @@ def cmd_train(args) -> int:
     s = model.settings
     print(f"Inspecting at {describe_scale(s.defect_size, s.image_size)}", file=sys.stderr)
     print(f"Saved '{model.product}' version {model.version}: memory bank {len(model.memory_bank)} patches from "
-          f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (sigma {model.settings.sigma}, "
+          f"{model.counts['bank_images']} images, threshold {model.threshold:.3f} (tolerance {model.settings.tolerance}, "
           f"from every one of {model.counts['calibration_images']} good images scored against a bank without it, "
           f"{model.calibration.method}); inspecting {describe_roi(model.roi)}")
     folder = known_defects(args.models_dir, model.product)
@@ -549,17 +563,17 @@ def cmd_calibrate(args) -> int:
     if args.defects is not None and not args.defects.is_dir():
         print(f"error: the folder of known defects {args.defects} does not exist", file=sys.stderr)
         return EXIT_ERROR
-    if args.sigma is not None:
+    if args.tolerance is not None:
         with _open_store(args) as store:
-            changes = _changes(args, store, "sensitivity")
+            changes = _changes(args, store, "tolerance")
             before = load_model(args.models_dir, args.product)
-            model = changes.set_sensitivity(args.product, args.sigma)
-        print(f"'{model.product}' version {model.version}: sensitivity {before.settings.sigma:g} -> "
-              f"{model.settings.sigma:g}, threshold {before.threshold:.4g} -> {model.threshold:.4g}")
+            model = changes.set_tolerance(args.product, args.tolerance)
+        print(f"'{model.product}' version {model.version}: tolerance {before.settings.tolerance:g} -> "
+              f"{model.settings.tolerance:g}, threshold {before.threshold:.4g} -> {model.threshold:.4g}")
     else:
         model = load_model(args.models_dir, args.product)
-        print(f"'{model.product}' version {model.version}: threshold {model.threshold:.4g} at sensitivity "
-              f"{model.settings.sigma:g}")
+        print(f"'{model.product}' version {model.version}: threshold {model.threshold:.4g} at tolerance "
+              f"{model.settings.tolerance:g}")
     folder = args.defects or known_defects(args.models_dir, args.product)
     if folder is None:
         print(f"Expected false rejects: {rates(model, model.threshold).false_rejects_text()}; escapes unknown "
@@ -583,7 +597,7 @@ def cmd_calibrate(args) -> int:
         print(f"No known defect image could be scored in {folder}.", file=sys.stderr)
         return EXIT_ERROR
     proposal = propose_threshold(model, scores)
-    print(f"Proposed: {proposal.describe()}; calibrate --sigma {proposal.sigma:.2f} to use it")
+    print(f"Proposed: {proposal.describe()}; calibrate --tolerance {proposal.tolerance:.2f} to use it")
     if proposal.warning:
         print(f"WARNING {proposal.warning}", file=sys.stderr)
     return EXIT_OK
@@ -631,8 +645,8 @@ def cmd_models(args) -> int:
             if "error" in m:
                 print(f"version {m['version']}: {m['error']}")
             else:
-                print(f"version {m['version']}  {m['created']}  threshold {m['threshold']:.4g} (sigma "
-                      f"{m['settings']['sigma']:g}), memory bank {m['counts'].get('memory_bank')}, id "
+                print(f"version {m['version']}  {m['created']}  threshold {m['threshold']:.4g} (tolerance "
+                      f"{m['settings']['tolerance']:g}), memory bank {m['counts'].get('memory_bank')}, id "
                       f"{m['model_id']}: {m.get('change') or '-'}")
         return EXIT_OK
     models = products(args.models_dir)
@@ -645,7 +659,7 @@ def cmd_models(args) -> int:
             print(f"{name}: {m['error']}")
             continue
         s = m["settings"]
-        print(f"{name}: version {m['version']}, threshold {m['threshold']:.3f} (sigma {s['sigma']}), "
+        print(f"{name}: version {m['version']}, threshold {m['threshold']:.3f} (tolerance {s['tolerance']}), "
               f"{s['backbone']}, {describe_scale(s.get('defect_size'), s.get('image_size'))}, "
               f"{s['sampler']} {s['sampling_ratio']}, memory bank "
               f"{m['counts'].get('memory_bank')}, {m['counts'].get('good_images')} good images, "
@@ -916,9 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_camera)
 
     p = sub.add_parser("calibrate", parents=[common, product, device],
-                       help="show or set the sensitivity; score a folder of known defects")
-    p.add_argument("--sigma", type=_checked("check_sensitivity"), help="new sensitivity k: threshold = median + k robust spreads of the good scores "
-                                               "(saved as a new model version)")
+                       help="show or set the tolerance; score a folder of known defects")
+    _tolerance_option(p, None, "a new tolerance, saved as a new model version")
     p.add_argument("--defects", type=Path, help="folder of known defect images (subfolders too): their scores "
                                                 "and how many would pass at the threshold; nothing is logged (default: "
                                                 "the product's known defects, see: inspector defect)")
@@ -978,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_at_least(1, int), default=None)
     p.add_argument("--csv", type=Path, help="write the rows to this CSV file")
     p.add_argument("--events", action="store_true",
-                   help="the recorded changes (training, sensitivity, memory bank, region, teaching, "
+                   help="the recorded changes (training, tolerance, memory bank, region, teaching, "
                         "known defects, roll-back, rename, delete) instead")
     p.set_defaults(func=cmd_history)
 

@@ -93,3 +93,52 @@ def file_lock(path: Path):
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def in_use(path: Path):
+    """Mark `path` in use while the block runs, for every process to see (is_in_use): a shared
+    lock (on Windows, which has none, one user's lock). A file that cannot be locked goes unmarked."""
+    try:
+        f = open(path, "a+b")
+    except OSError as e:
+        log.warning("cannot mark %s in use (%s); going on without the mark", path, e)
+        yield
+        return
+    with f:  # closing the file releases its lock
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(f, fcntl.LOCK_SH)
+        except OSError as e:  # Windows: another user holds the mark already
+            log.info("%s is marked in use already (%s)", path, e)
+        yield
+
+
+def is_in_use(path: Path) -> bool:
+    """Whether a process (this one too) holds `path` marked in use (in_use)."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+        except OSError:
+            return True
+    return False

@@ -24,6 +24,7 @@ from .core.scoring import Region, Result
 from .core.supervised import probability
 from .data.images import list_images, load_image, read_ahead, save_image
 from .errors import Cancelled, InspectorError, SourceError, StoreError, TrainingError, describe
+from .files import in_use
 from .frames import FrameKeeper
 from .sources.camera import Camera
 from .sources.folder import FolderWatcher
@@ -241,7 +242,7 @@ def rates(model: Model, threshold: float, defects: DefectScores | None = None) -
 class Proposal:
     """A threshold proposed from the known defects, with what it rests on."""
     threshold: float
-    sigma: float
+    tolerance: float
     rates: Rates
     defects: int
     kinds: int
@@ -255,7 +256,7 @@ class Proposal:
                 f"kinds, {FEW_DEFECTS} defects) before relying on it.")
 
     def describe(self) -> str:
-        return (f"threshold {self.threshold:.4g} (sensitivity {self.sigma:.2f}), resting on {self.defects} known "
+        return (f"threshold {self.threshold:.4g} (tolerance {self.tolerance:.2f}), resting on {self.defects} known "
                 f"defect(s) of {self.kinds} kind(s): expected false rejects {self.rates.false_rejects_text()}, "
                 f"escapes {self.rates.escapes_text()}")
 
@@ -266,7 +267,7 @@ def propose_threshold(model: Model, defects: DefectScores) -> Proposal:
     if not defects.scores:
         raise TrainingError("No known defect has been scored: a threshold cannot be proposed from them.")
     best = separating_threshold(list(model.calibration.image_scores) + defects.good_scores, defects.scores)
-    return Proposal(best, model.calibration.sigma_for(best), rates(model, best, defects), len(defects.scores),
+    return Proposal(best, model.calibration.tolerance_for(best), rates(model, best, defects), len(defects.scores),
                     defects.kind_count())
 
 
@@ -311,7 +312,7 @@ def known_defects(models_dir: str | Path, product: str) -> Path | None:
 def trained_text(model: Model, defects: DefectScores | None = None) -> str:
     """What a training (or any new version) predicts on the line, said when it ends."""
     r = rates(model, model.threshold, defects)
-    text = (f"at sensitivity {model.settings.sigma:g} (threshold {model.threshold:.4g}) the predicted false rejects "
+    text = (f"at tolerance {model.settings.tolerance:g} (threshold {model.threshold:.4g}) the predicted false rejects "
             f"are {r.false_rejects_text()}")
     if defects is not None and defects.scores:
         text += f", the escapes {r.escapes_text()} ({defects.describe()})"
@@ -365,11 +366,18 @@ def run_line(models_dir: str | Path, store: ResultStore, product: str, kind: str
     if on_station is not None:
         on_station(station)
     try:
-        _run_source(station, model, kind, target, stop, on_outcome, on_message, trigger, settle_s,
-                    max_wait_s, interval_s, on_status)
+        with in_use(line_mark(models_dir)):
+            _run_source(station, model, kind, target, stop, on_outcome, on_message, trigger, settle_s,
+                        max_wait_s, interval_s, on_status)
     finally:
         if on_station is not None:
             on_station(None)
+
+
+def line_mark(models_dir: str | Path) -> Path:
+    """The file a running line marks in use (files.in_use): as a line follows new model versions,
+    a change that makes an unchecked model (changes.KINDS, `idle`) is refused while one runs."""
+    return Path(models_dir) / ".line"
 
 
 def _run_source(station: Station, model: Model, kind: str, target, stop: threading.Event, on_outcome,

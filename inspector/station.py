@@ -5,7 +5,7 @@ logged verdict, OK, NG or ERROR with its reason; no failure of one item stops th
 Each item is inspected with one immutable model, and its record holds that model's id,
 version and the threshold that decided it. With a models folder, the line follows the
 product: between items it switches to a newer saved version (a retraining, a new
-sensitivity) and says so. Used by the CLI and, from worker threads, by the GUI, through
+tolerance) and says so. Used by the CLI and, from worker threads, by the GUI, through
 inspector.services."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Who may change what at the station.
 
 An *operator* runs the line and reviews results. An *engineer* also trains, changes the
-sensitivity or the memory bank, renames and deletes products. The engineer's PIN (or
+tolerance or the memory bank, renames and deletes products. The engineer's PIN (or
 password) is set on the station's first start and kept only as a salted scrypt hash in
 `accounts.json` beside the result log; nothing else is stored. Wrong PINs are counted: after
 `MAX_TRIES` in a row, unlocking is refused for `LOCKOUT_S` seconds.
@@ -136,6 +136,6 @@ class Accounts:
 
 
 def require_engineer(user: User, what: str) -> None:
-    """Refuse `what` (e.g. 'change the sensitivity') to anyone but an engineer."""
+    """Refuse `what` (e.g. 'change the tolerance') to anyone but an engineer."""
     if not user.is_engineer:
         raise AccessDenied(f"Only an engineer may {what}: unlock with the engineer PIN first.")

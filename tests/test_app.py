@@ -86,14 +86,14 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
     assert "Current model: version" in tab.summary.text()
     assert window.products.combo.isEnabled() and "1 unreadable" in window.log.toPlainText()
 
-    # the sensitivity moves the threshold line live; dragging the line gives the sensitivity
+    # the tolerance moves the threshold line live; dragging the line gives the tolerance
     cal = window.calibrate
     window.tabs.setCurrentWidget(cal)
-    cal.sigma.setValue(5.0)
+    cal.tolerance.setValue(5.0)
     assert cal.line.value() == pytest.approx(model.calibration.image_threshold(5.0))
     assert cal.threshold.text() == f"{model.calibration.image_threshold(5.0):.4g}"
     cal.line.setValue(model.calibration.image_threshold(2.0))  # what a drag does
-    assert cal.sigma.value() == pytest.approx(2.0)
+    assert cal.tolerance.value() == pytest.approx(2.0)
     scores = model.calibration.image_scores
     rejected = sum(s >= model.calibration.image_threshold(2.0) for s in scores)
     assert f"{rejected} of {len(scores)} good images" in cal.false_rejects.text()
@@ -106,10 +106,10 @@ def test_train_then_calibrate_the_threshold(open_window, tmp_path, qtbot):
 
     assert cal.apply.isEnabled()
     cal.apply.click()
-    qtbot.waitUntil(lambda: window.session.model.settings.sigma == pytest.approx(2.0), timeout=WAIT)
+    qtbot.waitUntil(lambda: window.session.model.settings.tolerance == pytest.approx(2.0), timeout=WAIT)
     assert window.session.model.threshold == pytest.approx(model.calibration.image_threshold(2.0))
     assert load_model(models, "Disc A").version == window.session.model.version == model.version + 1
-    assert model.settings.sigma == 3.0  # the model the line may be using did not change under it
+    assert model.settings.tolerance == 3.0  # the model the line may be using did not change under it
 
     # another sampling ratio: the bank is rebuilt from the features kept in memory
     cal.ratio.setValue(5.0)

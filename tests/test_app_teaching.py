@@ -201,9 +201,9 @@ def test_the_versions_list_is_readable_at_1366x768(window, qtbot):
     window.resize(1366, 740)
     window.tabs.setCurrentWidget(window.teach)
     versions = window.teach.versions
-    window.session.set_model(Changes(window.session.models_dir, window.session.store, ENGINEER_USER).set_sensitivity(PRODUCT, 4.0))
+    window.session.set_model(Changes(window.session.models_dir, window.session.store, ENGINEER_USER).set_tolerance(PRODUCT, 4.0))
     qtbot.waitUntil(lambda: versions.table.rowCount() == 2 and versions.table.viewport().width() > 0, timeout=WAIT)
     header, table = versions.table.horizontalHeader(), versions.table
     assert header.sectionViewportPosition(3) + header.sectionSize(3) <= table.viewport().width()
     assert not table.verticalHeader().isVisible()
-    assert versions.change.text() == "Version 2 (in use): sensitivity 3 -> 4"  # the version in use is selected
+    assert versions.change.text() == "Version 2 (in use): tolerance 3 -> 4"  # the version in use is selected

@@ -33,7 +33,7 @@ def test_known_defects_with_good_parts_and_a_proposal_that_says_what_it_rests_on
     assert cal.separate.isEnabled()
     cal.separate.click()
     proposal = services.propose_threshold(window.session.model, cal._defects)
-    assert cal.sigma.value() == round(proposal.sigma, 2)
+    assert cal.tolerance.value() == round(proposal.tolerance, 2)
     text = cal.proposal.text()
     assert cal.proposal.isVisible() and "resting on 3 known defect(s) of 1 kind(s)" in text
     assert "It rests on only 3 known defect(s) of 1 kind(s)" in text  # few: said, in view
@@ -48,8 +48,8 @@ def test_training_ends_with_the_predicted_false_rejects_and_the_true_version(ope
     window = open_window(models)
     session = window.session
     qtbot.waitUntil(lambda: session.model is not None, timeout=WAIT)
-    for sigma in (2.0, 4.0):  # the product is at version 3 before this training
-        session.set_model(Changes(models, session.store, ENGINEER_USER).set_sensitivity(PRODUCT, sigma))
+    for tolerance in (2.0, 4.0):  # the product is at version 3 before this training
+        session.set_model(Changes(models, session.store, ENGINEER_USER).set_tolerance(PRODUCT, tolerance))
     Changes(models, session.store, ENGINEER_USER).add_known_defects(PRODUCT, write_parts(tmp_path / "ng", 2, "stain", seed=91))
     train = window.train
     window.tabs.setCurrentWidget(train)
@@ -61,7 +61,7 @@ def test_training_ends_with_the_predicted_false_rejects_and_the_true_version(ope
     assert f"version 4 of '{PRODUCT}' saved" in said and "the predicted false rejects are" in said
     assert "of 12 good images" in said or "good images (" in said
     assert "the escapes 0 of 2 known defects" in said  # the product's known defects were scored too
-    session.set_model(Changes(models, session.store, ENGINEER_USER).set_sensitivity(PRODUCT, 5.0))
+    session.set_model(Changes(models, session.store, ENGINEER_USER).set_tolerance(PRODUCT, 5.0))
     assert "version 4" not in train.progress.label.text()  # not left saying a version that is no longer in use
 
 
@@ -131,7 +131,7 @@ def test_the_colour_scale_is_the_model_in_use_from_the_start(line_window, tmp_pa
     qtbot.waitUntil(lambda: monitor.painted == 1, timeout=WAIT)
     monitor.start_stop()
     qtbot.waitUntil(lambda: not monitor.running, timeout=WAIT)
-    session.set_model(Changes(session.models_dir, session.store, ENGINEER_USER).set_sensitivity(PRODUCT, 6.0))
+    session.set_model(Changes(session.models_dir, session.store, ENGINEER_USER).set_tolerance(PRODUCT, 6.0))
     monitor.start_stop()  # the new version: the scale shows its threshold before the first part
     qtbot.waitUntil(lambda: monitor.running, timeout=WAIT)
     assert monitor.scale.threshold == session.model.threshold

@@ -162,7 +162,7 @@ def test_with_an_engineer_pin_only_the_engineer_changes_models(own, tmp_path, mo
     monkeypatch.delenv("INSPECTOR_PIN", raising=False)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)  # run by a script: nobody to ask
     good = str(write_parts(tmp_path / "good", 5, seed=20)[0].parent)
-    changes = [["calibrate", "--product", "Gear 7", "--sigma", "1"], ["rollback", "--product", "Gear 7", "--version", "1"],
+    changes = [["calibrate", "--product", "Gear 7", "--tolerance", "1"], ["rollback", "--product", "Gear 7", "--version", "1"],
                ["rebuild", good, "--product", "Gear 7", "--sampling-ratio", "0.05"], ["train", good, "--product", "Gear 8"],
                ["teach", good, "--product", "Gear 7"], ["roi", "--clear", "--product", "Gear 7"],
                ["products", "create", "Gear 9"],
@@ -181,7 +181,7 @@ def test_with_an_engineer_pin_only_the_engineer_changes_models(own, tmp_path, mo
     assert main(changes[0] + common) == EXIT_OK
     with ResultStore(root / "log.db") as store:
         [event] = store.events("Gear 7")
-    assert (event.kind, event.user) == ("sensitivity", "Eve (engineer)")
+    assert (event.kind, event.user) == ("tolerance", "Eve (engineer)")
 
 
 def test_engineer_sets_and_changes_the_pin_as_the_window_does(tmp_path, monkeypatch, capsys):
@@ -224,21 +224,25 @@ def test_engineer_sets_and_changes_the_pin_as_the_window_does(tmp_path, monkeypa
         (None, "Eve", "engineer PIN set"), ("Eve", "Ann", "engineer PIN changed"), ("Ann", "Bo", "engineer PIN changed")]
 
 
-def test_calibrate_sets_the_sensitivity_as_a_new_version_on_record(own, capsys):
+def test_calibrate_sets_the_tolerance_as_a_new_version_on_record(own, capsys):
     root, common = own
     before = load_model(root / "models", "Gear 7")
-    assert main(["calibrate", "--product", "Gear 7", "--sigma", "1.5"] + common) == EXIT_OK
+    assert main(["calibrate", "--product", "Gear 7", "--tolerance", "1.5"] + common) == EXIT_OK
     out = capsys.readouterr().out
     after = load_model(root / "models", "Gear 7")
-    assert after.version == before.version + 1 and after.settings.sigma == 1.5
+    assert after.version == before.version + 1 and after.settings.tolerance == 1.5
     assert f"threshold {before.threshold:.4g} -> {after.threshold:.4g}" in out and "Expected false rejects:" in out
     with ResultStore(root / "log.db") as store:
         [event] = store.events("Gear 7")
-    assert (event.kind, event.user) == ("sensitivity", login_name())
-    assert f"version {before.version}" in event.old and "sensitivity 3" in event.old
-    assert f"version {after.version}" in event.new and "sensitivity 1.5" in event.new
-    assert main(["calibrate", "--product", "Gear 7", "--sigma", "nan"] + common) == EXIT_ERROR
+    assert (event.kind, event.user) == ("tolerance", login_name())
+    assert f"version {before.version}" in event.old and "tolerance 3" in event.old
+    assert f"version {after.version}" in event.new and "tolerance 1.5" in event.new
+    assert main(["calibrate", "--product", "Gear 7", "--tolerance", "nan"] + common) == EXIT_ERROR
     assert load_model(root / "models", "Gear 7").version == after.version
+    capsys.readouterr()
+    assert main(["calibrate", "--product", "Gear 7", "--sigma", "2"] + common) == EXIT_OK  # its older name
+    assert "'--sigma' is now called '--tolerance'" in capsys.readouterr().err
+    assert load_model(root / "models", "Gear 7").settings.tolerance == 2.0
 
 
 def test_calibrate_scores_known_defects_in_subfolders(station, tmp_path, capsys):
@@ -360,9 +364,9 @@ def test_interrupting_inspect_exits_130_and_loses_nothing(station, tmp_path, sig
 
 
 @pytest.mark.parametrize("args, said", [
-    (["train", "GOOD", "--product", "New", "--sigma", "-3"], "--sigma: The sensitivity must be 0 or more"),
+    (["train", "GOOD", "--product", "New", "--tolerance", "-3"], "--tolerance: The tolerance must be 0 or more"),
     (["train", "GOOD", "--product", "New", "--sampling-ratio", "7"], "--sampling-ratio: The sampling ratio"),
-    (["calibrate", "--product", "Gear 7", "--sigma", "-5"], "--sigma: The sensitivity must be 0 or more"),
+    (["calibrate", "--product", "Gear 7", "--tolerance", "-5"], "--tolerance: The tolerance must be 0 or more"),
     (["rebuild", "GOOD", "--product", "Gear 7", "--sampling-ratio", "0"], "more than 0 and at most 1"),
     (["rollback", "--product", "Gear 7", "--version", "0"], "--version: must be 1 or more"),
     (["camera", "0", "--product", "Gear 7", "--rate", "-1"], "--rate: must be 0 or more"),
@@ -383,7 +387,7 @@ def test_train_says_the_predicted_false_rejects_and_a_failure_says_what_was_skip
     write_parts(tmp_path / "good", 12)
     assert main(["train", str(tmp_path / "good"), "--product", "P", "--sampling-ratio", "0.05"] + common) == EXIT_OK
     out = capsys.readouterr().out
-    assert "On the line: at sensitivity 3 (threshold" in out and "the predicted false rejects are" in out
+    assert "On the line: at tolerance 3 (threshold" in out and "the predicted false rejects are" in out
     assert "of 12 good images" in out or "good images (" in out
     assert main(["defect", "--product", "P", *map(str, write_parts(tmp_path / "ng", 1, "stain", seed=5))]
                 + common) == EXIT_OK
@@ -445,7 +449,7 @@ def test_a_camera_that_does_not_exist_is_said_once(station, capsys):
 
 
 def test_an_edited_model_is_refused_until_the_engineer_signs_it(own, tmp_path, monkeypatch, capsys):
-    """The edit of issue 19 (format 1 claimed, thresholds deleted, sigma 50): a defect would
+    """The edit of issue 19 (format 1 claimed, thresholds deleted, tolerance 50): a defect would
     pass. The line refuses it; only the engineer signs it, knowingly, as a new version on record."""
     import json
 
@@ -459,7 +463,7 @@ def test_an_edited_model_is_refused_until_the_engineer_signs_it(own, tmp_path, m
     for name in ("checksum", "signature", "threshold", "pixel_threshold"):
         meta.pop(name)
     meta |= {"format_version": 1, "bank_sha256": bank["sha256"]}
-    meta["settings"]["sigma"] = 50.0
+    meta["settings"]["tolerance"] = 50.0
     path.write_text(json.dumps(meta))
     bad = write_parts(tmp_path / "ng", 1, "stain", seed=41)
     args = ["--product", "Gear 7"] + common
@@ -472,7 +476,7 @@ def test_an_edited_model_is_refused_until_the_engineer_signs_it(own, tmp_path, m
     assert main(["models", "--resign", "--version", "1"] + args) == EXIT_OK
     assert "as version 2" in capsys.readouterr().out
     signed = load_model(root / "models", "Gear 7")
-    assert (signed.version, signed.settings.sigma) == (2, 50.0)
+    assert (signed.version, signed.settings.tolerance) == (2, 50.0)
     assert main(["inspect", str(bad[0])] + args) in (EXIT_OK, EXIT_NG)  # what the engineer signed decides
     with ResultStore(root / "log.db") as store:
         [event] = store.events("Gear 7")

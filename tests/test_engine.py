@@ -161,7 +161,7 @@ def test_calibration_threshold_follows_sigma_without_rescoring():
     spread = 1.4826  # the median absolute deviation (1.0) scaled to a normal std
     assert c.image_threshold(0) == pytest.approx(12.0)
     assert c.image_threshold(2) == pytest.approx(12.0 + 2 * spread)
-    assert c.sigma_for(c.image_threshold(2.5)) == pytest.approx(2.5)
+    assert c.tolerance_for(c.image_threshold(2.5)) == pytest.approx(2.5)
     assert c.pixel_threshold(3) == pytest.approx(0.8)
     assert c.false_reject_rate(13.5) == pytest.approx(0.2)
 

@@ -21,7 +21,7 @@ from pymodbus.client import ModbusTcpClient
 from conftest import PRODUCT, copy_models
 from inspector.changes import Changes
 from inspector import services
-from inspector.core.model import with_sigma
+from inspector.core.model import with_tolerance
 from inspector.core.model_store import load_model, save_model
 from inspector.core.product_numbers import NUMBERS_FILE, product_numbers
 from inspector.lineio.line_io import LineIO, LineSettings
@@ -498,7 +498,7 @@ def test_the_window_follows_a_product_the_plc_selects(line_window, tmp_path, qtb
     models = session.models_dir
     other = replace(load_model(models, PRODUCT), product=OTHER)
     save_model(other, models)
-    other = save_model(with_sigma(other, 6.0), models)  # version 2, another threshold than the product's
+    other = save_model(with_tolerance(other, 6.0), models)  # version 2, another threshold than the product's
     assert other.threshold != session.model.threshold
     window.products.reload(PRODUCT)
     qtbot.waitUntil(lambda: session.model is not None and session.model.product == PRODUCT, timeout=WAIT)

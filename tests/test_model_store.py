@@ -15,7 +15,7 @@ import pytest
 
 from inspector.core import model as model_module
 from inspector.core.calibration import Calibration
-from inspector.core.model import Model, Settings, check_product_name, with_sigma
+from inspector.core.model import Model, Settings, check_product_name, with_tolerance
 from inspector.core.model_store import (BANK_FILE, FORMAT_FIELDS, KEEP_VERSIONS, META_FILE, _bank_bytes, current_version,
                                         delete_model, list_models, load_model, rename_model, save_model)
 from inspector.errors import ModelError
@@ -24,7 +24,7 @@ from inspector.errors import ModelError
 def make_model(product="Gear 7", seed=0) -> Model:
     bank = np.random.default_rng(seed).normal(size=(40, 152)).astype(np.float32)
     return Model(product, Settings(defect_size=8.0), bank, Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "5-fold"),
-                 {"good_images": 20}, created="2026-01-01T00:00:00+00:00", versions={"inspector": "t"})
+                 {"good_images": 20}, created="2026-01-01T00:00:00+00:00", libraries={"inspector": "t"})
 
 
 def test_round_trip(tmp_path):
@@ -45,7 +45,7 @@ def test_round_trip(tmp_path):
 def test_a_model_is_immutable():
     model = make_model()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        model.settings.sigma = 1.0
+        model.settings.tolerance = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.calibration = None
     with pytest.raises(ValueError):
@@ -54,14 +54,14 @@ def test_a_model_is_immutable():
 
 def test_every_change_is_a_new_version_and_the_old_ones_stay(tmp_path):
     first = save_model(make_model(), tmp_path)
-    second = save_model(with_sigma(first, 1.0), tmp_path)
+    second = save_model(with_tolerance(first, 1.0), tmp_path)
     assert (first.version, second.version) == (1, 2) and second.model_id != first.model_id
-    assert second.threshold < first.threshold and second.change == "sensitivity 3 -> 1"
+    assert second.threshold < first.threshold and second.change == "tolerance 3 -> 1"
     assert current_version(tmp_path, "Gear 7") == 2
     now = load_model(tmp_path, "Gear 7")
-    assert now.version == 2 and now.settings.sigma == 1.0 and np.array_equal(now.memory_bank, first.memory_bank)
+    assert now.version == 2 and now.settings.tolerance == 1.0 and np.array_equal(now.memory_bank, first.memory_bank)
     before = load_model(tmp_path, "Gear 7", version=1)
-    assert before.settings.sigma == 3.0 and before.model_id == first.model_id
+    assert before.settings.tolerance == 3.0 and before.model_id == first.model_id
     assert not [p for p in (tmp_path / "Gear 7").iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -73,9 +73,9 @@ def test_the_folder_of_good_images_is_kept_checksummed_and_optional(tmp_path):
     assert "good_folder" not in json.loads((tmp_path / "Gear 7" / "v0001" / META_FILE).read_text())
     assert load_model(tmp_path, "Gear 7").good_folder is None
     good = str(tmp_path / "good")
-    save_model(with_sigma(dataclasses.replace(older, good_folder=good), 2.0), tmp_path)
+    save_model(with_tolerance(dataclasses.replace(older, good_folder=good), 2.0), tmp_path)
     assert load_model(tmp_path, "Gear 7").good_folder == good
-    assert save_model(with_sigma(load_model(tmp_path, "Gear 7"), 1.0), tmp_path).good_folder == good
+    assert save_model(with_tolerance(load_model(tmp_path, "Gear 7"), 1.0), tmp_path).good_folder == good
     assert load_model(tmp_path, "Gear 7").good_folder == good
     folder = tmp_path / "Gear 7" / "v0003"
     original = (folder / META_FILE).read_text()
@@ -95,7 +95,7 @@ def test_the_folder_of_good_images_is_kept_checksummed_and_optional(tmp_path):
 def test_the_last_versions_are_kept(tmp_path):
     model = make_model()
     for i in range(KEEP_VERSIONS + 3):
-        model = save_model(with_sigma(model, 1.0 + i), tmp_path)
+        model = save_model(with_tolerance(model, 1.0 + i), tmp_path)
     names = sorted(p.name for p in (tmp_path / "Gear 7").iterdir())
     assert names == [f"v{n:04d}" for n in range(4, KEEP_VERSIONS + 4)]
     assert load_model(tmp_path, "Gear 7").version == KEEP_VERSIONS + 3
@@ -142,7 +142,7 @@ DAMAGE = {  # name: (edit of model.json, message)
     "scores x10": (lambda m: json.dumps(m | {"calibration": m["calibration"] | {
         "image_scores": [s * 10 for s in m["calibration"]["image_scores"]]}}), "checksum"),
     "scores NaN": (lambda m: json.dumps(m).replace('"image_scores": [1.0', '"image_scores": [NaN'), "NaN"),
-    "sigma Infinity": (lambda m: json.dumps(m).replace('"sigma": 3.0', '"sigma": Infinity'), "Infinity"),
+    "tolerance Infinity": (lambda m: json.dumps(m).replace('"tolerance": 3.0', '"tolerance": Infinity'), "Infinity"),
     "defect size changed": (edit("settings", defect_size=4.0), "checksum"),
     "string for a number": (edit("settings", sampling_ratio="0.01"), "checksum"),
     "threshold edited": (lambda m: json.dumps(m | {"threshold": 99.0}), "checksum"),
@@ -154,7 +154,7 @@ DAMAGE = {  # name: (edit of model.json, message)
 }
 # the same damage with a matching checksum: validation must still refuse it
 DAMAGE_WITH_CHECKSUM = {
-    "sigma huge": (edit("settings", sigma=1e308), "sigma is 1e"),
+    "tolerance huge": (edit("settings", tolerance=1e308), "tolerance is 1e"),
     "string for a number": (edit("settings", sampling_ratio="0.01"), "sampling_ratio"),
     "bool for a number": (edit("settings", defect_size=True), "defect_size"),
     "negative std": (edit("calibration", pixel_std=-1.0), "pixel_std"),
@@ -277,11 +277,11 @@ def save_format_1(model: Model, models_dir, added: tuple[str, ...] = ("weights",
     folder.mkdir(parents=True)
     data = _bank_bytes(model.memory_bank)
     (folder / BANK_FILE).write_bytes(data)
-    settings = {k: v for k, v in dataclasses.asdict(model.settings).items()
+    settings = {("sigma" if k == "tolerance" else k): v for k, v in dataclasses.asdict(model.settings).items()
                 if k in added or k not in ("weights", "feature_version")}
     digest = hashlib.sha256(data).hexdigest()
     meta = {"format": "inspector-model", "format_version": 1, "product": model.product, "model_id": digest[:12],
-            "created": model.created, "versions": model.versions, "settings": settings, "counts": model.counts,
+            "created": model.created, "versions": model.libraries, "settings": settings, "counts": model.counts,
             "threshold": model.threshold, "pixel_threshold": model.pixel_threshold,
             "calibration": dataclasses.asdict(model.calibration), "bank_sha256": digest}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -323,20 +323,31 @@ def test_format_1_edits_of_the_thresholds_are_refused(tmp_path):
         load_model(tmp_path, "Gear 7")
 
 
-@pytest.mark.parametrize("fmt", [1, 2, 3])
+def _as_format_4(meta: dict) -> dict:
+    """model.json as format 4 named the tolerance (`sigma`) and the library versions (`versions`)."""
+    meta = {("versions" if k == "libraries" else k): v for k, v in meta.items()}
+    return meta | {"settings": {("sigma" if k == "tolerance" else k): v for k, v in meta["settings"].items()}}
+
+
+@pytest.mark.parametrize("fmt", [1, 2, 3, 4])
 def test_older_formats_are_upgraded_step_by_step_to_the_newest(tmp_path, fmt):
     """Settings as formats 1 to 3 stored them (images squashed to image_size, a held-out
-    fraction, no smallest defect size) load as the same model in the newest format."""
-    model = dataclasses.replace(make_model(), settings=Settings(image_size=256))
+    fraction, no smallest defect size) and the names of format 4 and older (`sigma` for the
+    tolerance, `versions` for the library versions) load as the same model in the newest format."""
+    model = dataclasses.replace(make_model(), settings=Settings(image_size=256, tolerance=2.5))
     if fmt == 1:
         save_format_1(model, tmp_path)
     else:
         save_model(model, tmp_path)
     folder = tmp_path / "Gear 7" / ("" if fmt == 1 else "v0001")
-    rewrite(folder, lambda m: json.dumps(m | {"format_version": fmt, "settings": {
-        k: v for k, v in m["settings"].items() if k != "defect_size"} | {"holdout": 0.2}}), checksum=fmt > 1)
+    older = {"defect_size"} if fmt < 4 else set()
+    rewrite(folder, lambda m: json.dumps(_as_format_4(m) | {"format_version": fmt} | {"settings": {
+        k: v for k, v in _as_format_4(m)["settings"].items() if k not in older} | ({"holdout": 0.2} if older else {})}),
+        checksum=fmt > 1)
+    assert '"sigma": 2.5' in (folder / META_FILE).read_text()
     loaded = load_model(tmp_path, "Gear 7", signed=False)
     assert (loaded.version, loaded.settings, loaded.calibration) == (1, model.settings, model.calibration)
+    assert loaded.libraries == model.libraries and loaded.threshold == pytest.approx(model.threshold)
     assert np.array_equal(loaded.memory_bank, model.memory_bank)
 
 
@@ -357,7 +368,7 @@ from inspector.core.model_store import save_model
 bank = np.random.default_rng(0).normal(size=(2000, 152)).astype(np.float32)
 print("ready", flush=True)
 for i in range(int(sys.argv[2])):
-    model = Model("Gear 7", Settings(defect_size=8.0, sigma=1.0 + i % 7), bank,
+    model = Model("Gear 7", Settings(defect_size=8.0, tolerance=1.0 + i % 7), bank,
                   Calibration([1.0, 1.5, 2.0, 2.5], 0.4, 0.1, "5-fold"))
     save_model(model, sys.argv[1])
 """
@@ -412,7 +423,7 @@ def test_product_names(tmp_path):
 
 def test_rename_and_delete(tmp_path):
     saved = save_model(make_model(), tmp_path)
-    save_model(with_sigma(saved, 2.0), tmp_path)
+    save_model(with_tolerance(saved, 2.0), tmp_path)
     assert rename_model(tmp_path, "Gear 7", "Gear 8") == "Gear 8"
     renamed = load_model(tmp_path, "Gear 8")
     assert renamed.product == "Gear 8" and renamed.version == 2
@@ -438,7 +449,7 @@ def _resum(meta: dict) -> dict:
 
 def test_a_model_edited_to_claim_the_first_format_is_refused(tmp_path):
     """The edit of the issue: format 1 (no checksum), the bank's digest kept, the thresholds
-    deleted, sigma 50: the station must not load it, nor log a model id it chose."""
+    deleted, tolerance 50: the station must not load it, nor log a model id it chose."""
     saved = save_model(make_model(), tmp_path)
     path = tmp_path / "Gear 7" / "v0001" / META_FILE
     meta = json.loads(path.read_text())
@@ -446,15 +457,15 @@ def test_a_model_edited_to_claim_the_first_format_is_refused(tmp_path):
     for name in ("checksum", "signature", "threshold", "pixel_threshold"):
         meta.pop(name)
     meta |= {"format_version": 1, "bank_sha256": bank["sha256"], "model_id": saved.model_id}
-    meta["settings"]["sigma"] = 50.0
+    meta["settings"]["tolerance"] = 50.0
     path.write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="not signed by this station"):
         load_model(tmp_path, "Gear 7")
     found = load_model(tmp_path, "Gear 7", signed=False)  # what an engineer would re-sign
-    assert found.settings.sigma == 50.0 and found.model_id != saved.model_id  # the id of what is there
+    assert found.settings.tolerance == 50.0 and found.model_id != saved.model_id  # the id of what is there
 
 
-@pytest.mark.parametrize("edit_", ["scores x10", "sigma 50", "another key"])
+@pytest.mark.parametrize("edit_", ["scores x10", "tolerance 50", "another key"])
 def test_a_model_edited_with_a_matching_checksum_is_refused(tmp_path, edit_):
     save_model(make_model(), tmp_path)
     path = tmp_path / "Gear 7" / "v0001" / META_FILE
@@ -462,8 +473,8 @@ def test_a_model_edited_with_a_matching_checksum_is_refused(tmp_path, edit_):
     if edit_ == "scores x10":  # every part passes; the stored threshold deleted, as format 2 allows
         meta["calibration"]["image_scores"] = [10 * s for s in meta["calibration"]["image_scores"]]
         del meta["threshold"], meta["pixel_threshold"]
-    elif edit_ == "sigma 50":
-        meta["settings"]["sigma"] = 50.0
+    elif edit_ == "tolerance 50":
+        meta["settings"]["tolerance"] = 50.0
         meta["threshold"] = Calibration(**meta["calibration"]).image_threshold(50.0)
         meta["pixel_threshold"] = Calibration(**meta["calibration"]).pixel_threshold(50.0)
     else:  # signed with another key: another station's model
@@ -494,7 +505,7 @@ def test_a_version_folder_copied_from_another_product_or_version_is_refused(tmp_
 
     save_model(make_model("Gear 7"), tmp_path)
     save_model(make_model("Gear 8", seed=1), tmp_path)
-    save_model(with_sigma(load_model(tmp_path, "Gear 8"), 2.0), tmp_path)
+    save_model(with_tolerance(load_model(tmp_path, "Gear 8"), 2.0), tmp_path)
     shutil.copytree(tmp_path / "Gear 8" / "v0001", tmp_path / "Gear 7" / "v0003")  # another product's
     meta = json.loads((tmp_path / "Gear 7" / "v0003" / META_FILE).read_text())
     (tmp_path / "Gear 7" / "v0003" / META_FILE).write_text(json.dumps(_resum(meta | {"version": 3})))
@@ -504,7 +515,7 @@ def test_a_version_folder_copied_from_another_product_or_version_is_refused(tmp_
     with pytest.raises(ModelError, match="version 4 of 'Gear 8' holds version 1"):
         load_model(tmp_path, "Gear 8")
     rename_model(tmp_path, "Gear 8", "Gear 9")  # a rename keeps the signed versions signed
-    assert load_model(tmp_path, "Gear 9", version=2).settings.sigma == 2.0
+    assert load_model(tmp_path, "Gear 9", version=2).settings.tolerance == 2.0
 
 
 def _healthy_and(tmp_path, damage) -> str:
@@ -547,7 +558,7 @@ def _checksummed(section, **values):
 
 
 MODEL_DAMAGE = {  # name: (damage, what the message says)
-    "sigma 1e999": (_edit_text(lambda t: t.replace('"sigma": 3.0', '"sigma": 1e999')), "damaged.*1e999"),
+    "tolerance 1e999": (_edit_text(lambda t: t.replace('"tolerance": 3.0', '"tolerance": 1e999')), "damaged.*1e999"),
     "threshold 1e999": (_edit_text(lambda t: t.replace('"threshold": ', '"threshold": 1e999, "x": ', 1)), "1e999"),
     "nested 200000 deep": (_edit_text(lambda t: t.replace('"counts": {', '"counts": {"x": ' + "[" * 200_000
                                                           + "]" * 200_000 + ", ", 1)), "damaged"),
@@ -571,7 +582,7 @@ def test_damaged_models_are_a_clear_error_and_never_hide_the_others(tmp_path, na
 def test_the_models_command_lists_every_product_when_one_is_damaged(tmp_path, capsys):
     from inspector.cli import main
 
-    _healthy_and(tmp_path / "models", _edit_text(lambda t: t.replace('"sigma": 3.0', '"sigma": 1e999')))
+    _healthy_and(tmp_path / "models", _edit_text(lambda t: t.replace('"tolerance": 3.0', '"tolerance": 1e999')))
     assert main(["models", "--models-dir", str(tmp_path / "models"), "--db", str(tmp_path / "x.db")]) == 0
     out = capsys.readouterr().out
     assert "Gear 7 (number 1): version 1" in out and "Gear 8 (number 2): " in out and "damaged" in out

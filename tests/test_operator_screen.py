@@ -119,19 +119,19 @@ def test_an_operator_cannot_change_the_threshold_an_engineer_unlocks_with_the_pi
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
     cal, version = window.calibrate, window.session.model.version
     assert window.products.level.text() == "Operator"
-    assert not cal.apply.isEnabled() and not cal.sigma.isEnabled() and not cal.line.movable
+    assert not cal.apply.isEnabled() and not cal.tolerance.isEnabled() and not cal.line.movable
     assert not cal.locked.isHidden() and not cal.rebuild.isEnabled()
     assert not window.train.start.isEnabled() and not any(b.isEnabled() for b in window.products.buttons)
 
-    cal.sigma.setValue(0.0)  # even when asked directly, nothing changes
-    cal.apply_sigma()
+    cal.tolerance.setValue(0.0)  # even when asked directly, nothing changes
+    cal.apply_tolerance()
     cal.rebuild_bank()
     window.products.delete()
     window.teach.versions.table.selectRow(0)
     window.teach.versions.roll_back(confirm=False)
     window.teach.editor.save_region()
     log = window.log.toPlainText()
-    for what in ("change the sensitivity", "rebuild the memory bank", "delete a product", "roll back the model",
+    for what in ("change the tolerance", "rebuild the memory bank", "delete a product", "roll back the model",
                  "change the inspection region"):
         assert f"Only an engineer may {what}" in log
     assert current_version(models, PRODUCT) == version and (models / PRODUCT).is_dir()
@@ -189,20 +189,20 @@ def test_a_change_on_a_running_line_shows_its_rates_is_confirmed_and_recorded(li
 
     old = window.session.model
     new_threshold = old.calibration.image_threshold(0.0)
-    cal.sigma.setValue(0.0)
+    cal.tolerance.setValue(0.0)
     seen: list[str] = []
     answer(QMessageBox.StandardButton.No, seen)
-    cal.apply_sigma()
+    cal.apply_tolerance()
     assert len(seen) == 1 and f"{old.threshold:.4g} → {new_threshold:.4g}" in seen[0]
     assert "Predicted false rejects:" in seen[0] and "Predicted escapes:" in seen[0] and "of 6 known defects" in seen[0]
     assert current_version(window.session.models_dir, PRODUCT) == old.version  # No: nothing changed
 
     answer(QMessageBox.StandardButton.Yes, seen)
-    cal.apply_sigma()
+    cal.apply_tolerance()
     qtbot.waitUntil(lambda: window.session.model.version == old.version + 1, timeout=WAIT)
     event = window.session.store.events(PRODUCT, limit=1)[0]
-    assert (event.kind, event.user) == ("sensitivity", "Eve (engineer)")
-    assert f"sensitivity {old.settings.sigma:g}" in event.old and "sensitivity 0" in event.new
+    assert (event.kind, event.user) == ("tolerance", "Eve (engineer)")
+    assert f"tolerance {old.settings.tolerance:g}" in event.old and "tolerance 0" in event.new
 
     write_parts(line, 1, seed=130)  # the line switched between items: the new version decides
     qtbot.waitUntil(lambda: monitor.counts["inspected"] == 1 and monitor.painted, timeout=WAIT)
@@ -214,9 +214,9 @@ def test_a_change_on_a_running_line_shows_its_rates_is_confirmed_and_recorded(li
     window.tabs.setCurrentWidget(history)
     history.show_what.setCurrentIndex(history.show_what.findData("changes"))
     qtbot.waitUntil(lambda: history.changes.rowCount() > 0 and history.changes.index(0, 2).data()
-                    == "sensitivity changed", timeout=WAIT)
+                    == "tolerance changed", timeout=WAIT)
     row = [history.changes.index(0, c).data() for c in range(history.changes.columnCount())]
-    assert row[1:4] == [PRODUCT, "sensitivity changed", "Eve (engineer)"] and "sensitivity 0" in row[5]
+    assert row[1:4] == [PRODUCT, "tolerance changed", "Eve (engineer)"] and "tolerance 0" in row[5]
 
 
 def test_shift_counters_and_ng_parts_survive_a_restart(open_window, trained_models, tmp_path, qtbot, capsys):

@@ -14,7 +14,7 @@ from inspector.changes import Changes
 from inspector.users import ENGINEER, User
 from inspector import plant
 from inspector.cli import main
-from inspector.core.model import with_sigma
+from inspector.core.model import with_tolerance
 from inspector.core.model_store import list_versions, load_model, save_model
 from inspector.errors import ModelError, PlantError
 from inspector.signing import station_key
@@ -310,7 +310,7 @@ def test_two_stations_publishing_the_same_product_at_once_get_distinct_versions(
 
     other = tmp_path / "other_models"
     shutil.copytree(station_models, other)
-    save_model(with_sigma(load_model(other, PRODUCT), 4.0), other)  # a different version there
+    save_model(with_tolerance(load_model(other, PRODUCT), 4.0), other)  # a different version there
     stores = [ResultStore(tmp_path / "a.db"), ResultStore(tmp_path / "b.db")]
     start, numbers = threading.Barrier(2), []
 
@@ -340,13 +340,13 @@ def test_a_station_following_a_product_installs_new_published_versions_once(db, 
     follower.ship()
     [model] = follower.follow_models()
     assert model.version == 1 and follower.follow_models() == []  # installed once
-    save_model(with_sigma(load_model(station_models, PRODUCT), 5.0), station_models)
+    save_model(with_tolerance(load_model(station_models, PRODUCT), 5.0), station_models)
     plant.publish(url(db, "anna"), Changes(station_models, engineer), PRODUCT)
     [model] = follower.follow_models()
-    assert model.version == 2 and model.settings.sigma == 5.0
+    assert model.version == 2 and model.settings.tolerance == 5.0
     assert "Installed published version 2" in messages[-1]
     # a damaged publication is refused once, and the station keeps its version
-    save_model(with_sigma(model, 6.0), station_models)
+    save_model(with_tolerance(model, 6.0), station_models)
     plant.publish(url(db, "anna"), Changes(station_models, engineer), PRODUCT)
     sql(db, "UPDATE models SET model_json = model_json || '\\x20'::bytea WHERE version = 3")
     assert follower.follow_models() == [] and follower.follow_models() == []

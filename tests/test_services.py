@@ -60,24 +60,24 @@ def test_a_cancelled_or_failed_training_changes_nothing(trained, tmp_path):
     assert current_version(models, "Disc") == 1 and kinds(store, "Disc") == ["train"]
 
 
-def test_sensitivity(trained):
+def test_tolerance(trained):
     models, store, model, _ = trained
-    new = Changes(models, store, User("engineer", ENGINEER)).set_sensitivity("Disc", 1.0, expected_version=1)
-    assert (new.version, new.settings.sigma) == (2, 1.0) and new.threshold < model.threshold
+    new = Changes(models, store, User("engineer", ENGINEER)).set_tolerance("Disc", 1.0, expected_version=1)
+    assert (new.version, new.settings.tolerance) == (2, 1.0) and new.threshold < model.threshold
     event = store.events("Disc")[0]
-    assert (event.kind, event.user) == ("sensitivity", "engineer") and "sensitivity 3 -> 1" in event.detail
+    assert (event.kind, event.user) == ("tolerance", "engineer") and "tolerance 3 -> 1" in event.detail
     with pytest.raises(ModelError, match="changed meanwhile"):  # the caller looked at version 1
-        Changes(models, store).set_sensitivity("Disc", 2.0, expected_version=1)
-    with pytest.raises(ModelError, match="sigma"):  # refused before anything is saved or recorded
-        Changes(models, store).set_sensitivity("Disc", 5000.0)
-    assert current_version(models, "Disc") == 2 and kinds(store, "Disc") == ["sensitivity", "train"]
+        Changes(models, store).set_tolerance("Disc", 2.0, expected_version=1)
+    with pytest.raises(ModelError, match="tolerance"):  # refused before anything is saved or recorded
+        Changes(models, store).set_tolerance("Disc", 5000.0)
+    assert current_version(models, "Disc") == 2 and kinds(store, "Disc") == ["tolerance", "train"]
 
 
 def test_rebuilding_the_bank_from_kept_features_or_from_the_images(trained, good, tmp_path):
     models, store, model, features = trained
     kept, same = Changes(models, store).rebuild_bank("Disc", 0.05, good=features)
     assert same is features and kept.version == 2 and kept.settings.sampling_ratio == 0.05
-    assert len(kept.memory_bank) > len(model.memory_bank) and kept.settings.sigma == model.settings.sigma
+    assert len(kept.memory_bank) > len(model.memory_bank) and kept.settings.tolerance == model.settings.tolerance
     reread, _ = Changes(models, store).rebuild_bank("Disc", 0.02, images=good[0].parent)
     assert reread.version == 3 and len(reread.memory_bank) == len(model.memory_bank)
     assert kinds(store, "Disc") == ["bank", "bank", "train"]
@@ -205,12 +205,12 @@ def test_separating_threshold_leaves_a_margin_from_the_good_spread_not_the_middl
 def test_settings_are_checked_before_any_image_is_read(trained, tmp_path):
     models, store, model, _ = trained
     missing = [tmp_path / "not_read.png"]  # would fail if it were read
-    for settings, what in ((Settings(sigma=-3.0), "0 or more"), (Settings(sampling_ratio=7.0), "at most 1"),
+    for settings, what in ((Settings(tolerance=-3.0), "0 or more"), (Settings(sampling_ratio=7.0), "at most 1"),
                            (Settings(sampling_ratio=0.0), "more than 0")):
         with pytest.raises(TrainingError, match=what):
             Changes(models, store).train("Disc", missing, settings)
     with pytest.raises(TrainingError, match="0 or more"):
-        Changes(models, store).set_sensitivity("Disc", -5.0)
+        Changes(models, store).set_tolerance("Disc", -5.0)
     with pytest.raises(TrainingError, match="at most 1"):
         Changes(models, store).rebuild_bank("Disc", 7.0, images=missing)
     assert current_version(models, "Disc") == 1 and kinds(store, "Disc") == ["train"]
@@ -231,7 +231,7 @@ def test_a_failed_training_lists_the_files_it_skipped_and_why(trained, tmp_path)
 
 def test_rolling_back_to_a_version_that_does_not_exist_lists_those_that_do(trained):
     models, store, model, _ = trained
-    Changes(models, store).set_sensitivity("Disc", 2.0)
+    Changes(models, store).set_tolerance("Disc", 2.0)
     with pytest.raises(ModelError, match=r"'Disc' has no version 99: its kept versions are 1, 2"):
         Changes(models, store).rollback("Disc", 99)
 

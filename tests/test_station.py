@@ -378,21 +378,21 @@ def test_each_record_holds_the_model_version_and_threshold_that_decided(inspecto
         station = Station(Inspector(first), store, "camera", models_dir=models,
                           on_message=lambda level, text: messages.append((level, text)))
         before = station.inspect_image(make_part(20), "a").record
-        second = Changes(models, store).set_sensitivity("part", 1.0)
+        second = Changes(models, store).set_tolerance("part", 1.0)
         after = station.inspect_image(make_part(21), "b").record
         # a version that cannot be loaded: the line keeps the one it has and says so
         broken = models / "part" / "v0003"
         shutil.copytree(models / "part" / "v0002", broken)
-        (broken / "model.json").write_text((broken / "model.json").read_text().replace('"sigma": 1.0', '"sigma": 0.5'))
+        (broken / "model.json").write_text((broken / "model.json").read_text().replace('"tolerance": 1.0', '"tolerance": 0.5'))
         kept = station.inspect_image(make_part(22), "c").record
     assert (before.model_version, before.model_id, before.threshold) == (1, first.model_id, first.threshold)
     assert (after.model_version, after.model_id, after.threshold) == (2, second.model_id, second.threshold)
     assert kept.model_version == 2
-    assert messages[0][0] == "info" and "model version 2" in messages[0][1] and "sensitivity 3 -> 1" in messages[0][1]
+    assert messages[0][0] == "info" and "model version 2" in messages[0][1] and "tolerance 3 -> 1" in messages[0][1]
     assert messages[1][0] == "error" and "Version 3" in messages[1][1] and "goes on with version 2" in messages[1][1]
 
 
-def test_a_sensitivity_changed_during_a_run_never_mixes_thresholds(inspector, tmp_path):
+def test_a_tolerance_changed_during_a_run_never_mixes_thresholds(inspector, tmp_path):
     models = tmp_path / "models"
     save_model(inspector.model, models)
     line = tmp_path / "line"
@@ -401,10 +401,10 @@ def test_a_sensitivity_changed_during_a_run_never_mixes_thresholds(inspector, tm
     saved = {1: load_model(models, "part")}  # every version, as saved (older ones are pruned on disk)
     with ResultStore(tmp_path / "log.db") as store:
         def change():
-            sigma = 3.0
+            tolerance = 3.0
             while not done.is_set():
-                sigma = 1.0 if sigma == 3.0 else 3.0
-                model = Changes(models, store).set_sensitivity("part", sigma)
+                tolerance = 1.0 if tolerance == 3.0 else 3.0
+                model = Changes(models, store).set_tolerance("part", tolerance)
                 saved[model.version] = model
 
         changer = threading.Thread(target=change)

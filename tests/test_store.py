@@ -417,12 +417,12 @@ def test_two_stations_sharing_a_database_lose_no_pending_verdict(db):
 
 def test_events_are_recorded_with_user_and_listed_newest_first(store):
     first = store.record_event("bolt", "train", None, "version 1", "20 good images")
-    store.record_event("bolt", "sensitivity", "version 1", "version 2", user="engineer")
+    store.record_event("bolt", "tolerance", "version 1", "version 2", user="engineer")
     store.record_event("nut", "create", None, "nut")
     assert first.user and first.user == login_name()
     events = store.events("bolt")
     assert [(e.kind, e.user, e.old, e.new) for e in events] == [
-        ("sensitivity", "engineer", "version 1", "version 2"), ("train", login_name(), None, "version 1")]
+        ("tolerance", "engineer", "version 1", "version 2"), ("train", login_name(), None, "version 1")]
     assert events[1].detail == "20 good images" and events[1].time.endswith("+00:00")
     assert len(store.events()) == 3
     with pytest.raises(ValueError, match="kind"):

@@ -303,11 +303,11 @@ def test_a_confirmed_defect_joins_the_known_defects_that_calibration_scores(stat
 
 def test_versions_list_what_changed_and_roll_back(station, tmp_path, capsys):
     models, store, model = station
-    Changes(models, store).set_sensitivity("Disc", 1.0)
+    Changes(models, store).set_tolerance("Disc", 1.0)
     Changes(models, store).set_region("Disc", DISC)
     kept = services.versions(models, "Disc")
     assert [v["version"] for v in kept] == [3, 2, 1]
-    assert [v["change"].split()[0] for v in kept] == ["inspection", "sensitivity", "trained"]
+    assert [v["change"].split()[0] for v in kept] == ["inspection", "tolerance", "trained"]
     back = Changes(models, store, User("engineer", ENGINEER)).rollback("Disc", 1)
     assert back.version == 4 and back.roi is None and back.threshold == model.threshold
     assert np.array_equal(back.memory_bank, model.memory_bank) and "rollback to version 1" in back.change
@@ -326,11 +326,11 @@ def test_versions_list_what_changed_and_roll_back(station, tmp_path, capsys):
 
 
 def test_every_version_carries_the_time_it_was_made(station, tmp_path):
-    """The versions list shows when each version was made: a sensitivity, a region, a taught
+    """The versions list shows when each version was made: a tolerance, a region, a taught
     part or a roll-back made today is not dated at the training it comes from."""
     models, store, model = station
     save_model(dataclasses.replace(model, created="2020-01-02T03:04:05+00:00"), models)  # trained long ago
-    Changes(models, store).set_sensitivity("Disc", 2.0)
+    Changes(models, store).set_tolerance("Disc", 2.0)
     Changes(models, store).set_region("Disc", DISC)
     Changes(models, store).teach("Disc", [save_image(tmp_path / "drift_60.png", drifted(60))])
     Changes(models, store).rollback("Disc", 2)

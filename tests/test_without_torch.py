@@ -65,7 +65,7 @@ def test_every_command_runs_without_torch_and_names_the_extra_where_needed(tmp_p
         "inspect": ["inspect", str(line), *product, *common],
         "inspect again": ["inspect", str(line), *product, "--again", *common],
         "camera": ["camera", str(video), *product, "--count", "2", *common],
-        "calibrate": ["calibrate", *product, "--sigma", "2.5", "--defects", str(line), *common],
+        "calibrate": ["calibrate", *product, "--tolerance", "2.5", "--defects", str(line), *common],
         "rebuild": ["rebuild", str(tmp_path / "good"), *product, "--sampling-ratio", "0.05", *common],
         "roi": ["region", str(tmp_path / "roi.png"), *product, *common],
         "teach": ["teach", str(line / "good_040.png"), *product, *common],

@@ -1,5 +1,5 @@
 """Calibrate tab: the held-out good scores (and known defects, read with their subfolders) as
-histograms, the threshold as a draggable line tied to the sensitivity (sigma), the rates it
+histograms, the threshold as a draggable line tied to the tolerance, the rates it
 gives, Apply; and a rebuild of the memory bank at another sampling ratio, from the features
 kept from this session's training or else from the good images read again.
 
@@ -38,11 +38,11 @@ def _refit(job: Worker, changes, model: Model, good, ratio: float, images: str |
                                 cancel=job.cancel)
 
 
-def change_text(model: Model, sigma: float, defects: services.DefectScores | None) -> str:
-    """What a new sensitivity does, as the confirmation on a running line says it."""
-    old, new = model.threshold, model.calibration.image_threshold(sigma)
+def change_text(model: Model, tolerance: float, defects: services.DefectScores | None) -> str:
+    """What a new tolerance does, as the confirmation on a running line says it."""
+    old, new = model.threshold, model.calibration.image_threshold(tolerance)
     before, after = services.rates(model, old, defects), services.rates(model, new, defects)
-    return (f"Change the sensitivity of '{model.product}' from {model.settings.sigma:g} to {sigma:g}: threshold "
+    return (f"Change the tolerance of '{model.product}' from {model.settings.tolerance:g} to {tolerance:g}: threshold "
             f"{old:.4g} → {new:.4g}?\n\n"
             f"Predicted false rejects: {before.false_rejects_text()} → {after.false_rejects_text()}\n"
             f"Predicted escapes: {before.escapes_text()} → {after.escapes_text()}")
@@ -59,13 +59,13 @@ class CalibrateTab(QWidget):
         self._scorer: Worker | None = None
         self._refitter: Worker | None = None
 
-        self.sigma = QDoubleSpinBox()
-        self.sigma.setRange(0.0, 100.0)  # below 0 most good parts would be rejected (changes.check_sensitivity)
-        self.sigma.setDecimals(2)
-        self.sigma.setSingleStep(0.25)
-        self.sigma.setToolTip("Threshold = median + sigma × robust spread of the held-out good scores.\n"
-                              "Higher sigma: fewer false rejects, more escapes.")
-        self.sigma.valueChanged.connect(self._sigma_changed)
+        self.tolerance = QDoubleSpinBox()
+        self.tolerance.setRange(0.0, 100.0)  # below 0 most good parts would be rejected (changes.check_tolerance)
+        self.tolerance.setDecimals(2)
+        self.tolerance.setSingleStep(0.25)
+        self.tolerance.setToolTip("Threshold = median + tolerance × robust spread of the held-out good scores.\n"
+                                  "Higher tolerance: fewer false rejects, more escapes.")
+        self.tolerance.valueChanged.connect(self._tolerance_changed)
         self.threshold = QLabel("–")
         self.threshold.setObjectName("value")
         self.false_rejects = QLabel()
@@ -82,9 +82,9 @@ class CalibrateTab(QWidget):
         self.proposal.setWordWrap(True)
         self.proposal.hide()
         self.separate.clicked.connect(self.use_separating_threshold)
-        self.apply = QPushButton(icon("check"), KINDS["sensitivity"].label)
+        self.apply = QPushButton(icon("check"), KINDS["tolerance"].label)
         self.apply.setObjectName("primary")
-        self.apply.clicked.connect(self.apply_sigma)
+        self.apply.clicked.connect(self.apply_tolerance)
         self.locked = lock_note()
 
         self.defect_folder = FolderField("Folder of known defect images (optional)",
@@ -102,7 +102,7 @@ class CalibrateTab(QWidget):
         threshold = QGroupBox("Threshold")
         column = QVBoxLayout(threshold)
         form = QFormLayout()
-        form.addRow("Sensitivity (sigma)", self.sigma)
+        form.addRow("Tolerance (spreads)", self.tolerance)
         form.addRow("Threshold", self.threshold)
         column.addLayout(form)
         column.addWidget(self.false_rejects)
@@ -157,7 +157,7 @@ class CalibrateTab(QWidget):
                         f'<span style="color:{DEFECT_COLOUR}">■</span> Known defects&nbsp;&nbsp;&nbsp;'
                         f'<span style="color:{LINE_COLOUR}">┃</span> Threshold')
         legend.setToolTip("Good images: the calibration's, and the good/ subfolder of a known-defects folder")
-        self.hint = QLabel("Drag the blue threshold line, or set the sensitivity, then Apply.")
+        self.hint = QLabel("Drag the blue threshold line, or set the tolerance, then Apply.")
         self.hint.setObjectName("hint")
         below = QHBoxLayout()
         below.addWidget(legend)
@@ -187,8 +187,8 @@ class CalibrateTab(QWidget):
             self._product = self.session.product
             self.defect_folder.set_path(self._known_defects(), emit=False)
             self.rebuild_progress.finish("")
-        with QSignalBlocker(self.sigma):
-            self.sigma.setValue(model.settings.sigma if model else 3.0)
+        with QSignalBlocker(self.tolerance):
+            self.tolerance.setValue(model.settings.tolerance if model else 3.0)
         if model is not self._model:
             self._model = model
             if model is not None:
@@ -212,7 +212,7 @@ class CalibrateTab(QWidget):
         defects = self._defects
         good = np.concatenate([model.calibration.image_scores, defects.good_scores if defects else []])
         bad = np.asarray(defects.scores if defects else [], float)
-        threshold = model.calibration.image_threshold(self.sigma.value())
+        threshold = model.calibration.image_threshold(self.tolerance.value())
         bins = np.histogram_bin_edges(np.concatenate([good, bad, [threshold]]), BINS)
         highest = 1
         for curve, scores in ((self.good_curve, good), (self.defect_curve, bad)):
@@ -226,8 +226,8 @@ class CalibrateTab(QWidget):
         self._show_threshold(threshold)
 
     def _show_threshold(self, threshold: float) -> None:
-        """Line, numbers and rates for a threshold (the sigma box is set by the caller)."""
-        self._moving = True  # not a drag: the line's label still follows, the sigma box does not
+        """Line, numbers and rates for a threshold (the tolerance box is set by the caller)."""
+        self._moving = True  # not a drag: the line's label still follows, the tolerance box does not
         self.line.setValue(threshold)
         self._moving = False
         self.threshold.setText(f"{threshold:.4g}")
@@ -236,9 +236,9 @@ class CalibrateTab(QWidget):
         self.escapes.setText(f"<b>Escapes:</b> {rates.escapes_text()}")
         self._update_buttons()
 
-    def _sigma_changed(self, sigma: float) -> None:
+    def _tolerance_changed(self, tolerance: float) -> None:
         if self._model is not None:
-            threshold = self._model.calibration.image_threshold(sigma)
+            threshold = self._model.calibration.image_threshold(tolerance)
             low, high = self.plot.getViewBox().viewRange()[0]
             self._show_threshold(threshold)
             if not low <= threshold <= high:
@@ -246,25 +246,25 @@ class CalibrateTab(QWidget):
 
     def _line_moved(self) -> None:
         if self._model is not None and not self._moving:
-            with QSignalBlocker(self.sigma):
-                self.sigma.setValue(self._model.calibration.sigma_for(self.line.value()))
-            self._show_threshold(self._model.calibration.image_threshold(self.sigma.value()))
+            with QSignalBlocker(self.tolerance):
+                self.tolerance.setValue(self._model.calibration.tolerance_for(self.line.value()))
+            self._show_threshold(self._model.calibration.image_threshold(self.tolerance.value()))
 
-    def apply_sigma(self) -> None:
-        model, sigma, session = self._model, self.sigma.value(), self.session
-        if model is None or not session.allow("sensitivity"):
+    def apply_tolerance(self) -> None:
+        model, tolerance, session = self._model, self.tolerance.value(), self.session
+        if model is None or not session.allow("tolerance"):
             return
-        if not confirm_on_running_line(self, session, "Sensitivity", change_text(model, sigma, self._defects)):
+        if not confirm_on_running_line(self, session, "Tolerance", change_text(model, tolerance, self._defects)):
             return
         changes = session.changes
-        worker = Worker(lambda job: changes.set_sensitivity(model.product, sigma, expected_version=model.version))
+        worker = Worker(lambda job: changes.set_tolerance(model.product, tolerance, expected_version=model.version))
         worker.returned.connect(lambda new: self._applied(model, new))
         worker.errored.connect(self.session.error)
         worker.start()
         self.apply.setEnabled(False)
 
     def _applied(self, old: Model, model: Model) -> None:
-        self.session.info(f"Sensitivity {model.settings.sigma:g} applied to '{model.product}': "
+        self.session.info(f"Tolerance {model.settings.tolerance:g} applied to '{model.product}': "
                           f"threshold {model.threshold:.4g} (model version {model.version}).")
         if self.session.model is old:
             self.session.set_model(model, self.session.good)
@@ -274,7 +274,7 @@ class CalibrateTab(QWidget):
         Apply), with what it rests on and a warning when that is little."""
         if self._model is not None and self._defects is not None and self._defects.scores:
             proposal = services.propose_threshold(self._model, self._defects)
-            self.sigma.setValue(proposal.sigma)
+            self.tolerance.setValue(proposal.tolerance)
             warning = proposal.warning
             self.proposal.setObjectName("warning" if warning else "")
             self.proposal.style().unpolish(self.proposal)
@@ -348,10 +348,6 @@ class CalibrateTab(QWidget):
         model, good, session = self._model, self.session.good, self.session
         if model is None or not session.allow("bank"):
             return
-        if session.line_running:
-            session.warn("Stop the line before rebuilding the memory bank: a new model is checked here "
-                         "before the line uses it.")
-            return
         folder, note = self._rebuild_source()
         if folder == "":
             session.warn(note)
@@ -385,11 +381,11 @@ class CalibrateTab(QWidget):
 
     def _update_buttons(self) -> None:
         model, session = self._model, self.session
-        engineer = session.may("sensitivity")
-        show_lock(self.locked, session.locked_reason("sensitivity") if model else "")
+        engineer = session.may("tolerance")
+        show_lock(self.locked, session.locked_reason("tolerance") if model else "")
         self.apply.setEnabled(engineer and model is not None
-                              and abs(self.sigma.value() - model.settings.sigma) > 1e-9)
-        self.sigma.setEnabled(engineer and model is not None)
+                              and abs(self.tolerance.value() - model.settings.tolerance) > 1e-9)
+        self.tolerance.setEnabled(engineer and model is not None)
         self.separate.setEnabled(engineer and model is not None and self._defects is not None
                                  and bool(self._defects.scores) and self._scorer is None)
         self.line.setMovable(engineer and model is not None)

@@ -23,7 +23,8 @@ from .worker import Worker
 
 PAGE = 200
 EVENTS_SHOWN = 2000
-CHANGES = {"create": "product created", "train": "trained", "sensitivity": "sensitivity changed",
+CHANGES = {"create": "product created", "train": "trained", "tolerance": "tolerance changed",
+           "sensitivity": "tolerance changed",  # the tolerance's older name, in older logs
            "bank": "memory bank rebuilt", "rename": "renamed", "delete": "product deleted",
            "shift": "new shift", "engineer": "engineer PIN"}
 VERDICT_COLOURS = {"OK": "#1f7a3a", "NG": "#c62828", "ERROR": "#b26a00"}
@@ -355,7 +356,7 @@ class HistoryTab(QWidget):
         self._inspect_again(record)
 
     def _model_changed(self) -> None:
-        """A new model of the part's product (taught, a new sensitivity…): the part on screen is
+        """A new model of the part's product (taught, a new tolerance…): the part on screen is
         inspected again with it, as its note says."""
         record = next((r for r in self.table.records if r.id == self._looked_at), None)
         model = self.session.model

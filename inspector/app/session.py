@@ -9,7 +9,7 @@ from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from .. import services
-from ..changes import KINDS, Changes
+from ..changes import KINDS, Changes, LineRunning
 from ..core.model import Model
 from ..core.training import GoodFeatures
 from ..errors import InspectorError, describe
@@ -102,11 +102,17 @@ class Session(QObject):
     def locked_reason(self, kind: str, stopped_line: bool = False) -> str:
         """Why a change of `kind` cannot be made now, in words shown beside its control (a touch
         screen has no hover); '' when it can."""
-        if not self.may(kind):
+        try:
+            self.changes.check(kind)
+        except LineRunning:
+            pass
+        except InspectorError:
             return f"Locked: only the engineer may {KINDS[kind].permission}. Unlock with “Engineer…” at the top right."
-        if stopped_line and self.line_running:
-            return f"Stop the line (Monitor tab) to {KINDS[kind].permission}."
-        return ""
+        else:
+            if not (stopped_line and self.line_running):
+                return ""
+        where = "(Monitor tab)" if self.line_running else "(it runs in another window or command at this station)"
+        return f"Stop the line {where} to {KINDS[kind].permission}."
 
     def shift_start(self) -> str:
         return self._shift

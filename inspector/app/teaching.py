@@ -351,8 +351,8 @@ def rollback_text(models_dir, current, version: int) -> str:
     after = services.rates(old, old.threshold)
     return (f"Make version {version} the model of '{current.product}' again?\n\nIt is saved as version "
             f"{current.version + 1} (now {current.version}; the versions between stay):\n"
-            f"threshold {current.threshold:.4g} → {old.threshold:.4g}, sensitivity {current.settings.sigma:g} → "
-            f"{old.settings.sigma:g}\nexpected false rejects {before.false_rejects_text()} → "
+            f"threshold {current.threshold:.4g} → {old.threshold:.4g}, tolerance {current.settings.tolerance:g} → "
+            f"{old.settings.tolerance:g}\nexpected false rejects {before.false_rejects_text()} → "
             f"{after.false_rejects_text()}\nmemory bank {len(current.memory_bank)} → {len(old.memory_bank)} patch "
             f"features; inspecting {describe_roi(current.roi)} → {describe_roi(old.roi)}")
 

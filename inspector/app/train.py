@@ -325,13 +325,7 @@ class TrainTab(QWidget):
                                self.folder.path())
 
     def _may_train(self, button: QPushButton, kind: str = "train") -> bool:
-        if not self.session.allow(kind):
-            return False
-        if self.session.line_running:
-            self.session.warn("Stop the line before training: a new model is checked on the Calibrate tab "
-                              "before the line uses it.")
-            return False
-        return button.isEnabled()
+        return self.session.allow(kind) and button.isEnabled()
 
     def _run_training(self, fn, *sources) -> None:
         product, options = self.session.product, self.options()
@@ -427,7 +421,7 @@ class TrainTab(QWidget):
             self.summary.setText(
                 f"Current model: version {model.version} of {local_time(model.created, '%Y-%m-%d %H:%M')}, "
                 f"{c.get('good_images')} good images; memory bank of {c.get('memory_bank')} patch features; threshold "
-                f"{model.threshold:.4g} at sensitivity {s.sigma:g}, set from {c.get('calibration_images')} "
+                f"{model.threshold:.4g} at tolerance {s.tolerance:g}, set from {c.get('calibration_images')} "
                 f"good-image scores ({model.calibration.method}); {describe_scale(s.defect_size, s.image_size)}.")
         elif session.product:
             self.summary.setText(f"'{session.product}' is not trained yet.")

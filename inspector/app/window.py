@@ -62,7 +62,7 @@ class EngineerDialog(QDialog):
         form = QFormLayout(self)
         if self.first:
             intro = QLabel(f"First start of this station: set the PIN (at least {MIN_PIN} characters) that "
-                           f"lets an engineer train, change the sensitivity or the memory bank, and manage "
+                           f"lets an engineer train, change the tolerance or the memory bank, and manage "
                            f"products. Operators run the line and review results without it.")
             intro.setWordWrap(True)
             form.addRow(intro)
@@ -235,14 +235,14 @@ class ProductBar(QWidget):
         self.unlock.setText("Lock" if engineer else KINDS["engineer"].label)
         self.unlock.setIcon(icon("unlock" if engineer else "lock"))
         self.unlock.setToolTip("Back to the operator level" if engineer else
-                               "Unlock the engineer level (train, sensitivity, memory bank, products)")
+                               "Unlock the engineer level (train, tolerance, memory bank, products)")
         if session.product is None:
             self.state.setText("Create a product to start.")
         elif model is None:
             self.state.setText("Not trained yet: go to Train.")
         else:
-            self.state.setText(f"Version {model.version} · threshold {model.threshold:.4g} · sensitivity "
-                               f"{model.settings.sigma:g} · {model.counts.get('good_images')} good images")
+            self.state.setText(f"Version {model.version} · threshold {model.threshold:.4g} · tolerance "
+                               f"{model.settings.tolerance:g} · {model.counts.get('good_images')} good images")
 
 
 class LogPanel(QPlainTextEdit):

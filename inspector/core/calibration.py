@@ -45,7 +45,7 @@ def separating_threshold(good: list[float], defects: list[float]) -> float:
 @dataclass(frozen=True)
 class Calibration:
     """Scores of good images against memory banks built without them. Thresholds follow from
-    the operator's sensitivity k without rescoring: median + k * robust spread."""
+    the operator's tolerance k without rescoring: median + k * robust spread."""
     image_scores: list[float]
     pixel_mean: float
     pixel_std: float
@@ -54,14 +54,14 @@ class Calibration:
     def _centre_spread(self) -> tuple[float, float]:
         return robust_centre_spread(self.image_scores)
 
-    def image_threshold(self, sigma: float) -> float:
+    def image_threshold(self, tolerance: float) -> float:
         centre, spread = self._centre_spread()
-        return centre + sigma * spread
+        return centre + tolerance * spread
 
-    def pixel_threshold(self, sigma: float) -> float:
-        return float(self.pixel_mean + sigma * self.pixel_std)
+    def pixel_threshold(self, tolerance: float) -> float:
+        return float(self.pixel_mean + tolerance * self.pixel_std)
 
-    def sigma_for(self, threshold: float) -> float:
+    def tolerance_for(self, threshold: float) -> float:
         """The k that gives this image threshold (a dragged line, a separating threshold)."""
         centre, spread = self._centre_spread()
         return float((threshold - centre) / spread)

@@ -42,7 +42,7 @@ class Settings:
     image_size: int | None = None
     sampler: str = "greedy"
     sampling_ratio: float = 0.01
-    sigma: float = 3.0
+    tolerance: float = 3.0
     seed: int = 0
     min_region_area: int = 16  # pixels on the working-size map
     weights: str | None = None  # an explicit backbone weight file; None: embedded or torch hub cache
@@ -64,7 +64,7 @@ def describe_scale(defect_size: float | None, image_size: int | None) -> str:
 class Model:
     """One immutable version of a product's model. `version` and `model_id` (the first 12
     hex digits of the checksum) are set by save_model and load_model; `change` says what
-    made this version; `versions` are the library versions that made it. `roi`: the
+    made this version; `libraries` are the versions of the libraries that made it. `roi`: the
     inspection region (core.roi; None: the whole image); `calibration_patch_scores`: the
     patch distances (n, h, w) behind the calibration's image scores, from which a new region
     or a taught image recalibrates without the good images (None in models of format 2);
@@ -77,7 +77,7 @@ class Model:
     calibration: Calibration
     counts: dict = field(default_factory=dict)
     created: str = ""
-    versions: dict = field(default_factory=dict)
+    libraries: dict = field(default_factory=dict)
     model_id: str = ""
     version: int = 0
     change: str = ""
@@ -98,17 +98,17 @@ class Model:
 
     @property
     def threshold(self) -> float:
-        return self.calibration.image_threshold(self.settings.sigma)
+        return self.calibration.image_threshold(self.settings.tolerance)
 
     @property
     def pixel_threshold(self) -> float:
-        return self.calibration.pixel_threshold(self.settings.sigma)
+        return self.calibration.pixel_threshold(self.settings.tolerance)
 
 
-def with_sigma(model: Model, sigma: float) -> Model:
-    """The same model at another sensitivity (unsaved: save_model makes it a version)."""
-    return replace(model, settings=replace(model.settings, sigma=float(sigma)),
-                   change=f"sensitivity {model.settings.sigma:g} -> {float(sigma):g}")
+def with_tolerance(model: Model, tolerance: float) -> Model:
+    """The same model at another tolerance (unsaved: save_model makes it a version)."""
+    return replace(model, settings=replace(model.settings, tolerance=float(tolerance)),
+                   change=f"tolerance {model.settings.tolerance:g} -> {float(tolerance):g}")
 
 
 # ---- validation --------------------------------------------------------------------
@@ -145,7 +145,7 @@ _RULES = {
     "sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     "image_size": (lambda v: v is None or (32 <= v <= 4096 and v % 32 == 0), "a multiple of 32 from 32 to 4096 pixels"),
     "defect_size": (lambda v: v is None or 0.5 <= v <= 10_000, "0.5 to 10000 pixels"),
-    "sigma": (lambda v: abs(v) <= 1000, "-1000 to 1000"),
+    "tolerance": (lambda v: abs(v) <= 1000, "-1000 to 1000"),
     "sampling_ratio": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
     "min_region_area": (lambda v: 0 <= v <= 4096 ** 2, "0 to 4096x4096 pixels"),
     "pixel_std": (lambda v: v >= 0, "0 or more"),
@@ -214,7 +214,7 @@ def _array_problems(model: Model) -> list[str]:
     return problems
 
 
-def runtime_versions() -> dict:
+def library_versions() -> dict:
     import cv2
     import onnxruntime
 

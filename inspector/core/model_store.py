@@ -5,7 +5,7 @@ One folder per product under the models directory, one subfolder per version:
     <product>/v0001/model.json               metadata, settings, calibration, thresholds,
     <product>/v0001/memory_bank.safetensors  the memory bank, the inspection region and the
                                              calibration's patch scores (data only, never unpickled)
-    <product>/v0002/...                      the next change (training, sensitivity, bank)
+    <product>/v0002/...                      the next change (training, tolerance, bank)
 
 A version is never changed once written. A change writes the next version into a hidden
 staging folder, makes it durable (fsync) and renames it into place, so a crash, a power cut
@@ -74,12 +74,19 @@ def _to_format_4(meta: dict) -> dict:
     return _settings(meta, lambda s: {"defect_size": None} | {k: v for k, v in s.items() if k != "holdout"})
 
 
+def _to_format_5(meta: dict) -> dict:
+    """Format 5 names the threshold's k `tolerance` (`sigma` before) and the versions of the libraries
+    that made the model `libraries` (`versions` before)."""
+    meta = {("libraries" if k == "versions" else k): v for k, v in meta.items()}
+    return _settings(meta, lambda s: {("tolerance" if k == "sigma" else k): v for k, v in s.items()})
+
+
 # Format 3 adds the region and the calibration's patch scores beside the bank (an older Inspector
 # must refuse them): model.json is unchanged.
-UPGRADES = (_to_format_2, lambda meta: meta, _to_format_4)
+UPGRADES = (_to_format_2, lambda meta: meta, _to_format_4, _to_format_5)
 FORMAT_VERSION = len(UPGRADES) + 1
 FORMAT_FIELDS = {  # the fields the newest format stores
-    "settings": ("backbone", "defect_size", "image_size", "sampler", "sampling_ratio", "sigma", "seed",
+    "settings": ("backbone", "defect_size", "image_size", "sampler", "sampling_ratio", "tolerance", "seed",
                  "min_region_area", "weights", "feature_version"),
     "calibration": ("image_scores", "pixel_mean", "pixel_std", "method")}
 
@@ -95,7 +102,7 @@ def _metadata(model: Model) -> dict:
     """What model.json holds, but the checksum (and the bank's digest and shape)."""
     return ({"profile": model.profile} if model.profile is not None else {}) | {
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": model.version,
-        "created": model.created, "change": model.change, "versions": model.versions,
+        "created": model.created, "change": model.change, "libraries": model.libraries,
         "settings": asdict(model.settings), "counts": model.counts,
         "threshold": model.threshold, "pixel_threshold": model.pixel_threshold,
         "calibration": asdict(model.calibration),
@@ -421,9 +428,9 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
             roi = roi.astype(bool)
     except Exception as exc:  # noqa: BLE001 - malformed content of any kind is a damaged bank
         raise ModelError(f"The memory bank of '{product}' cannot be read ({exc!r}); train it again.") from exc
-    counts, created, versions = meta.get("counts", {}), meta.get("created", ""), meta.get("versions", {})
-    if not (isinstance(counts, dict) and isinstance(created, str) and isinstance(versions, dict)):
-        raise ModelError(f"The model of '{product}' has damaged counts, creation time or versions.")
+    counts, created, libraries = meta.get("counts", {}), meta.get("created", ""), meta.get("libraries", {})
+    if not (isinstance(counts, dict) and isinstance(created, str) and isinstance(libraries, dict)):
+        raise ModelError(f"The model of '{product}' has damaged counts, creation time or library versions.")
     if settings.backbone not in BACKBONES:  # named apart: a model from a newer Inspector, not damage
         raise ModelError(f"The model of '{product}' uses backbone '{settings.backbone}', which this "
                          f"Inspector does not know.")
@@ -432,7 +439,7 @@ def _load_version(folder: Path, product: str, version: int, key: bytes | None) -
     if not (isinstance(acceptance, dict) and finite(area) and area >= 0
             and (scale is None or (finite(scale) and scale > 0))):
         raise ModelError(f"The model of '{product}' has a damaged minimum defect area or scale: {acceptance!r}.")
-    model = Model(product, settings, bank, calibration, counts, created, versions, model_id, version,
+    model = Model(product, settings, bank, calibration, counts, created, libraries, model_id, version,
                   str(meta.get("change", "")), roi, grids, meta.get("profile"), heads, float(area), scale,
                   meta.get("good_folder"))
     validate(model)
@@ -525,8 +532,8 @@ def _listed(folder: Path, product: str, number: int, key: bytes) -> dict:
     with its 'version', 'model_id' and the thresholds it gives (a format 1 file lacks them)."""
     raw, meta, model_id, settings, calibration = _checked_meta(folder, product, number)
     _check_signature(raw, product, number, key)
-    return meta | {"version": number, "model_id": model_id, "threshold": calibration.image_threshold(settings.sigma),
-                   "pixel_threshold": calibration.pixel_threshold(settings.sigma)}
+    return meta | {"version": number, "model_id": model_id, "threshold": calibration.image_threshold(settings.tolerance),
+                   "pixel_threshold": calibration.pixel_threshold(settings.tolerance)}
 
 
 def _damage(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from ..errors import Cancelled, ImageError, TrainingError, describe
 from .features import REFERENCE_SIDE, STRIDE, FeatureExtractor, default_defect_size
 from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, squared_norms
 from .calibration import Calibration
-from .model import Model, Settings, check_product_name, runtime_versions
+from .model import Model, Settings, check_product_name, library_versions
 from .roi import check_roi, describe_roi, patch_mask, region_on
 from .scoring import patch_scores, score_patches
 
@@ -168,7 +168,7 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
               "memory_bank": int(len(bank))}
     return Model(product, settings, bank, calibration, counts,
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 versions=runtime_versions(), roi=roi, calibration_patch_scores=grids)
+                 libraries=library_versions(), roi=roi, calibration_patch_scores=grids)
 
 
 def skipped_note(skipped: list[tuple[Path, str]], most: int = 10) -> str:

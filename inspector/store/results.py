@@ -1,5 +1,5 @@
 """The inspection log: one SQLite row per inspected image, and the events that changed what
-decides a verdict (training, sensitivity, memory bank, product rename and delete).
+decides a verdict (training, tolerance, memory bank, product rename and delete).
 
 One connection (WAL mode, autocommit, ``check_same_thread=False``) is shared by every
 thread of a process and guarded by a lock; other processes may read and write the file at
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("OK", "NG", "ERROR")
 SOURCES = ("file", "folder", "camera")
-EVENT_KINDS = ("create", "train", "sensitivity", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
+EVENT_KINDS = ("create", "train", "tolerance", "bank", "region", "teach", "defect", "rollback", "rename", "delete",
                "shift", "engineer", "publish", "install", "product", "resign", "key", "learn")
 STATION = "*"  # the product of station-wide events: a new shift, the engineer's PIN
 

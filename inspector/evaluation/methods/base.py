@@ -92,11 +92,11 @@ class Method:
 
     @property
     def threshold(self) -> float:
-        return self.calibration.image_threshold(self.settings.sigma)
+        return self.calibration.image_threshold(self.settings.tolerance)
 
     @property
     def pixel_threshold(self) -> float | None:
-        return self.calibration.pixel_threshold(self.settings.sigma) if self.has_map else None
+        return self.calibration.pixel_threshold(self.settings.tolerance) if self.has_map else None
 
     def metadata(self) -> dict:
         """The settings the report shows."""
