@@ -197,35 +197,35 @@ def _png_complete(data: bytes) -> bool:
 def _jpeg_complete(data: bytes) -> bool:
     """The EOI marker ends the JPEG: at its end, before any zero padding a writer added, or
     where its segments and scans end, before a trailer of any length."""
-    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:] or _jpeg_walk_to_end(data)
+    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:] or any(m == 0xD9 for m, _ in _jpeg_markers(data))
 
 
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not a stuffed 0xFF)
 
 
-def _jpeg_walk_to_end(data: bytes) -> bool:
-    """Whether the JPEG's segments and scans lead to its EOI marker."""
+def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of the JPEG's markers in turn, over its segments and scans, until its
+    structure breaks or the data ends."""
     at = 2
     while at + 2 <= len(data):
         if data[at] != 0xFF:
-            return False
+            return
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
-        elif marker == 0xD9:
-            return True
-        elif marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            continue
+        yield marker, at
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             at += 2
-        else:
-            if at + 4 > len(data):
-                return False
-            at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
-            if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
-                found = _SCAN_END.search(data, at)
-                if found is None:
-                    return False
-                at = found.start()
-    return False
+            continue
+        if at + 4 > len(data):
+            return
+        at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+            found = _SCAN_END.search(data, at)
+            if found is None:
+                return
+            at = found.start()
 
 
 def _bmp_layout(data: bytes) -> tuple[int, int, int] | None:
@@ -302,22 +302,10 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the JPEG's start-of-frame header, read before any decoding."""
-    at = 2
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
-            return None
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            at += 2
-            continue
-        length = struct.unpack(">H", data[at + 2:at + 4])[0]
+    for marker, at in _jpeg_markers(data):
         if marker in _JPEG_SOF and at + 9 <= len(data):
             height, width = struct.unpack(">HH", data[at + 5:at + 9])
             return width, height
-        at += 2 + length
     return None
 
 
