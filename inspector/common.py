@@ -1,5 +1,5 @@
 """Small helpers every layer uses: the log's time format, text that can always be stored and
-printed, the station user's login name, and the yield."""
+printed, the station user's login name, the yield, and `with` for what starts and stops."""
 from __future__ import annotations
 
 import getpass
@@ -41,3 +41,14 @@ def login_name() -> str:
 def yield_rate(ok: int, ng: int) -> float | None:
     """The yield: OK of the judged parts (OK + NG; errors are not judged), None before any."""
     return ok / (ok + ng) if ok + ng else None
+
+
+class Started:
+    """`with thing:` starts it (`start()`) and stops it (`stop()`) after."""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..common import Started
 from ..station import Outcome
 from ..store.results import ResultStore
 from .link import LineIOError, LineLink
@@ -58,7 +59,7 @@ class LineSettings:
         check_station_name(self.station or default_station())
 
 
-class LineIO:
+class LineIO(Started):
     def __init__(self, settings: LineSettings, models_dir: str | Path, store: ResultStore):
         settings.check()
         self.settings = settings
@@ -96,13 +97,6 @@ class LineIO:
             server.stop()
         if self.shipper is not None:
             self.shipper.stop()
-
-    def __enter__(self) -> "LineIO":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ---- wiring to run_line ------------------------------------------------------------------
     def line_options(self) -> dict:

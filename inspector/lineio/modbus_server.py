@@ -20,7 +20,7 @@ from pymodbus.server import ModbusTcpServer
 from ..errors import InspectorError, ModelError, describe
 from ..users import AccessDenied
 from .link import STATES, LineIOError, LineLink, LineResult
-from .loop import LoopThread
+from .loop import LoopServer
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # a refused write is logged here, with its reason
@@ -165,27 +165,20 @@ class _Registers(ModbusSlaveContext):
         self._bit("result_valid", True)
 
 
-class ModbusServer:
+class ModbusServer(LoopServer):
     """The Modbus TCP server of the line, on its own thread. `connected`: PLC connections now."""
     kind = "Modbus"
 
     def __init__(self, link: LineLink, port: int, host: str = "127.0.0.1"):
-        self.link, self.host, self.port = link, host, port
+        super().__init__(link, port, host)
         self.registers = _Registers(link)
-        self._loop: LoopThread | None = None
         self._server: ModbusTcpServer | None = None
 
     def start(self) -> None:
-        self._loop = LoopThread(f"Modbus({self.host}:{self.port})")
-        try:
-            self._loop.run(self._listen())
-        except BaseException:
-            self._loop.close()
-            self._loop = None
-            raise
+        super().start()
         self.link.listen(self.registers.result)
 
-    async def _listen(self) -> None:
+    async def _start(self) -> None:
         self._server = ModbusTcpServer(ModbusServerContext(slaves=self.registers, single=True),
                                        address=(self.host, self.port))
         if not await self._server.listen():
@@ -196,19 +189,5 @@ class ModbusServer:
     def connected(self) -> int:
         return len(self._server.active_connections) if self._server else 0
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._loop.run(self._server.shutdown())
-        except Exception as exc:  # noqa: BLE001 - stopping: the loop goes anyway
-            log.warning("the Modbus server did not shut down cleanly: %s", describe(exc))
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> "ModbusServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    async def _stop(self) -> None:
+        await self._server.shutdown()

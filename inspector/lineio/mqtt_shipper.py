@@ -19,6 +19,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
+from ..common import Started
 from ..errors import StoreError
 from ..store.results import ResultStore
 from .link import LineIOError
@@ -53,7 +54,7 @@ def message(row_id: int, row: dict, station: str) -> dict:
             "latency_ms": row["latency_ms"], "regions": json.loads(row["regions"])}
 
 
-class MqttShipper:
+class MqttShipper(Started):
     """Ships the log to a broker on its own thread; `connected`, `position` (the last row
     acknowledged) say how it goes. `notify()` when a verdict was logged: it goes out at once."""
 
@@ -101,13 +102,6 @@ class MqttShipper:
             self._client.publish(self.state_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
         self._client.disconnect()
         self._client.loop_stop()
-
-    def __enter__(self) -> "MqttShipper":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ---- paho's callbacks (its network thread) ---------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:

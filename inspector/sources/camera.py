@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspector.common import Started
 from inspector.data.images import to_rgb8
 from inspector.errors import SourceError
 
@@ -27,7 +28,7 @@ def _quiet_opencv() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
-class Camera:
+class Camera(Started):
     """`source`: a camera index (int or a string of digits), a stream URL ("rtsp://...") or a
     video file path. Live sources are reopened every `reconnect_s` seconds after a failure;
     a video file is read at its own frame rate (or `fps`) and ends with status 'ended'.
@@ -145,13 +146,6 @@ class Camera:
     def snap(self, timeout: float) -> np.ndarray | None:
         """The next frame read after this call (RGB uint8), waiting up to `timeout` seconds."""
         return self._wait_for_frame_after(self._count, timeout)
-
-    def __enter__(self) -> Camera:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _wait_for_frame_after(self, number: int, timeout: float) -> np.ndarray | None:
         with self._cond:

@@ -21,6 +21,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from inspector.common import Started
 from inspector.data.images import is_image_file, list_images
 from inspector.errors import SourceError
 
@@ -51,7 +52,7 @@ def _signature(path: Path) -> tuple | None:
     return st.st_size, st.st_mtime_ns
 
 
-class FolderWatcher:
+class FolderWatcher(Started):
     """Image files arriving directly in `folder` (subfolders are ignored).
 
     A file is ready once its size and modification time have not changed for `settle_s`
@@ -139,13 +140,6 @@ class FolderWatcher:
             self._returned.pop(path, None)
             self._pending[path] = _Pending(None, now, now if since is None else since,
                                            now + (self.settle_s if delay_s is None else delay_s))
-
-    def __enter__(self) -> FolderWatcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _add(self, path: Path) -> None:
         if path.parent == self.folder and is_image_file(path):
