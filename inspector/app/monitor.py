@@ -40,7 +40,7 @@ from .history import look
 from .session import Session, settings
 from .teaching import PartButtons
 from .views import (FolderField, HeatScale, ResultView, Thumbnails, display_image, display_map, duration, icon,
-                    local_time, splitter, thumbnail)
+                    local_time, splitter, styled_label, thumbnail)
 from .worker import Worker
 
 SOURCES = {"folder": "Watch folder", "camera": "Camera or video", "file": "Files opened by hand"}
@@ -225,9 +225,7 @@ class MonitorTab(QWidget):
         self.frames_limit.setRange(0.1, 1000.0)
         self.frames_limit.setDecimals(1)
         self.frames_limit.setSuffix(" GB")
-        self.frames_note = QLabel()
-        self.frames_note.setObjectName("hint")
-        self.frames_note.setWordWrap(True)
+        self.frames_note = styled_label("hint")
         self.archive = QCheckBox("Archive heatmap overlays")
         self.archive_dir = FolderField("Archive folder", "Choose the archive folder")
         self.archive_dir.edit.setPlaceholderText(str(self._data_dir() / "archive"))
@@ -239,8 +237,7 @@ class MonitorTab(QWidget):
                            ("mqtt", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"), ("station", "this computer's name")):
             self.line_io[name].setPlaceholderText(hint)
         self.plc_select = QCheckBox("The PLC may select the product")
-        self.line_io_status = QLabel()
-        self.line_io_status.setObjectName("hint")
+        self.line_io_status = styled_label("hint", wrap=False)
         self.io: LineIO | None = None
         frames_row = QHBoxLayout()
         frames_row.addWidget(self.keep_frames)
@@ -270,9 +267,7 @@ class MonitorTab(QWidget):
         self.options_button = QPushButton("Options…")
         self.options_button.setToolTip("Sorting, settle time, kept NG frames, archive, expected time between parts")
         self.options_button.clicked.connect(self.options.show)
-        self.options_summary = QLabel()
-        self.options_summary.setObjectName("hint")
-        self.options_summary.setWordWrap(True)
+        self.options_summary = styled_label("hint")
 
         self.start = QPushButton(icon("start"), "Start")
         self.start.setObjectName("primary")
@@ -288,8 +283,7 @@ class MonitorTab(QWidget):
         grid = QGridLayout(self.shift)
         grid.setVerticalSpacing(0)
         for i, (key, text) in enumerate(COUNTERS.items()):
-            value = QLabel()
-            value.setObjectName(f"count_{key}")
+            value = styled_label(f"count_{key}", wrap=False)
             value.setProperty("counter", True)
             value.setAlignment(Qt.AlignmentFlag.AlignCenter)
             title = QLabel(text)
@@ -297,8 +291,7 @@ class MonitorTab(QWidget):
             grid.addWidget(value, 0, i)
             grid.addWidget(title, 1, i)
             self.counter_labels[key] = value
-        self.shift_since = QLabel()
-        self.shift_since.setObjectName("hint")
+        self.shift_since = styled_label("hint", wrap=False)
         new_shift = QPushButton(KINDS["shift"].label)
         new_shift.setToolTip("Start a new shift: the counters start again from zero (the log keeps everything)")
         new_shift.clicked.connect(self._ask_new_shift)
@@ -307,8 +300,7 @@ class MonitorTab(QWidget):
         self.ng_strip = Thumbnails(size=THUMB, limit=NG_STRIP, newest_first=True, wrap=True)
         self.ng_strip.setToolTip("Double-click a part to open it with its heatmap")
         self.ng_strip.itemActivated.connect(self.open_part)
-        ng_title = QLabel("Latest NG parts (double-click to open)")
-        ng_title.setObjectName("heading")
+        ng_title = styled_label("heading", "Latest NG parts (double-click to open)", wrap=False)
 
         source = QGroupBox("Source")
         column = QVBoxLayout(source)
@@ -328,9 +320,7 @@ class MonitorTab(QWidget):
         column.addLayout(buttons)
         column.addWidget(self.line_io_status)
         column.addWidget(self.shift)
-        self.plant = QLabel()  # connected to the plant database, rows behind (when one is given)
-        self.plant.setObjectName("hint")
-        self.plant.setWordWrap(True)
+        self.plant = styled_label("hint")  # connected to the plant database, rows behind (when one is given)
         self.plant.setVisible(session.shipper is not None)
         column.addWidget(self.plant)
         column.addWidget(ng_title)
@@ -340,18 +330,13 @@ class MonitorTab(QWidget):
         self.banner = QFrame()
         self.banner.installEventFilter(self)  # a banner that grows pushes the part dialogs down (eventFilter)
         self.banner.setObjectName("banner")
-        self.verdict = QLabel("–")
-        self.verdict.setObjectName("verdict")
-        self.detail = QLabel()
-        self.detail.setObjectName("detail")
-        self.detail.setWordWrap(True)
+        self.verdict = styled_label("verdict", "–", wrap=False)
+        self.detail = styled_label("detail")
         row = QHBoxLayout(self.banner)
         row.setContentsMargins(12, 4, 12, 4)
         row.addWidget(self.verdict)
         row.addWidget(self.detail, 1)
-        self.drift = QLabel()  # the newest part does not look like the good images (core.profile)
-        self.drift.setObjectName("warning")
-        self.drift.setWordWrap(True)
+        self.drift = styled_label("warning")  # the newest part does not look like the good images (core.profile)
         self.drift.hide()
         self.view = ResultView(caption=False)
         self.heat = QCheckBox("Heatmap")
@@ -371,9 +356,7 @@ class MonitorTab(QWidget):
                                 "where the classifier trained on known defects sees one (probability).")
         self.heatmap.currentIndexChanged.connect(lambda _: self._show_part())
         self.heatmap.hide()
-        self.findings = QLabel()  # the classifier's probability, the regions' areas, those accepted
-        self.findings.setObjectName("detail")
-        self.findings.setWordWrap(True)
+        self.findings = styled_label("detail")  # the classifier's probability, the regions' areas, those accepted
         self.findings.hide()
         self.scale = HeatScale()
         controls = QHBoxLayout()

@@ -47,11 +47,17 @@ def splitter(name: str, left: QWidget, right: QWidget, sizes: tuple[int, int],
     return split
 
 
+def styled_label(name: str, text: str = "", wrap: bool = True) -> QLabel:
+    """A label styled by its object name ("hint", "warning", "detail", ...), wrapping its words."""
+    label = QLabel(text)
+    label.setObjectName(name)
+    label.setWordWrap(wrap)
+    return label
+
+
 def lock_note() -> QLabel:
     """A visible line saying why the controls beside it are locked (hidden when they are not)."""
-    label = QLabel()
-    label.setObjectName("warning")
-    label.setWordWrap(True)
+    label = styled_label("warning")
     label.hide()
     return label
 
@@ -66,10 +72,13 @@ def icon(name: str) -> QIcon:
 
 
 # ---- image helpers (plain numpy: workers call them) -----------------------------------
-def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
     h, w = image.shape[:2]
-    scale = size / max(h, w)
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
+    return _scaled(image, size / max(image.shape[:2]))
 
 
 DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
@@ -78,22 +87,16 @@ DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part i
 def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:
     """The image made small enough to paint, in a worker, with its boxes (x, y, w, h) scaled
     with it; a small image as it is."""
-    h, w = image.shape[:2]
-    scale = DISPLAY_SIZE / max(h, w)
+    scale = DISPLAY_SIZE / max(image.shape[:2])
     if scale >= 1.0:
         return image, list(boxes)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return small, [tuple(v * scale for v in box) for box in boxes]
+    return _scaled(image, scale), [tuple(v * scale for v in box) for box in boxes]
 
 
 def display_map(anomaly_map: np.ndarray) -> np.ndarray:
     """The anomaly map made small for painting (it is stretched back over the image)."""
-    h, w = anomaly_map.shape
-    scale = min(1.0, HEAT_SIZE / max(h, w))
-    if scale == 1.0:
-        return anomaly_map
-    return cv2.resize(anomaly_map, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
+    scale = HEAT_SIZE / max(anomaly_map.shape)
+    return anomaly_map if scale >= 1.0 else _scaled(anomaly_map, scale)
 
 
 def to_pixmap(image: np.ndarray) -> QPixmap:
@@ -287,8 +290,6 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 
 
 class Thumbnails(QListWidget):
