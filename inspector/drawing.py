@@ -54,5 +54,4 @@ def draw_boxes(image, boxes, color, thickness: int = 2):
 def overlay(image: np.ndarray, result, alpha: float = 0.5) -> np.ndarray:
     """The image with its result drawn: heatmap on the heat scale and red region boxes."""
     shown = overlay_heatmap(image, result.anomaly_map, *heat_range(result.threshold), alpha)
-    return draw_boxes(shown, [(r.x, r.y, r.w, r.h) for r in result.regions], RED,
-                      max(2, image.shape[1] // 300))
+    return draw_boxes(shown, [(r.x, r.y, r.w, r.h) for r in result.regions], RED, max(2, image.shape[1] // 300))

@@ -35,11 +35,7 @@ def station_key(models_dir: str | Path) -> bytes:
     tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_new(tmp, secrets.token_bytes(32))
         try:
             os.link(tmp, path)  # only if there is none yet: two first uses agree on one key
         except FileExistsError:

@@ -48,8 +48,7 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise BackboneError(
-            f"Unknown backbone '{name}'. Choose one of: {', '.join(BACKBONES)}.") from None
+        raise BackboneError(f"Unknown backbone '{name}'. Choose one of: {', '.join(BACKBONES)}.") from None
 
 
 def find_weights(name: str, weights: str | Path | None = None) -> Path:

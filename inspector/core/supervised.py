@@ -406,8 +406,7 @@ def train_heads(good: list[Example], defects: list[Example], good_score: float, 
 
 # ---- the verdict of both, and accepting small defects -------------------------------------
 
-def combined_margin(bank_score: float, bank_threshold: float, bank_spread: float, logit: float,
-                    heads: Heads) -> float:
+def combined_margin(bank_score: float, bank_threshold: float, bank_spread: float, logit: float, heads: Heads) -> float:
     """How far over its threshold the more alarmed of the two checks is, each in robust spreads of
     its good images' scores: a part is NG when this is >= 0 (the bank's score over its threshold
     OR the classifier's logit over its own). Chosen by measurement (evaluate --known-defects)."""

@@ -24,8 +24,7 @@ def _gallery_panel(item, vmin, vmax):
     mask_panel = np.zeros_like(image)
     mask_panel[np.asarray(item["pred_mask"], bool)] = 255
     if item.get("gt_mask") is not None:  # ground-truth outline, to compare with the mask
-        contours, _ = cv2.findContours(np.asarray(item["gt_mask"], np.uint8),
-                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours(np.asarray(item["gt_mask"], np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(mask_panel, contours, -1, YELLOW, 1)
     thickness = max(1, round(image.shape[1] / 256))
     panels = []
@@ -97,8 +96,7 @@ def plot_roc_panels(path, panels: dict) -> None:
             axes.plot(np.append(fpr[::step], fpr[-1]), np.append(tpr[::step], tpr[-1]),
                       label=f"{name} AUROC = {auc:.3f}")
         axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
-                 ylabel="true positive rate", title=title)
+        axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
         axes.legend(loc="lower right")
     _save_figure(figure, path)
 

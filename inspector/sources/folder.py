@@ -10,15 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    EVENT_TYPE_CLOSED,
-    EVENT_TYPE_CREATED,
-    EVENT_TYPE_DELETED,
-    EVENT_TYPE_MODIFIED,
-    EVENT_TYPE_MOVED,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_DELETED, EVENT_TYPE_MODIFIED,
+                             EVENT_TYPE_MOVED, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from inspector.common import Started
