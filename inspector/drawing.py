@@ -1,7 +1,6 @@
-"""How a result is drawn, in one place for the line's archive, the GUI and the evaluation
-gallery: the heat scale (the anomaly map from 0, blue, to twice the threshold, red, so the
-threshold sits mid-scale and a heatmap means the same on every screen and file), the JET
-colours, the heatmap overlay and the region boxes. numpy and OpenCV only."""
+"""How a result is drawn, in one place for the line's archive, the GUI and the evaluation gallery: the heat scale (the
+anomaly map from 0, blue, to twice the threshold, red, so the threshold sits mid-scale and a heatmap means the same
+on every screen and file), the JET colours, the heatmap overlay and the region boxes. numpy and OpenCV only."""
 from __future__ import annotations
 
 import cv2
@@ -28,10 +27,9 @@ def map_to_image(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray
 
 
 def overlay_heatmap(image, anomaly_map, vmin: float, vmax: float, alpha: float = 0.5):
-    """RGB uint8 image with the anomaly map blended on it as a JET heatmap; the map is
-    scaled so that vmin is blue and vmax is red (values outside are clipped), so that
-    images overlaid with the same vmin, vmax share one scale. A map of another size than
-    the image is resized to it; a grey image is made RGB."""
+    """RGB uint8 image with the anomaly map blended on it as a JET heatmap; the map is scaled so that vmin is blue and
+    vmax is red (values outside are clipped), so that images overlaid with the same vmin, vmax share one scale. A
+    map of another size than the image is resized to it; a grey image is made RGB."""
     image = np.asarray(image, np.uint8)
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

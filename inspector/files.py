@@ -1,7 +1,6 @@
-"""Reading a file that anyone with access to a shared folder may have put there: only a
-regular file is read (never a named pipe, a device such as /dev/zero, a socket or a folder,
-also not through a link), and only up to a size limit that is checked before reading. And an
-exclusive lock on a file, shared by every process that uses it."""
+"""Reading a file that anyone with access to a shared folder may have put there: only a regular file is read (never a
+named pipe, a device such as /dev/zero, a socket or a folder, also not through a link), and only up to a size limit
+that is checked before reading. And an exclusive lock on a file, shared by every process that uses it."""
 from __future__ import annotations
 
 import logging

@@ -1,7 +1,6 @@
-"""One station per data folder: a second window on the same result log would count the same
-watched folder twice. The first instance holds an OS file lock (released by the OS when the
-process ends, however it ends, so a crash leaves no stale lock) and writes its process id
-and start time into the lock file for the refusal message."""
+"""One station per data folder: a second window on the same result log would count the same watched folder twice. The
+first instance holds an OS file lock (released by the OS when the process ends, however it ends, so a crash leaves
+no stale lock) and writes its process id and start time into the lock file for the refusal message."""
 from __future__ import annotations
 
 import os

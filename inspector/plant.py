@@ -1,6 +1,5 @@
-"""The plant database (PostgreSQL, psycopg 3): every station's verdicts and events in one
-place, and product models shared between stations. Protocol code at the edge: the core,
-the store and the services never import psycopg.
+"""The plant database (PostgreSQL, psycopg 3): every station's verdicts and events in one place, and product models
+shared between stations. Protocol code at the edge: the core, the store and the services never import psycopg.
 
 - Shipping: the station's SQLite log stays the source of truth and is the outbox. The
   Shipper reads it in row order after its bookmark (the log's `outbox` table, one row per
@@ -16,9 +15,9 @@ the store and the services never import psycopg.
   two parts.
 - The plant view: stations, model versions, counts, yield and NG rate per hour and per station.
 
-The connection comes from a URL (`--plant`, or INSPECTOR_PLANT); its password from libpq's
-password file (~/.pgpass, PGPASSFILE) or PGPASSWORD, never from the URL; libpq's TLS
-options (sslmode=verify-full, sslrootcert=...) in the URL are passed through."""
+The connection comes from a URL (`--plant`, or INSPECTOR_PLANT); its password from libpq's password file
+(~/.pgpass, PGPASSFILE) or PGPASSWORD, never from the URL; libpq's TLS options (sslmode=verify-full,
+sslrootcert=...) in the URL are passed through."""
 from __future__ import annotations
 
 import hashlib

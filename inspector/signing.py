@@ -1,13 +1,11 @@
-"""The station's signing key: 32 random bytes in `station.key` (hex, permissions 0600) in
-the station's data folder, the folder that holds the models folder, beside the result log
-and accounts.json. It is created on first use. Whoever holds it can sign models (see
-core.model_store); whoever can only write the models folder cannot. Deleting it makes every
-model unsigned: an engineer then re-signs them (inspector models --resign).
+"""The station's signing key: 32 random bytes in `station.key` (hex, permissions 0600) in the station's data folder,
+the folder that holds the models folder, beside the result log and accounts.json. It is created on first use.
+Whoever holds it can sign models (see core.model_store); whoever can only write the models folder cannot. Deleting
+it makes every model unsigned: an engineer then re-signs them (inspector models --resign).
 
-Stations that share models (the plant database, a copied models folder) verify each
-other's signatures when they hold one key, the plant's: `export_key` writes this station's
-key to a file, `import_key` makes a key file this station's key (services.import_key
-re-signs what the old key had signed)."""
+Stations that share models (the plant database, a copied models folder) verify each other's signatures when they
+hold one key, the plant's: `export_key` writes this station's key to a file, `import_key` makes a key file this
+station's key (services.import_key re-signs what the old key had signed)."""
 from __future__ import annotations
 
 import hashlib

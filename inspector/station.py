@@ -1,12 +1,11 @@
-"""The inspection line: frames from a source go through an Inspector into the sinks (the
-result log, OK/NG sorting of files, an archive of heatmap overlays). Every frame ends as one
-logged verdict, OK, NG or ERROR with its reason; no failure of one item stops the line.
+"""The inspection line: frames from a source go through an Inspector into the sinks (the result log, OK/NG sorting of
+files, an archive of heatmap overlays). Every frame ends as one logged verdict, OK, NG or ERROR with its reason; no
+failure of one item stops the line.
 
-Each item is inspected with one immutable model, and its record holds that model's id,
-version and the threshold that decided it. With a models folder, the line follows the
-product: between items it switches to a newer saved version (a retraining, a new
-sensitivity) and says so. Used by the CLI and, from worker threads, by the GUI, through
-inspector.services."""
+Each item is inspected with one immutable model, and its record holds that model's id, version and the threshold
+that decided it. With a models folder, the line follows the product: between items it switches to a newer saved
+version (a retraining, a new sensitivity) and says so. Used by the CLI and, from worker threads, by the GUI,
+through inspector.services."""
 from __future__ import annotations
 
 import itertools
@@ -51,11 +50,10 @@ def no_status(state: str, reason: str | None) -> None:
 
 @dataclass
 class Outcome:
-    """What happened to one frame: the logged record, and for the display the image and the
-    engine's result (None for an ERROR). `log_error` says what went wrong with logging,
-    sorting or archiving; `safe` is False when the verdict is not yet durably recorded
-    (kept in memory only): its file is then not moved. `drift`: how the image differs from
-    the model's good images (core.profile.differences, by kind), empty when it looks like them."""
+    """What happened to one frame: the logged record, and for the display the image and the engine's result (None for
+    an ERROR). `log_error` says what went wrong with logging, sorting or archiving; `safe` is False when the
+    verdict is not yet durably recorded (kept in memory only): its file is then not moved. `drift`: how the image
+    differs from the model's good images (core.profile.differences, by kind), empty when it looks like them."""
     record: InspectionRecord
     image: np.ndarray | None = None
     result: Result | None = None
@@ -258,8 +256,7 @@ class Station:
         return drift
 
     def _keep_frame(self, record: InspectionRecord, image: np.ndarray) -> str | None:
-        """Keep an NG camera frame; the record then points at the kept file. Returns what went
-        wrong, if anything."""
+        """Keep an NG camera frame; the record then points at the kept file. Returns what went wrong, if anything."""
         if self.frames is None or self.source != "camera" or record.verdict != "NG":
             return None
         record.time = utc_time(datetime.now(timezone.utc))
@@ -369,13 +366,11 @@ class Station:
 def watch_folder(station: Station, watcher, stop: threading.Event,
                  on_outcome: Callable[[Outcome], None], poll_s: float = 0.2,
                  on_status: SourceStatus = no_status, trigger: Trigger | None = None) -> None:
-    """Inspect each new file from a started FolderWatcher until `stop` is set; with a
-    `trigger`, one file per trigger (the next one ready, waited for). A file still
-    being written is handed back to the watcher until it is complete or has waited the
-    watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the
-    folder disappears (an unplugged drive, a lost share): the watch resumes by itself when
-    the folder is back; and 'pending' with which file is waited for, and how long, while a
-    file stays empty or incomplete."""
+    """Inspect each new file from a started FolderWatcher until `stop` is set; with a `trigger`, one file per trigger
+    (the next one ready, waited for). A file still being written is handed back to the watcher until it is complete
+    or has waited the watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the folder
+    disappears (an unplugged drive, a lost share): the watch resumes by itself when the folder is back; and
+    'pending' with which file is waited for, and how long, while a file stays empty or incomplete."""
     try:
         _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger)
     finally:

@@ -1,6 +1,5 @@
-"""Generated parts for the self-test, the demo and the unit tests: a machined disc on a
-textured tray, with small random shifts and lighting changes; a defective part carries a
-scratch or a stain. Deterministic for a given seed."""
+"""Generated parts for the self-test, the demo and the unit tests: a machined disc on a textured tray, with small
+random shifts and lighting changes; a defective part carries a scratch or a stain. Deterministic for a given seed."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,15 +1,13 @@
-"""Monitor tab: run the line from a watched folder, a camera (or stream, or video file) or
-files opened by hand; show the newest verdict as large as the screen allows, the shift's
-counters and its latest NG parts.
+"""Monitor tab: run the line from a watched folder, a camera (or stream, or video file) or files opened by hand; show
+the newest verdict as large as the screen allows, the shift's counters and its latest NG parts.
 
-The banner always tells the truth: the line is stopped, waiting for parts, has lost its
-source, or shows a verdict with its part and age; a verdict older than the expected time
-between parts is shown as stale, never as a live OK. The counters and the NG strip come from
-the result log (since the stored start of the shift), so they survive a restart.
+The banner always tells the truth: the line is stopped, waiting for parts, has lost its source, or shows a verdict
+with its part and age; a verdict older than the expected time between parts is shown as stale, never as a live OK.
+The counters and the NG strip come from the result log (since the stored start of the shift), so they survive a
+restart.
 
-The line runs in one worker (inspector.station, shared with the CLI); the Station logs every
-frame. The GUI paints only the newest outcome: when outcomes arrive faster than it paints,
-the older ones are counted but not drawn."""
+The line runs in one worker (inspector.station, shared with the CLI); the Station logs every frame. The GUI paints
+only the newest outcome: when outcomes arrive faster than it paints, the older ones are counted but not drawn."""
 from __future__ import annotations
 
 from collections import Counter
@@ -104,8 +102,7 @@ def _shown(outcome: Outcome) -> tuple:
 
 
 def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) -> list:
-    """The shift's latest NG parts from the log, newest first, with their thumbnails where the
-    image is still there."""
+    """The shift's latest NG parts from the log, newest first, with their thumbnails where the image is still there."""
     parts = []
     for record in store.query(product=product, verdict="NG", since=since, limit=NG_STRIP):
         path, thumb = services.find_image(record), None
@@ -486,8 +483,7 @@ class MonitorTab(QWidget):
             self._open_files()
 
     def run(self, kind: str, target) -> None:
-        """Start the line: kind 'folder' (a folder), 'camera' (index, URL or video file) or
-        'file' (a list of files)."""
+        """Start the line: kind 'folder' (a folder), 'camera' (index, URL or video file) or 'file' (a list of files)."""
         model = self.session.model
         if self._line is not None:
             return

@@ -1,7 +1,6 @@
-"""The backbone registry: which pretrained CNNs can produce patch features, where their
-weights come from, and the torch module that turns an image batch into PatchCore patch
-features. torch is imported only inside the functions that build the module (export time
-and the GPU path); the runtime reads the exported ONNX graph instead."""
+"""The backbone registry: which pretrained CNNs can produce patch features, where their weights come from, and the
+torch module that turns an image batch into PatchCore patch features. torch is imported only inside the functions
+that build the module (export time and the GPU path); the runtime reads the exported ONNX graph instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,12 +1,11 @@
-"""What the good images of a training look like, cheaply: their file format, size,
-brightness, contrast and JPEG blockiness. Stored in the model (signed with it), it lets the
-line say when the images it inspects differ systematically from the ones it was trained on
-(a camera's MJPG frames against PNG files, another resolution, other lighting) instead of
-silently rejecting every part.
+"""What the good images of a training look like, cheaply: their file format, size, brightness, contrast and JPEG
+blockiness. Stored in the model (signed with it), it lets the line say when the images it inspects differ
+systematically from the ones it was trained on (a camera's MJPG frames against PNG files, another resolution, other
+lighting) instead of silently rejecting every part.
 
-`profile_of(paths)` at training; `differences(profile, name, image)` for each inspected
-image: a few readable warnings, in well under a millisecond. A profile is a plain dict
-(JSON in model.json); keys this Inspector does not know are ignored."""
+`profile_of(paths)` at training; `differences(profile, name, image)` for each inspected image: a few readable
+warnings, in well under a millisecond. A profile is a plain dict (JSON in model.json); keys this Inspector does not
+know are ignored."""
 from __future__ import annotations
 
 import math
@@ -39,9 +38,8 @@ def image_format(name: str | Path | None) -> str | None:
 
 
 def blockiness(image: np.ndarray) -> float:
-    """Mean grey-level step across the 8-pixel block edges over the mean step inside the
-    blocks, of a central crop aligned to the block grid: about 1 without JPEG compression,
-    more the stronger it is."""
+    """Mean grey-level step across the 8-pixel block edges over the mean step inside the blocks, of a central crop
+    aligned to the block grid: about 1 without JPEG compression, more the stronger it is."""
     h, w = image.shape[:2]
     ch, cw = min(h, CROP) // BLOCK * BLOCK, min(w, CROP) // BLOCK * BLOCK
     if ch < 2 * BLOCK or cw < 2 * BLOCK:

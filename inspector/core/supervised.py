@@ -1,10 +1,9 @@
-"""Learning from confirmed defects, in numpy (no torch), on what the engine already computes:
-the frozen backbone's patch features and each patch's distance to the memory bank.
+"""Learning from confirmed defects, in numpy (no torch), on what the engine already computes: the frozen backbone's
+patch features and each patch's distance to the memory bank.
 
-Two small heads share one per-patch input (`patch_inputs`): the standardised patch features
-and the patch's bank distance with its 3 x 3 neighbourhood (mean and max), in units of the
-good images' median image score, so the heads see "how unusual for this product", whatever
-the product.
+Two small heads share one per-patch input (`patch_inputs`): the standardised patch features and the patch's bank
+distance with its 3 x 3 neighbourhood (mean and max), in units of the good images' median image score, so the heads
+see "how unusual for this product", whatever the product.
 
 - The **defect classifier** (a good/defect verdict) is a linear head: a logit per patch, pooled
   over the image by log-sum-exp (a smooth maximum), so its patch logits are its class-activation
@@ -15,8 +14,8 @@ the product.
   masks (good images: all-zero masks) with binary cross-entropy plus Dice; its patch logits are
   upsampled to the working size: the defect's mask.
 
-Both are arrays (`Heads.arrays`) saved beside the memory bank; `check_known_defects` refuses
-the inputs that would make a silently worse model."""
+Both are arrays (`Heads.arrays`) saved beside the memory bank; `check_known_defects` refuses the inputs that would
+make a silently worse model."""
 from __future__ import annotations
 
 import threading
@@ -50,9 +49,8 @@ MASK_ABSOLUTE, MASK_SEGMENTATION_PEAK, MASK_BANK_PEAK = 0, 1, 2
 
 def patch_inputs(features: np.ndarray, distances: np.ndarray, mean: np.ndarray, projection: np.ndarray,
                  scale: float) -> np.ndarray:
-    """(h, w, C) features and (h, w) bank distances -> (h * w, COMPONENTS + 3) float32 head inputs:
-    the features' principal components (`projection` (C, P) folds in the standardisation) and the
-    distances."""
+    """(h, w, C) features and (h, w) bank distances -> (h * w, COMPONENTS + 3) float32 head inputs: the features'
+    principal components (`projection` (C, P) folds in the standardisation) and the distances."""
     d = (distances / scale).astype(np.float32)
     near_mean = cv2.blur(d, (3, 3), borderType=cv2.BORDER_REPLICATE)
     near_max = cv2.dilate(d, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
@@ -211,9 +209,8 @@ class Example:
 
 
 def check_known_defects(defects: list[Example]) -> None:
-    """Refuse, with what to do, known defects that would make a worse model silently: too few,
-    one kind only, masks that do not fit their images (good parts given as defects: see
-    `check_separable`, after the folds)."""
+    """Refuse, with what to do, known defects that would make a worse model silently: too few, one kind only, masks
+    that do not fit their images (good parts given as defects: see `check_separable`, after the folds)."""
     if len(defects) < MIN_DEFECTS:
         raise TrainingError(f"Only {len(defects)} known defect(s); learning from defects needs at least "
                             f"{MIN_DEFECTS} (of at least {MIN_KINDS} kinds) to set its threshold on defects "

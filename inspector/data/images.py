@@ -1,8 +1,7 @@
 """Safe image loading: every failure becomes an `ImageError` naming the file and the cause.
 
-Files are read as bytes and decoded with `cv2.imdecode`, so paths with any characters work
-on every OS (`cv2.imread` cannot open non-ASCII paths on Windows).
-"""
+Files are read as bytes and decoded with `cv2.imdecode`, so paths with any characters work on every OS
+(`cv2.imread` cannot open non-ASCII paths on Windows)."""
 
 from __future__ import annotations
 
@@ -47,10 +46,8 @@ def is_image_file(path: str | Path) -> bool:
 def load_image(path: str | Path) -> np.ndarray:
     """Load an image as an HxWx3 uint8 RGB C-contiguous array.
 
-    Gray images are replicated to three channels, alpha is dropped, and 16-bit images are
-    reduced to 8 bits by keeping the high byte (`value >> 8`), with no rescaling to the
-    range actually used by the image.
-    """
+    Gray images are replicated to three channels, alpha is dropped, and 16-bit images are reduced to 8 bits by
+    keeping the high byte (`value >> 8`), with no rescaling to the range actually used by the image."""
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)

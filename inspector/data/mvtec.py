@@ -2,8 +2,7 @@
 
     train/good/*.png
     test/good/*.png, test/<defect>/*.png
-    ground_truth/<defect>/<name>_mask.png
-"""
+    ground_truth/<defect>/<name>_mask.png"""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Evaluation metrics: image and pixel AUROC, AUPRO, confusion counts, F1, Dice.
 
-Labels are 1 (defective, NG, positive) and 0 (good, OK). A score >= threshold is NG.
-Every curve comes from one sort-based helper (`_cumulative_at_thresholds`), which is
-exact (it visits every distinct score) and fast enough for millions of pixels; it needs
-no scikit-learn, which the tests use as an independent reference instead.
-"""
+Labels are 1 (defective, NG, positive) and 0 (good, OK). A score >= threshold is NG. Every curve comes from one
+sort-based helper (`_cumulative_at_thresholds`), which is exact (it visits every distinct score) and fast enough
+for millions of pixels; it needs no scikit-learn, which the tests use as an independent reference instead."""
 
 from __future__ import annotations
 
@@ -18,12 +16,11 @@ _CHUNK = 1 << 22
 
 
 def _cumulative_at_thresholds(scores, *weights):
-    """For every distinct score t, highest first: t and, for each weight array, the sum
-    of the weights over the samples with score >= t. Beyond EXACT_LIMIT samples (the pixels of
-    a test set's maps at their working sizes) the thresholds are LEVELS evenly spaced levels
-    between the lowest and the highest score, summed in chunks: memory stays a few bytes a
-    sample, and an area under such a curve differs from the exact one by the pairs of samples
-    that share a level (below 1e-4 on real maps)."""
+    """For every distinct score t, highest first: t and, for each weight array, the sum of the weights over the
+    samples with score >= t. Beyond EXACT_LIMIT samples (the pixels of a test set's maps at their working sizes)
+    the thresholds are LEVELS evenly spaced levels between the lowest and the highest score, summed in chunks:
+    memory stays a few bytes a sample, and an area under such a curve differs from the exact one by the pairs of
+    samples that share a level (below 1e-4 on real maps)."""
     if scores.size <= EXACT_LIMIT:
         order = np.argsort(scores)[::-1]
         ranked = scores[order]

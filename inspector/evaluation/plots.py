@@ -1,9 +1,7 @@
 """Pictures of an evaluation: ROC curves, score histograms and a gallery of heatmaps.
 
-The heatmap and boxes are drawn as everywhere else (inspector.drawing); matplotlib is
-imported inside the two plotting functions, and draws on its own Figure with the Agg
-canvas, so no global pyplot state is touched.
-"""
+The heatmap and boxes are drawn as everywhere else (inspector.drawing); matplotlib is imported inside the two
+plotting functions, and draws on its own Figure with the Agg canvas, so no global pyplot state is touched."""
 
 from __future__ import annotations
 
@@ -78,8 +76,7 @@ def _save_figure(figure, path) -> None:
 
 
 def plot_roc(path, curves: dict) -> None:
-    """One ROC plot with a line per curve, e.g. {"image": (fpr, tpr, auc), "pixel": ...},
-    each labelled with its AUC."""
+    """One ROC plot with a line per curve, e.g. {"image": (fpr, tpr, auc), "pixel": ...}, each labelled with its AUC."""
     plot_roc_panels(path, {"ROC": curves})
 
 

@@ -1,10 +1,9 @@
-"""Line I/O around one run of the line, as its settings ask: the OPC UA and Modbus TCP
-servers for a PLC (the line is then triggered by it) and the MQTT shipper. The CLI's
-`watch` / `camera` and the window's Monitor start it the same way:
+"""Line I/O around one run of the line, as its settings ask: the OPC UA and Modbus TCP servers for a PLC (the line is
+then triggered by it) and the MQTT shipper. The CLI's `watch` / `camera` and the window's Monitor start it the same
+way:
 
     with LineIO(settings, models_dir, store) as io:
-        run_line(..., on_outcome=io.on_outcome(mine), on_status=io.on_status(mine), **io.line_options())
-"""
+        run_line(..., on_outcome=io.on_outcome(mine), on_status=io.on_status(mine), **io.line_options())"""
 from __future__ import annotations
 
 import socket

@@ -1,13 +1,12 @@
-"""The line as a Modbus TCP server (pymodbus): a PLC triggers a part, reads its result and
-acknowledges it, and may select the product. The register map (README, "Line I/O") is
-REGISTERS below; addresses are 0-based as on the wire (PLC tools often show them + 1).
+"""The line as a Modbus TCP server (pymodbus): a PLC triggers a part, reads its result and acknowledges it, and may
+select the product. The register map (README, "Line I/O") is REGISTERS below; addresses are 0-based as on the wire
+(PLC tools often show them + 1).
 
-The handshake: the PLC sets TRIGGER (rising edge); the station answers TRIGGER_ACK (until
-TRIGGER falls) and inspects the part; its result is presented in the input registers with
-RESULT_VALID; the PLC sets RESULT_ACK, RESULT_VALID falls; when the PLC resets RESULT_ACK the
-next result (if any) is presented. Results wait in a FIFO while the PLC has not acknowledged
-them (up to BUFFER; a trigger with the buffer full is missed). A trigger while a part is
-under way is missed: MISSED_TRIGGER is set (until a trigger is accepted) and MISSED_COUNT counts it."""
+The handshake: the PLC sets TRIGGER (rising edge); the station answers TRIGGER_ACK (until TRIGGER falls) and
+inspects the part; its result is presented in the input registers with RESULT_VALID; the PLC sets RESULT_ACK,
+RESULT_VALID falls; when the PLC resets RESULT_ACK the next result (if any) is presented. Results wait in a FIFO
+while the PLC has not acknowledged them (up to BUFFER; a trigger with the buffer full is missed). A trigger while a
+part is under way is missed: MISSED_TRIGGER is set (until a trigger is accepted) and MISSED_COUNT counts it."""
 from __future__ import annotations
 
 import logging

@@ -1,15 +1,14 @@
 """Verdicts over MQTT (paho-mqtt), shipped from the result log: the log is the outbox.
 
-Every logged verdict is published, in the log's order, as JSON on
-`inspector/<station>/<product>/result` with QoS 1. Its "id" is the row's unique id: a verdict
-published again (after a broker outage, or a restart of the station before the broker
-acknowledged it) carries the same id, so a consumer de-duplicates on it. The shipper's
-bookmark (the last row the broker acknowledged) is kept in the log (table outbox), so an
-outage, or the station stopped meanwhile, delays verdicts and never loses one. A new
-shipper starts at the end of the log (it sends what is logged from then on).
+Every logged verdict is published, in the log's order, as JSON on `inspector/<station>/<product>/result` with QoS
+1. Its "id" is the row's unique id: a verdict published again (after a broker outage, or a restart of the station
+before the broker acknowledged it) carries the same id, so a consumer de-duplicates on it. The shipper's bookmark
+(the last row the broker acknowledged) is kept in the log (table outbox), so an outage, or the station stopped
+meanwhile, delays verdicts and never loses one. A new shipper starts at the end of the log (it sends what is logged
+from then on).
 
-`inspector/<station>/state` is retained: "online" while the station is connected, "offline"
-when it stops, and, as its last will, "offline" when it vanishes."""
+`inspector/<station>/state` is retained: "online" while the station is connected, "offline" when it stops, and, as
+its last will, "offline" when it vanishes."""
 from __future__ import annotations
 
 import json

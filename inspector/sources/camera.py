@@ -29,17 +29,15 @@ def _quiet_opencv() -> None:
 
 
 class Camera(Started):
-    """`source`: a camera index (int or a string of digits), a stream URL ("rtsp://...") or a
-    video file path. Live sources are reopened every `reconnect_s` seconds after a failure;
-    a video file is read at its own frame rate (or `fps`) and ends with status 'ended'.
+    """`source`: a camera index (int or a string of digits), a stream URL ("rtsp://...") or a video file path. Live
+    sources are reopened every `reconnect_s` seconds after a failure; a video file is read at its own frame rate
+    (or `fps`) and ends with status 'ended'.
 
-    `status` is 'connecting', 'live', 'no frames' (a live source that has delivered no frame
-    for `stall_s` seconds, whether its reads hang, its stream stalls with the connection open,
-    or it cannot be opened: its reader is replaced by a new one, which reconnects),
-    'reconnecting', 'ended' or 'stopped'; `last_error` keeps the most recent failure (it is
-    not cleared when the source comes back). `stop` returns within STOP_TIMEOUT_S even when
-    a read never returns.
-    """
+    `status` is 'connecting', 'live', 'no frames' (a live source that has delivered no frame for `stall_s` seconds,
+    whether its reads hang, its stream stalls with the connection open, or it cannot be opened: its reader is
+    replaced by a new one, which reconnects), 'reconnecting', 'ended' or 'stopped'; `last_error` keeps the most
+    recent failure (it is not cleared when the source comes back). `stop` returns within STOP_TIMEOUT_S even when a
+    read never returns."""
 
     def __init__(self, source: int | str | Path, fps: float | None = None, reconnect_s: float = 1.0,
                  stall_s: float = 5.0):

@@ -48,14 +48,11 @@ def _signature(path: Path) -> tuple | None:
 class FolderWatcher(Started):
     """Image files arriving directly in `folder` (subfolders are ignored).
 
-    A file is ready once its size and modification time have not changed for `settle_s`
-    seconds and it is not empty and can be opened, or, whatever it is, once it has been
-    seen for `max_wait_s` (an empty file, a link that leads nowhere: the reader logs why it
-    cannot be used). Each version of a file (path, size, mtime) is returned once; a file
-    rewritten in place is returned again; `recheck` hands a file back to be waited for
-    again (it was still incomplete). Paths handed out are absolute. Thread-safe; usable as
-    a context manager.
-    """
+    A file is ready once its size and modification time have not changed for `settle_s` seconds and it is not empty
+    and can be opened, or, whatever it is, once it has been seen for `max_wait_s` (an empty file, a link that leads
+    nowhere: the reader logs why it cannot be used). Each version of a file (path, size, mtime) is returned once; a
+    file rewritten in place is returned again; `recheck` hands a file back to be waited for again (it was still
+    incomplete). Paths handed out are absolute. Thread-safe; usable as a context manager."""
 
     def __init__(self, folder: str | Path, settle_s: float = 0.5, max_wait_s: float = 30.0):
         self.folder = Path(folder).resolve()
@@ -125,9 +122,8 @@ class FolderWatcher(Started):
             return self._since.pop(path, None)
 
     def recheck(self, path: Path, since: float | None = None, delay_s: float | None = None) -> None:
-        """Wait for a file handed out again: it is handed out once more after it has been
-        stable for settle_s (and at least `delay_s`), or when it has been waited for
-        max_wait_s since `since` (when it was first seen)."""
+        """Wait for a file handed out again: it is handed out once more after it has been stable for settle_s (and at
+        least `delay_s`), or when it has been waited for max_wait_s since `since` (when it was first seen)."""
         now = time.monotonic()
         with self._lock:
             self._returned.pop(path, None)
@@ -191,8 +187,7 @@ class _Handler(FileSystemEventHandler):
 
 
 def _can_open(path: Path) -> bool:
-    """Whether the file can be opened and read (non-blocking: a named pipe swapped in for it
-    cannot stop the watch)."""
+    """Whether the file can be opened and read (non-blocking: a named pipe swapped in for it cannot stop the watch)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:

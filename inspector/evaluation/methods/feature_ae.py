@@ -1,7 +1,6 @@
-"""An autoencoder on the backbone's patch features (as DFR): each patch's feature vector,
-standardised, goes through a small bottleneck network trained on good patches; a patch's
-reconstruction error is its score, and the anomaly map and image score follow from the patch
-scores as PatchCore's do (core.scoring.score_patches)."""
+"""An autoencoder on the backbone's patch features (as DFR): each patch's feature vector, standardised, goes through a
+small bottleneck network trained on good patches; a patch's reconstruction error is its score, and the anomaly map
+and image score follow from the patch scores as PatchCore's do (core.scoring.score_patches)."""
 from __future__ import annotations
 
 import threading
