@@ -1,18 +1,15 @@
 """The plant database (PostgreSQL, psycopg 3): every station's verdicts and events in one place, and product models
 shared between stations. Protocol code at the edge: the core, the store and the services never import psycopg.
 
-- Shipping: the station's SQLite log stays the source of truth and is the outbox. The
-  Shipper reads it in row order after its bookmark (the log's `outbox` table, one row per
-  table: 'plant.inspections', 'plant.events') and inserts batches keyed by (station, local
-  row id) with ON CONFLICT DO NOTHING, in one transaction each; the bookmark moves only
-  after the commit, so a crash or an outage delays rows and never loses or doubles them.
-  A station's name in the plant is its database login (row-level security, see
-  plant_schema.sql).
-- Models: an engineer publishes a kept version (its two files, their checksum, who, when);
-  a station lists them and installs one, checked against the checksum and in full before it
-  becomes the product's new local version (Changes.install). Following a product,
-  the shipper installs each newly published version, and the line switches to it between
-  two parts.
+- Shipping: the station's SQLite log stays the source of truth and is the outbox. The Shipper reads it in row order
+  after its bookmark (the log's `outbox` table, one row per table: 'plant.inspections', 'plant.events') and inserts
+  batches keyed by (station, local row id) with ON CONFLICT DO NOTHING, in one transaction each; the bookmark moves
+  only after the commit, so a crash or an outage delays rows and never loses or doubles them. A station's name in
+  the plant is its database login (row-level security, see plant_schema.sql).
+- Models: an engineer publishes a kept version (its two files, their checksum, who, when); a station lists them and
+  installs one, checked against the checksum and in full before it becomes the product's new local version
+  (Changes.install). Following a product, the shipper installs each newly published version, and the line switches
+  to it between two parts.
 - The plant view: stations, model versions, counts, yield and NG rate per hour and per station.
 
 The connection comes from a URL (`--plant`, or INSPECTOR_PLANT); its password from libpq's password file

@@ -5,14 +5,13 @@ Two small heads share one per-patch input (`patch_inputs`): the standardised pat
 distance with its 3 x 3 neighbourhood (mean and max), in units of the good images' median image score, so the heads
 see "how unusual for this product", whatever the product.
 
-- The **defect classifier** (a good/defect verdict) is a linear head: a logit per patch, pooled
-  over the image by log-sum-exp (a smooth maximum), so its patch logits are its class-activation
-  map. Trained with a loss weighted against the class imbalance and L2; its threshold is set on
-  out-of-fold logits (every good and known defect scored by heads trained without it) above
-  every good image, so it rejects no good part the folds saw.
-- The **segmentation head** is a small MLP on the same inputs, trained on the known defects'
-  masks (good images: all-zero masks) with binary cross-entropy plus Dice; its patch logits are
-  upsampled to the working size: the defect's mask.
+- The **defect classifier** (a good/defect verdict) is a linear head: a logit per patch, pooled over the image by
+  log-sum-exp (a smooth maximum), so its patch logits are its class-activation map. Trained with a loss weighted
+  against the class imbalance and L2; its threshold is set on out-of-fold logits (every good and known defect
+  scored by heads trained without it) above every good image, so it rejects no good part the folds saw.
+- The **segmentation head** is a small MLP on the same inputs, trained on the known defects' masks (good images:
+  all-zero masks) with binary cross-entropy plus Dice; its patch logits are upsampled to the working size: the
+  defect's mask.
 
 Both are arrays (`Heads.arrays`) saved beside the memory bank; `check_known_defects` refuses the inputs that would
 make a silently worse model."""

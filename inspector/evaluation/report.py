@@ -17,9 +17,9 @@ from ..core.scoring import find_regions
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
 from ..drawing import heat_range, map_to_image
-from ..errors import Cancelled, SourceError
+from ..errors import SourceError
 from . import metrics
-from .methods.base import Method
+from .methods.base import Method, check_cancel
 from .methods.patchcore import PatchCore
 
 MEMORY_SAMPLE_S = 0.05
@@ -53,8 +53,7 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
         gallery = []
         batch_started = time.perf_counter()
         for i, s in enumerate(samples):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Evaluation cancelled.")
+            check_cancel(cancel)
             t = time.perf_counter()
             image = load_image(s.path)
             scores[i], amap = method.score(image)
