@@ -28,6 +28,7 @@ BLOCKINESS_MARGIN = 0.1  # blockiness 1.0: no block edges; JPEG quality 90: ~1.1
 BRIGHTNESS_MARGIN = 12.0  # grey levels of 255
 CONTRAST_FACTOR = 1.35  # the spread of grey levels, this many times smaller or larger
 SIZE_FACTOR = 1.1  # a side this many times smaller or larger
+RANGES = ("height", "width", "brightness", "contrast", "blockiness")  # a profile's [low, high] of each Look field
 ADVICE = ("Its verdicts may be wrong: teach the product from images like these "
           "(inspector train --camera, or the Train tab's camera).")
 
@@ -87,10 +88,8 @@ def profile_of(paths: Iterable[str | Path]) -> dict | None:
         formats.add(image_format(path) or "other")
     if not looks:
         return None
-    return {"images": len(looks), "formats": sorted(formats),
-            "height": _range([x.height for x in looks]), "width": _range([x.width for x in looks]),
-            "brightness": _range([x.brightness for x in looks]), "contrast": _range([x.contrast for x in looks]),
-            "blockiness": _range([x.blockiness for x in looks])}
+    return {"images": len(looks), "formats": sorted(formats)} | {k: _range([getattr(x, k) for x in looks])
+                                                                 for k in RANGES}
 
 
 def check_profile(profile) -> str | None:
@@ -99,7 +98,7 @@ def check_profile(profile) -> str | None:
         return None
     if not isinstance(profile, dict):
         return "the good images' profile is not a mapping"
-    for key in ("height", "width", "brightness", "contrast", "blockiness"):
+    for key in RANGES:
         pair = profile.get(key)
         if not (isinstance(pair, list) and len(pair) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
@@ -149,7 +148,6 @@ def widened(profile: dict | None, other: dict | None) -> dict | None:
     """One profile of the good images of both (a taught part joins the good images)."""
     if not profile or not other:
         return profile or other
-    ranges = {key: [min(profile[key][0], other[key][0]), max(profile[key][1], other[key][1])]
-              for key in ("height", "width", "brightness", "contrast", "blockiness")}
+    ranges = {key: [min(profile[key][0], other[key][0]), max(profile[key][1], other[key][1])] for key in RANGES}
     return profile | other | ranges | {"images": profile.get("images", 0) + other.get("images", 0),
                                        "formats": sorted(set(profile["formats"]) | set(other["formats"]))}

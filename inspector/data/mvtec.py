@@ -17,10 +17,8 @@ from inspector.errors import SourceError
 
 GOOD = "good"
 
-_EXPECTED = (
-    "expected an MVTec-AD category folder holding train/good/*.png, test/<defect>/*.png "
-    "(test/good for good parts) and ground_truth/<defect>/<name>_mask.png"
-)
+_EXPECTED = ("expected an MVTec-AD category folder holding train/good/*.png, test/<defect>/*.png "
+             "(test/good for good parts) and ground_truth/<defect>/<name>_mask.png")
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,9 @@ class MVTecCategory:
                 folder = needed.relative_to(self.root).as_posix()
                 raise SourceError(f"{self.root} has no {folder} folder: {_EXPECTED}.")
         self.train_images: list[Path] = list_images(train_dir)
-        self.test_samples: list[TestSample] = [
-            self._sample(path, defect_dir.name)
-            for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir())
-            for path in list_images(defect_dir)
-        ]
+        self.test_samples: list[TestSample] = [self._sample(path, defect_dir.name)
+                                               for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir())
+                                               for path in list_images(defect_dir)]
         if not self.train_images or not self.test_samples:
             missing = "train/good" if not self.train_images else "test/<defect>"
             raise SourceError(f"{self.root} has no images in {missing}: {_EXPECTED}.")

@@ -12,7 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.images import save_image
 from ..drawing import RED, YELLOW, draw_boxes, overlay_heatmap
+
 MAX_CURVE_POINTS = 5000  # a pixel ROC has millions of points; a plot needs a few thousand
 
 
@@ -37,13 +39,6 @@ def _gallery_panel(item, vmin, vmax):
     return np.vstack([strip, caption])
 
 
-def _write_png(path: Path, rgb) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    path.write_bytes(data.tobytes())
-
-
 def save_gallery(folder, items, vmin: float, vmax: float, max_items=None) -> list[Path]:
     """Write one PNG per item (see `_gallery_panel`) into folder, at most max_items, named
     `<index>_<name>.png`; every heatmap uses the same vmin, vmax. Returns the paths.
@@ -54,7 +49,7 @@ def save_gallery(folder, items, vmin: float, vmax: float, max_items=None) -> lis
     for index, item in enumerate(islice(items, max_items)):
         safe_name = re.sub(r"[^\w.-]+", "_", str(item["name"]))
         path = folder / f"{index:04d}_{safe_name}.png"
-        _write_png(path, _gallery_panel(item, vmin, vmax))
+        save_image(path, _gallery_panel(item, vmin, vmax))
         paths.append(path)
     return paths
 
@@ -65,7 +60,7 @@ def _figure(width=6.0, height=4.5):
 
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
+    return figure
 
 
 def _save_figure(figure, path) -> None:
@@ -82,11 +77,7 @@ def plot_roc(path, curves: dict) -> None:
 
 def plot_roc_panels(path, panels: dict) -> None:
     """ROC plots side by side in one figure, one per title: {title: {name: (fpr, tpr, auc)}}."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.0 * len(panels), 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure(6.0 * len(panels))
     for axes, (title, curves) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
         for name, (fpr, tpr, auc) in curves.items():
             step = max(1, len(fpr) // MAX_CURVE_POINTS)
@@ -104,7 +95,8 @@ def plot_score_histogram(path, good_scores, defect_scores, threshold: float, tit
     good_scores = np.asarray(good_scores, float).ravel()
     defect_scores = np.asarray(defect_scores, float).ravel()
     bins = np.histogram_bin_edges(np.concatenate([good_scores, defect_scores, [threshold]]), 40)
-    figure, axes = _figure()
+    figure = _figure()
+    axes = figure.add_subplot()
     axes.hist(good_scores, bins, color="green", alpha=0.5, label=f"good ({good_scores.size})")
     axes.hist(defect_scores, bins, color="red", alpha=0.5, label=f"defect ({defect_scores.size})")
     axes.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
