@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from contextlib import suppress
 from pathlib import Path
 
 from .errors import ModelError
@@ -26,26 +27,20 @@ def key_path(models_dir: str | Path) -> Path:
 def station_key(models_dir: str | Path) -> bytes:
     """The key of the station whose models are in `models_dir`, created when there is none."""
     path = key_path(models_dir)
-    try:
+    with suppress(FileNotFoundError):
         return _read(path)
-    except FileNotFoundError:
-        pass
     tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_new(tmp, secrets.token_bytes(32))
-        try:
+        with suppress(FileExistsError):
             os.link(tmp, path)  # only if there is none yet: two first uses agree on one key
-        except FileExistsError:
-            pass
     except OSError as exc:
         raise ModelError(f"Cannot create the station's signing key {path} ({exc}): models cannot be "
                          f"signed or checked. Make the data folder writable.") from exc
     finally:
-        try:
+        with suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
     return _read(path)
 
 
@@ -103,10 +98,8 @@ def import_key(models_dir: str | Path, key: bytes) -> bytes:
     except OSError as exc:
         raise ModelError(f"Cannot replace the station's signing key {path} ({exc}); it is unchanged.") from exc
     finally:
-        try:
+        with suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
     return old
 
 

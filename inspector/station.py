@@ -89,18 +89,14 @@ def unique_path(folder: Path, stem: str, suffix: str) -> Path:
 
 
 class Station:
-    def __init__(self, inspector: Inspector, store: ResultStore, source: str,
-                 sort_files: bool = False, archive_dir: str | Path | None = None,
-                 models_dir: str | Path | None = None, on_message: Message = no_message,
-                 device: str = "cpu", frames: FrameKeeper | None = None):
-        self.inspector = inspector
-        self.store = store
+    def __init__(self, inspector: Inspector, store: ResultStore, source: str, sort_files: bool = False,
+                 archive_dir: str | Path | None = None, models_dir: str | Path | None = None,
+                 on_message: Message = no_message, device: str = "cpu", frames: FrameKeeper | None = None):
+        self.inspector, self.store, self.on_message, self.device = inspector, store, on_message, device
         self.source = source  # "file" | "folder" | "camera"
         self.sort_files = sort_files
         self.archive_dir = Path(archive_dir) if archive_dir else None
         self.models_dir = Path(models_dir) if models_dir else None
-        self.on_message = on_message
-        self.device = device
         self.frames = frames  # keeps NG camera frames (a file is its own evidence)
         m = inspector.model.settings
         self._extractors = {(m.backbone, device, m.weights): inspector.extractor}
@@ -162,9 +158,8 @@ class Station:
                                 f"{model.threshold:.4g} in version {model.version}).")
 
     # ---- one item ------------------------------------------------------------------------
-    def _record(self, model: Model, verdict: str, path: str | None, key: str | None,
-                result: Result | None = None, error: str | None = None,
-                latency_ms: float | None = None) -> InspectionRecord:
+    def _record(self, model: Model, verdict: str, path: str | None, key: str | None, result: Result | None = None,
+                error: str | None = None, latency_ms: float | None = None) -> InspectionRecord:
         return InspectionRecord(
             product=model.product, source=self.source, verdict=verdict,
             image_path=text(path) if path else None, score=result.score if result else None,
@@ -363,9 +358,8 @@ class Station:
             outcome.log_error = text(f"Could not archive the overlay to {dest or self.archive_dir}: {describe(exc)}")
 
 
-def watch_folder(station: Station, watcher, stop: threading.Event,
-                 on_outcome: Callable[[Outcome], None], poll_s: float = 0.2,
-                 on_status: SourceStatus = no_status, trigger: Trigger | None = None) -> None:
+def watch_folder(station: Station, watcher, stop: threading.Event, on_outcome: Callable[[Outcome], None],
+                 poll_s: float = 0.2, on_status: SourceStatus = no_status, trigger: Trigger | None = None) -> None:
     """Inspect each new file from a started FolderWatcher until `stop` is set; with a `trigger`, one file per trigger
     (the next one ready, waited for). A file still being written is handed back to the watcher until it is complete
     or has waited the watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the folder

@@ -48,6 +48,10 @@ THUMB = 72
 STALE_S = 10.0  # default: a verdict older than this is stale
 SETTLE_S = 0.5
 HEATMAPS = ("Memory bank", "Defect classifier")  # with defect heads, the part shows either
+LINE_IO = {"opcua": ("OPC UA server", "off; e.g. 4840 (this computer) or 0.0.0.0:4840"),  # field: (label, hint)
+           "modbus": ("Modbus TCP server", "off; e.g. 502 (this computer) or 0.0.0.0:502"),
+           "mqtt": ("MQTT broker", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"),
+           "station": ("Station name", "this computer's name")}
 
 
 # ---- what the banner says (plain data: the tests read it too) --------------------------------
@@ -228,10 +232,8 @@ class MonitorTab(QWidget):
         self.archive_dir.edit.setPlaceholderText(str(self._data_dir() / "archive"))
         self.stale = self._seconds_box(1.0, 3600.0, "The banner shows a verdict older than this as stale: "
                                                     "the line expects a part at least this often.")
-        self.line_io = {name: QLineEdit() for name in ("opcua", "modbus", "mqtt", "station")}
-        for name, hint in (("opcua", "off; e.g. 4840 (this computer) or 0.0.0.0:4840"),
-                           ("modbus", "off; e.g. 502 (this computer) or 0.0.0.0:502"),
-                           ("mqtt", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"), ("station", "this computer's name")):
+        self.line_io = {name: QLineEdit() for name in LINE_IO}
+        for name, (_, hint) in LINE_IO.items():
             self.line_io[name].setPlaceholderText(hint)
         self.plc_select = QCheckBox("The PLC may select the product")
         self.line_io_status = styled_label("hint", wrap=False)
@@ -252,8 +254,7 @@ class MonitorTab(QWidget):
         form.addRow("Part expected every", self.stale)
         line_io = QGroupBox("Line I/O (a PLC server triggers the line: one part per trigger)")
         io_form = QFormLayout(line_io)
-        for name, label in (("opcua", "OPC UA server"), ("modbus", "Modbus TCP server"), ("mqtt", "MQTT broker"),
-                            ("station", "Station name")):
+        for name, (label, _) in LINE_IO.items():
             io_form.addRow(label, self.line_io[name])
         io_form.addRow(self.plc_select)
         form.addRow(line_io)
@@ -443,15 +444,10 @@ class MonitorTab(QWidget):
 
     def _options_changed(self) -> None:
         self.frames_limit.setEnabled(self.keep_frames.isChecked() and not self.running)
-        kept = []
-        if self.sort_files.isChecked():
-            kept.append("sorting files")
-        if self.keep_frames.isChecked():
-            kept.append(f"keeping NG frames (≤ {self.frames_limit.value():g} GB)")
-        if self.archive.isChecked():
-            kept.append("archiving overlays")
-        kept.append(f"settle {self.settle.value():g} s")
-        kept.append(f"stale after {self.stale.value():g} s")
+        kept = [text for box, text in ((self.sort_files, "sorting files"),
+                                       (self.keep_frames, f"keeping NG frames (≤ {self.frames_limit.value():g} GB)"),
+                                       (self.archive, "archiving overlays")) if box.isChecked()]
+        kept += [f"settle {self.settle.value():g} s", f"stale after {self.stale.value():g} s"]
         self.options_summary.setText(", ".join(kept))
         self.frames_note.setText(f"in {self.frames_dir()}; the oldest are dropped first.")
 
@@ -703,11 +699,9 @@ class MonitorTab(QWidget):
                                           age_of(last) if last else 0.0, self.stale.value(), idle)
         if state != self.banner.property("verdict"):
             self.banner.setProperty("verdict", state)
-            self.banner.style().unpolish(self.banner)
-            self.banner.style().polish(self.banner)
-            for label in (self.verdict, self.detail):
-                label.style().unpolish(label)
-                label.style().polish(label)
+            for widget in (self.banner, self.verdict, self.detail):  # restyled for the new state
+                widget.style().unpolish(widget)
+                widget.style().polish(widget)
         self.verdict.setText(word)
         self.detail.setText(detail)
         if session.shipper is not None:
@@ -781,9 +775,8 @@ class MonitorTab(QWidget):
         self.start.setText("Stop" if running else "Start")
         self.start.setIcon(icon("stop" if running else "start"))
         self.snap_button.setEnabled(self._snap is not None)
-        self.pages.setEnabled(not running)
-        self.source.setEnabled(not running)
-        self.options_button.setEnabled(not running)
+        for control in (self.pages, self.source, self.options_button):
+            control.setEnabled(not running)
         if running:
             self.options.hide()
         self._options_changed()

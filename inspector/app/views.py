@@ -194,11 +194,8 @@ class HeatScale(QWidget):
         bar = QRectF(6, 2, self.width() - 12, 12)
         painter.fillRect(bar, QColor("#ffffff"))  # the low end is transparent: the part shows through
         gradient = QLinearGradient(bar.left(), 0, bar.right(), 0)
-        for i in range(0, 256, 16):
-            r, g, b, a = (int(v) for v in HEAT_LUT[i])
-            gradient.setColorAt(i / 255, QColor(r, g, b, a))
-        r, g, b, a = (int(v) for v in HEAT_LUT[255])
-        gradient.setColorAt(1.0, QColor(r, g, b, a))
+        for i in (*range(0, 256, 16), 255):
+            gradient.setColorAt(i / 255, QColor(*(int(v) for v in HEAT_LUT[i])))
         painter.fillRect(bar, gradient)
         painter.setPen(QColor("#1f2328"))
         painter.drawRect(bar)
@@ -265,9 +262,8 @@ class ProgressPanel(QWidget):
         self.bar.setValue(done)
         number = self._seen.index(stage) + 1
         steps = max(self._steps, number)
-        text = f"{stage.capitalize()}: {done} of {total}"
-        if self._steps > 1:
-            text = f"Step {number} of {steps}, {stage}: {done} of {total}"
+        text = (f"Step {number} of {steps}, {stage}: {done} of {total}" if self._steps > 1
+                else f"{stage.capitalize()}: {done} of {total}")
         elapsed = now - self._since
         if 0 < done < total and elapsed > 0.5:
             text += f", about {duration(elapsed * (total - done) / done)} left"

@@ -1,11 +1,9 @@
-"""Patch features: images in, PatchCore patch features out, at the resolution the defects need.
+"""Patch features: images in, PatchCore patch features out, at the resolution the defects need (`working_shape`).
 
-An image keeps its aspect ratio: it is scaled so that the product's smallest defect spans one patch
-(`working_shape`); a large working image goes through the backbone in overlapping tiles, stitched back into one
-feature map. On the CPU the backbone runs on ONNX Runtime from one exported graph that takes any image size
-(multiples of 16), so training and inspecting need no torch. The embedded backbone's graph ships inside the package
-(inspector/core/graphs/, made by build/export_graphs.py); another backbone is exported once from torch (dynamo
-exporter), checked against torch and cached. Exporting and the CUDA/MPS devices need the `export` extra."""
+On the CPU the backbone runs on ONNX Runtime from one exported graph that takes any image size (multiples of 16), so
+training and inspecting need no torch. The embedded backbone's graph ships inside the package (inspector/core/graphs/,
+made by build/export_graphs.py); another backbone is exported once from torch (dynamo exporter), checked against
+torch and cached. Exporting and the CUDA/MPS devices need the `export` extra."""
 from __future__ import annotations
 
 import functools
@@ -168,9 +166,7 @@ def tile_spans(length: int) -> tuple[int, list[tuple[int, int, int]]]:
 
 
 class FeatureExtractor:
-    """Resizes and normalises RGB uint8 images and returns patch features (h, w, C) at a working
-    size (see `working_shape`); an image larger than TILE on a side goes through the backbone in
-    overlapping tiles, stitched back into one feature map (memory bounded by the tile size)."""
+    """RGB uint8 images -> patch features (h, w, C) at their working size; a large one in tiles (`features`)."""
 
     def __init__(self, backbone: str, device: str = "cpu", weights: str | Path | None = None):
         spec = get_spec(backbone)
@@ -259,8 +255,8 @@ class FeatureExtractor:
         return self.features(batch)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed images (B, 3, h, w) -> patch features (B, h/8, w/8, C); an image larger
-        than TILE on a side is run as overlapping tiles (see `tile_spans`) and stitched."""
+        """Preprocessed images (B, 3, h, w) -> patch features (B, h/8, w/8, C); an image larger than TILE on a side
+        is run as overlapping tiles (see `tile_spans`) and stitched: memory stays bounded by the tile size."""
         b, _, h, w = batch.shape
         (th, rows), (tw, cols) = tile_spans(h), tile_spans(w)
         if len(rows) == len(cols) == 1:

@@ -44,10 +44,8 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Load an image as an HxWx3 uint8 RGB C-contiguous array.
-
-    Gray images are replicated to three channels, alpha is dropped, and 16-bit images are reduced to 8 bits by
-    keeping the high byte (`value >> 8`), with no rescaling to the range actually used by the image."""
+    """Load an image as an HxWx3 uint8 RGB C-contiguous array (`to_rgb8`: gray replicated to three channels, alpha
+    dropped, 16-bit images reduced to their high byte, with no rescaling to the range the image uses)."""
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)

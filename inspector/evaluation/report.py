@@ -26,8 +26,7 @@ MEMORY_SAMPLE_S = 0.05
 
 
 def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path | None = None,
-             progress: Progress = no_progress, cancel: threading.Event | None = None,
-             device: str = "cpu"):
+             progress: Progress = no_progress, cancel: threading.Event | None = None, device: str = "cpu"):
     """PatchCore, the station's method, on a category. Returns (report, model)."""
     method = PatchCore(settings, device)
     return evaluate_method(category_dir, method, plots_dir, progress, cancel), method.model

@@ -43,10 +43,7 @@ class Camera(Started):
                  stall_s: float = 5.0):
         if isinstance(source, str) and source.strip().isdigit():
             source = int(source)
-        self.source = source
-        self.fps = fps
-        self.reconnect_s = reconnect_s
-        self.stall_s = stall_s
+        self.source, self.fps, self.reconnect_s, self.stall_s = source, fps, reconnect_s, stall_s
         self._status = "stopped"
         self.last_error: str | None = None
         self._is_file = False

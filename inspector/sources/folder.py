@@ -56,8 +56,7 @@ class FolderWatcher(Started):
 
     def __init__(self, folder: str | Path, settle_s: float = 0.5, max_wait_s: float = 30.0):
         self.folder = Path(folder).resolve()
-        self.settle_s = settle_s
-        self.max_wait_s = max_wait_s
+        self.settle_s, self.max_wait_s = settle_s, max_wait_s
         self._lock = threading.Lock()
         self._pending: dict[Path, _Pending] = {}
         self._ready: OrderedDict[Path, float] = OrderedDict()  # path -> first seen; each path queued once
