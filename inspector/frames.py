@@ -16,8 +16,6 @@ from .data.images import save_image
 DEFAULT_LIMIT_GB = 2.0
 FOLDER = "ng_frames"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._#-]+")
-
-
 _STAMP = re.compile(r"^\d{8}-\d{6}\.\d{3}_")
 
 

@@ -36,6 +36,7 @@ from .store.results import InspectionRecord, NotLogged, ResultStore
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # how often verdicts that could not be logged are tried again
+SNAP_TIMEOUT_S = 2.0  # a triggered camera part without a frame by then is logged as an ERROR
 Message = Callable[[str, str], None]  # level ("info", "warning", "error"), text
 SourceStatus = Callable[[str, "str | None"], None]  # "live" | "lost", and why
 
@@ -421,9 +422,6 @@ def _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger
             if trigger is not None:
                 station.part_id = None
                 trigger.done()
-
-
-SNAP_TIMEOUT_S = 2.0  # a triggered camera part without a frame by then is logged as an ERROR
 
 
 def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Callable[[Outcome], None],

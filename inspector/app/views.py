@@ -20,6 +20,7 @@ from ..paths import bundle_dir
 
 RESOURCES = bundle_dir() / "resources"
 HEAT_SIZE = 256  # the anomaly map is smooth: painted at this size, stretched over the image
+DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
 # The heat scale runs from 0 (blue) to twice the threshold (red), in the JET colours of the saved
 # overlays (inspector.drawing). On screen it is transparent below half the threshold and fades
 # in up to the threshold, so a good part is not tinted blue all over.
@@ -79,9 +80,6 @@ def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
 
 def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
     return _scaled(image, size / max(image.shape[:2]))
-
-
-DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
 
 
 def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:

@@ -39,6 +39,8 @@ LEARNING_RATE = 0.05
 DICE_WEIGHT = 3.0
 DISTANCE_INPUTS = 3
 COMPONENTS = 96  # principal components of the standardised patch features the heads see
+SEPARABLE_AUROC = 0.75  # below this for the bank and the classifier alike,
+SEPARABLE_CAUGHT = 0.25  # with fewer caught than this, the defects look like good parts
 # How a defect's mask is drawn (`Heads.mask_map`): the segmentation probability over an absolute
 # threshold (models saved before the rule was chosen), or the segmentation's or the bank's map
 # over a share of its own peak; training picks the one with the best Dice on the known defects
@@ -225,14 +227,12 @@ def check_known_defects(defects: list[Example]) -> None:
             raise TrainingError(f"The mask of known defect {d.name or d.kind} is {d.mask.shape[1]} x {d.mask.shape[0]} "
                                 f"at the working size, but its image is {grid[1] * STRIDE} x {grid[0] * STRIDE}: "
                                 f"give each defect the mask of its own image (same size).")
+
+
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     """The chance that a positive scores above a negative (ties count half)."""
     diff = positives[:, None] - negatives[None, :]
     return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
-
-
-SEPARABLE_AUROC = 0.75  # below this for the bank and the classifier alike,
-SEPARABLE_CAUGHT = 0.25  # with fewer caught than this, the defects look like good parts
 
 
 def check_separable(good_bank, defect_bank, good_logits, defect_logits, bank_threshold: float,

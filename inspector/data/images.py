@@ -36,6 +36,9 @@ _JPEG_SIGNATURE = b"\xff\xd8"
 _TAIL = 32  # bytes before trailing zero padding searched for the JPEG end marker
 # JPEG start-of-frame markers (they carry the size): C0-CF but DHT (C4), JPG (C8), DAC (CC)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not a stuffed 0xFF)
+_TIFF_ORDER = {b"II*\x00": "<", b"MM\x00*": ">"}
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 6: 1, 7: 1, 3: 2, 8: 2, 4: 4, 9: 4, 11: 4, 5: 8, 10: 8, 12: 8}
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -195,9 +198,6 @@ def _jpeg_complete(data: bytes) -> bool:
     return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:] or any(m == 0xD9 for m, _ in _jpeg_markers(data))
 
 
-_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not a stuffed 0xFF)
-
-
 def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
     """(marker, offset) of the JPEG's markers in turn, over its segments and scans, until its
     structure breaks or the data ends."""
@@ -233,10 +233,6 @@ def _bmp_layout(data: bytes) -> tuple[int, int, int] | None:
     else:
         width, height = map(abs, struct.unpack("<ii", data[18:26]))
     return width, height, size
-
-
-_TIFF_ORDER = {b"II*\x00": "<", b"MM\x00*": ">"}
-_TIFF_TYPE_SIZE = {1: 1, 2: 1, 6: 1, 7: 1, 3: 2, 8: 2, 4: 4, 9: 4, 11: 4, 5: 8, 10: 8, 12: 8}
 
 
 def _tiff_layout(data: bytes) -> tuple[int | None, int | None, int] | None:
