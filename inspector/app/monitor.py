@@ -80,10 +80,6 @@ def banner_text(running: bool, source: str | None, reason: str | None, last: Ins
                                         f"Score {last.score:.4g}   Threshold {last.threshold:.4g}")
 
 
-def age_of(record: InspectionRecord) -> float:
-    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(record.time)).total_seconds())
-
-
 # ---- worker functions ----------------------------------------------------------------------
 def ng_thumbnail(image: np.ndarray, regions: list[dict]) -> np.ndarray:
     """An NG part for the strip: the image with its region boxes, small."""
@@ -695,8 +691,9 @@ class MonitorTab(QWidget):
         else:
             idle = "Press Start (F5) to inspect."
         last = self._last
-        state, word, detail = banner_text(self.running, *self._source_state, last,
-                                          age_of(last) if last else 0.0, self.stale.value(), idle)
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(last.time)).total_seconds() if last else 0.0
+        state, word, detail = banner_text(self.running, *self._source_state, last, max(0.0, age),
+                                          self.stale.value(), idle)
         if state != self.banner.property("verdict"):
             self.banner.setProperty("verdict", state)
             for widget in (self.banner, self.verdict, self.detail):  # restyled for the new state

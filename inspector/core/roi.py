@@ -3,7 +3,7 @@
 A region is a boolean mask over the whole image, True where to inspect; None inspects everything. It is stretched
 over every image like the image itself, so one region serves images of any size, and it is data, saved with the
 model. A patch counts when at least half of it lies in the region; patches outside never raise the image score and
-never produce boxes (see scoring.score).
+never produce boxes (see scoring.score_patches).
 
 Made from a mask image (white = inspect) or from shapes drawn on a part image: include areas (none: the whole
 image) minus exclude areas."""
