@@ -120,8 +120,7 @@ class Station:
         self._selected = model
 
     def follow(self) -> None:
-        """Between items: switch to the product selected, or to the product's newest saved
-        model version, if it changed."""
+        """Between items: switch to the product selected, or to the product's newest saved version."""
         selected, self._selected = self._selected, None
         if selected is not None:
             old = self.inspector.model
@@ -328,8 +327,7 @@ class Station:
         return self.inspector.prepare(image)  # the model now; a newer one prepares again
 
     def _sort(self, path: Path, verdict: str) -> str | None:
-        """Move the file into an OK/, NG/ or ERROR/ subfolder beside it, never over another
-        file. Returns what went wrong, if anything."""
+        """Move the file into an OK/, NG/ or ERROR/ folder beside it, over no file; returns what went wrong."""
         dest_dir = path.parent / verdict
         dest = None
         try:

@@ -83,8 +83,7 @@ def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
 
 
 def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:
-    """The image made small enough to paint, in a worker, with its boxes (x, y, w, h) scaled
-    with it; a small image as it is."""
+    """The image made small enough to paint (in a worker), with its (x, y, w, h) boxes scaled with it."""
     scale = DISPLAY_SIZE / max(image.shape[:2])
     if scale >= 1.0:
         return image, list(boxes)

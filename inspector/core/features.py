@@ -233,8 +233,7 @@ class FeatureExtractor:
         return out
 
     def preprocess(self, image: np.ndarray, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
-        """One RGB uint8 image (H, W, 3) -> normalised CHW float32 at the working size (h, w),
-        written into `out` (3, h, w) when given."""
+        """RGB uint8 (H, W, 3) -> normalised CHW float32 at the working size, into `out` when given."""
         small = self.resize(image, shape)
         if out is None:
             out = np.empty((3,) + tuple(shape), np.float32)

@@ -199,8 +199,7 @@ def _jpeg_complete(data: bytes) -> bool:
 
 
 def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
-    """(marker, offset) of the JPEG's markers in turn, over its segments and scans, until its
-    structure breaks or the data ends."""
+    """(marker, offset) of the JPEG's markers, over segments and scans, until its structure breaks."""
     at = 2
     while at + 2 <= len(data):
         if data[at] != 0xFF:

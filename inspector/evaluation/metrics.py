@@ -39,8 +39,7 @@ def _cumulative_at_thresholds(scores, *weights):
 
 
 def _area_up_to(x, y, limit):
-    """Trapezoid area under y(x) from x[0] to `limit`, interpolating y at `limit`.
-    x must be non-decreasing and start at or below `limit`."""
+    """Trapezoid area under y(x) (x non-decreasing) from x[0] up to `limit`, y interpolated there."""
     k = np.searchsorted(x, limit, side="right")
     if k < x.size:
         t = (limit - x[k - 1]) / (x[k] - x[k - 1])
@@ -129,8 +128,7 @@ def _ratio(num, den) -> float:
 
 
 def confusion(labels, scores, threshold: float) -> dict:
-    """Counts and rates of the verdicts `score >= threshold` (NG) against the labels.
-    A rate whose denominator is zero is reported as 0.0."""
+    """Counts and rates of the verdicts `score >= threshold` (NG) against the labels (a rate x / 0 is 0.0)."""
     labels, scores = _labels_and_scores(labels, scores)
     ng = scores >= threshold
     tp, fp = int(np.sum(ng & labels)), int(np.sum(ng & ~labels))

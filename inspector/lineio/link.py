@@ -90,8 +90,7 @@ class LineLink:
             self._listeners.append(on_result)
 
     def listen_select(self, on_select: Callable[[Model], None]) -> None:
-        """Hear every product the PLC selects: the model the line inspects from its next part
-        (called on the server's thread)."""
+        """Hear the model of every product the PLC selects (called on the server's thread)."""
         with self._lock:
             self._select_listeners.append(on_select)
 

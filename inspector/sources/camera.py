@@ -23,8 +23,7 @@ STOP_TIMEOUT_S = 2.0  # stop() waits this long for a read that does not return, 
 
 
 def _quiet_opencv() -> None:
-    """OpenCV's own warnings (one per failed open, every reconnect) off: the camera says what
-    is wrong once, in its status and last_error."""
+    """OpenCV's own warnings off (one per failed open): the camera says once, in status and last_error."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
