@@ -13,9 +13,8 @@ def utc_time(value: str | datetime) -> str:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(
-                f"{value!r} is not an ISO-8601 date/time (e.g. 2024-05-01 or 2024-05-01T13:30:00)"
-            ) from None
+            raise ValueError(f"{value!r} is not an ISO-8601 date/time (e.g. 2024-05-01 or "
+                             f"2024-05-01T13:30:00)") from None
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 

@@ -28,9 +28,8 @@ class InstanceLock:
             except OSError:  # Windows: the locked byte cannot be read either
                 holder = "another process"
             f.close()
-            raise StoreError(
-                f"Inspector is already running on this station's data ({self.path.parent}): {holder}. "
-                f"Use that window, or close it before starting another.") from None
+            raise StoreError(f"Inspector is already running on this station's data ({self.path.parent}): {holder}. "
+                             f"Use that window, or close it before starting another.") from None
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")

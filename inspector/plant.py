@@ -494,7 +494,6 @@ def plant_view(url: str, hours: float = 24, silent_s: float = SILENT_S) -> Plant
         s["silent"] = (now - s["last_seen"]).total_seconds() > silent_s
         s["products"] = [dict(zip(("product", "model_version", "model_id", "last_time"), p[1:]))
                          for p in products if p[0] == s["station"]]
-    return PlantView(
-        since, stations,
-        [_rates(dict(zip(("station", "product", "ok", "ng", "error"), r))) for r in counts],
-        [_rates(dict(zip(("hour", "ok", "ng", "error"), r))) for r in per_hour])
+    return PlantView(since, stations,
+                     [_rates(dict(zip(("station", "product", "ok", "ng", "error"), r))) for r in counts],
+                     [_rates(dict(zip(("hour", "ok", "ng", "error"), r))) for r in per_hour])

@@ -45,10 +45,9 @@ def require_export_extra(need: str) -> None:
     missing = [m for m in EXPORT_MODULES
                if (sys.modules[m] is None if m in sys.modules else importlib.util.find_spec(m) is None)]
     if missing:
-        raise BackboneError(
-            f"{need} needs torch (the export extra), which this installation does not have "
-            f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
-            f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU.")
+        raise BackboneError(f"{need} needs torch (the export extra), which this installation does not have "
+                            f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
+                            f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU.")
 
 
 @functools.cache

@@ -67,10 +67,8 @@ def load_image(path: str | Path) -> np.ndarray:
     except cv2.error as exc:
         raise ImageError(f"Cannot decode image {path}: {exc}".strip()) from exc
     if image is None:
-        raise ImageError(
-            f"Cannot decode {path}: not an image or an unsupported format "
-            f"(supported: {', '.join(sorted(IMAGE_SUFFIXES))})."
-        )
+        raise ImageError(f"Cannot decode {path}: not an image or an unsupported format "
+                         f"(supported: {', '.join(sorted(IMAGE_SUFFIXES))}).")
     _check_size(path, image.shape[1], image.shape[0])
     return to_rgb8(image, path)
 
@@ -272,10 +270,8 @@ def _check_complete(path: Path, data: bytes) -> None:
     if ((data.startswith(_PNG_SIGNATURE) and not _png_complete(data))
             or (data.startswith(_JPEG_SIGNATURE) and not _jpeg_complete(data))
             or (bmp is not None and bmp[2] > len(data)) or (tiff is not None and tiff[2] > len(data))):
-        raise IncompleteImage(
-            f"Image file {path} is truncated ({len(data)} bytes, its end is missing): "
-            "half-written or a failed copy. Copy it again."
-        )
+        raise IncompleteImage(f"Image file {path} is truncated ({len(data)} bytes, its end is missing): "
+                              "half-written or a failed copy. Copy it again.")
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -301,10 +297,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _check_size(path: Path, width: int, height: int) -> None:
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise ImageError(
-            f"Image {path} is {width}x{height} pixels, larger than the limit "
-            f"({MAX_SIDE} px per side, {MAX_PIXELS:.0e} pixels). Use a smaller image."
-        )
+        raise ImageError(f"Image {path} is {width}x{height} pixels, larger than the limit "
+                         f"({MAX_SIDE} px per side, {MAX_PIXELS:.0e} pixels). Use a smaller image.")
 
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:

@@ -134,14 +134,10 @@ def confusion(labels, scores, threshold: float) -> dict:
     tp, fp = int(np.sum(ng & labels)), int(np.sum(ng & ~labels))
     fn, tn = int(np.sum(~ng & labels)), int(np.sum(~ng & ~labels))
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "precision": precision,
-        "recall": recall,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "false_reject_rate": _ratio(fp, fp + tn),  # good parts judged NG
-        "escape_rate": _ratio(fn, fn + tp),  # defective parts judged OK
-    }
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision, "recall": recall,
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "false_reject_rate": _ratio(fp, fp + tn),  # good parts judged NG
+            "escape_rate": _ratio(fn, fn + tp)}  # defective parts judged OK
 
 
 def best_f1(labels, scores) -> tuple[float, float]:

@@ -48,8 +48,7 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
         labels = np.array([s.label for s in samples])
         scores = np.empty(len(samples))
         maps, masks = [], []  # at each image's working size
-        latencies = []
-        gallery = []
+        latencies, gallery = [], []
         batch_started = time.perf_counter()
         for i, s in enumerate(samples):
             check_cancel(cancel)
@@ -61,8 +60,8 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
                 maps.append(amap)  # at the working size, as the masks
                 h, w = amap.shape
                 masks.append(load_mask(s.mask_path, (w, h)) if s.mask_path is not None else np.zeros((h, w), bool))
-            if plots_dir is not None and amap is not None:
-                gallery.append((s, image, scores[i], amap))
+                if plots_dir is not None:
+                    gallery.append((s, image, scores[i], amap))
             progress("inspecting test images", i + 1, len(samples))
         batch_seconds = time.perf_counter() - batch_started
 
@@ -208,13 +207,10 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, method: M
         # As the station shows a result: an OK part without boxes, an NG part with them.
         regions = (find_regions(amap, report["pixel_threshold"], method.settings.min_region_area, (w, h))
                    if verdict == "NG" else [])
-        items.append({
-            "name": f"{s.defect_type}_{s.path.stem}", "image": image, "anomaly_map": amap,
-            "pred_mask": map_to_image(amap, w, h) >= report["pixel_threshold"], "gt_mask": gt,
-            "gt_boxes": _boxes(gt) if gt is not None else [],
-            "pred_boxes": [(r.x, r.y, r.w, r.h) for r in regions],
-            "score": score, "verdict": verdict,
-        })
+        items.append({"name": f"{s.defect_type}_{s.path.stem}", "image": image, "anomaly_map": amap,
+                      "pred_mask": map_to_image(amap, w, h) >= report["pixel_threshold"], "gt_mask": gt,
+                      "gt_boxes": _boxes(gt) if gt is not None else [],
+                      "pred_boxes": [(r.x, r.y, r.w, r.h) for r in regions], "score": score, "verdict": verdict})
     if items:
         plots.save_gallery(folder / "gallery", items, *heat_range(report["threshold"]))
 

@@ -114,9 +114,8 @@ class Camera(Started):
     def _start_reader(self, capture, status: str = "connecting") -> None:
         self._status = status
         self._stop = stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(capture, stop), name=f"Camera({self.source})", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(capture, stop), name=f"Camera({self.source})",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
