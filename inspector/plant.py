@@ -244,14 +244,11 @@ class Shipper:
             if not shipped:  # a report that the station is alive and has nothing behind
                 with self._con.transaction():
                     self._con.execute(_REPORT, (0, self.clock()))
-        except psycopg.Error as exc:
+        except (psycopg.Error, PlantError) as exc:
+            error = exc if isinstance(exc, PlantError) else _lost(self.url, exc)
             self._drop()
-            self._status.connected, self._status.error = False, str(_lost(self.url, exc))
-            raise _lost(self.url, exc) from None
-        except PlantError as exc:
-            self._drop()
-            self._status.connected, self._status.error = False, str(exc)
-            raise
+            self._status.connected, self._status.error = False, str(error)
+            raise error from None
         self._status.connected, self._status.error = True, None
         return shipped
 
