@@ -20,8 +20,8 @@ def utc_time(value: str | datetime) -> str:
 
 def text(value: str) -> str:
     """A string that can be stored, printed and written as UTF-8. File names that are not
-    valid UTF-8 (a Latin-1 name from a Windows share or a camera) reach Python with lone
-    surrogates; their bytes are shown as \\xNN escapes, e.g. 'caf\\xe9.png'."""
+    valid UTF-8 (Latin-1, from a Windows share or a camera) reach Python with lone
+    surrogates; their bytes show as \\xNN escapes, e.g. 'caf\\xe9.png'."""
     try:
         raw = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:

@@ -39,10 +39,9 @@ def check_regular(st: os.stat_result, path: str | Path, max_bytes: int) -> None:
 
 
 def read_regular(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of the regular file `path` (a link is followed), at most `max_bytes`.
-    Raises NotReadable (an OSError) for anything else, before opening it; the file is opened
-    non-blocking, so a named pipe swapped in between the check and the opening cannot block,
-    and checked again once open. Other OSErrors (missing, no permission) pass through."""
+    """The bytes of the regular file `path` (a link is followed), at most `max_bytes`. Raises NotReadable (an OSError)
+    for anything else, before opening it; the file is opened non-blocking, so a named pipe swapped in between the
+    check and the opening cannot block, and checked again once open. Other OSErrors pass through."""
     check_regular(os.stat(path), path, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb", buffering=0) as f:

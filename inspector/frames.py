@@ -20,9 +20,8 @@ _STAMP = re.compile(r"^\d{8}-\d{6}\.\d{3}_")
 
 
 def short_name(frame: str) -> str:
-    """A camera frame's one short name, 'parts.avi#13' for '/videos/parts.avi#13' (the
-    source's last part and the frame number; a stream's host too: 'cam_stream#12' for
-    'rtsp://cam/stream#12'): on screen, in the kept file's name."""
+    """A camera frame's short name, 'parts.avi#13' for '/videos/parts.avi#13' (the source's last part and the frame
+    number; a stream's host too: 'cam_stream#12' for 'rtsp://cam/stream#12'): on screen, in the kept file's name."""
     if "://" in frame:
         host, *path = frame.split("://", 1)[1].split("/")
         return f"{host}_{path[-1]}" if path and path[-1] else host

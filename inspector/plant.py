@@ -350,10 +350,10 @@ def newest_published(con: psycopg.Connection, product: str) -> int | None:
 
 
 def publish(url: str, changes: Changes, product: str, version: int | None = None) -> int:
-    """Publish a kept version of the product (default: its current one), checked in full, as
-    the product's next published version; returns that number (the number it already has
-    when the same files are the newest published). Two stations publishing at once get two
-    numbers. Only an engineer's login (inspector_engineer) may, for a user `changes` allows."""
+    """Publish a kept version of the product (default: the current one), checked in full, as the product's next
+    published version; returns that number (the one it has when the same files are the newest published). Two
+    stations publishing at once get two numbers. Only an engineer's login (inspector_engineer) may, for a user
+    `changes` allows."""
     changes.check("publish")
     models_dir, store = changes.models_dir, changes.store
     model = load_model(models_dir, product, version)
@@ -470,9 +470,8 @@ def _rates(row: dict) -> dict:
 
 
 def plant_view(url: str, hours: float = 24, silent_s: float = SILENT_S) -> PlantView:
-    """Stations (behind, silent, their clock, the model version of each product), and counts,
-    yield and NG rate per station and product and per hour over the last `hours`, from the
-    hourly counts (fast over any number of verdicts)."""
+    """Stations (behind, silent, their clock, each product's model version), and counts, yield and NG rate per station
+    and product and per hour over the last `hours`, from the hourly counts (fast over any number of verdicts)."""
     with connect(url) as con:
         try:
             now = con.execute("SELECT now()").fetchone()[0]

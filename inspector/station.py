@@ -425,9 +425,8 @@ def _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger
 def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Callable[[Outcome], None],
                  interval_s: float = 0.0, on_status: Callable[[str, str | None], None] | None = None,
                  snap: Trigger | None = None) -> None:
-    """Inspect the newest camera frame continuously (at most one per `interval_s`), or one
-    frame per trigger of `snap` if given, until `stop` is set or a video file ends (its last
-    frame is inspected too, however long the one before took)."""
+    """Inspect the newest camera frame continuously (at most one per `interval_s`), or one per trigger of `snap`,
+    until `stop` is set or a video file ends (its last frame too, however long the one before took)."""
     status = None
     while not stop.is_set():
         current = camera.status

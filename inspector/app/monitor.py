@@ -88,9 +88,9 @@ def ng_thumbnail(image: np.ndarray, regions: list[dict]) -> np.ndarray:
 
 
 def _shown(outcome: Outcome) -> tuple:
-    """What the GUI paints of an outcome, made ready in the worker: the small image with its boxes
+    """What the GUI paints of an outcome, made ready in the worker: the image, small, with its boxes
     and those accepted for their size, the small heatmaps (the bank's; the classifier's, or None
-    without defect heads), and the thumbnail of an NG part."""
+    without defect heads), and an NG part's thumbnail."""
     result = outcome.result
     if result is None:
         return outcome, None, None

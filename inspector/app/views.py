@@ -231,9 +231,8 @@ class ProgressPanel(QWidget):
         return 0.0 if self._started is None else time.monotonic() - self._started
 
     def begin(self, text: str, steps: int = 0) -> None:
-        """Start (or, with the clock running, go on with) work described by `text`, done in
-        `steps` stages (0: one): the time left is then said of the stage under way, as
-        'step i of n' (a stage's time says nothing of the stages after it)."""
+        """Start (or, with the clock running, go on with) work described by `text`, done in `steps` stages (0: one):
+        the time left is then said of the stage under way, as 'step i of n'."""
         self._stage = None
         if steps or not self._clock.isActive():
             self._steps, self._seen = steps, []

@@ -64,10 +64,9 @@ def anomaly_map(scores: np.ndarray) -> np.ndarray:
 
 
 def score_patches(scores: np.ndarray, roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """(h, w) patch distances -> (image score, anomaly map). Every patch in the inspection
-    region counts, the border ones too; the image score is the largest. Patches outside the
-    region (see core.roi) count as 0, and the map is 0 outside it, so they never raise the
-    score nor make a box. Calibration calls this too: a new region needs no features."""
+    """(h, w) patch distances -> (image score, anomaly map). Every patch in the inspection region counts, the border
+    ones too; the image score is the largest. Patches outside the region count as 0, and the map is 0 outside it,
+    so they never raise the score nor make a box. Calibration calls this too: a new region needs no features."""
     if roi is None:
         return float(scores.max()), anomaly_map(scores)
     scores = np.where(patch_mask(roi, scores.shape), scores, np.float32(0.0))

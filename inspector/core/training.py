@@ -64,9 +64,9 @@ def _decoded_shapes(paths: list[Path]) -> list[tuple[int, int]]:
 
 def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: Settings,
                      progress: Progress = no_progress, cancel: threading.Event | None = None) -> GoodFeatures:
-    """Load (in a background thread, ahead of the backbone) and extract every image at its
-    working size (`settings.working_shape`); consecutive images of one working size go through
-    the backbone together, at most BATCH of them and BATCH_PIXELS working pixels (memory). Unreadable files are skipped and listed, never fatal on their own."""
+    """Load (a thread reads ahead of the backbone) and extract every image at its working size (settings.working_shape);
+    consecutive images of one working size go through the backbone together, at most BATCH of them and BATCH_PIXELS
+    working pixels (memory). Unreadable files are skipped and listed, never fatal alone."""
     paths = [Path(p) for p in paths]
     feats, used, skipped = [], [], []
     batch: list = []
@@ -98,9 +98,8 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: S
 
 
 def calibrate(grids: list[np.ndarray], roi: np.ndarray | None, method: str) -> Calibration:
-    """The calibration from good images' patch distances to banks without them, scored through
-    the inspection path (scoring.score_patches) in the inspection region; the pixel statistics
-    are those of the anomaly maps inside the region."""
+    """The calibration from good images' patch distances to banks without them, scored as the line scores
+    (scoring.score_patches) in the inspection region, whose anomaly maps give the pixel statistics."""
     scores, total, total_sq, count = [], 0.0, 0.0, 0
     for grid in grids:
         image_score, amap = score_patches(grid, roi)
@@ -195,12 +194,12 @@ def with_roi(model: Model, roi: np.ndarray | None) -> Model:
 
 
 def teach(model: Model, features: list[np.ndarray], what: str = "") -> tuple[Model, list[float]]:
-    """Good parts the line rejected, as patch features (one (h, w, C) array each), join the model without reading any
-    other image. Each is scored against the current bank (a bank without it, as a calibration image is) and joins
-    the calibration with that score. Its patches in the region that lie farther from the bank than the typical good
-    image's score (the median of the calibration) join the bank, farthest first, each one covering the ones near it
-    (a greedy coreset extension), so that afterwards it scores at most that much. Returns the unsaved model and the
-    images' scores before teaching."""
+    """Good parts the line rejected, as patch features (one (h, w, C) array each), join the model. Each is scored
+    against the current bank (a bank without it, as a calibration image is) and joins the calibration with that
+    score. Its patches in the region that lie farther from the bank than the typical good image's score (the median
+    of the calibration) join the bank, farthest first, each one covering the ones near it (a greedy coreset
+    extension), so that afterwards it scores at most that much. Returns the unsaved model and the images' scores
+    before teaching."""
     grids = _needs_patch_scores(model, "teaching")
     bank = model.memory_bank
     features = [np.asarray(f, np.float32) for f in features]

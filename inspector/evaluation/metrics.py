@@ -100,9 +100,9 @@ def pixel_auroc(masks, maps) -> float:
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve for FPR in [0, fpr_limit], divided by
-    fpr_limit (MVTec AD). Regions are the 8-connected components of each mask; the FPR
-    counts the pixels outside every mask over all images, good ones included."""
+    """Area under the per-region-overlap curve for FPR in [0, fpr_limit], over fpr_limit (MVTec AD). Regions are the
+    8-connected components of each mask; the FPR counts the pixels outside every mask over all images, good ones
+    included."""
     masks, maps = _masks_and_maps(masks, maps)
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
@@ -180,9 +180,8 @@ def per_type_auroc(types, labels, scores) -> dict[str, float]:
 
 
 def binomial_interval(rate: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The central `level` interval of the share of n parts that a rate predicts: the binomial
-    quantiles (lo, hi) / n of Binomial(n, rate), exact. A measured share of n parts outside it
-    says the prediction did not come true (at that level)."""
+    """The central `level` interval of the share of n parts that a rate predicts: the binomial quantiles (lo, hi) / n
+    of Binomial(n, rate), exact. A measured share of n parts outside it says the prediction did not come true."""
     import math
 
     if n <= 0:

@@ -40,9 +40,8 @@ def _gallery_panel(item, vmin, vmax):
 
 
 def save_gallery(folder, items, vmin: float, vmax: float, max_items=None) -> list[Path]:
-    """Write one PNG per item (see `_gallery_panel`) into folder, at most max_items, named
-    `<index>_<name>.png`; every heatmap uses the same vmin, vmax. Returns the paths.
-    Boxes are (x, y, w, h): ground truth in yellow, predicted in red."""
+    """Write one PNG per item (`_gallery_panel`) into folder, at most max_items, named `<index>_<name>.png`; all
+    heatmaps share vmin, vmax. Returns the paths. Boxes are (x, y, w, h): ground truth in yellow, predicted in red."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

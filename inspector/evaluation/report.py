@@ -114,9 +114,8 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
 
 
 class PeakMemory:
-    """The most resident memory the process holds above what it held at the start (after
-    freed memory went back to the system), sampled every SAMPLE_S seconds by a thread; None
-    where the system does not tell (it is read from /proc/self/statm)."""
+    """The most resident memory the process holds above what it held at the start (after freed memory went back to the
+    system), sampled every SAMPLE_S seconds by a thread; None where /proc/self/statm does not tell."""
 
     def __enter__(self):
         gc.collect()
