@@ -7,8 +7,7 @@ from datetime import datetime, timezone
 
 
 def utc_time(value: str | datetime) -> str:
-    """``value`` as the log's time format: ISO-8601 UTC with milliseconds.
-    Naive values (no offset) are local time, as in ``datetime.astimezone``."""
+    """``value`` in the log's time format, ISO-8601 UTC with ms; a naive value is local time (``astimezone``)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)

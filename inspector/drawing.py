@@ -18,8 +18,7 @@ def heat_range(threshold: float) -> tuple[float, float]:
 
 
 def map_to_image(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
-    """An anomaly map (kept at the model's size) stretched bilinearly over a width x height
-    image: made only where a result is drawn at the image's size."""
+    """An anomaly map (kept at the model's size) stretched bilinearly over a width x height image, to draw."""
     anomaly_map = np.asarray(anomaly_map, np.float32)
     if anomaly_map.shape == (height, width):
         return anomaly_map
@@ -41,8 +40,7 @@ def overlay_heatmap(image, anomaly_map, vmin: float, vmax: float, alpha: float =
 
 
 def draw_boxes(image, boxes, color, thickness: int = 2):
-    """Copy of the image with a rectangle of `color` (in the image's channel order) around
-    every (x, y, w, h) box; the rectangle's outer edge is the box's edge."""
+    """A copy of the image with a `color` rectangle whose outer edge is each (x, y, w, h) box's edge."""
     out = np.array(image, np.uint8, copy=True)
     for x, y, w, h in boxes:
         cv2.rectangle(out, (int(x), int(y)), (int(x + w - 1), int(y + h - 1)), color, thickness)

@@ -62,8 +62,7 @@ class FrameKeeper:
             return sum(size for _, size in self._index())
 
     def keep(self, image: np.ndarray, name: str) -> Path:
-        """Save the frame as `name` in the folder, then drop the oldest frames over the limit.
-        Raises OSError or ImageError when it cannot be written."""
+        """Save the frame as `name`, then drop the oldest frames over the limit; OSError or ImageError if it cannot."""
         with self._lock:
             files = self._index()
             self.folder.mkdir(parents=True, exist_ok=True)

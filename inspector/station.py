@@ -64,8 +64,7 @@ class Outcome:
 
 
 def inspector_for(model: Model, device: str = "cpu", extractors: dict | None = None) -> Inspector:
-    """An Inspector for the model; a backbone already built with the same arguments (kept
-    in `extractors`) is reused, since building one loads a graph."""
+    """An Inspector for the model, reusing a backbone built with the same arguments (kept in `extractors`)."""
     if extractors is None:
         return Inspector(model, device)
     s = model.settings
@@ -115,8 +114,7 @@ class Station:
 
     # ---- the model -----------------------------------------------------------------------
     def select(self, model: Model) -> None:
-        """Inspect another product (its model loaded and checked by the caller, the change
-        recorded: services.select_product) from the next item on. Thread-safe."""
+        """Inspect another product (model checked, change recorded: services.select_product) from the next item."""
         self._selected = model
 
     def follow(self) -> None:
@@ -314,8 +312,7 @@ class Station:
         return outcome
 
     def inspect_files(self, paths: Iterable[str | Path], cancel: threading.Event | None = None) -> Iterator[Outcome]:
-        """Inspect many files; the next file is read and made ready for the backbone (resized,
-        normalised) by a reader thread while the current one is scored."""
+        """Inspect many files; a reader thread reads and prepares the next one while the current one is scored."""
         for path, image in read_ahead(paths, prepare=self._prepare):
             if cancel is not None and cancel.is_set():
                 return

@@ -53,8 +53,7 @@ class Worker(QObject):
         return self in Worker.running
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
-        """Ask the function to stop; with `wait`, join the thread (up to `timeout` seconds)
-        and deliver what it sent. Returns whether the thread has ended."""
+        """Ask the function to stop; with `wait`, join it (up to `timeout` s) and deliver what it sent. True: ended."""
         self.cancel.set()
         if wait:
             self._thread.join(timeout)

@@ -21,8 +21,7 @@ _MAX_BYTES = 1 << 20
 
 
 def product_numbers(models_dir: str | Path) -> dict[str, int]:
-    """The number of every product in the models folder (a number given to a product that
-    has none yet is recorded first), in number order."""
+    """The number of every product in the models folder, in number order (a product without one is given one)."""
     root = Path(models_dir)
     products = _products(root)
     if not products:

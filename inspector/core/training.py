@@ -112,8 +112,7 @@ def calibrate(grids: list[np.ndarray], roi: np.ndarray | None, method: str) -> C
 
 
 def folds_of(n: int, seed: int) -> list[np.ndarray]:
-    """The calibration's folds: a seeded split of n images into FOLDS groups (leave-one-out
-    below FOLDS images); every image is in exactly one."""
+    """The calibration's folds: n images seeded into FOLDS groups (leave-one-out below FOLDS), each in one."""
     return [np.sort(f) for f in np.array_split(np.random.default_rng(seed).permutation(n), min(n, FOLDS))]
 
 

@@ -133,8 +133,7 @@ def file_key(path: str | Path) -> str:
 
 
 def to_rgb8(image: np.ndarray, name: str | Path = "image") -> np.ndarray:
-    """Convert an OpenCV array (gray, BGR or BGRA; 8 or 16 bit) to HxWx3 uint8 RGB.
-    16-bit values keep their high byte (`>> 8`). `name` goes into the error message."""
+    """An OpenCV gray, BGR or BGRA array (8 bit, or 16: its high byte) as HxWx3 uint8 RGB; `name` for errors."""
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -302,8 +301,7 @@ def _check_size(path: Path, width: int, height: int) -> None:
 
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:
-    """(height, width) of an image file from its header, without decoding it; None when the
-    header cannot be read (loading the file then says why)."""
+    """(height, width) of an image file from its header, not decoded; None when unreadable (loading says why)."""
     try:
         from PIL import Image
 

@@ -61,8 +61,7 @@ class MVTecCategory:
 
 
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A ground-truth mask as a bool HxW array (any non-zero pixel is defect),
-    optionally resized with nearest neighbour to `size` = (width, height)."""
+    """A ground-truth mask as a bool HxW array (non-zero: defect), resized (nearest) to `size` = (w, h)."""
     mask = load_image(path)[:, :, 0]
     if size is not None:
         mask = cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST)

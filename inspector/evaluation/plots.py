@@ -89,8 +89,7 @@ def plot_roc_panels(path, panels: dict) -> None:
 
 
 def plot_score_histogram(path, good_scores, defect_scores, threshold: float, title: str) -> None:
-    """Overlapping histograms of good (green) and defect (red) scores on shared bins,
-    with the threshold as a dashed vertical line. Either score list may be empty."""
+    """Histograms of good (green) and defect (red) scores, either may be empty, with a dashed threshold line."""
     good_scores = np.asarray(good_scores, float).ravel()
     defect_scores = np.asarray(defect_scores, float).ravel()
     bins = np.histogram_bin_edges(np.concatenate([good_scores, defect_scores, [threshold]]), 40)

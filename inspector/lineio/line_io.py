@@ -20,8 +20,7 @@ OPCUA_PORT, MODBUS_PORT, MQTT_PORT = 4840, 502, 1883
 
 
 def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """'HOST:PORT', 'PORT' or 'HOST' as (host, port); the host defaults to 127.0.0.1 (this
-    machine only), the port to `default_port`."""
+    """'HOST:PORT', 'PORT' or 'HOST' as (host, port); 127.0.0.1 (this machine only) and `default_port` by default."""
     host, colon, port = str(text).strip().rpartition(":")
     if not colon:
         host, port = ("", port) if port.isdigit() else (port, "")

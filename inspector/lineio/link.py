@@ -25,8 +25,7 @@ STATES = ("stopped", "ready", "busy", "error")  # as OPC 40100 names a vision sy
 
 
 class LineIOError(InspectorError):
-    """A PLC's request cannot be carried out (the line is stopped, an unknown product number),
-    or a server cannot listen on its port."""
+    """A PLC's request cannot be carried out (line stopped, unknown product number), or a port cannot be listened on."""
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,7 @@ async def _cancel_tasks() -> None:
 
 
 class LoopServer(Started):
-    """A server of the line on a LoopThread of its own: `_start()` and `_stop()` (coroutines) run
-    on it; `kind` names it in the thread's name and in messages."""
+    """A server of the line running `_start()` and `_stop()` on a LoopThread of its own; `kind` names it."""
     kind = ""
 
     def __init__(self, link, port: int, host: str = "127.0.0.1"):

@@ -148,8 +148,7 @@ class MqttShipper(Started):
                 self._stop.wait(RETRY_S)
 
     def _send(self, rows: list[tuple[int, dict]]) -> bool:
-        """Publish the rows and wait until the broker has acknowledged each (paho sends them
-        again after a reconnection); False when stopped first."""
+        """Publish the rows, wait for the broker's acknowledgement of each (paho resends); False when stopped first."""
         with self._cond:
             self._acked.clear()
         mids = {self._client.publish(result_topic(self.station, row["product"]),

@@ -84,13 +84,11 @@ class Camera(Started):
 
     @property
     def frame_number(self) -> int:
-        """Number of the frame last handed out by latest() or snap(): frames read from the
-        source since start (1, 2, …), whichever of the two handed it out."""
+        """Number of the frame last handed out by latest() or snap(): frames read since start (1, 2, …)."""
         return self._taken
 
     def start(self) -> None:
-        """Start reading. A video file that is missing or unreadable raises SourceError;
-        live sources that cannot be opened are retried in the background."""
+        """Start reading; SourceError for a bad video file (a live source that cannot be opened keeps retrying)."""
         if self.running:
             return
         _quiet_opencv()
