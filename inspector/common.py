@@ -1,5 +1,5 @@
 """Small helpers every layer uses: the log's time format, text that can always be stored and
-printed, the station user's login name, and the yield."""
+printed, the station user's login name, the yield, and `with` for what starts and stops."""
 from __future__ import annotations
 
 import getpass
@@ -7,22 +7,20 @@ from datetime import datetime, timezone
 
 
 def utc_time(value: str | datetime) -> str:
-    """``value`` as the log's time format: ISO-8601 UTC with milliseconds.
-    Naive values (no offset) are local time, as in ``datetime.astimezone``."""
+    """``value`` in the log's time format, ISO-8601 UTC with ms; a naive value is local time (``astimezone``)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(
-                f"{value!r} is not an ISO-8601 date/time (e.g. 2024-05-01 or 2024-05-01T13:30:00)"
-            ) from None
+            raise ValueError(f"{value!r} is not an ISO-8601 date/time (e.g. 2024-05-01 or "
+                             f"2024-05-01T13:30:00)") from None
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def text(value: str) -> str:
     """A string that can be stored, printed and written as UTF-8. File names that are not
-    valid UTF-8 (a Latin-1 name from a Windows share or a camera) reach Python with lone
-    surrogates; their bytes are shown as \\xNN escapes, e.g. 'caf\\xe9.png'."""
+    valid UTF-8 (Latin-1, from a Windows share or a camera) reach Python with lone
+    surrogates; their bytes show as \\xNN escapes, e.g. 'caf\\xe9.png'."""
     try:
         raw = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
@@ -41,3 +39,14 @@ def login_name() -> str:
 def yield_rate(ok: int, ng: int) -> float | None:
     """The yield: OK of the judged parts (OK + NG; errors are not judged), None before any."""
     return ok / (ok + ng) if ok + ng else None
+
+
+class Started:
+    """`with thing:` starts it (`start()`) and stops it (`stop()`) after."""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

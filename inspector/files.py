@@ -1,7 +1,6 @@
-"""Reading a file that anyone with access to a shared folder may have put there: only a
-regular file is read (never a named pipe, a device such as /dev/zero, a socket or a folder,
-also not through a link), and only up to a size limit that is checked before reading. And an
-exclusive lock on a file, shared by every process that uses it."""
+"""Reading a file that anyone with access to a shared folder may have put there: only a regular file is read (never a
+named pipe, a device such as /dev/zero, a socket or a folder, also not through a link), and only up to a size limit
+that is checked before reading. And an exclusive lock on a file, shared by every process that uses it."""
 from __future__ import annotations
 
 import logging
@@ -40,10 +39,9 @@ def check_regular(st: os.stat_result, path: str | Path, max_bytes: int) -> None:
 
 
 def read_regular(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of the regular file `path` (a link is followed), at most `max_bytes`.
-    Raises NotReadable (an OSError) for anything else, before opening it; the file is opened
-    non-blocking, so a named pipe swapped in between the check and the opening cannot block,
-    and checked again once open. Other OSErrors (missing, no permission) pass through."""
+    """The bytes of the regular file `path` (a link is followed), at most `max_bytes`. Raises NotReadable (an OSError)
+    for anything else, before opening it; the file is opened non-blocking, so a named pipe swapped in between the
+    check and the opening cannot block, and checked again once open. Other OSErrors pass through."""
     check_regular(os.stat(path), path, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb", buffering=0) as f:

@@ -16,15 +16,12 @@ from .data.images import save_image
 DEFAULT_LIMIT_GB = 2.0
 FOLDER = "ng_frames"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._#-]+")
-
-
 _STAMP = re.compile(r"^\d{8}-\d{6}\.\d{3}_")
 
 
 def short_name(frame: str) -> str:
-    """A camera frame's one short name, 'parts.avi#13' for '/videos/parts.avi#13' (the
-    source's last part and the frame number; a stream's host too: 'cam_stream#12' for
-    'rtsp://cam/stream#12'): on screen, in the kept file's name."""
+    """A camera frame's short name, 'parts.avi#13' for '/videos/parts.avi#13' (the source's last part and the frame
+    number; a stream's host too: 'cam_stream#12' for 'rtsp://cam/stream#12'): on screen, in the kept file's name."""
     if "://" in frame:
         host, *path = frame.split("://", 1)[1].split("/")
         return f"{host}_{path[-1]}" if path and path[-1] else host
@@ -65,8 +62,7 @@ class FrameKeeper:
             return sum(size for _, size in self._index())
 
     def keep(self, image: np.ndarray, name: str) -> Path:
-        """Save the frame as `name` in the folder, then drop the oldest frames over the limit.
-        Raises OSError or ImageError when it cannot be written."""
+        """Save the frame as `name`, then drop the oldest frames over the limit; OSError or ImageError if it cannot."""
         with self._lock:
             files = self._index()
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
-"""One station per data folder: a second window on the same result log would count the same
-watched folder twice. The first instance holds an OS file lock (released by the OS when the
-process ends, however it ends, so a crash leaves no stale lock) and writes its process id
-and start time into the lock file for the refusal message."""
+"""One station per data folder: a second window on the same result log would count the same watched folder twice. The
+first instance holds an OS file lock (released by the OS when the process ends, however it ends, so a crash leaves
+no stale lock) and writes its process id and start time into the lock file for the refusal message."""
 from __future__ import annotations
 
 import os
@@ -29,9 +28,8 @@ class InstanceLock:
             except OSError:  # Windows: the locked byte cannot be read either
                 holder = "another process"
             f.close()
-            raise StoreError(
-                f"Inspector is already running on this station's data ({self.path.parent}): {holder}. "
-                f"Use that window, or close it before starting another.") from None
+            raise StoreError(f"Inspector is already running on this station's data ({self.path.parent}): {holder}. "
+                             f"Use that window, or close it before starting another.") from None
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -42,8 +42,7 @@ def start_log_file(folder: str | Path) -> Path | None:
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = _LogFile(path, maxBytes=MAX_BYTES, backupCount=BACKUPS,
-                                                       encoding="utf-8", errors="backslashreplace")
+        handler = _LogFile(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         print(f"WARNING cannot write the log file {path}: {exc}", file=sys.stderr)
         return None

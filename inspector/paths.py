@@ -11,6 +11,7 @@ from pathlib import Path
 
 APP_NAME = "Inspector"
 DB_NAME = "inspections.db"
+SHIPPED_GRAPHS = Path(__file__).resolve().parent / "core" / "graphs"  # package data
 
 
 def is_frozen() -> bool:
@@ -50,9 +51,6 @@ def default_models_dir() -> Path:
 def default_db_path(models_dir: Path | None = None) -> Path:
     """The result log lives beside the models folder."""
     return (models_dir or default_models_dir()).resolve().parent / DB_NAME
-
-
-SHIPPED_GRAPHS = Path(__file__).resolve().parent / "core" / "graphs"  # package data
 
 
 def backbone_dirs() -> list[Path]:

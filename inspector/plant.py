@@ -1,24 +1,20 @@
-"""The plant database (PostgreSQL, psycopg 3): every station's verdicts and events in one
-place, and product models shared between stations. Protocol code at the edge: the core,
-the store and the services never import psycopg.
+"""The plant database (PostgreSQL, psycopg 3): every station's verdicts and events in one place, and product models
+shared between stations. Protocol code at the edge: the core, the store and the services never import psycopg.
 
-- Shipping: the station's SQLite log stays the source of truth and is the outbox. The
-  Shipper reads it in row order after its bookmark (the log's `outbox` table, one row per
-  table: 'plant.inspections', 'plant.events') and inserts batches keyed by (station, local
-  row id) with ON CONFLICT DO NOTHING, in one transaction each; the bookmark moves only
-  after the commit, so a crash or an outage delays rows and never loses or doubles them.
-  A station's name in the plant is its database login (row-level security, see
-  plant_schema.sql).
-- Models: an engineer publishes a kept version (its two files, their checksum, who, when);
-  a station lists them and installs one, checked against the checksum and in full before it
-  becomes the product's new local version (Changes.install). Following a product,
-  the shipper installs each newly published version, and the line switches to it between
-  two parts.
+- Shipping: the station's SQLite log stays the source of truth and is the outbox. The Shipper reads it in row order
+  after its bookmark (the log's `outbox` table, one row per table: 'plant.inspections', 'plant.events') and inserts
+  batches keyed by (station, local row id) with ON CONFLICT DO NOTHING, in one transaction each; the bookmark moves
+  only after the commit, so a crash or an outage delays rows and never loses or doubles them. A station's name in
+  the plant is its database login (row-level security, see plant_schema.sql).
+- Models: an engineer publishes a kept version (its two files, their checksum, who, when); a station lists them and
+  installs one, checked against the checksum and in full before it becomes the product's new local version
+  (Changes.install). Following a product, the shipper installs each newly published version, and the line switches
+  to it between two parts.
 - The plant view: stations, model versions, counts, yield and NG rate per hour and per station.
 
-The connection comes from a URL (`--plant`, or INSPECTOR_PLANT); its password from libpq's
-password file (~/.pgpass, PGPASSFILE) or PGPASSWORD, never from the URL; libpq's TLS
-options (sslmode=verify-full, sslrootcert=...) in the URL are passed through."""
+The connection comes from a URL (`--plant`, or INSPECTOR_PLANT); its password from libpq's password file
+(~/.pgpass, PGPASSFILE) or PGPASSWORD, never from the URL; libpq's TLS options (sslmode=verify-full,
+sslrootcert=...) in the URL are passed through."""
 from __future__ import annotations
 
 import hashlib
@@ -248,14 +244,11 @@ class Shipper:
             if not shipped:  # a report that the station is alive and has nothing behind
                 with self._con.transaction():
                     self._con.execute(_REPORT, (0, self.clock()))
-        except psycopg.Error as exc:
+        except (psycopg.Error, PlantError) as exc:
+            error = exc if isinstance(exc, PlantError) else _lost(self.url, exc)
             self._drop()
-            self._status.connected, self._status.error = False, str(_lost(self.url, exc))
-            raise _lost(self.url, exc) from None
-        except PlantError as exc:
-            self._drop()
-            self._status.connected, self._status.error = False, str(exc)
-            raise
+            self._status.connected, self._status.error = False, str(error)
+            raise error from None
         self._status.connected, self._status.error = True, None
         return shipped
 
@@ -357,10 +350,10 @@ def newest_published(con: psycopg.Connection, product: str) -> int | None:
 
 
 def publish(url: str, changes: Changes, product: str, version: int | None = None) -> int:
-    """Publish a kept version of the product (default: its current one), checked in full, as
-    the product's next published version; returns that number (the number it already has
-    when the same files are the newest published). Two stations publishing at once get two
-    numbers. Only an engineer's login (inspector_engineer) may, for a user `changes` allows."""
+    """Publish a kept version of the product (default: the current one), checked in full, as the product's next
+    published version; returns that number (the one it has when the same files are the newest published). Two
+    stations publishing at once get two numbers. Only an engineer's login (inspector_engineer) may, for a user
+    `changes` allows."""
     changes.check("publish")
     models_dir, store = changes.models_dir, changes.store
     model = load_model(models_dir, product, version)
@@ -477,9 +470,8 @@ def _rates(row: dict) -> dict:
 
 
 def plant_view(url: str, hours: float = 24, silent_s: float = SILENT_S) -> PlantView:
-    """Stations (behind, silent, their clock, the model version of each product), and counts,
-    yield and NG rate per station and product and per hour over the last `hours`, from the
-    hourly counts (fast over any number of verdicts)."""
+    """Stations (behind, silent, their clock, each product's model version), and counts, yield and NG rate per station
+    and product and per hour over the last `hours`, from the hourly counts (fast over any number of verdicts)."""
     with connect(url) as con:
         try:
             now = con.execute("SELECT now()").fetchone()[0]
@@ -498,7 +490,6 @@ def plant_view(url: str, hours: float = 24, silent_s: float = SILENT_S) -> Plant
         s["silent"] = (now - s["last_seen"]).total_seconds() > silent_s
         s["products"] = [dict(zip(("product", "model_version", "model_id", "last_time"), p[1:]))
                          for p in products if p[0] == s["station"]]
-    return PlantView(
-        since, stations,
-        [_rates(dict(zip(("station", "product", "ok", "ng", "error"), r))) for r in counts],
-        [_rates(dict(zip(("hour", "ok", "ng", "error"), r))) for r in per_hour])
+    return PlantView(since, stations,
+                     [_rates(dict(zip(("station", "product", "ok", "ng", "error"), r))) for r in counts],
+                     [_rates(dict(zip(("hour", "ok", "ng", "error"), r))) for r in per_hour])

@@ -1,18 +1,17 @@
-"""The station's signing key: 32 random bytes in `station.key` (hex, permissions 0600) in
-the station's data folder, the folder that holds the models folder, beside the result log
-and accounts.json. It is created on first use. Whoever holds it can sign models (see
-core.model_store); whoever can only write the models folder cannot. Deleting it makes every
-model unsigned: an engineer then re-signs them (inspector models --resign).
+"""The station's signing key: 32 random bytes in `station.key` (hex, permissions 0600) in the station's data folder,
+the folder that holds the models folder, beside the result log and accounts.json. It is created on first use.
+Whoever holds it can sign models (see core.model_store); whoever can only write the models folder cannot. Deleting
+it makes every model unsigned: an engineer then re-signs them (inspector models --resign).
 
-Stations that share models (the plant database, a copied models folder) verify each
-other's signatures when they hold one key, the plant's: `export_key` writes this station's
-key to a file, `import_key` makes a key file this station's key (services.import_key
-re-signs what the old key had signed)."""
+Stations that share models (the plant database, a copied models folder) verify each other's signatures when they
+hold one key, the plant's: `export_key` writes this station's key to a file, `import_key` makes a key file this
+station's key (services.import_key re-signs what the old key had signed)."""
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+from contextlib import suppress
 from pathlib import Path
 
 from .errors import ModelError
@@ -28,30 +27,20 @@ def key_path(models_dir: str | Path) -> Path:
 def station_key(models_dir: str | Path) -> bytes:
     """The key of the station whose models are in `models_dir`, created when there is none."""
     path = key_path(models_dir)
-    try:
+    with suppress(FileNotFoundError):
         return _read(path)
-    except FileNotFoundError:
-        pass
     tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
+        _write_new(tmp, secrets.token_bytes(32))
+        with suppress(FileExistsError):
             os.link(tmp, path)  # only if there is none yet: two first uses agree on one key
-        except FileExistsError:
-            pass
     except OSError as exc:
         raise ModelError(f"Cannot create the station's signing key {path} ({exc}): models cannot be "
                          f"signed or checked. Make the data folder writable.") from exc
     finally:
-        try:
+        with suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
     return _read(path)
 
 
@@ -109,10 +98,8 @@ def import_key(models_dir: str | Path, key: bytes) -> bytes:
     except OSError as exc:
         raise ModelError(f"Cannot replace the station's signing key {path} ({exc}); it is unchanged.") from exc
     finally:
-        try:
+        with suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
     return old
 
 

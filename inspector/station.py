@@ -1,12 +1,11 @@
-"""The inspection line: frames from a source go through an Inspector into the sinks (the
-result log, OK/NG sorting of files, an archive of heatmap overlays). Every frame ends as one
-logged verdict, OK, NG or ERROR with its reason; no failure of one item stops the line.
+"""The inspection line: frames from a source go through an Inspector into the sinks (the result log, OK/NG sorting of
+files, an archive of heatmap overlays). Every frame ends as one logged verdict, OK, NG or ERROR with its reason; no
+failure of one item stops the line.
 
-Each item is inspected with one immutable model, and its record holds that model's id,
-version and the threshold that decided it. With a models folder, the line follows the
-product: between items it switches to a newer saved version (a retraining, a new
-tolerance) and says so. Used by the CLI and, from worker threads, by the GUI, through
-inspector.services."""
+Each item is inspected with one immutable model, and its record holds that model's id, version and the threshold
+that decided it. With a models folder, the line follows the product: between items it switches to a newer saved
+version (a retraining, a new tolerance) and says so. Used by the CLI and, from worker threads, by the GUI,
+through inspector.services."""
 from __future__ import annotations
 
 import itertools
@@ -37,6 +36,7 @@ from .store.results import InspectionRecord, NotLogged, ResultStore
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # how often verdicts that could not be logged are tried again
+SNAP_TIMEOUT_S = 2.0  # a triggered camera part without a frame by then is logged as an ERROR
 Message = Callable[[str, str], None]  # level ("info", "warning", "error"), text
 SourceStatus = Callable[[str, "str | None"], None]  # "live" | "lost", and why
 
@@ -51,11 +51,10 @@ def no_status(state: str, reason: str | None) -> None:
 
 @dataclass
 class Outcome:
-    """What happened to one frame: the logged record, and for the display the image and the
-    engine's result (None for an ERROR). `log_error` says what went wrong with logging,
-    sorting or archiving; `safe` is False when the verdict is not yet durably recorded
-    (kept in memory only): its file is then not moved. `drift`: how the image differs from
-    the model's good images (core.profile.differences, by kind), empty when it looks like them."""
+    """What happened to one frame: the logged record, and for the display the image and the engine's result (None for
+    an ERROR). `log_error` says what went wrong with logging, sorting or archiving; `safe` is False when the
+    verdict is not yet durably recorded (kept in memory only): its file is then not moved. `drift`: how the image
+    differs from the model's good images (core.profile.differences, by kind), empty when it looks like them."""
     record: InspectionRecord
     image: np.ndarray | None = None
     result: Result | None = None
@@ -65,8 +64,7 @@ class Outcome:
 
 
 def inspector_for(model: Model, device: str = "cpu", extractors: dict | None = None) -> Inspector:
-    """An Inspector for the model; a backbone already built with the same arguments (kept
-    in `extractors`) is reused, since building one loads a graph."""
+    """An Inspector for the model, reusing a backbone built with the same arguments (kept in `extractors`)."""
     if extractors is None:
         return Inspector(model, device)
     s = model.settings
@@ -91,18 +89,14 @@ def unique_path(folder: Path, stem: str, suffix: str) -> Path:
 
 
 class Station:
-    def __init__(self, inspector: Inspector, store: ResultStore, source: str,
-                 sort_files: bool = False, archive_dir: str | Path | None = None,
-                 models_dir: str | Path | None = None, on_message: Message = no_message,
-                 device: str = "cpu", frames: FrameKeeper | None = None):
-        self.inspector = inspector
-        self.store = store
+    def __init__(self, inspector: Inspector, store: ResultStore, source: str, sort_files: bool = False,
+                 archive_dir: str | Path | None = None, models_dir: str | Path | None = None,
+                 on_message: Message = no_message, device: str = "cpu", frames: FrameKeeper | None = None):
+        self.inspector, self.store, self.on_message, self.device = inspector, store, on_message, device
         self.source = source  # "file" | "folder" | "camera"
         self.sort_files = sort_files
         self.archive_dir = Path(archive_dir) if archive_dir else None
         self.models_dir = Path(models_dir) if models_dir else None
-        self.on_message = on_message
-        self.device = device
         self.frames = frames  # keeps NG camera frames (a file is its own evidence)
         m = inspector.model.settings
         self._extractors = {(m.backbone, device, m.weights): inspector.extractor}
@@ -120,13 +114,11 @@ class Station:
 
     # ---- the model -----------------------------------------------------------------------
     def select(self, model: Model) -> None:
-        """Inspect another product (its model loaded and checked by the caller, the change
-        recorded: services.select_product) from the next item on. Thread-safe."""
+        """Inspect another product (model checked, change recorded: services.select_product) from the next item."""
         self._selected = model
 
     def follow(self) -> None:
-        """Between items: switch to the product selected, or to the product's newest saved
-        model version, if it changed."""
+        """Between items: switch to the product selected, or to the product's newest saved version."""
         selected, self._selected = self._selected, None
         if selected is not None:
             old = self.inspector.model
@@ -164,9 +156,8 @@ class Station:
                                 f"{model.threshold:.4g} in version {model.version}).")
 
     # ---- one item ------------------------------------------------------------------------
-    def _record(self, model: Model, verdict: str, path: str | None, key: str | None,
-                result: Result | None = None, error: str | None = None,
-                latency_ms: float | None = None) -> InspectionRecord:
+    def _record(self, model: Model, verdict: str, path: str | None, key: str | None, result: Result | None = None,
+                error: str | None = None, latency_ms: float | None = None) -> InspectionRecord:
         return InspectionRecord(
             product=model.product, source=self.source, verdict=verdict,
             image_path=text(path) if path else None, score=result.score if result else None,
@@ -258,8 +249,7 @@ class Station:
         return drift
 
     def _keep_frame(self, record: InspectionRecord, image: np.ndarray) -> str | None:
-        """Keep an NG camera frame; the record then points at the kept file. Returns what went
-        wrong, if anything."""
+        """Keep an NG camera frame; the record then points at the kept file. Returns what went wrong, if anything."""
         if self.frames is None or self.source != "camera" or record.verdict != "NG":
             return None
         record.time = utc_time(datetime.now(timezone.utc))
@@ -322,8 +312,7 @@ class Station:
         return outcome
 
     def inspect_files(self, paths: Iterable[str | Path], cancel: threading.Event | None = None) -> Iterator[Outcome]:
-        """Inspect many files; the next file is read and made ready for the backbone (resized,
-        normalised) by a reader thread while the current one is scored."""
+        """Inspect many files; a reader thread reads and prepares the next one while the current one is scored."""
         for path, image in read_ahead(paths, prepare=self._prepare):
             if cancel is not None and cancel.is_set():
                 return
@@ -335,8 +324,7 @@ class Station:
         return self.inspector.prepare(image)  # the model now; a newer one prepares again
 
     def _sort(self, path: Path, verdict: str) -> str | None:
-        """Move the file into an OK/, NG/ or ERROR/ subfolder beside it, never over another
-        file. Returns what went wrong, if anything."""
+        """Move the file into an OK/, NG/ or ERROR/ folder beside it, over no file; returns what went wrong."""
         dest_dir = path.parent / verdict
         dest = None
         try:
@@ -366,16 +354,13 @@ class Station:
             outcome.log_error = text(f"Could not archive the overlay to {dest or self.archive_dir}: {describe(exc)}")
 
 
-def watch_folder(station: Station, watcher, stop: threading.Event,
-                 on_outcome: Callable[[Outcome], None], poll_s: float = 0.2,
-                 on_status: SourceStatus = no_status, trigger: Trigger | None = None) -> None:
-    """Inspect each new file from a started FolderWatcher until `stop` is set; with a
-    `trigger`, one file per trigger (the next one ready, waited for). A file still
-    being written is handed back to the watcher until it is complete or has waited the
-    watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the
-    folder disappears (an unplugged drive, a lost share): the watch resumes by itself when
-    the folder is back; and 'pending' with which file is waited for, and how long, while a
-    file stays empty or incomplete."""
+def watch_folder(station: Station, watcher, stop: threading.Event, on_outcome: Callable[[Outcome], None],
+                 poll_s: float = 0.2, on_status: SourceStatus = no_status, trigger: Trigger | None = None) -> None:
+    """Inspect each new file from a started FolderWatcher until `stop` is set; with a `trigger`, one file per trigger
+    (the next one ready, waited for). A file still being written is handed back to the watcher until it is complete
+    or has waited the watcher's max_wait_s. `on_status` hears 'live', and 'lost' with the reason when the folder
+    disappears (an unplugged drive, a lost share): the watch resumes by itself when the folder is back; and
+    'pending' with which file is waited for, and how long, while a file stays empty or incomplete."""
     try:
         _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger)
     finally:
@@ -434,15 +419,11 @@ def _watch_folder(station, watcher, stop, on_outcome, poll_s, on_status, trigger
                 trigger.done()
 
 
-SNAP_TIMEOUT_S = 2.0  # a triggered camera part without a frame by then is logged as an ERROR
-
-
 def watch_camera(station: Station, camera, stop: threading.Event, on_outcome: Callable[[Outcome], None],
                  interval_s: float = 0.0, on_status: Callable[[str, str | None], None] | None = None,
                  snap: Trigger | None = None) -> None:
-    """Inspect the newest camera frame continuously (at most one per `interval_s`), or one
-    frame per trigger of `snap` if given, until `stop` is set or a video file ends (its last
-    frame is inspected too, however long the one before took)."""
+    """Inspect the newest camera frame continuously (at most one per `interval_s`), or one per trigger of `snap`,
+    until `stop` is set or a video file ends (its last frame too, however long the one before took)."""
     status = None
     while not stop.is_set():
         current = camera.status

@@ -1,6 +1,5 @@
-"""Generated parts for the self-test, the demo and the unit tests: a machined disc on a
-textured tray, with small random shifts and lighting changes; a defective part carries a
-scratch or a stain. Deterministic for a given seed."""
+"""Generated parts for the self-test, the demo and the unit tests: a machined disc on a textured tray, with small
+random shifts and lighting changes; a defective part carries a scratch or a stain. Deterministic for a given seed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,10 +53,8 @@ def make_mesh(seed: int, size: int = 256, width: int | None = None) -> np.ndarra
     return np.dstack([gray] * 3)
 
 
-def write_parts(folder: Path, count: int, defect: str | None = None, seed: int = 0,
-                size: int = 256) -> list[Path]:
+def write_parts(folder: Path, count: int, defect: str | None = None, seed: int = 0, size: int = 256) -> list[Path]:
     """Write `count` part images into `folder` and return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     name = defect or "good"
-    return [save_image(folder / f"{name}_{seed + i:03d}.png", make_part(seed + i, size, defect))
-            for i in range(count)]
+    return [save_image(folder / f"{name}_{seed + i:03d}.png", make_part(seed + i, size, defect)) for i in range(count)]

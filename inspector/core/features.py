@@ -1,12 +1,9 @@
-"""Patch features: images in, PatchCore patch features out, at the resolution the defects need.
+"""Patch features: images in, PatchCore patch features out, at the resolution the defects need (`working_shape`).
 
-An image keeps its aspect ratio: it is scaled so that the product's smallest defect spans one
-patch (`working_shape`); a large working image goes through the backbone in overlapping tiles,
-stitched back into one feature map. On the CPU the backbone runs on ONNX Runtime from one
-exported graph that takes any image size (multiples of 16), so training and inspecting need no
-torch. The embedded backbone's graph ships inside the package (inspector/core/graphs/, made by
-build/export_graphs.py); another backbone is exported once from torch (dynamo exporter),
-checked against torch and cached. Exporting and the CUDA/MPS devices need the `export` extra."""
+On the CPU the backbone runs on ONNX Runtime from one exported graph that takes any image size (multiples of 16), so
+training and inspecting need no torch. The embedded backbone's graph ships inside the package (inspector/core/graphs/,
+made by build/export_graphs.py); another backbone is exported once from torch (dynamo exporter), checked against
+torch and cached. Exporting and the CUDA/MPS devices need the `export` extra."""
 from __future__ import annotations
 
 import functools
@@ -48,10 +45,9 @@ def require_export_extra(need: str) -> None:
     missing = [m for m in EXPORT_MODULES
                if (sys.modules[m] is None if m in sys.modules else importlib.util.find_spec(m) is None)]
     if missing:
-        raise BackboneError(
-            f"{need} needs torch (the export extra), which this installation does not have "
-            f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
-            f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU.")
+        raise BackboneError(f"{need} needs torch (the export extra), which this installation does not have "
+                            f"(missing: {', '.join(missing)}). Install it with: pip install '{EXPORT_EXTRA}'. "
+                            f"Without it Inspector runs the embedded {EMBEDDED_BACKBONE} on the CPU.")
 
 
 @functools.cache
@@ -82,9 +78,8 @@ def find_graph(backbone: str, weights: str | Path | None = None) -> Path | None:
 
 
 def export_graph(backbone: str, weights: str | Path | None = None, dest_dir: Path | None = None) -> Path:
-    """Export the backbone's patch-feature module to ONNX (dynamic batch, height and width in
-    multiples of 16), verify ONNX Runtime reproduces torch's features at two sizes, and store it
-    atomically."""
+    """Export the backbone's patch-feature module to ONNX (dynamic batch, height and width in multiples of 16), verify
+    ONNX Runtime reproduces torch's features at two sizes, and store it atomically."""
     require_export_extra(f"Backbone '{backbone}'")
     import onnxruntime as ort
     import torch
@@ -131,11 +126,10 @@ class Prepared:
 
 
 def working_shape(height: int, width: int, defect_size: float | None, square: int | None = None) -> tuple[int, int]:
-    """The (height, width) at which the backbone sees an image of the product. The image keeps
-    its aspect ratio: it is scaled so that the smallest defect to find (`defect_size`, in the
-    camera image's pixels) spans one patch (STRIDE working pixels), each side rounded to a
-    multiple of 16 (at most 8 px off). Models of format 3 and older (`defect_size` None) squash
-    every image into a `square` x `square` input, as they were trained."""
+    """The (height, width) at which the backbone sees an image of the product. The image keeps its aspect ratio: it is
+    scaled so that the smallest defect to find (`defect_size`, in the camera image's pixels) spans one patch
+    (STRIDE working pixels), each side rounded to a multiple of 16 (at most 8 px off). Models of format 3 and older
+    (`defect_size` None) squash every image into a `square` x `square` input, as they were trained."""
     if defect_size is None:
         return square, square
     scale = STRIDE / defect_size
@@ -155,13 +149,12 @@ def default_defect_size(shapes: list[tuple[int, int]], shorter_side: int = REFER
 
 
 def tile_spans(length: int) -> tuple[int, list[tuple[int, int, int]]]:
-    """Overlapping tiles along one side of a working image: (tile length, [(start, keep_from,
-    keep_to)]) in working pixels. A side of at most TILE is one tile. A longer side gets the fewest
-    tiles of at most TILE pixels that overlap by 2 * TILE_MARGIN, all of one length (a multiple of
-    16, as short as that allows), starting at multiples of 16 (the coarser stage's grid, so the
-    tiles' features line up with the whole image's); each keeps the part of the overlap nearer its
-    own centre, so every kept patch has at least TILE_MARGIN - 8 pixels of the image around it in
-    its tile."""
+    """Overlapping tiles along one side of a working image: (tile length, [(start, keep_from, keep_to)]) in working
+    pixels. A side of at most TILE is one tile. A longer side gets the fewest tiles of at most TILE pixels that
+    overlap by 2 * TILE_MARGIN, all of one length (a multiple of 16, as short as that allows), starting at
+    multiples of 16 (the coarser stage's grid, so the tiles' features line up with the whole image's); each keeps
+    the part of the overlap nearer its own centre, so every kept patch has at least TILE_MARGIN - 8 pixels of the
+    image around it in its tile."""
     if length <= TILE:
         return length, [(0, 0, length)]
     n = -(-(length - 2 * TILE_MARGIN) // (TILE - 2 * TILE_MARGIN))
@@ -172,9 +165,7 @@ def tile_spans(length: int) -> tuple[int, list[tuple[int, int, int]]]:
 
 
 class FeatureExtractor:
-    """Resizes and normalises RGB uint8 images and returns patch features (h, w, C) at a working
-    size (see `working_shape`); an image larger than TILE on a side goes through the backbone in
-    overlapping tiles, stitched back into one feature map (memory bounded by the tile size)."""
+    """RGB uint8 images -> patch features (h, w, C) at their working size; a large one in tiles (`features`)."""
 
     def __init__(self, backbone: str, device: str = "cpu", weights: str | Path | None = None):
         spec = get_spec(backbone)
@@ -241,8 +232,7 @@ class FeatureExtractor:
         return out
 
     def preprocess(self, image: np.ndarray, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
-        """One RGB uint8 image (H, W, 3) -> normalised CHW float32 at the working size (h, w),
-        written into `out` (3, h, w) when given."""
+        """RGB uint8 (H, W, 3) -> normalised CHW float32 at the working size, into `out` when given."""
         small = self.resize(image, shape)
         if out is None:
             out = np.empty((3,) + tuple(shape), np.float32)
@@ -263,8 +253,8 @@ class FeatureExtractor:
         return self.features(batch)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed images (B, 3, h, w) -> patch features (B, h/8, w/8, C); an image larger
-        than TILE on a side is run as overlapping tiles (see `tile_spans`) and stitched."""
+        """Preprocessed images (B, 3, h, w) -> patch features (B, h/8, w/8, C); an image larger than TILE on a side
+        is run as overlapping tiles (see `tile_spans`) and stitched: memory stays bounded by the tile size."""
         b, _, h, w = batch.shape
         (th, rows), (tw, cols) = tile_spans(h), tile_spans(w)
         if len(rows) == len(cols) == 1:

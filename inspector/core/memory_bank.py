@@ -25,8 +25,7 @@ def bank_size(n: int, ratio: float) -> int:
     return max(1, min(n, int(round(n * ratio))))
 
 
-def random_sample(features: np.ndarray, k: int, seed: int, progress: Progress = no_progress,
-                  cancel=None) -> np.ndarray:
+def random_sample(features: np.ndarray, k: int, seed: int, progress: Progress = no_progress, cancel=None) -> np.ndarray:
     """Indices of k uniformly drawn patch features, in pick order."""
     progress("sampling", 1, 1)
     return np.random.default_rng(seed).choice(len(features), size=k, replace=False)

@@ -1,9 +1,8 @@
-"""Each product's number (1, 2, 3 ...), by which a PLC selects it (Modbus PRODUCT_SELECT) and
-`inspector models` shows it. A number is given once, on a product's first use (its creation,
-or the first time the numbers are read: older products in name order), kept in NUMBERS_FILE
-in the models folder (data-only JSON) and never changed: adding, removing or renaming a
-product leaves every other product's number as it was, and a removed product's number is
-not given to another one (the same name, created again, gets it back)."""
+"""Each product's number (1, 2, 3 ...), by which a PLC selects it (Modbus PRODUCT_SELECT) and `inspector models` shows
+it. A number is given once, on a product's first use (its creation, or the first time the numbers are read: older
+products in name order), kept in NUMBERS_FILE in the models folder (data-only JSON) and never changed: adding,
+removing or renaming a product leaves every other product's number as it was, and a removed product's number is not
+given to another one (the same name, created again, gets it back)."""
 from __future__ import annotations
 
 import json
@@ -22,8 +21,7 @@ _MAX_BYTES = 1 << 20
 
 
 def product_numbers(models_dir: str | Path) -> dict[str, int]:
-    """The number of every product in the models folder (a number given to a product that
-    has none yet is recorded first), in number order."""
+    """The number of every product in the models folder, in number order (a product without one is given one)."""
     root = Path(models_dir)
     products = _products(root)
     if not products:

@@ -1,12 +1,11 @@
-"""What the good images of a training look like, cheaply: their file format, size,
-brightness, contrast and JPEG blockiness. Stored in the model (signed with it), it lets the
-line say when the images it inspects differ systematically from the ones it was trained on
-(a camera's MJPG frames against PNG files, another resolution, other lighting) instead of
-silently rejecting every part.
+"""What the good images of a training look like, cheaply: their file format, size, brightness, contrast and JPEG
+blockiness. Stored in the model (signed with it), it lets the line say when the images it inspects differ
+systematically from the ones it was trained on (a camera's MJPG frames against PNG files, another resolution, other
+lighting) instead of silently rejecting every part.
 
-`profile_of(paths)` at training; `differences(profile, name, image)` for each inspected
-image: a few readable warnings, in well under a millisecond. A profile is a plain dict
-(JSON in model.json); keys this Inspector does not know are ignored."""
+`profile_of(paths)` at training; `differences(profile, name, image)` for each inspected image: a few readable
+warnings, in well under a millisecond. A profile is a plain dict (JSON in model.json); keys this Inspector does not
+know are ignored."""
 from __future__ import annotations
 
 import math
@@ -29,6 +28,7 @@ BLOCKINESS_MARGIN = 0.1  # blockiness 1.0: no block edges; JPEG quality 90: ~1.1
 BRIGHTNESS_MARGIN = 12.0  # grey levels of 255
 CONTRAST_FACTOR = 1.35  # the spread of grey levels, this many times smaller or larger
 SIZE_FACTOR = 1.1  # a side this many times smaller or larger
+RANGES = ("height", "width", "brightness", "contrast", "blockiness")  # a profile's [low, high] of each Look field
 ADVICE = ("Its verdicts may be wrong: teach the product from images like these "
           "(inspector train --camera, or the Train tab's camera).")
 
@@ -39,9 +39,8 @@ def image_format(name: str | Path | None) -> str | None:
 
 
 def blockiness(image: np.ndarray) -> float:
-    """Mean grey-level step across the 8-pixel block edges over the mean step inside the
-    blocks, of a central crop aligned to the block grid: about 1 without JPEG compression,
-    more the stronger it is."""
+    """Mean grey-level step across the 8-pixel block edges over the mean step inside the blocks, of a central crop
+    aligned to the block grid: about 1 without JPEG compression, more the stronger it is."""
     h, w = image.shape[:2]
     ch, cw = min(h, CROP) // BLOCK * BLOCK, min(w, CROP) // BLOCK * BLOCK
     if ch < 2 * BLOCK or cw < 2 * BLOCK:
@@ -89,10 +88,8 @@ def profile_of(paths: Iterable[str | Path]) -> dict | None:
         formats.add(image_format(path) or "other")
     if not looks:
         return None
-    return {"images": len(looks), "formats": sorted(formats),
-            "height": _range([x.height for x in looks]), "width": _range([x.width for x in looks]),
-            "brightness": _range([x.brightness for x in looks]), "contrast": _range([x.contrast for x in looks]),
-            "blockiness": _range([x.blockiness for x in looks])}
+    return {"images": len(looks), "formats": sorted(formats)} | {k: _range([getattr(x, k) for x in looks])
+                                                                 for k in RANGES}
 
 
 def check_profile(profile) -> str | None:
@@ -101,7 +98,7 @@ def check_profile(profile) -> str | None:
         return None
     if not isinstance(profile, dict):
         return "the good images' profile is not a mapping"
-    for key in ("height", "width", "brightness", "contrast", "blockiness"):
+    for key in RANGES:
         pair = profile.get(key)
         if not (isinstance(pair, list) and len(pair) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
@@ -151,7 +148,6 @@ def widened(profile: dict | None, other: dict | None) -> dict | None:
     """One profile of the good images of both (a taught part joins the good images)."""
     if not profile or not other:
         return profile or other
-    ranges = {key: [min(profile[key][0], other[key][0]), max(profile[key][1], other[key][1])]
-              for key in ("height", "width", "brightness", "contrast", "blockiness")}
+    ranges = {key: [min(profile[key][0], other[key][0]), max(profile[key][1], other[key][1])] for key in RANGES}
     return profile | other | ranges | {"images": profile.get("images", 0) + other.get("images", 0),
                                        "formats": sorted(set(profile["formats"]) | set(other["formats"]))}

@@ -1,13 +1,12 @@
 """The inspection region (ROI): where on a part the station looks.
 
-A region is a boolean mask over the whole image, True where to inspect; None inspects
-everything. It is stretched over every image like the image itself, so one region serves images
-of any size, and it is data, saved with the model. A patch counts when at least half of it lies
-in the region; patches outside never raise the image score and never produce boxes (see
-scoring.score).
+A region is a boolean mask over the whole image, True where to inspect; None inspects everything. It is stretched
+over every image like the image itself, so one region serves images of any size, and it is data, saved with the
+model. A patch counts when at least half of it lies in the region; patches outside never raise the image score and
+never produce boxes (see scoring.score_patches).
 
-Made from a mask image (white = inspect) or from shapes drawn on a part image: include areas
-(none: the whole image) minus exclude areas."""
+Made from a mask image (white = inspect) or from shapes drawn on a part image: include areas (none: the whole
+image) minus exclude areas."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -63,18 +63,10 @@ def anomaly_map(scores: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(up, (0, 0), SMOOTHING_SIGMA)
 
 
-def score(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray,
-          roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """The one scoring path (calibration, inspection, evaluation): (h, w, C) patch features ->
-    (image score, anomaly map at the working size). See `score_patches`."""
-    return score_patches(patch_scores(features, bank, bank_sq), roi)
-
-
 def score_patches(scores: np.ndarray, roi: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """(h, w) patch distances -> (image score, anomaly map). Every patch in the inspection
-    region counts, the border ones too; the image score is the largest. Patches outside the
-    region (see core.roi) count as 0, and the map is 0 outside it, so they never raise the
-    score nor make a box. Calibration calls this too: a new region needs no features."""
+    """(h, w) patch distances -> (image score, anomaly map). Every patch in the inspection region counts, the border
+    ones too; the image score is the largest. Patches outside the region count as 0, and the map is 0 outside it,
+    so they never raise the score nor make a box. Calibration calls this too: a new region needs no features."""
     if roi is None:
         return float(scores.max()), anomaly_map(scores)
     scores = np.where(patch_mask(roi, scores.shape), scores, np.float32(0.0))
@@ -126,9 +118,8 @@ class Inspector:
         return self.extractor([image], self.working_shape(image))[0]
 
     def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:
-        """(h, w, C) features -> (image score, anomaly map at the working size)."""
-        m = self.model
-        return score(features, m.memory_bank, self._bank_sq, m.roi)
+        """(h, w, C) features -> (image score, anomaly map at the working size), scored as `inspect` scores."""
+        return score_patches(patch_scores(features, self.model.memory_bank, self._bank_sq), self.model.roi)
 
     def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
         """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""

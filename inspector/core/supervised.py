@@ -1,22 +1,20 @@
-"""Learning from confirmed defects, in numpy (no torch), on what the engine already computes:
-the frozen backbone's patch features and each patch's distance to the memory bank.
+"""Learning from confirmed defects, in numpy (no torch), on what the engine already computes: the frozen backbone's
+patch features and each patch's distance to the memory bank.
 
-Two small heads share one per-patch input (`patch_inputs`): the standardised patch features
-and the patch's bank distance with its 3 x 3 neighbourhood (mean and max), in units of the
-good images' median image score, so the heads see "how unusual for this product", whatever
-the product.
+Two small heads share one per-patch input (`patch_inputs`): the standardised patch features and the patch's bank
+distance with its 3 x 3 neighbourhood (mean and max), in units of the good images' median image score, so the heads
+see "how unusual for this product", whatever the product.
 
-- The **defect classifier** (a good/defect verdict) is a linear head: a logit per patch, pooled
-  over the image by log-sum-exp (a smooth maximum), so its patch logits are its class-activation
-  map. Trained with a loss weighted against the class imbalance and L2; its threshold is set on
-  out-of-fold logits (every good and known defect scored by heads trained without it) above
-  every good image, so it rejects no good part the folds saw.
-- The **segmentation head** is a small MLP on the same inputs, trained on the known defects'
-  masks (good images: all-zero masks) with binary cross-entropy plus Dice; its patch logits are
-  upsampled to the working size: the defect's mask.
+- The **defect classifier** (a good/defect verdict) is a linear head: a logit per patch, pooled over the image by
+  log-sum-exp (a smooth maximum), so its patch logits are its class-activation map. Trained with a loss weighted
+  against the class imbalance and L2; its threshold is set on out-of-fold logits (every good and known defect
+  scored by heads trained without it) above every good image, so it rejects no good part the folds saw.
+- The **segmentation head** is a small MLP on the same inputs, trained on the known defects' masks (good images:
+  all-zero masks) with binary cross-entropy plus Dice; its patch logits are upsampled to the working size: the
+  defect's mask.
 
-Both are arrays (`Heads.arrays`) saved beside the memory bank; `check_known_defects` refuses
-the inputs that would make a silently worse model."""
+Both are arrays (`Heads.arrays`) saved beside the memory bank; `check_known_defects` refuses the inputs that would
+make a silently worse model."""
 from __future__ import annotations
 
 import threading
@@ -41,6 +39,8 @@ LEARNING_RATE = 0.05
 DICE_WEIGHT = 3.0
 DISTANCE_INPUTS = 3
 COMPONENTS = 96  # principal components of the standardised patch features the heads see
+SEPARABLE_AUROC = 0.75  # below this for the bank and the classifier alike,
+SEPARABLE_CAUGHT = 0.25  # with fewer caught than this, the defects look like good parts
 # How a defect's mask is drawn (`Heads.mask_map`): the segmentation probability over an absolute
 # threshold (models saved before the rule was chosen), or the segmentation's or the bank's map
 # over a share of its own peak; training picks the one with the best Dice on the known defects
@@ -50,9 +50,8 @@ MASK_ABSOLUTE, MASK_SEGMENTATION_PEAK, MASK_BANK_PEAK = 0, 1, 2
 
 def patch_inputs(features: np.ndarray, distances: np.ndarray, mean: np.ndarray, projection: np.ndarray,
                  scale: float) -> np.ndarray:
-    """(h, w, C) features and (h, w) bank distances -> (h * w, COMPONENTS + 3) float32 head inputs:
-    the features' principal components (`projection` (C, P) folds in the standardisation) and the
-    distances."""
+    """(h, w, C) features and (h, w) bank distances -> (h * w, COMPONENTS + 3) float32 head inputs: the features'
+    principal components (`projection` (C, P) folds in the standardisation) and the distances."""
     d = (distances / scale).astype(np.float32)
     near_mean = cv2.blur(d, (3, 3), borderType=cv2.BORDER_REPLICATE)
     near_max = cv2.dilate(d, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
@@ -211,9 +210,8 @@ class Example:
 
 
 def check_known_defects(defects: list[Example]) -> None:
-    """Refuse, with what to do, known defects that would make a worse model silently: too few,
-    one kind only, masks that do not fit their images (good parts given as defects: see
-    `check_separable`, after the folds)."""
+    """Refuse, with what to do, known defects that would make a worse model silently: too few, one kind only, masks
+    that do not fit their images (good parts given as defects: see `check_separable`, after the folds)."""
     if len(defects) < MIN_DEFECTS:
         raise TrainingError(f"Only {len(defects)} known defect(s); learning from defects needs at least "
                             f"{MIN_DEFECTS} (of at least {MIN_KINDS} kinds) to set its threshold on defects "
@@ -229,14 +227,12 @@ def check_known_defects(defects: list[Example]) -> None:
             raise TrainingError(f"The mask of known defect {d.name or d.kind} is {d.mask.shape[1]} x {d.mask.shape[0]} "
                                 f"at the working size, but its image is {grid[1] * STRIDE} x {grid[0] * STRIDE}: "
                                 f"give each defect the mask of its own image (same size).")
+
+
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     """The chance that a positive scores above a negative (ties count half)."""
     diff = positives[:, None] - negatives[None, :]
     return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
-
-
-SEPARABLE_AUROC = 0.75  # below this for the bank and the classifier alike,
-SEPARABLE_CAUGHT = 0.25  # with fewer caught than this, the defects look like good parts
 
 
 def check_separable(good_bank, defect_bank, good_logits, defect_logits, bank_threshold: float,
@@ -406,8 +402,7 @@ def train_heads(good: list[Example], defects: list[Example], good_score: float, 
 
 # ---- the verdict of both, and accepting small defects -------------------------------------
 
-def combined_margin(bank_score: float, bank_threshold: float, bank_spread: float, logit: float,
-                    heads: Heads) -> float:
+def combined_margin(bank_score: float, bank_threshold: float, bank_spread: float, logit: float, heads: Heads) -> float:
     """How far over its threshold the more alarmed of the two checks is, each in robust spreads of
     its good images' scores: a part is NG when this is >= 0 (the bank's score over its threshold
     OR the classifier's logit over its own). Chosen by measurement (evaluate --known-defects)."""

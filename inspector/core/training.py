@@ -1,11 +1,9 @@
 """Teaching a product: good images -> patch features -> memory bank -> calibration -> Model.
 
-Every image keeps its aspect ratio and is seen at the scale the product's smallest defect needs
-(`Settings.defect_size`; features.working_shape). `extract_features` is the slow part; `fit`
-works from its output, so a new sampling ratio
-rebuilds the bank from cached features without reading the images again. The model keeps the
-calibration images' patch scores, so a new inspection region (`with_roi`) and a good image the
-line rejected (`teach`) recalibrate without any good image or its features."""
+`extract_features` is the slow part; `fit` works from its output,
+so a new sampling ratio rebuilds the bank from cached features without reading the images again. The model keeps
+the calibration images' patch scores, so a new inspection region (`with_roi`) and a good image the line rejected
+(`teach`) recalibrate without any good image or its features."""
 from __future__ import annotations
 
 import threading
@@ -32,9 +30,8 @@ BATCH_PIXELS = 8 * 512 * 512  # ...and at most this many working pixels: a large
 
 @dataclass
 class GoodFeatures:
-    """Patch features of the readable good images, one (h, w, C) float16 array each (images of a
-    product may differ in size; half precision halves what training holds), and the files that
-    could not be used."""
+    """Patch features of the readable good images, one (h, w, C) float16 array each (images of a product may differ in
+    size; half precision halves what training holds), and the files that could not be used."""
     features: list[np.ndarray]
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -46,9 +43,8 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 
 
 def with_defect_size(settings: Settings, paths: list[Path], shorter_side: int = REFERENCE_SIDE) -> Settings:
-    """The settings with the smallest defect to find: as given, or the one that puts the good
-    images' median shorter side at `shorter_side` working pixels (sizes read from the files'
-    headers; see features.default_defect_size)."""
+    """The settings with the smallest defect to find: as given, or the one that puts the good images' median shorter
+    side at `shorter_side` working pixels (sizes read from the files' headers; see features.default_defect_size)."""
     if settings.defect_size is not None or settings.image_size is not None:
         return settings
     shapes = [shape for shape in map(image_shape, paths) if shape is not None] or _decoded_shapes(paths)
@@ -68,9 +64,9 @@ def _decoded_shapes(paths: list[Path]) -> list[tuple[int, int]]:
 
 def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: Settings,
                      progress: Progress = no_progress, cancel: threading.Event | None = None) -> GoodFeatures:
-    """Load (in a background thread, ahead of the backbone) and extract every image at its
-    working size (`settings.working_shape`); consecutive images of one working size go through
-    the backbone together, at most BATCH of them and BATCH_PIXELS working pixels (memory). Unreadable files are skipped and listed, never fatal on their own."""
+    """Load (a thread reads ahead of the backbone) and extract every image at its working size (settings.working_shape);
+    consecutive images of one working size go through the backbone together, at most BATCH of them and BATCH_PIXELS
+    working pixels (memory). Unreadable files are skipped and listed, never fatal alone."""
     paths = [Path(p) for p in paths]
     feats, used, skipped = [], [], []
     batch: list = []
@@ -102,9 +98,8 @@ def extract_features(paths: list[Path], extractor: FeatureExtractor, settings: S
 
 
 def calibrate(grids: list[np.ndarray], roi: np.ndarray | None, method: str) -> Calibration:
-    """The calibration from good images' patch distances to banks without them, scored through
-    the inspection path (scoring.score_patches) in the inspection region; the pixel statistics
-    are those of the anomaly maps inside the region."""
+    """The calibration from good images' patch distances to banks without them, scored as the line scores
+    (scoring.score_patches) in the inspection region, whose anomaly maps give the pixel statistics."""
     scores, total, total_sq, count = [], 0.0, 0.0, 0
     for grid in grids:
         image_score, amap = score_patches(grid, roi)
@@ -117,8 +112,7 @@ def calibrate(grids: list[np.ndarray], roi: np.ndarray | None, method: str) -> C
 
 
 def folds_of(n: int, seed: int) -> list[np.ndarray]:
-    """The calibration's folds: a seeded split of n images into FOLDS groups (leave-one-out
-    below FOLDS images); every image is in exactly one."""
+    """The calibration's folds: n images seeded into FOLDS groups (leave-one-out below FOLDS), each in one."""
     return [np.sort(f) for f in np.array_split(np.random.default_rng(seed).permutation(n), min(n, FOLDS))]
 
 
@@ -199,13 +193,12 @@ def with_roi(model: Model, roi: np.ndarray | None) -> Model:
 
 
 def teach(model: Model, features: list[np.ndarray], what: str = "") -> tuple[Model, list[float]]:
-    """Good parts the line rejected, as patch features (one (h, w, C) array each), join the model without
-    reading any other image. Each is scored against the current bank (a bank without it, as
-    a calibration image is) and joins the calibration with that score. Its patches in the
-    region that lie farther from the bank than the typical good image's score (the median of
-    the calibration) join the bank, farthest first, each one covering the ones near it (a
-    greedy coreset extension), so that afterwards it scores at most that much. Returns the
-    unsaved model and the images' scores before teaching."""
+    """Good parts the line rejected, as patch features (one (h, w, C) array each), join the model. Each is scored
+    against the current bank (a bank without it, as a calibration image is) and joins the calibration with that
+    score. Its patches in the region that lie farther from the bank than the typical good image's score (the median
+    of the calibration) join the bank, farthest first, each one covering the ones near it (a greedy coreset
+    extension), so that afterwards it scores at most that much. Returns the unsaved model and the images' scores
+    before teaching."""
     grids = _needs_patch_scores(model, "teaching")
     bank = model.memory_bank
     features = [np.asarray(f, np.float32) for f in features]

@@ -1,8 +1,7 @@
 """Safe image loading: every failure becomes an `ImageError` naming the file and the cause.
 
-Files are read as bytes and decoded with `cv2.imdecode`, so paths with any characters work
-on every OS (`cv2.imread` cannot open non-ASCII paths on Windows).
-"""
+Files are read as bytes and decoded with `cv2.imdecode`, so paths with any characters work on every OS
+(`cv2.imread` cannot open non-ASCII paths on Windows)."""
 
 from __future__ import annotations
 
@@ -37,6 +36,9 @@ _JPEG_SIGNATURE = b"\xff\xd8"
 _TAIL = 32  # bytes before trailing zero padding searched for the JPEG end marker
 # JPEG start-of-frame markers (they carry the size): C0-CF but DHT (C4), JPG (C8), DAC (CC)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not a stuffed 0xFF)
+_TIFF_ORDER = {b"II*\x00": "<", b"MM\x00*": ">"}
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 6: 1, 7: 1, 3: 2, 8: 2, 4: 4, 9: 4, 11: 4, 5: 8, 10: 8, 12: 8}
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -45,12 +47,8 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Load an image as an HxWx3 uint8 RGB C-contiguous array.
-
-    Gray images are replicated to three channels, alpha is dropped, and 16-bit images are
-    reduced to 8 bits by keeping the high byte (`value >> 8`), with no rescaling to the
-    range actually used by the image.
-    """
+    """Load an image as an HxWx3 uint8 RGB C-contiguous array (`to_rgb8`: gray replicated to three channels, alpha
+    dropped, 16-bit images reduced to their high byte, with no rescaling to the range the image uses)."""
     path = Path(path)
     data = _read_bytes(path)
     _check_complete(path, data)
@@ -69,10 +67,8 @@ def load_image(path: str | Path) -> np.ndarray:
     except cv2.error as exc:
         raise ImageError(f"Cannot decode image {path}: {exc}".strip()) from exc
     if image is None:
-        raise ImageError(
-            f"Cannot decode {path}: not an image or an unsupported format "
-            f"(supported: {', '.join(sorted(IMAGE_SUFFIXES))})."
-        )
+        raise ImageError(f"Cannot decode {path}: not an image or an unsupported format "
+                         f"(supported: {', '.join(sorted(IMAGE_SUFFIXES))}).")
     _check_size(path, image.shape[1], image.shape[0])
     return to_rgb8(image, path)
 
@@ -137,8 +133,7 @@ def file_key(path: str | Path) -> str:
 
 
 def to_rgb8(image: np.ndarray, name: str | Path = "image") -> np.ndarray:
-    """Convert an OpenCV array (gray, BGR or BGRA; 8 or 16 bit) to HxWx3 uint8 RGB.
-    16-bit values keep their high byte (`>> 8`). `name` goes into the error message."""
+    """An OpenCV gray, BGR or BGRA array (8 bit, or 16: its high byte) as HxWx3 uint8 RGB; `name` for errors."""
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -197,35 +192,31 @@ def _png_complete(data: bytes) -> bool:
 def _jpeg_complete(data: bytes) -> bool:
     """The EOI marker ends the JPEG: at its end, before any zero padding a writer added, or
     where its segments and scans end, before a trailer of any length."""
-    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:] or _jpeg_walk_to_end(data)
+    return b"\xff\xd9" in data.rstrip(b"\x00")[-_TAIL:] or any(m == 0xD9 for m, _ in _jpeg_markers(data))
 
 
-_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not a stuffed 0xFF)
-
-
-def _jpeg_walk_to_end(data: bytes) -> bool:
-    """Whether the JPEG's segments and scans lead to its EOI marker."""
+def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of the JPEG's markers, over segments and scans, until its structure breaks."""
     at = 2
     while at + 2 <= len(data):
         if data[at] != 0xFF:
-            return False
+            return
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
-        elif marker == 0xD9:
-            return True
-        elif marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            continue
+        yield marker, at
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             at += 2
-        else:
-            if at + 4 > len(data):
-                return False
-            at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
-            if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
-                found = _SCAN_END.search(data, at)
-                if found is None:
-                    return False
-                at = found.start()
-    return False
+            continue
+        if at + 4 > len(data):
+            return
+        at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+            found = _SCAN_END.search(data, at)
+            if found is None:
+                return
+            at = found.start()
 
 
 def _bmp_layout(data: bytes) -> tuple[int, int, int] | None:
@@ -238,10 +229,6 @@ def _bmp_layout(data: bytes) -> tuple[int, int, int] | None:
     else:
         width, height = map(abs, struct.unpack("<ii", data[18:26]))
     return width, height, size
-
-
-_TIFF_ORDER = {b"II*\x00": "<", b"MM\x00*": ">"}
-_TIFF_TYPE_SIZE = {1: 1, 2: 1, 6: 1, 7: 1, 3: 2, 8: 2, 4: 4, 9: 4, 11: 4, 5: 8, 10: 8, 12: 8}
 
 
 def _tiff_layout(data: bytes) -> tuple[int | None, int | None, int] | None:
@@ -282,10 +269,8 @@ def _check_complete(path: Path, data: bytes) -> None:
     if ((data.startswith(_PNG_SIGNATURE) and not _png_complete(data))
             or (data.startswith(_JPEG_SIGNATURE) and not _jpeg_complete(data))
             or (bmp is not None and bmp[2] > len(data)) or (tiff is not None and tiff[2] > len(data))):
-        raise IncompleteImage(
-            f"Image file {path} is truncated ({len(data)} bytes, its end is missing): "
-            "half-written or a failed copy. Copy it again."
-        )
+        raise IncompleteImage(f"Image file {path} is truncated ({len(data)} bytes, its end is missing): "
+                              "half-written or a failed copy. Copy it again.")
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -302,36 +287,21 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the JPEG's start-of-frame header, read before any decoding."""
-    at = 2
-    while at + 4 <= len(data):
-        if data[at] != 0xFF:
-            return None
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            at += 2
-            continue
-        length = struct.unpack(">H", data[at + 2:at + 4])[0]
+    for marker, at in _jpeg_markers(data):
         if marker in _JPEG_SOF and at + 9 <= len(data):
             height, width = struct.unpack(">HH", data[at + 5:at + 9])
             return width, height
-        at += 2 + length
     return None
 
 
 def _check_size(path: Path, width: int, height: int) -> None:
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise ImageError(
-            f"Image {path} is {width}x{height} pixels, larger than the limit "
-            f"({MAX_SIDE} px per side, {MAX_PIXELS:.0e} pixels). Use a smaller image."
-        )
+        raise ImageError(f"Image {path} is {width}x{height} pixels, larger than the limit "
+                         f"({MAX_SIDE} px per side, {MAX_PIXELS:.0e} pixels). Use a smaller image.")
 
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:
-    """(height, width) of an image file from its header, without decoding it; None when the
-    header cannot be read (loading the file then says why)."""
+    """(height, width) of an image file from its header, not decoded; None when unreadable (loading says why)."""
     try:
         from PIL import Image
 

@@ -2,8 +2,7 @@
 
     train/good/*.png
     test/good/*.png, test/<defect>/*.png
-    ground_truth/<defect>/<name>_mask.png
-"""
+    ground_truth/<defect>/<name>_mask.png"""
 
 from __future__ import annotations
 
@@ -18,10 +17,8 @@ from inspector.errors import SourceError
 
 GOOD = "good"
 
-_EXPECTED = (
-    "expected an MVTec-AD category folder holding train/good/*.png, test/<defect>/*.png "
-    "(test/good for good parts) and ground_truth/<defect>/<name>_mask.png"
-)
+_EXPECTED = ("expected an MVTec-AD category folder holding train/good/*.png, test/<defect>/*.png "
+             "(test/good for good parts) and ground_truth/<defect>/<name>_mask.png")
 
 
 @dataclass(frozen=True)
@@ -49,11 +46,9 @@ class MVTecCategory:
                 folder = needed.relative_to(self.root).as_posix()
                 raise SourceError(f"{self.root} has no {folder} folder: {_EXPECTED}.")
         self.train_images: list[Path] = list_images(train_dir)
-        self.test_samples: list[TestSample] = [
-            self._sample(path, defect_dir.name)
-            for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir())
-            for path in list_images(defect_dir)
-        ]
+        self.test_samples: list[TestSample] = [self._sample(path, defect_dir.name)
+                                               for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir())
+                                               for path in list_images(defect_dir)]
         if not self.train_images or not self.test_samples:
             missing = "train/good" if not self.train_images else "test/<defect>"
             raise SourceError(f"{self.root} has no images in {missing}: {_EXPECTED}.")
@@ -66,8 +61,7 @@ class MVTecCategory:
 
 
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A ground-truth mask as a bool HxW array (any non-zero pixel is defect),
-    optionally resized with nearest neighbour to `size` = (width, height)."""
+    """A ground-truth mask as a bool HxW array (non-zero: defect), resized (nearest) to `size` = (w, h)."""
     mask = load_image(path)[:, :, 0]
     if size is not None:
         mask = cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST)

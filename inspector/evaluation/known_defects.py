@@ -22,8 +22,9 @@ from ..core.scoring import Inspector, patch_scores, score_patches
 from ..core.training import train
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
-from ..errors import Cancelled, SourceError
+from ..errors import SourceError
 from . import metrics
+from .methods.base import check_cancel
 
 COLUMNS = ("bank", "classifier", "both")
 
@@ -49,8 +50,7 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
     samples = cat.test_samples
     rows = []
     for i, s in enumerate(samples):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Evaluation cancelled.")
+        check_cancel(cancel)
         features = inspector.features(load_image(s.path))
         distances = patch_scores(features, model.memory_bank, inspector._bank_sq)
         h, w = features.shape[0] * 8, features.shape[1] * 8

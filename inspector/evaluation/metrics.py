@@ -1,10 +1,8 @@
 """Evaluation metrics: image and pixel AUROC, AUPRO, confusion counts, F1, Dice.
 
-Labels are 1 (defective, NG, positive) and 0 (good, OK). A score >= threshold is NG.
-Every curve comes from one sort-based helper (`_cumulative_at_thresholds`), which is
-exact (it visits every distinct score) and fast enough for millions of pixels; it needs
-no scikit-learn, which the tests use as an independent reference instead.
-"""
+Labels are 1 (defective, NG, positive) and 0 (good, OK). A score >= threshold is NG. Every curve comes from one
+sort-based helper (`_cumulative_at_thresholds`), which is exact (it visits every distinct score) and fast enough
+for millions of pixels; it needs no scikit-learn, which the tests use as an independent reference instead."""
 
 from __future__ import annotations
 
@@ -18,12 +16,11 @@ _CHUNK = 1 << 22
 
 
 def _cumulative_at_thresholds(scores, *weights):
-    """For every distinct score t, highest first: t and, for each weight array, the sum
-    of the weights over the samples with score >= t. Beyond EXACT_LIMIT samples (the pixels of
-    a test set's maps at their working sizes) the thresholds are LEVELS evenly spaced levels
-    between the lowest and the highest score, summed in chunks: memory stays a few bytes a
-    sample, and an area under such a curve differs from the exact one by the pairs of samples
-    that share a level (below 1e-4 on real maps)."""
+    """For every distinct score t, highest first: t and, for each weight array, the sum of the weights over the
+    samples with score >= t. Beyond EXACT_LIMIT samples (the pixels of a test set's maps at their working sizes)
+    the thresholds are LEVELS evenly spaced levels between the lowest and the highest score, summed in chunks:
+    memory stays a few bytes a sample, and an area under such a curve differs from the exact one by the pairs of
+    samples that share a level (below 1e-4 on real maps)."""
     if scores.size <= EXACT_LIMIT:
         order = np.argsort(scores)[::-1]
         ranked = scores[order]
@@ -42,8 +39,7 @@ def _cumulative_at_thresholds(scores, *weights):
 
 
 def _area_up_to(x, y, limit):
-    """Trapezoid area under y(x) from x[0] to `limit`, interpolating y at `limit`.
-    x must be non-decreasing and start at or below `limit`."""
+    """Trapezoid area under y(x) (x non-decreasing) from x[0] up to `limit`, y interpolated there."""
     k = np.searchsorted(x, limit, side="right")
     if k < x.size:
         t = (limit - x[k - 1]) / (x[k] - x[k - 1])
@@ -104,9 +100,9 @@ def pixel_auroc(masks, maps) -> float:
 
 
 def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve for FPR in [0, fpr_limit], divided by
-    fpr_limit (MVTec AD). Regions are the 8-connected components of each mask; the FPR
-    counts the pixels outside every mask over all images, good ones included."""
+    """Area under the per-region-overlap curve for FPR in [0, fpr_limit], over fpr_limit (MVTec AD). Regions are the
+    8-connected components of each mask; the FPR counts the pixels outside every mask over all images, good ones
+    included."""
     masks, maps = _masks_and_maps(masks, maps)
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
@@ -132,21 +128,16 @@ def _ratio(num, den) -> float:
 
 
 def confusion(labels, scores, threshold: float) -> dict:
-    """Counts and rates of the verdicts `score >= threshold` (NG) against the labels.
-    A rate whose denominator is zero is reported as 0.0."""
+    """Counts and rates of the verdicts `score >= threshold` (NG) against the labels (a rate x / 0 is 0.0)."""
     labels, scores = _labels_and_scores(labels, scores)
     ng = scores >= threshold
     tp, fp = int(np.sum(ng & labels)), int(np.sum(ng & ~labels))
     fn, tn = int(np.sum(~ng & labels)), int(np.sum(~ng & ~labels))
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "precision": precision,
-        "recall": recall,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "false_reject_rate": _ratio(fp, fp + tn),  # good parts judged NG
-        "escape_rate": _ratio(fn, fn + tp),  # defective parts judged OK
-    }
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision, "recall": recall,
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "false_reject_rate": _ratio(fp, fp + tn),  # good parts judged NG
+            "escape_rate": _ratio(fn, fn + tp)}  # defective parts judged OK
 
 
 def best_f1(labels, scores) -> tuple[float, float]:
@@ -189,9 +180,8 @@ def per_type_auroc(types, labels, scores) -> dict[str, float]:
 
 
 def binomial_interval(rate: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The central `level` interval of the share of n parts that a rate predicts: the binomial
-    quantiles (lo, hi) / n of Binomial(n, rate), exact. A measured share of n parts outside it
-    says the prediction did not come true (at that level)."""
+    """The central `level` interval of the share of n parts that a rate predicts: the binomial quantiles (lo, hi) / n
+    of Binomial(n, rate), exact. A measured share of n parts outside it says the prediction did not come true."""
     import math
 
     if n <= 0:

@@ -1,9 +1,7 @@
 """Pictures of an evaluation: ROC curves, score histograms and a gallery of heatmaps.
 
-The heatmap and boxes are drawn as everywhere else (inspector.drawing); matplotlib is
-imported inside the two plotting functions, and draws on its own Figure with the Agg
-canvas, so no global pyplot state is touched.
-"""
+The heatmap and boxes are drawn as everywhere else (inspector.drawing); matplotlib is imported inside the two
+plotting functions, and draws on its own Figure with the Agg canvas, so no global pyplot state is touched."""
 
 from __future__ import annotations
 
@@ -14,7 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.images import save_image
 from ..drawing import RED, YELLOW, draw_boxes, overlay_heatmap
+
 MAX_CURVE_POINTS = 5000  # a pixel ROC has millions of points; a plot needs a few thousand
 
 
@@ -24,8 +24,7 @@ def _gallery_panel(item, vmin, vmax):
     mask_panel = np.zeros_like(image)
     mask_panel[np.asarray(item["pred_mask"], bool)] = 255
     if item.get("gt_mask") is not None:  # ground-truth outline, to compare with the mask
-        contours, _ = cv2.findContours(np.asarray(item["gt_mask"], np.uint8),
-                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours(np.asarray(item["gt_mask"], np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(mask_panel, contours, -1, YELLOW, 1)
     thickness = max(1, round(image.shape[1] / 256))
     panels = []
@@ -40,24 +39,16 @@ def _gallery_panel(item, vmin, vmax):
     return np.vstack([strip, caption])
 
 
-def _write_png(path: Path, rgb) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    path.write_bytes(data.tobytes())
-
-
 def save_gallery(folder, items, vmin: float, vmax: float, max_items=None) -> list[Path]:
-    """Write one PNG per item (see `_gallery_panel`) into folder, at most max_items, named
-    `<index>_<name>.png`; every heatmap uses the same vmin, vmax. Returns the paths.
-    Boxes are (x, y, w, h): ground truth in yellow, predicted in red."""
+    """Write one PNG per item (`_gallery_panel`) into folder, at most max_items, named `<index>_<name>.png`; all
+    heatmaps share vmin, vmax. Returns the paths. Boxes are (x, y, w, h): ground truth in yellow, predicted in red."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, item in enumerate(islice(items, max_items)):
         safe_name = re.sub(r"[^\w.-]+", "_", str(item["name"]))
         path = folder / f"{index:04d}_{safe_name}.png"
-        _write_png(path, _gallery_panel(item, vmin, vmax))
+        save_image(path, _gallery_panel(item, vmin, vmax))
         paths.append(path)
     return paths
 
@@ -68,7 +59,7 @@ def _figure(width=6.0, height=4.5):
 
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
+    return figure
 
 
 def _save_figure(figure, path) -> None:
@@ -79,37 +70,31 @@ def _save_figure(figure, path) -> None:
 
 
 def plot_roc(path, curves: dict) -> None:
-    """One ROC plot with a line per curve, e.g. {"image": (fpr, tpr, auc), "pixel": ...},
-    each labelled with its AUC."""
+    """One ROC plot with a line per curve, e.g. {"image": (fpr, tpr, auc), "pixel": ...}, each labelled with its AUC."""
     plot_roc_panels(path, {"ROC": curves})
 
 
 def plot_roc_panels(path, panels: dict) -> None:
     """ROC plots side by side in one figure, one per title: {title: {name: (fpr, tpr, auc)}}."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.0 * len(panels), 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure(6.0 * len(panels))
     for axes, (title, curves) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
         for name, (fpr, tpr, auc) in curves.items():
             step = max(1, len(fpr) // MAX_CURVE_POINTS)
             axes.plot(np.append(fpr[::step], fpr[-1]), np.append(tpr[::step], tpr[-1]),
                       label=f"{name} AUROC = {auc:.3f}")
         axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
-                 ylabel="true positive rate", title=title)
+        axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
         axes.legend(loc="lower right")
     _save_figure(figure, path)
 
 
 def plot_score_histogram(path, good_scores, defect_scores, threshold: float, title: str) -> None:
-    """Overlapping histograms of good (green) and defect (red) scores on shared bins,
-    with the threshold as a dashed vertical line. Either score list may be empty."""
+    """Histograms of good (green) and defect (red) scores, either may be empty, with a dashed threshold line."""
     good_scores = np.asarray(good_scores, float).ravel()
     defect_scores = np.asarray(defect_scores, float).ravel()
     bins = np.histogram_bin_edges(np.concatenate([good_scores, defect_scores, [threshold]]), 40)
-    figure, axes = _figure()
+    figure = _figure()
+    axes = figure.add_subplot()
     axes.hist(good_scores, bins, color="green", alpha=0.5, label=f"good ({good_scores.size})")
     axes.hist(defect_scores, bins, color="red", alpha=0.5, label=f"defect ({defect_scores.size})")
     axes.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")

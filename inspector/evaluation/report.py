@@ -17,17 +17,16 @@ from ..core.scoring import find_regions
 from ..data.images import load_image
 from ..data.mvtec import MVTecCategory, load_mask
 from ..drawing import heat_range, map_to_image
-from ..errors import Cancelled, SourceError
+from ..errors import SourceError
 from . import metrics
-from .methods.base import Method
+from .methods.base import Method, check_cancel
 from .methods.patchcore import PatchCore
 
 MEMORY_SAMPLE_S = 0.05
 
 
 def evaluate(category_dir: str | Path, settings: Settings, plots_dir: str | Path | None = None,
-             progress: Progress = no_progress, cancel: threading.Event | None = None,
-             device: str = "cpu"):
+             progress: Progress = no_progress, cancel: threading.Event | None = None, device: str = "cpu"):
     """PatchCore, the station's method, on a category. Returns (report, model)."""
     method = PatchCore(settings, device)
     return evaluate_method(category_dir, method, plots_dir, progress, cancel), method.model
@@ -49,12 +48,10 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
         labels = np.array([s.label for s in samples])
         scores = np.empty(len(samples))
         maps, masks = [], []  # at each image's working size
-        latencies = []
-        gallery = []
+        latencies, gallery = [], []
         batch_started = time.perf_counter()
         for i, s in enumerate(samples):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Evaluation cancelled.")
+            check_cancel(cancel)
             t = time.perf_counter()
             image = load_image(s.path)
             scores[i], amap = method.score(image)
@@ -63,8 +60,8 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
                 maps.append(amap)  # at the working size, as the masks
                 h, w = amap.shape
                 masks.append(load_mask(s.mask_path, (w, h)) if s.mask_path is not None else np.zeros((h, w), bool))
-            if plots_dir is not None and amap is not None:
-                gallery.append((s, image, scores[i], amap))
+                if plots_dir is not None:
+                    gallery.append((s, image, scores[i], amap))
             progress("inspecting test images", i + 1, len(samples))
         batch_seconds = time.perf_counter() - batch_started
 
@@ -117,9 +114,8 @@ def evaluate_method(category_dir: str | Path, method: Method, plots_dir: str | P
 
 
 class PeakMemory:
-    """The most resident memory the process holds above what it held at the start (after
-    freed memory went back to the system), sampled every SAMPLE_S seconds by a thread; None
-    where the system does not tell (it is read from /proc/self/statm)."""
+    """The most resident memory the process holds above what it held at the start (after freed memory went back to the
+    system), sampled every SAMPLE_S seconds by a thread; None where /proc/self/statm does not tell."""
 
     def __enter__(self):
         gc.collect()
@@ -210,13 +206,10 @@ def _plots(folder: Path, report, labels, scores, masks, maps, gallery, method: M
         # As the station shows a result: an OK part without boxes, an NG part with them.
         regions = (find_regions(amap, report["pixel_threshold"], method.settings.min_region_area, (w, h))
                    if verdict == "NG" else [])
-        items.append({
-            "name": f"{s.defect_type}_{s.path.stem}", "image": image, "anomaly_map": amap,
-            "pred_mask": map_to_image(amap, w, h) >= report["pixel_threshold"], "gt_mask": gt,
-            "gt_boxes": _boxes(gt) if gt is not None else [],
-            "pred_boxes": [(r.x, r.y, r.w, r.h) for r in regions],
-            "score": score, "verdict": verdict,
-        })
+        items.append({"name": f"{s.defect_type}_{s.path.stem}", "image": image, "anomaly_map": amap,
+                      "pred_mask": map_to_image(amap, w, h) >= report["pixel_threshold"], "gt_mask": gt,
+                      "gt_boxes": _boxes(gt) if gt is not None else [],
+                      "pred_boxes": [(r.x, r.y, r.w, r.h) for r in regions], "score": score, "verdict": verdict})
     if items:
         plots.save_gallery(folder / "gallery", items, *heat_range(report["threshold"]))
 

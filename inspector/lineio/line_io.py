@@ -1,10 +1,9 @@
-"""Line I/O around one run of the line, as its settings ask: the OPC UA and Modbus TCP
-servers for a PLC (the line is then triggered by it) and the MQTT shipper. The CLI's
-`watch` / `camera` and the window's Monitor start it the same way:
+"""Line I/O around one run of the line, as its settings ask: the OPC UA and Modbus TCP servers for a PLC (the line is
+then triggered by it) and the MQTT shipper. The CLI's `watch` / `camera` and the window's Monitor start it the same
+way:
 
     with LineIO(settings, models_dir, store) as io:
-        run_line(..., on_outcome=io.on_outcome(mine), on_status=io.on_status(mine), **io.line_options())
-"""
+        run_line(..., on_outcome=io.on_outcome(mine), on_status=io.on_status(mine), **io.line_options())"""
 from __future__ import annotations
 
 import socket
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..common import Started
 from ..station import Outcome
 from ..store.results import ResultStore
 from .link import LineIOError, LineLink
@@ -20,8 +20,7 @@ OPCUA_PORT, MODBUS_PORT, MQTT_PORT = 4840, 502, 1883
 
 
 def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """'HOST:PORT', 'PORT' or 'HOST' as (host, port); the host defaults to 127.0.0.1 (this
-    machine only), the port to `default_port`."""
+    """'HOST:PORT', 'PORT' or 'HOST' as (host, port); 127.0.0.1 (this machine only) and `default_port` by default."""
     host, colon, port = str(text).strip().rpartition(":")
     if not colon:
         host, port = ("", port) if port.isdigit() else (port, "")
@@ -58,7 +57,7 @@ class LineSettings:
         check_station_name(self.station or default_station())
 
 
-class LineIO:
+class LineIO(Started):
     def __init__(self, settings: LineSettings, models_dir: str | Path, store: ResultStore):
         settings.check()
         self.settings = settings
@@ -96,13 +95,6 @@ class LineIO:
             server.stop()
         if self.shipper is not None:
             self.shipper.stop()
-
-    def __enter__(self) -> "LineIO":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ---- wiring to run_line ------------------------------------------------------------------
     def line_options(self) -> dict:

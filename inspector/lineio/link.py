@@ -25,8 +25,7 @@ STATES = ("stopped", "ready", "busy", "error")  # as OPC 40100 names a vision sy
 
 
 class LineIOError(InspectorError):
-    """A PLC's request cannot be carried out (the line is stopped, an unknown product number),
-    or a server cannot listen on its port."""
+    """A PLC's request cannot be carried out (line stopped, unknown product number), or a port cannot be listened on."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ class LineLink:
             self._listeners.append(on_result)
 
     def listen_select(self, on_select: Callable[[Model], None]) -> None:
-        """Hear every product the PLC selects: the model the line inspects from its next part
-        (called on the server's thread)."""
+        """Hear the model of every product the PLC selects (called on the server's thread)."""
         with self._lock:
             self._select_listeners.append(on_select)
 

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+
+from ..common import Started
+from ..errors import describe
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
 
@@ -39,3 +45,31 @@ async def _cancel_tasks() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class LoopServer(Started):
+    """A server of the line running `_start()` and `_stop()` on a LoopThread of its own; `kind` names it."""
+    kind = ""
+
+    def __init__(self, link, port: int, host: str = "127.0.0.1"):
+        self.link, self.host, self.port = link, host, port
+        self._loop: LoopThread | None = None
+
+    def start(self) -> None:
+        self._loop = LoopThread(f"{self.kind}({self.host}:{self.port})")
+        try:
+            self._loop.run(self._start())
+        except BaseException:
+            self._loop.close()
+            self._loop = None
+            raise
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._loop.run(self._stop())
+        except Exception as exc:  # noqa: BLE001 - stopping: the loop goes anyway
+            log.warning("the %s server did not stop cleanly: %s", self.kind, describe(exc))
+        self._loop.close()
+        self._loop = None

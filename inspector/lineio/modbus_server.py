@@ -1,13 +1,12 @@
-"""The line as a Modbus TCP server (pymodbus): a PLC triggers a part, reads its result and
-acknowledges it, and may select the product. The register map (README, "Line I/O") is
-REGISTERS below; addresses are 0-based as on the wire (PLC tools often show them + 1).
+"""The line as a Modbus TCP server (pymodbus): a PLC triggers a part, reads its result and acknowledges it, and may
+select the product. The register map (README, "Line I/O") is REGISTERS below; addresses are 0-based as on the wire
+(PLC tools often show them + 1).
 
-The handshake: the PLC sets TRIGGER (rising edge); the station answers TRIGGER_ACK (until
-TRIGGER falls) and inspects the part; its result is presented in the input registers with
-RESULT_VALID; the PLC sets RESULT_ACK, RESULT_VALID falls; when the PLC resets RESULT_ACK the
-next result (if any) is presented. Results wait in a FIFO while the PLC has not acknowledged
-them (up to BUFFER; a trigger with the buffer full is missed). A trigger while a part is
-under way is missed: MISSED_TRIGGER is set (until a trigger is accepted) and MISSED_COUNT counts it."""
+The handshake: the PLC sets TRIGGER (rising edge); the station answers TRIGGER_ACK (until TRIGGER falls) and
+inspects the part; its result is presented in the input registers with RESULT_VALID; the PLC sets RESULT_ACK,
+RESULT_VALID falls; when the PLC resets RESULT_ACK the next result (if any) is presented. Results wait in a FIFO
+while the PLC has not acknowledged them (up to BUFFER; a trigger with the buffer full is missed). A trigger while a
+part is under way is missed: MISSED_TRIGGER is set (until a trigger is accepted) and MISSED_COUNT counts it."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +19,7 @@ from pymodbus.server import ModbusTcpServer
 from ..errors import InspectorError, ModelError, describe
 from ..users import AccessDenied
 from .link import STATES, LineIOError, LineLink, LineResult
-from .loop import LoopThread
+from .loop import LoopServer
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # a refused write is logged here, with its reason
@@ -165,27 +164,20 @@ class _Registers(ModbusSlaveContext):
         self._bit("result_valid", True)
 
 
-class ModbusServer:
+class ModbusServer(LoopServer):
     """The Modbus TCP server of the line, on its own thread. `connected`: PLC connections now."""
     kind = "Modbus"
 
     def __init__(self, link: LineLink, port: int, host: str = "127.0.0.1"):
-        self.link, self.host, self.port = link, host, port
+        super().__init__(link, port, host)
         self.registers = _Registers(link)
-        self._loop: LoopThread | None = None
         self._server: ModbusTcpServer | None = None
 
     def start(self) -> None:
-        self._loop = LoopThread(f"Modbus({self.host}:{self.port})")
-        try:
-            self._loop.run(self._listen())
-        except BaseException:
-            self._loop.close()
-            self._loop = None
-            raise
+        super().start()
         self.link.listen(self.registers.result)
 
-    async def _listen(self) -> None:
+    async def _start(self) -> None:
         self._server = ModbusTcpServer(ModbusServerContext(slaves=self.registers, single=True),
                                        address=(self.host, self.port))
         if not await self._server.listen():
@@ -196,19 +188,5 @@ class ModbusServer:
     def connected(self) -> int:
         return len(self._server.active_connections) if self._server else 0
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._loop.run(self._server.shutdown())
-        except Exception as exc:  # noqa: BLE001 - stopping: the loop goes anyway
-            log.warning("the Modbus server did not shut down cleanly: %s", describe(exc))
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> "ModbusServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    async def _stop(self) -> None:
+        await self._server.shutdown()

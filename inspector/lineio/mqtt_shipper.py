@@ -1,15 +1,14 @@
 """Verdicts over MQTT (paho-mqtt), shipped from the result log: the log is the outbox.
 
-Every logged verdict is published, in the log's order, as JSON on
-`inspector/<station>/<product>/result` with QoS 1. Its "id" is the row's unique id: a verdict
-published again (after a broker outage, or a restart of the station before the broker
-acknowledged it) carries the same id, so a consumer de-duplicates on it. The shipper's
-bookmark (the last row the broker acknowledged) is kept in the log (table outbox), so an
-outage, or the station stopped meanwhile, delays verdicts and never loses one. A new
-shipper starts at the end of the log (it sends what is logged from then on).
+Every logged verdict is published, in the log's order, as JSON on `inspector/<station>/<product>/result` with QoS
+1. Its "id" is the row's unique id: a verdict published again (after a broker outage, or a restart of the station
+before the broker acknowledged it) carries the same id, so a consumer de-duplicates on it. The shipper's bookmark
+(the last row the broker acknowledged) is kept in the log (table outbox), so an outage, or the station stopped
+meanwhile, delays verdicts and never loses one. A new shipper starts at the end of the log (it sends what is logged
+from then on).
 
-`inspector/<station>/state` is retained: "online" while the station is connected, "offline"
-when it stops, and, as its last will, "offline" when it vanishes."""
+`inspector/<station>/state` is retained: "online" while the station is connected, "offline" when it stops, and, as
+its last will, "offline" when it vanishes."""
 from __future__ import annotations
 
 import json
@@ -19,6 +18,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
+from ..common import Started
 from ..errors import StoreError
 from ..store.results import ResultStore
 from .link import LineIOError
@@ -53,7 +53,7 @@ def message(row_id: int, row: dict, station: str) -> dict:
             "latency_ms": row["latency_ms"], "regions": json.loads(row["regions"])}
 
 
-class MqttShipper:
+class MqttShipper(Started):
     """Ships the log to a broker on its own thread; `connected`, `position` (the last row
     acknowledged) say how it goes. `notify()` when a verdict was logged: it goes out at once."""
 
@@ -102,13 +102,6 @@ class MqttShipper:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def __enter__(self) -> "MqttShipper":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # ---- paho's callbacks (its network thread) ---------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -155,8 +148,7 @@ class MqttShipper:
                 self._stop.wait(RETRY_S)
 
     def _send(self, rows: list[tuple[int, dict]]) -> bool:
-        """Publish the rows and wait until the broker has acknowledged each (paho sends them
-        again after a reconnection); False when stopped first."""
+        """Publish the rows, wait for the broker's acknowledgement of each (paho resends); False when stopped first."""
         with self._cond:
             self._acked.clear()
         mids = {self._client.publish(result_topic(self.station, row["product"]),

@@ -27,7 +27,7 @@ from asyncua import Server, ua
 from ..errors import InspectorError, ModelError, describe
 from ..users import AccessDenied
 from .link import LineIOError, LineLink, LineResult
-from .loop import LoopThread
+from .loop import LoopServer
 
 log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.ERROR)  # it reports every call, and the plain endpoint, as warnings
@@ -41,28 +41,18 @@ RESULT_FIELDS = {"PartId": V.UInt32, "Verdict": V.String, "Score": V.Double, "Th
                  "Counter": V.UInt32}  # Counter last
 
 
-class OpcUaServer:
+class OpcUaServer(LoopServer):
     """The OPC UA server of the line, on its own thread. `connected`: client sessions now."""
     kind = "OPC UA"
 
     def __init__(self, link: LineLink, port: int, host: str = "127.0.0.1"):
-        self.link, self.host, self.port = link, host, port
+        super().__init__(link, port, host)
         self.endpoint = f"opc.tcp://{host}:{port}/inspector/"
-        self._loop: LoopThread | None = None
         self._server: Server | None = None
         self._nodes: dict[str, object] = {}
         self._shown: dict[str, object] = {}
         self._error_text = ""
         self._poller: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._loop = LoopThread(f"OPC UA({self.host}:{self.port})")
-        try:
-            self._loop.run(self._start())
-        except BaseException:
-            self._loop.close()
-            self._loop = None
-            raise
 
     async def _start(self) -> None:
         server = Server()
@@ -150,25 +140,8 @@ class OpcUaServer:
     def connected(self) -> int:
         return len(self._server.iserver._external_sessions) if self._server else 0
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._loop.run(self._stop())
-        except Exception as exc:  # noqa: BLE001 - stopping: the loop goes anyway
-            log.warning("the OPC UA server did not stop cleanly: %s", describe(exc))
-        self._loop.close()
-        self._loop = None
-
     async def _stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
         if self._server is not None:
             await self._server.stop()
-
-    def __enter__(self) -> "OpcUaServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspector.common import Started
 from inspector.data.images import to_rgb8
 from inspector.errors import SourceError
 
@@ -22,32 +23,26 @@ STOP_TIMEOUT_S = 2.0  # stop() waits this long for a read that does not return, 
 
 
 def _quiet_opencv() -> None:
-    """OpenCV's own warnings (one per failed open, every reconnect) off: the camera says what
-    is wrong once, in its status and last_error."""
+    """OpenCV's own warnings off (one per failed open): the camera says once, in status and last_error."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
-class Camera:
-    """`source`: a camera index (int or a string of digits), a stream URL ("rtsp://...") or a
-    video file path. Live sources are reopened every `reconnect_s` seconds after a failure;
-    a video file is read at its own frame rate (or `fps`) and ends with status 'ended'.
+class Camera(Started):
+    """`source`: a camera index (int or a string of digits), a stream URL ("rtsp://...") or a video file path. Live
+    sources are reopened every `reconnect_s` seconds after a failure; a video file is read at its own frame rate
+    (or `fps`) and ends with status 'ended'.
 
-    `status` is 'connecting', 'live', 'no frames' (a live source that has delivered no frame
-    for `stall_s` seconds, whether its reads hang, its stream stalls with the connection open,
-    or it cannot be opened: its reader is replaced by a new one, which reconnects),
-    'reconnecting', 'ended' or 'stopped'; `last_error` keeps the most recent failure (it is
-    not cleared when the source comes back). `stop` returns within STOP_TIMEOUT_S even when
-    a read never returns.
-    """
+    `status` is 'connecting', 'live', 'no frames' (a live source that has delivered no frame for `stall_s` seconds,
+    whether its reads hang, its stream stalls with the connection open, or it cannot be opened: its reader is
+    replaced by a new one, which reconnects), 'reconnecting', 'ended' or 'stopped'; `last_error` keeps the most
+    recent failure (it is not cleared when the source comes back). `stop` returns within STOP_TIMEOUT_S even when a
+    read never returns."""
 
     def __init__(self, source: int | str | Path, fps: float | None = None, reconnect_s: float = 1.0,
                  stall_s: float = 5.0):
         if isinstance(source, str) and source.strip().isdigit():
             source = int(source)
-        self.source = source
-        self.fps = fps
-        self.reconnect_s = reconnect_s
-        self.stall_s = stall_s
+        self.source, self.fps, self.reconnect_s, self.stall_s = source, fps, reconnect_s, stall_s
         self._status = "stopped"
         self.last_error: str | None = None
         self._is_file = False
@@ -89,13 +84,11 @@ class Camera:
 
     @property
     def frame_number(self) -> int:
-        """Number of the frame last handed out by latest() or snap(): frames read from the
-        source since start (1, 2, …), whichever of the two handed it out."""
+        """Number of the frame last handed out by latest() or snap(): frames read since start (1, 2, …)."""
         return self._taken
 
     def start(self) -> None:
-        """Start reading. A video file that is missing or unreadable raises SourceError;
-        live sources that cannot be opened are retried in the background."""
+        """Start reading; SourceError for a bad video file (a live source that cannot be opened keeps retrying)."""
         if self.running:
             return
         _quiet_opencv()
@@ -119,9 +112,8 @@ class Camera:
     def _start_reader(self, capture, status: str = "connecting") -> None:
         self._status = status
         self._stop = stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(capture, stop), name=f"Camera({self.source})", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(capture, stop), name=f"Camera({self.source})",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -145,13 +137,6 @@ class Camera:
     def snap(self, timeout: float) -> np.ndarray | None:
         """The next frame read after this call (RGB uint8), waiting up to `timeout` seconds."""
         return self._wait_for_frame_after(self._count, timeout)
-
-    def __enter__(self) -> Camera:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _wait_for_frame_after(self, number: int, timeout: float) -> np.ndarray | None:
         with self._cond:

@@ -10,17 +10,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    EVENT_TYPE_CLOSED,
-    EVENT_TYPE_CREATED,
-    EVENT_TYPE_DELETED,
-    EVENT_TYPE_MODIFIED,
-    EVENT_TYPE_MOVED,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_DELETED, EVENT_TYPE_MODIFIED,
+                             EVENT_TYPE_MOVED, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 
+from inspector.common import Started
 from inspector.data.images import is_image_file, list_images
 from inspector.errors import SourceError
 
@@ -51,22 +45,18 @@ def _signature(path: Path) -> tuple | None:
     return st.st_size, st.st_mtime_ns
 
 
-class FolderWatcher:
+class FolderWatcher(Started):
     """Image files arriving directly in `folder` (subfolders are ignored).
 
-    A file is ready once its size and modification time have not changed for `settle_s`
-    seconds and it is not empty and can be opened, or, whatever it is, once it has been
-    seen for `max_wait_s` (an empty file, a link that leads nowhere: the reader logs why it
-    cannot be used). Each version of a file (path, size, mtime) is returned once; a file
-    rewritten in place is returned again; `recheck` hands a file back to be waited for
-    again (it was still incomplete). Paths handed out are absolute. Thread-safe; usable as
-    a context manager.
-    """
+    A file is ready once its size and modification time have not changed for `settle_s` seconds and it is not empty
+    and can be opened, or, whatever it is, once it has been seen for `max_wait_s` (an empty file, a link that leads
+    nowhere: the reader logs why it cannot be used). Each version of a file (path, size, mtime) is returned once; a
+    file rewritten in place is returned again; `recheck` hands a file back to be waited for again (it was still
+    incomplete). Paths handed out are absolute. Thread-safe; usable as a context manager."""
 
     def __init__(self, folder: str | Path, settle_s: float = 0.5, max_wait_s: float = 30.0):
         self.folder = Path(folder).resolve()
-        self.settle_s = settle_s
-        self.max_wait_s = max_wait_s
+        self.settle_s, self.max_wait_s = settle_s, max_wait_s
         self._lock = threading.Lock()
         self._pending: dict[Path, _Pending] = {}
         self._ready: OrderedDict[Path, float] = OrderedDict()  # path -> first seen; each path queued once
@@ -131,21 +121,13 @@ class FolderWatcher:
             return self._since.pop(path, None)
 
     def recheck(self, path: Path, since: float | None = None, delay_s: float | None = None) -> None:
-        """Wait for a file handed out again: it is handed out once more after it has been
-        stable for settle_s (and at least `delay_s`), or when it has been waited for
-        max_wait_s since `since` (when it was first seen)."""
+        """Wait for a file handed out again: it is handed out once more after it has been stable for settle_s (and at
+        least `delay_s`), or when it has been waited for max_wait_s since `since` (when it was first seen)."""
         now = time.monotonic()
         with self._lock:
             self._returned.pop(path, None)
             self._pending[path] = _Pending(None, now, now if since is None else since,
                                            now + (self.settle_s if delay_s is None else delay_s))
-
-    def __enter__(self) -> FolderWatcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _add(self, path: Path) -> None:
         if path.parent == self.folder and is_image_file(path):
@@ -204,8 +186,7 @@ class _Handler(FileSystemEventHandler):
 
 
 def _can_open(path: Path) -> bool:
-    """Whether the file can be opened and read (non-blocking: a named pipe swapped in for it
-    cannot stop the watch)."""
+    """Whether the file can be opened and read (non-blocking: a named pipe swapped in for it cannot stop the watch)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:

@@ -1,10 +1,9 @@
 """Triggers: the line inspects one part per trigger (a PLC's, or the operator's Snap).
 
-A trigger announces a part; the line takes it (snaps the camera, or takes the next file),
-inspects and logs it, and says it is done. One part is under way at a time: a trigger that
-comes while one is (from its acceptance until its result is out) is counted as missed and
-refused, never silently dropped. Thread-safe: servers fire from their own threads, the line
-takes from its own."""
+A trigger announces a part; the line takes it (snaps the camera, or takes the next file), inspects and logs it, and
+says it is done. One part is under way at a time: a trigger that comes while one is (from its acceptance until its
+result is out) is counted as missed and refused, never silently dropped. Thread-safe: servers fire from their own
+threads, the line takes from its own."""
 from __future__ import annotations
 
 import threading

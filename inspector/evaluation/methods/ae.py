@@ -1,10 +1,9 @@
-"""Convolutional autoencoders on pixels: `ae` (trained with the mean squared error), `ae-ssim`
-(trained with the structural dissimilarity, 1 - SSIM) and `unet-ae` (skip connections from
-each encoder stage to the decoder, MSE). Images keep their aspect ratio at a small working size
-(the median good image's shorter side at PIXEL_SIDE px unless a defect size is given); the
-network is fully convolutional, trained on random crops of one size and run on whole images.
-The anomaly map is the reconstruction error (per pixel, or 1 - SSIM), smoothed as PatchCore's;
-the image score is its largest value."""
+"""Convolutional autoencoders on pixels: `ae` (trained with the mean squared error), `ae-ssim` (trained with the
+structural dissimilarity, 1 - SSIM) and `unet-ae` (skip connections from each encoder stage to the decoder, MSE).
+Images keep their aspect ratio at a small working size (the median good image's shorter side at PIXEL_SIDE px
+unless a defect size is given); the network is fully convolutional, trained on random crops of one size and run on
+whole images. The anomaly map is the reconstruction error (per pixel, or 1 - SSIM), smoothed as PatchCore's; the
+image score is its largest value."""
 from __future__ import annotations
 
 import threading

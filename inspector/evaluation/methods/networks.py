@@ -1,7 +1,6 @@
-"""Training a network for a method: torch (the `export` extra) or a clear error, on one
-thread, seeded (the network is made and its batches drawn from the seed), with progress per epoch, a cancel checked every batch, and
-early stopping when the validation loss (on held-out good images) stops improving; the best
-epoch's weights are kept."""
+"""Training a network for a method: torch (the `export` extra) or a clear error, on one thread, seeded (the network is
+made and its batches drawn from the seed), with progress per epoch, a cancel checked every batch, and early
+stopping when the validation loss (on held-out good images) stops improving; the best epoch's weights are kept."""
 from __future__ import annotations
 
 import copy

@@ -1,7 +1,6 @@
-"""kNN on a Vision Transformer's class token: each image, squashed to the ViT's input size,
-becomes its class token, scored as `knn` scores. The ViT weights are a torchvision
-VisionTransformer state dict (e.g. vit_b_16-c867db91.pth, .pth or .safetensors) given by path:
-none ship, and Inspector never downloads weights."""
+"""kNN on a Vision Transformer's class token: each image, squashed to the ViT's input size, becomes its class token,
+scored as `knn` scores. The ViT weights are a torchvision VisionTransformer state dict (e.g. vit_b_16-c867db91.pth,
+.pth or .safetensors) given by path: none ship, and Inspector never downloads weights."""
 from __future__ import annotations
 
 import math
