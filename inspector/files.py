@@ -59,6 +59,38 @@ def read_regular(path: str | Path, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def _lock(f, shared: bool = False, wait: bool = True) -> None:
+    """Lock the open file `f` (its first byte on Windows, which has no shared locks) for every
+    process; without `wait`, OSError when another holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        f.seek(0)
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+                return
+            except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                if not wait:
+                    raise
+    else:
+        import fcntl
+
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+
+
+def _unlock(f) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextmanager
 def file_lock(path: Path):
     """An exclusive lock on `path` shared by every process that takes it (waits for it)."""
@@ -69,28 +101,11 @@ def file_lock(path: Path):
         yield
         return
     with f:
-        if os.name == "nt":
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
-                    continue
-            try:
-                yield
-            finally:
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        _lock(f)
+        try:
+            yield
+        finally:
+            _unlock(f)
 
 
 @contextmanager
@@ -105,15 +120,7 @@ def in_use(path: Path):
         return
     with f:  # closing the file releases its lock
         try:
-            if os.name == "nt":
-                import msvcrt
-
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(f, fcntl.LOCK_SH)
+            _lock(f, shared=True, wait=os.name != "nt")  # Windows: a second line would wait for the first
         except OSError as e:  # Windows: another user holds the mark already
             log.info("%s is marked in use already (%s)", path, e)
         yield
@@ -127,16 +134,8 @@ def is_in_use(path: Path) -> bool:
         return False
     with f:
         try:
-            if os.name == "nt":
-                import msvcrt
-
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
+            _lock(f, wait=False)
         except OSError:
             return True
+        _unlock(f)
     return False
