@@ -1,9 +1,9 @@
 """Teaching a product: good images -> patch features -> memory bank -> calibration -> Model.
 
-`extract_features` is the slow part; `fit` works from its output,
-so a new sampling ratio rebuilds the bank from cached features without reading the images again. The model keeps
-the calibration images' patch scores, so a new inspection region (`with_roi`) and a good image the line rejected
-(`teach`) recalibrate without any good image or its features."""
+Every image keeps its aspect ratio and is seen at the scale its smallest defect needs (`Settings.defect_size`).
+`extract_features` is the slow part; `fit` works from its output, so a new sampling ratio rebuilds the bank from
+cached features without reading the images again. The model keeps the calibration images' patch scores, so a new
+inspection region (`with_roi`) and a good image the line rejected (`teach`) recalibrate without any good image."""
 from __future__ import annotations
 
 import threading
