@@ -484,7 +484,7 @@ class Changes:
         None: the folder the model records, rebuild_folder) and a folder of known defects (one
         subfolder a kind; masks as _defect_mask finds them), and save the model with them
         as its new version. `min_defect_area` (camera pixels, or mm2 with `mm_per_px`) accepts
-        smaller regions."""
+        smaller regions; None keeps the model's, a `mm_per_px` of 0 removes its scale."""
         import cv2
 
         from .core import supervised
@@ -528,7 +528,7 @@ class Changes:
                   f"masks) in {root} and {c['good_images']} good image(s) from {origin}")
         model = replace(current, heads=heads,
                         min_defect_area=current.min_defect_area if min_defect_area is None else float(min_defect_area),
-                        mm_per_px=current.mm_per_px if mm_per_px is None else float(mm_per_px))
+                        mm_per_px=current.mm_per_px if mm_per_px is None else float(mm_per_px) or None)
         return self._save("learn", current, model, detail)
 
     # ---- versions, signatures, the plant ------------------------------------------------------------

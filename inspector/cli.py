@@ -884,7 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "each, or ../ground_truth/KIND/NAME_mask.png")
     p.add_argument("--min-defect-area", type=_at_least(0.0), help="accept regions smaller than this (camera pixels, "
                                                                  "or mm2 with --mm-per-px)")
-    p.add_argument("--mm-per-px", type=_at_least(1e-9), help="the camera's scale, for areas in mm2")
+    p.add_argument("--mm-per-px", type=_at_least(0.0), help="the camera's scale, for areas in mm2 (0: none, "
+                                                            "areas in camera pixels)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_train_defects)
 

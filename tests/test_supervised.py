@@ -200,6 +200,11 @@ def test_train_defects_makes_a_signed_version_whose_verdict_uses_both(tmp_path, 
     lenient = Inspector(replace(model, min_defect_area=1e9), extractor=inspector.extractor)
     result = lenient.inspect(load_image(category / "test" / "stain" / "000.png"))
     assert result.verdict == "OK" and result.regions == [] and result.accepted and result.accepted[0].area > 0
+    # a scale given is kept by a learning that does not name one, and 0 removes it
+    for scale, kept in (("0.1", 0.1), (None, 0.1), ("0", None)):
+        extra = [] if scale is None else ["--mm-per-px", scale]
+        assert main(["train-defects", str(category / "test"), "--product", "Disc"] + extra + where) == 0
+        assert load_model(tmp_path / "models", "Disc").mm_per_px == kept
 
 
 def test_train_defects_refuses_a_mask_of_another_size(tmp_path, capsys):

@@ -347,7 +347,7 @@ class TrainTab(QWidget):
         product = self.session.product
         self.progress.begin("Reading the good images…", 2)
         self._start(lambda model: self._learnt(product, model), _learn, product, self.folder.path() or None,
-                    self.defects.path(), self.min_area.value(), self.mm_per_px.value() or None, self.session.changes)
+                    self.defects.path(), self.min_area.value(), self.mm_per_px.value(), self.session.changes)
 
     def _start(self, done, fn, *args) -> None:
         """Run `fn(job, *args)` as the training under way: its progress shown, `done` with its result."""
