@@ -511,7 +511,7 @@ class Changes:
             kind = parts[0] if len(parts) > 1 else root.name
             image = load_image(path)
             features = inspector.features(image)
-            distances = patch_scores(features, current.memory_bank, inspector._bank_sq)
+            distances = patch_scores(features, inspector.bank_index)
             mask = _defect_mask(path, kind, root, image.shape[:2])
             if mask is not None:
                 h, w = features.shape[0] * 8, features.shape[1] * 8

@@ -11,7 +11,7 @@ import pytest
 from inspector.core import backbones
 from inspector.core.features import (EMBEDDED_BACKBONE, EXPORT_TOLERANCE, FeatureExtractor, Prepared, export_graph,
                                      find_graph, graph_name)
-from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample, squared_norms
+from inspector.core.memory_bank import bank_size, greedy_coreset, nearest_distance, random_sample, sample, search_index
 from inspector.core.calibration import Calibration, separating_threshold
 from inspector.core.model import Settings
 from inspector.core.scoring import Inspector, anomaly_map, find_regions, patch_scores
@@ -133,7 +133,7 @@ def test_nearest_distance_is_exact():
     rng = np.random.default_rng(1)
     q, bank = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
     brute = np.sqrt(((q[:, None, :] - bank[None]) ** 2).sum(-1)).min(1)
-    assert np.allclose(nearest_distance(q, bank), brute, atol=1e-4)
+    assert np.allclose(nearest_distance(q, search_index(bank)), brute, atol=1e-4)
 
 
 def test_regions_are_boxes_in_original_coordinates():
@@ -335,8 +335,7 @@ def test_a_good_textures_border_patches_score_like_its_interior(mesh):
     inspector = Inspector(mesh)
     ring = _border(tuple(s // 8 for s in inspector.working_shape(make_mesh(0))))
     for seed in (100, 101, 102):
-        scores = patch_scores(inspector.features(make_mesh(seed)), mesh.memory_bank,
-                              squared_norms(mesh.memory_bank))
+        scores = patch_scores(inspector.features(make_mesh(seed)), search_index(mesh.memory_bank))
         assert scores[ring].mean() < 1.05 * scores[~ring].mean()
         assert not ring.ravel()[scores.argmax()]
         assert scores.max() < mesh.threshold

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from .features import STRIDE, FeatureExtractor, Prepared
-from .memory_bank import nearest_distance, squared_norms
+from .memory_bank import nearest_distance, search_index
 from .calibration import robust_centre_spread
 from .model import Model
 from .roi import patch_mask, region_on
@@ -50,10 +50,10 @@ class Result:
     accepted: list[Region] = field(default_factory=list)  # smaller than the minimum defect area: OK
 
 
-def patch_scores(features: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
-    """(h, w, C) patch features -> (h, w) distance of each patch to its nearest bank entry."""
+def patch_scores(features: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(h, w, C) patch features -> (h, w) distance of each patch to its nearest entry of the bank (`search_index`)."""
     h, w, c = features.shape
-    return nearest_distance(features.reshape(-1, c), bank, bank_sq).reshape(h, w)
+    return nearest_distance(features.reshape(-1, c), index).reshape(h, w)
 
 
 def anomaly_map(scores: np.ndarray) -> np.ndarray:
@@ -103,7 +103,7 @@ class Inspector:
         s = model.settings
         self.model = model
         self.extractor = extractor or FeatureExtractor(s.backbone, device, s.weights)
-        self._bank_sq = squared_norms(model.memory_bank)
+        self.bank_index = search_index(model.memory_bank)
         self._spread = robust_centre_spread(model.calibration.image_scores)[1]
 
     def working_shape(self, image: np.ndarray) -> tuple[int, int]:
@@ -119,7 +119,7 @@ class Inspector:
 
     def score_features(self, features: np.ndarray) -> tuple[float, np.ndarray]:
         """(h, w, C) features -> (image score, anomaly map at the working size), scored as `inspect` scores."""
-        return score_patches(patch_scores(features, self.model.memory_bank, self._bank_sq), self.model.roi)
+        return score_patches(patch_scores(features, self.bank_index), self.model.roi)
 
     def inspect(self, image: np.ndarray, ready: Prepared | None = None) -> Result:
         """Score one RGB uint8 image; `ready` is the same image prepared ahead (by a reader thread)."""
@@ -130,7 +130,7 @@ class Inspector:
         else:
             features = self.features(image)
         m = self.model
-        distances = patch_scores(features, m.memory_bank, self._bank_sq)
+        distances = patch_scores(features, self.bank_index)
         score, amap = score_patches(distances, m.roi)
         return self._result(image, score, amap, start, features, distances)
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..data.images import image_shape, load_image, read_ahead
 from ..errors import Cancelled, ImageError, TrainingError, describe
 from .features import REFERENCE_SIDE, STRIDE, FeatureExtractor, default_defect_size
-from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, squared_norms
+from .memory_bank import Progress, bank_entries, candidates, no_progress, sample_indices, search_index, squared_norms
 from .calibration import Calibration
 from .model import Model, Settings, check_product_name, library_versions
 from .roi import check_roi, describe_roi, patch_mask, region_on
@@ -150,10 +150,9 @@ def fit(product: str, good: GoodFeatures, settings: Settings, progress: Progress
     for i, fold in enumerate(folds):
         _check_cancel(cancel)
         progress("calibrating", i, len(folds) + 1)
-        bank = bank_of(np.setdiff1d(np.arange(n), fold))
-        bank_sq = squared_norms(bank)
+        index = search_index(bank_of(np.setdiff1d(np.arange(n), fold)))
         for j in fold:
-            grids[j] = patch_scores(feats[j].astype(np.float32), bank, bank_sq)
+            grids[j] = patch_scores(feats[j].astype(np.float32), index)
     bank = bank_of(np.arange(n))
     progress("calibrating", 1, 1)
     calibration = calibrate(grids, roi, method)
@@ -202,8 +201,8 @@ def teach(model: Model, features: list[np.ndarray], what: str = "") -> tuple[Mod
     grids = _needs_patch_scores(model, "teaching")
     bank = model.memory_bank
     features = [np.asarray(f, np.float32) for f in features]
-    bank_sq = squared_norms(bank)
-    new_grids = [patch_scores(f, bank, bank_sq) for f in features]
+    index = search_index(bank)
+    new_grids = [patch_scores(f, index) for f in features]
     insides = [np.ones(g.shape, bool) if model.roi is None else patch_mask(model.roi, g.shape) for g in new_grids]
     radius = float(np.median(model.calibration.image_scores))
     candidates = np.concatenate([f[inside] for f, inside in zip(features, insides)])

@@ -52,7 +52,7 @@ def evaluate_known_defects(category_dir: str | Path, settings: Settings, n: int,
     for i, s in enumerate(samples):
         check_cancel(cancel)
         features = inspector.features(load_image(s.path))
-        distances = patch_scores(features, model.memory_bank, inspector._bank_sq)
+        distances = patch_scores(features, inspector.bank_index)
         h, w = features.shape[0] * 8, features.shape[1] * 8
         mask = (load_mask(s.mask_path, (w, h)) if s.mask_path is not None else
                 np.zeros((h, w), bool) if s.label == 0 else None)
