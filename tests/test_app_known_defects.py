@@ -30,6 +30,16 @@ def _inspect(monitor, qtbot, path):
     qtbot.waitUntil(lambda: monitor.painted > painted and not monitor.running, timeout=WAIT)
 
 
+def _switches_heatmap(view):
+    """The view offers the classifier's heatmap beside the bank's, and shows it when chosen."""
+    assert not view.choice.isHidden() and not view.classifier_shown
+    bank_heat = view.heat.image.copy()
+    view.choice.setCurrentText("Defect classifier")
+    assert view.classifier_shown and view.heat.image.max() <= 1.0 and not (view.heat.image == bank_heat).all()
+    view.choice.setCurrentText("Memory bank")
+    assert not view.classifier_shown and (view.heat.image == bank_heat).all()
+
+
 def test_known_defects_are_learnt_from_the_train_tab_and_shown_on_the_monitor(open_window, category, tmp_path, qtbot):
     window = open_window(tmp_path / "models")
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=WAIT)
@@ -68,7 +78,15 @@ def test_known_defects_are_learnt_from_the_train_tab_and_shown_on_the_monitor(op
     qtbot.waitUntil(lambda: monitor.ng_strip.count() >= 1, timeout=WAIT)  # the part dialog says it too
     dialog = monitor.open_part(monitor.ng_strip.item(0))
     qtbot.waitUntil(lambda: "Defect classifier: probability" in dialog.details.text(), timeout=WAIT)
+    _switches_heatmap(dialog.view)
     dialog.accept()
+    history = window.history  # History shows the part the same way
+    window.tabs.setCurrentWidget(history)
+    qtbot.waitUntil(lambda: history.table.rowCount() >= 2, timeout=WAIT)
+    history.view_table.selectRow(0)
+    qtbot.waitUntil(lambda: "Defect classifier: probability" in history.details.text(), timeout=WAIT)
+    _switches_heatmap(history.image)
+    window.tabs.setCurrentWidget(monitor)
 
     # a product that accepts every region this small: the part is OK, its regions listed as accepted
     window.session.set_model(replace(window.session.model, min_defect_area=1e9))

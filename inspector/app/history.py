@@ -152,14 +152,15 @@ def _first_page(job: Worker, session: Session, filters: dict) -> tuple:
 
 
 def look(job: Worker, record: InspectionRecord, session: Session, extractors: dict) -> tuple:
-    """The record's image re-inspected with the product's model; with the logged boxes when
-    the model is not available; nothing but the record when the image is gone."""
+    """The record's image re-inspected with the product's model (image, bank's map, its level, boxes, note and,
+    with defect heads, the classifier's map); with the logged boxes when the model is not available; nothing but
+    the record when the image is gone."""
     path = services.find_image(record)
     if path is None:
         if record.source == "camera":
             return None, None, 1.0, [], ("This camera frame was not kept (only NG frames are kept, the "
-                                         "oldest dropped first) or it was deleted.")
-        return None, None, 1.0, [], "The image file is no longer there: only the logged record is shown."
+                                         "oldest dropped first) or it was deleted."), None
+        return None, None, 1.0, [], "The image file is no longer there: only the logged record is shown.", None
     logged = [(r["x"], r["y"], r["w"], r["h"]) for r in record.regions]
     model = session.model if session.model is not None and session.model.product == record.product else None
     try:
@@ -167,12 +168,13 @@ def look(job: Worker, record: InspectionRecord, session: Session, extractors: di
                                                   extractors=extractors)
     except InspectorError as exc:  # an unreadable image raises again here: shown as the error
         image, logged = display_image(load_image(path), logged)
-        return (image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}")
+        return image, None, 1.0, logged, f"The logged boxes are shown; it cannot be inspected again: {exc}", None
     image, boxes = display_image(image, [(r.x, r.y, r.w, r.h) for r in result.regions])
     findings = services.findings_text(result, model)  # of defect heads, of regions accepted for their size
     return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
             f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
-            f"score {result.score:.4g}." + (f"\n{findings}" if findings else ""))
+            f"score {result.score:.4g}." + (f"\n{findings}" if findings else ""),
+            None if result.activation_map is None else display_map(result.activation_map))
 
 
 class HistoryTab(QWidget):
@@ -248,6 +250,7 @@ class HistoryTab(QWidget):
         column = QVBoxLayout(right)
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self.image, 1)
+        column.addWidget(self.image.choice, 0, Qt.AlignmentFlag.AlignLeft)
         column.addWidget(self.details)
         self.part_buttons = PartButtons(session)
         column.addWidget(self.part_buttons)
@@ -370,11 +373,12 @@ class HistoryTab(QWidget):
         worker = Worker(look, record, self.session, self._extractors)
         worker.returned.connect(lambda shown: self._looked_at == record.id and self._show(record, *shown))
         worker.errored.connect(lambda exc: self._looked_at == record.id and self._show(record, None, None, 1.0,
-                                                                                        [], describe(exc)))
+                                                                                        [], describe(exc), None))
         worker.start()
 
-    def _show(self, record: InspectionRecord, image, heat, level, boxes, note: str) -> None:
-        self.image.display(image, heat, level, boxes, part_name(record.image_path) if record.image_path else "")
+    def _show(self, record: InspectionRecord, image, heat, level, boxes, note: str, activation) -> None:
+        self.image.display(image, heat, level, boxes, part_name(record.image_path) if record.image_path else "",
+                           activation=activation)
         self.details.setText(self._describe(record) + "<br>" + html.escape(note))
 
     @staticmethod

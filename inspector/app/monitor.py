@@ -47,7 +47,6 @@ NG_STRIP = 20
 THUMB = 72
 STALE_S = 10.0  # default: a verdict older than this is stale
 SETTLE_S = 0.5
-HEATMAPS = ("Memory bank", "Defect classifier")  # with defect heads, the part shows either
 LINE_IO = {"opcua": ("OPC UA server", "off; e.g. 4840 (this computer) or 0.0.0.0:4840"),  # field: (label, hint)
            "modbus": ("Modbus TCP server", "off; e.g. 502 (this computer) or 0.0.0.0:502"),
            "mqtt": ("MQTT broker", "off; broker HOST[:PORT], e.g. 127.0.0.1:1883"),
@@ -148,6 +147,7 @@ class PartDialog(QDialog):
         close.clicked.connect(self.accept)
         column = QVBoxLayout(self)
         column.addWidget(self.view, 1)
+        column.addWidget(self.view.choice, 0, Qt.AlignmentFlag.AlignLeft)
         column.addWidget(self.details)
         column.addWidget(close, 0, Qt.AlignmentFlag.AlignRight)
         worker = Worker(look, record, session, {})
@@ -155,8 +155,8 @@ class PartDialog(QDialog):
         worker.errored.connect(lambda exc: self.details.setText(str(exc)))
         worker.start()
 
-    def _show(self, record, image, heat, level, boxes, note: str) -> None:
-        self.view.display(image, heat, level, boxes, record.image_path or "")
+    def _show(self, record, image, heat, level, boxes, note: str, activation) -> None:
+        self.view.display(image, heat, level, boxes, record.image_path or "", activation=activation)
         self.details.setText(f"Score {record.score:.4g}, threshold {record.threshold:.4g}, "
                              f"{len(record.regions)} region(s). {note}")
 
@@ -344,12 +344,8 @@ class MonitorTab(QWidget):
         self.opacity_value.setMinimumWidth(40)
         for control in (self.heat.toggled, self.opacity.valueChanged):
             control.connect(self._heat_changed)
-        self.heatmap = QComboBox()  # shown for a model with defect heads
-        self.heatmap.addItems(HEATMAPS)
-        self.heatmap.setToolTip("Memory bank: how unlike the good parts each place is. Defect classifier: "
-                                "where the classifier trained on known defects sees one (probability).")
-        self.heatmap.currentIndexChanged.connect(lambda _: self._show_part())
-        self.heatmap.hide()
+        self.heatmap = self.view.choice  # shown for a model with defect heads
+        self.heatmap.currentIndexChanged.connect(lambda _: self._show_scale())
         self.findings = styled_label("detail")  # the classifier's probability, the regions' areas, those accepted
         self.findings.hide()
         self.scale = HeatScale()
@@ -664,7 +660,6 @@ class MonitorTab(QWidget):
         heads, the classifier's; under the verdict, what the heads found and what was accepted."""
         outcome, shown = self._newest or (None, None)
         result = outcome.result if outcome is not None else None
-        self.heatmap.setVisible(result is not None and result.activation_map is not None)
         text = "" if result is None else services.findings_text(result, self.session.model)
         self.findings.setText(text)
         self.findings.setVisible(bool(text))
@@ -672,12 +667,16 @@ class MonitorTab(QWidget):
             self.view.display(None)
             return
         image, boxes, accepted, heat, activation = shown  # made ready to paint in the worker (_shown)
-        classifier = activation is not None and self.heatmap.currentIndex() == HEATMAPS.index("Defect classifier")
         labels = [services.area_text(r) for r in result.regions + result.accepted] if text else []
-        self.view.display(image, activation if classifier else heat,
-                          1.0 if classifier else heat_range(result.threshold)[1], boxes, accepted=accepted,
-                          labels=labels)
-        self.scale.set_threshold(*((0.5, "probability") if classifier else (result.threshold,)))
+        self.view.display(image, heat, heat_range(result.threshold)[1], boxes, accepted=accepted, labels=labels,
+                          activation=activation)
+        self._show_scale()
+
+    def _show_scale(self) -> None:
+        """The heat scale of the map on screen: the classifier's probability, or the part's threshold."""
+        result = self._newest[0].result if self._newest is not None else None
+        if result is not None:
+            self.scale.set_threshold(*((0.5, "probability") if self.view.classifier_shown else (result.threshold,)))
 
     def banner_state(self) -> str:
         return self.banner.property("verdict")

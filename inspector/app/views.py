@@ -11,7 +11,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QLinearGradient, QPainter, QPixmap
-from PySide6.QtWidgets import (QFileDialog, QGraphicsRectItem, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QGraphicsRectItem, QHBoxLayout, QLabel, QLineEdit,
                                QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
@@ -28,6 +28,7 @@ HEAT_ALPHA = np.clip((np.arange(256) - 64) / 64.0, 0.0, 1.0)  # 0 up to 1/4 of t
 HEAT_LUT = np.column_stack([JET, np.round(255 * HEAT_ALPHA)]).astype(np.uint8)
 BOX_PEN = pg.mkPen("#ff2020", width=2)
 ACCEPTED_PEN = pg.mkPen("#b8bcc2", width=2, style=Qt.PenStyle.DashLine)  # regions accepted for their size
+HEATMAPS = ("Memory bank", "Defect classifier")  # with defect heads, a part shows either
 
 
 def local_time(iso: str, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -106,7 +107,9 @@ def to_pixmap(image: np.ndarray) -> QPixmap:
 class ResultView(pg.GraphicsLayoutWidget):
     """An image with its anomaly map as a heatmap (opacity adjustable, can be hidden), red
     boxes around the regions and dashed grey ones around those accepted for their size, each
-    with its label when given; a caption line below (unless `caption` is False)."""
+    with its label when given; a caption line below (unless `caption` is False). With the
+    classifier's map too (a model with defect heads), `choice` (placed by the view's owner,
+    shown only then) switches the heatmap between the two."""
 
     def __init__(self, parent=None, caption: bool = True):
         super().__init__(parent)
@@ -121,6 +124,14 @@ class ResultView(pg.GraphicsLayoutWidget):
         self.box.addItem(self.heat)
         self._rects: list = []  # the boxes and their labels
         self._shape = None
+        self._shown: tuple = (None,)  # what `display` was last given, painted again on a switch
+        self.choice = QComboBox()
+        self.choice.addItems(HEATMAPS)
+        self.choice.setToolTip("Memory bank: how unlike the good parts each place is. Defect classifier: "
+                               "where the classifier trained on known defects sees one (probability).")
+        self.choice.hide()
+        self.choice.currentIndexChanged.connect(lambda _: self.display(*self._shown))
+        self.classifier_shown = False  # the heatmap on screen is the classifier's (a probability, 0 to 1)
         self.set_heat(True, 0.5)
 
     def set_heat(self, visible: bool, opacity: float) -> None:
@@ -128,9 +139,15 @@ class ResultView(pg.GraphicsLayoutWidget):
         self.heat.setOpacity(opacity)
 
     def display(self, image: np.ndarray | None, heat: np.ndarray | None = None, level: float = 1.0,
-                boxes=(), caption: str = "", accepted=(), labels=()) -> None:
-        """`heat` is painted from blue (0) to red (`level`); boxes and accepted boxes are (x, y, w, h)
-        in pixels, `labels` the texts of the boxes, then of the accepted ones."""
+                boxes=(), caption: str = "", accepted=(), labels=(), activation: np.ndarray | None = None) -> None:
+        """`heat` is painted from blue (0) to red (`level`), or the classifier's `activation` (0 to 1) where
+        `choice` says so; boxes and accepted boxes are (x, y, w, h) in pixels, `labels` the texts of the
+        boxes, then of the accepted ones."""
+        self._shown = (image, heat, level, boxes, caption, accepted, labels, activation)
+        self.choice.setVisible(image is not None and activation is not None)
+        self.classifier_shown = image is not None and activation is not None and self.choice.currentIndex() == 1
+        if self.classifier_shown:
+            heat, level = activation, 1.0
         for mark in self._rects:
             self.box.removeItem(mark)
         self._rects = []
