@@ -35,10 +35,20 @@ WAIT_S = 60.0  # generous, for a loaded 2-core machine
 OTHER = "Gear"
 
 
+def free_ports(n: int) -> list[int]:
+    """n different free ports (each held until all are chosen: two picked one after the other may be the same)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_until(condition, what: str, timeout: float = WAIT_S):
@@ -197,7 +207,7 @@ class Line:
         self.folder = root / "in"
         self.folder.mkdir()
         self.store = ResultStore(root / "inspections.db")
-        self.modbus, self.opcua = free_port(), free_port()
+        self.modbus, self.opcua = free_ports(2)
         self.io = LineIO(LineSettings(opcua=str(self.opcua), modbus=str(self.modbus), **settings), models, self.store)
         self.stop = threading.Event()
         self.outcomes = []
@@ -502,7 +512,7 @@ def test_the_window_follows_a_product_the_plc_selects(line_window, tmp_path, qtb
     assert other.threshold != session.model.threshold
     window.products.reload(PRODUCT)
     qtbot.waitUntil(lambda: session.model is not None and session.model.product == PRODUCT, timeout=WAIT)
-    port, opcua = free_port(), free_port()
+    port, opcua = free_ports(2)
     monitor.line_io["modbus"].setText(str(port))
     monitor.line_io["opcua"].setText(str(opcua))
     monitor.plc_select.setChecked(True)
