@@ -174,7 +174,7 @@ def look(job: Worker, record: InspectionRecord, session: Session, extractors: di
     return (image, display_map(result.anomaly_map), heat_range(result.threshold)[1], boxes,
             f"Inspected again now with the current model (version {model.version}): {result.verdict}, "
             f"score {result.score:.4g}." + (f"\n{findings}" if findings else ""),
-            None if result.activation_map is None else display_map(result.activation_map))
+            display_map(result.activation_map))
 
 
 class HistoryTab(QWidget):

@@ -95,9 +95,9 @@ def _shown(outcome: Outcome) -> tuple:
         return outcome, None, None
     thumb = ng_thumbnail(outcome.image, outcome.record.regions) if result.verdict == "NG" else None
     image, boxes = display_image(outcome.image, [(r.x, r.y, r.w, r.h) for r in result.regions + result.accepted])
-    activation = None if result.activation_map is None else display_map(result.activation_map)
     n = len(result.regions)
-    return outcome, (image, boxes[:n], boxes[n:], display_map(result.anomaly_map), activation), thumb
+    return outcome, (image, boxes[:n], boxes[n:], display_map(result.anomaly_map),
+                     display_map(result.activation_map)), thumb
 
 
 def _logged_ng_parts(job: Worker, store: ResultStore, product: str, since: str) -> list:

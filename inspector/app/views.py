@@ -91,8 +91,10 @@ def display_image(image: np.ndarray, boxes=()) -> tuple[np.ndarray, list]:
     return _scaled(image, scale), [tuple(v * scale for v in box) for box in boxes]
 
 
-def display_map(anomaly_map: np.ndarray) -> np.ndarray:
-    """The anomaly map made small for painting (it is stretched back over the image)."""
+def display_map(anomaly_map: np.ndarray | None) -> np.ndarray | None:
+    """The anomaly map made small for painting (it is stretched back over the image); None stays None."""
+    if anomaly_map is None:
+        return None
     scale = HEAT_SIZE / max(anomaly_map.shape)
     return anomaly_map if scale >= 1.0 else _scaled(anomaly_map, scale)
 
